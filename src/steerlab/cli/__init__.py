@@ -1,0 +1,13 @@
+"""steerlab's command line. Each command group lives in its own module and registers on `app`."""
+
+from __future__ import annotations
+
+from . import info, vectors  # noqa: F401 - registers commands
+from .app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,83 @@
+"""`steerlab extract ...`, `steerlab export gguf`, `steerlab import gguf`."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+
+from ..extract import extract_contrastive
+from ..gguf_vectors import export_gguf, import_gguf
+from ..models import load_model
+from ..pairs import load_pairs
+from ..progress import console
+from ..vectors import SteeringVector
+from .app import app, new_group
+from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt, check_out
+
+extract_app = new_group("Extract steering vectors.")
+export_app = new_group("Export vectors to other tools' formats.")
+import_app = new_group("Import vectors from other tools' formats.")
+app.add_typer(extract_app, name="extract")
+app.add_typer(export_app, name="export")
+app.add_typer(import_app, name="import")
+
+
+@extract_app.command("contrastive")
+def contrastive(
+    model: str = ModelOpt,
+    pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs JSONL: {question, positive, negative, system?} per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output vector, .safetensors."),
+    reduction: str = typer.Option("response_avg", "--reduction", "-r",
+                                  help="response_avg | prompt_last | prompt_avg | first_k[:K]."),
+    split: str = typer.Option(None, "--split", help="Use only pairs whose 'split' field equals this."),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Vector per layer = mean activation with the positive answer - with the negative answer.
+
+    Layer L of the vector is for the output of block L. Example:
+
+        steerlab extract contrastive -m smollm2 -p pairs.jsonl -o deception.safetensors
+    """
+    check_out(out, ".safetensors")
+    rows = load_pairs(pairs, split=split)
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    vector = extract_contrastive(lm, rows, reduction=reduction, batch_size=batch_size)
+    vector.metadata["config"] = {"pairs": str(pairs), "split": split, "reduction": reduction}
+    vector.save(out)
+    norms = vector.norms()
+    console.print(f"wrote {out}: {vector.n_layers} layers x {vector.d_model}, {len(rows)} pairs, "
+                  f"largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})")
+
+
+@export_app.command("gguf")
+def export_gguf_cmd(
+    vector: Path = typer.Argument(..., help="Input .safetensors vector."),
+    out: Path = typer.Argument(..., help="Output .gguf control vector (llama.cpp --control-vector)."),
+    model_hint: str = typer.Option(None, "--model-hint", help="controlvector.model_hint (default: model type)."),
+) -> None:
+    """Write a llama.cpp control vector: direction.N is added to the output of block N (N >= 1)."""
+    check_out(out, ".gguf", "OUT")
+    vec = SteeringVector.load(vector)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_gguf(vec, out, model_hint=model_hint)
+    for w in caught:
+        console.print(f"[yellow]warning:[/] {w.message}")
+    console.print(f"wrote {out}: direction.1..direction.{vec.n_layers - 1}, d_model {vec.d_model}")
+
+
+@import_app.command("gguf")
+def import_gguf_cmd(
+    gguf_file: Path = typer.Argument(..., help="Input .gguf control vector."),
+    out: Path = typer.Argument(..., help="Output .safetensors vector."),
+) -> None:
+    """Read a llama.cpp/repeng control vector into a steerlab vector (layer N = direction.N)."""
+    check_out(out, ".safetensors", "OUT")
+    vec = import_gguf(gguf_file)
+    vec.save(out)
+    console.print(f"wrote {out}: {vec.n_layers} layers x {vec.d_model}")
