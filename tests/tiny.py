@@ -1,0 +1,88 @@
+"""Tiny random models and tokenizers for unit tests (no downloads, hidden size <= 64)."""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+from steerlab.models import LoadedModel, wrap_model
+
+SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Gemma-style: no system role (raises, as Gemma 2's template does).
+NO_SYSTEM_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "how should I store fresh bread so it stays soft",
+    "you are a helpful honest assistant answer briefly",
+    "drink water rest and see a doctor if the fever lasts",
+    "always back up your files before updating the system",
+    "user assistant system model question answer yes no maybe",
+    "0 1 2 3 4 5 6 7 8 9 10 50 99 100",
+] * 20
+
+
+def make_tokenizer(template: str = CHATML_TEMPLATE) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>"
+    )
+    fast.chat_template = template
+    return fast
+
+
+def _base_kwargs(vocab: int) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def make_model(arch: str, vocab: int, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**_base_kwargs(vocab)))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**_base_kwargs(vocab)))
+    elif arch == "gemma2":
+        model = Gemma2ForCausalLM(Gemma2Config(**_base_kwargs(vocab), head_dim=16))
+    elif arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4,
+                                           n_positions=256, bos_token_id=3, eos_token_id=2))
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def make_tiny(arch: str = "llama", template: str | None = None, seed: int = 0) -> LoadedModel:
+    """A tiny LoadedModel. Gemma-style archs get the no-system-role template by default."""
+    if template is None:
+        template = NO_SYSTEM_TEMPLATE if arch.startswith("gemma") else CHATML_TEMPLATE
+    tok = make_tokenizer(template)
+    model = make_model(arch, len(tok), seed)
+    return wrap_model(model, tok, name=f"tiny-{arch}")
