@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
 
-from tiny import make_tiny  # noqa: E402
+from tiny import make_tiny
 
 ARCHS = ("llama", "qwen2", "gpt2", "gemma2")
 
@@ -37,3 +37,13 @@ def smollm2():
     from steerlab import load_model
 
     return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The tiny llama saved as a local model directory (model + tokenizer), for load_model/CLI."""
+    lm = make_tiny("llama")
+    path = tmp_path_factory.mktemp("tiny-llama-dir")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path

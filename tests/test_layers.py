@@ -15,7 +15,7 @@ def _hidden_states(lm, text):
 
 def _final_norm(lm):
     base = lm.model.base_model if hasattr(lm.model, "base_model") else lm.model
-    return getattr(base, "norm", None) or getattr(base, "ln_f")
+    return getattr(base, "norm", None) or base.ln_f
 
 
 def check_layer_convention(lm):

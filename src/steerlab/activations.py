@@ -12,7 +12,7 @@ position ids, so batched results equal per-sample results.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -129,28 +129,27 @@ def encode_samples(lm: LoadedModel, samples: Sequence[ChatSample], need_response
     return encoded
 
 
-def forward_batch(
-    lm: LoadedModel, batch: Batch, reductions: Sequence[Reduction], layers: Sequence[int]
-) -> dict[str, torch.Tensor]:
-    """One forward pass; returns ``{reduction name: [b, len(layers), d_model]}`` in float32."""
-    weights = {r.name: reduction_weights(batch, r) for r in reductions}
+def run_block_hooks(
+    lm: LoadedModel,
+    batch: Batch,
+    layers: Sequence[int],
+    on_hidden: Callable[[int, torch.Tensor], None],
+) -> None:
+    """One forward pass calling ``on_hidden(layer, hidden)`` with each requested block's output
+    (float32, padding zeroed), stopping after the last requested block (no LM head)."""
     token_mask = batch.attention_mask.bool()[..., None]
-    out = {r.name: torch.empty(len(batch.lengths), len(layers), lm.d_model) for r in reductions}
-    slot = {layer: i for i, layer in enumerate(layers)}
     last = max(layers)
-    blocks = lm.blocks
 
     def make_hook(layer: int):
         def hook(_module, _inputs, output):
             hidden = output[0] if isinstance(output, tuple) else output
-            hidden = hidden.float().masked_fill(~token_mask.to(hidden.device), 0.0)
-            for name, w in weights.items():
-                out[name][:, slot[layer]] = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden).cpu()
+            on_hidden(layer, hidden.float().masked_fill(~token_mask.to(hidden.device), 0.0))
             if layer == last:
                 raise _StopForward
 
         return hook
 
+    blocks = lm.blocks
     handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
     try:
         with torch.inference_mode():
@@ -165,7 +164,42 @@ def forward_batch(
     finally:
         for h in handles:
             h.remove()
+
+
+def forward_batch(
+    lm: LoadedModel, batch: Batch, reductions: Sequence[Reduction], layers: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """One forward pass; returns ``{reduction name: [b, len(layers), d_model]}`` in float32."""
+    weights = {r.name: reduction_weights(batch, r) for r in reductions}
+    out = {r.name: torch.empty(len(batch.lengths), len(layers), lm.d_model) for r in reductions}
+    slot = {layer: i for i, layer in enumerate(layers)}
+
+    def reduce(layer: int, hidden: torch.Tensor) -> None:
+        for name, w in weights.items():
+            out[name][:, slot[layer]] = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden).cpu()
+
+    run_block_hooks(lm, batch, layers, reduce)
     return out
+
+
+def iter_batches(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    batch_size: int,
+    need_response: bool = False,
+    description: str = "forward",
+) -> Iterator[tuple[list[int], Batch]]:
+    """Encode samples and yield left-padded batches in length order, with their sample indices."""
+    if not samples:
+        raise SteerlabError("no samples given")
+    encoded = encode_samples(lm, samples, need_response)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    pad_id = lm.tokenizer.pad_token_id
+    with progress_bar(description, len(samples)) as advance:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, collate([encoded[i] for i in idx], pad_id, lm.device)
+            advance(len(idx))
 
 
 def iter_activations(
@@ -180,19 +214,11 @@ def iter_activations(
 
     Samples are batched in order of length (less padding); indices map rows back to ``samples``.
     """
-    if not samples:
-        raise SteerlabError("no samples to capture activations from")
     parsed = [Reduction.parse(r) for r in reductions]
     layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(L) for L in layers]
-    encoded = encode_samples(lm, samples, any(r.needs_response for r in parsed))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    pad_id = lm.tokenizer.pad_token_id
-    with progress_bar(description, len(samples)) as advance:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            batch = collate([encoded[i] for i in idx], pad_id, lm.device)
-            yield idx, forward_batch(lm, batch, parsed, layers)
-            advance(len(idx))
+    need_response = any(r.needs_response for r in parsed)
+    for idx, batch in iter_batches(lm, samples, batch_size, need_response, description):
+        yield idx, forward_batch(lm, batch, parsed, layers)
 
 
 def capture(

@@ -1,0 +1,156 @@
+"""`steerlab generate` and `steerlab sweep`: steered generation from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..atomic import write_jsonl
+from ..calibration import mean_residual_norms
+from ..errors import SteerlabError
+from ..generation import expand_grid, generate_batch
+from ..models import load_model
+from ..pairs import load_pairs
+from ..progress import console
+from ..prompts import load_prompts
+from ..steering import SteeringSpec
+from ..sweep import run_sweep
+from ..vectors import SteeringVector
+from .app import app
+from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt, check_out
+
+
+def parse_floats(text: str, flag: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SteerlabError(f"{flag} {text!r}: expected comma-separated numbers, e.g. -4,-2,0,2,4") from None
+    if not values:
+        raise SteerlabError(f"{flag}: no values given")
+    return values
+
+
+PositionsOpt = typer.Option("all", "--positions", help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).")
+OperatorOpt = typer.Option("add", "--operator", help="add (h + c·v) | ablate (remove c·(h·v̂)v̂) | cap (clamp h·v̂, see --cap-*).")
+ScaleOpt = typer.Option("raw", "--scale", help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on the prompts).")
+
+
+@app.command()
+def generate(
+    prompts: list[str] = typer.Argument(None, help="Prompts (user messages). Or use --prompts-file."),
+    model: str = ModelOpt,
+    vector: Path = typer.Option(None, "--vector", "-v", help="Steering vector (.safetensors or .gguf)."),
+    layer: str = typer.Option(None, "--layer", "-l", help="Layer(s): 12 | 10,12 | 10-15 | all (layer L = output of block L)."),
+    coeff: str = typer.Option("1.0", "--coeff", "-c", help="Coefficient, or a list -4,0,4 to run every prompt at each."),
+    positions: str = PositionsOpt,
+    operator: str = OperatorOpt,
+    scale: str = ScaleOpt,
+    cap_ceiling: float = typer.Option(None, "--cap-ceiling", help="cap: maximum of h·v̂."),
+    cap_floor: float = typer.Option(None, "--cap-floor", help="cap: minimum of h·v̂."),
+    prompts_file: Path = typer.Option(None, "--prompts-file", "-f", help=".txt (one per line), .jsonl (prompt/question/messages) or .json list."),
+    system: str = typer.Option(None, "--system", "-s", help="System prompt."),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Rows per batch (default: automatic)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Write every generation with its settings to this .jsonl."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Generate (optionally steered) completions, batched.
+
+    Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
+    """
+    if out is not None:
+        check_out(out, ".jsonl")
+    items = list(prompts or []) + (load_prompts(prompts_file) if prompts_file else [])
+    if not items:
+        raise SteerlabError("no prompts: pass them as arguments or with --prompts-file")
+    coeffs = parse_floats(coeff, "--coeff")
+    if vector is None and (layer is not None or coeff != "1.0"):
+        raise SteerlabError("--layer/--coeff need --vector")
+    if vector is not None and layer is None:
+        raise SteerlabError("--vector needs --layer (e.g. --layer 12, 10-15 or all)")
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    rows, row_coeffs = expand_grid(items, coeffs) if vector is not None else (items, [0.0] * len(items))
+    specs = []
+    reference_norms = None
+    if vector is not None:
+        vec = SteeringVector.load(vector)
+        specs = [SteeringSpec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor)]
+        if scale != "relative":
+            specs[0].interventions(lm)  # validate layers, shapes and operators before any work
+        if scale == "relative":
+            reference_norms = mean_residual_norms(lm, items)
+    gens = generate_batch(lm, rows, system=system, steering=specs, max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                          reference_norms=reference_norms)
+    settings = {"model": model, "adapter": adapter, "vector": str(vector) if vector else None,
+                "layer": layer, "positions": positions, "operator": operator, "scale": scale,
+                "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                "top_p": top_p, "seed": seed}
+    records = [{"prompt": p if isinstance(p, str) else json.dumps(p), "coeff": c if vector else None,
+                "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings}
+               for p, c, g in zip(rows, row_coeffs, gens, strict=True)]
+    if out is not None:
+        write_jsonl(out, records)
+        console.print(f"wrote {len(records)} generations to {out}")
+    table = Table(show_lines=True)
+    if vector is not None:
+        table.add_column("coeff", justify="right")
+    table.add_column("prompt", max_width=40)
+    table.add_column("completion")
+    for r in records:
+        table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), r["prompt"], r["text"])
+    console.print(table)
+
+
+@app.command()
+def sweep(
+    model: str = ModelOpt,
+    vector: Path = typer.Option(..., "--vector", "-v", help="Steering vector (.safetensors or .gguf)."),
+    layers: str = typer.Option(..., "--layers", "-l", help="Layers: 10,15 | 8-16 | all (layer L = output of block L)."),
+    coeffs: str = typer.Option(..., "--coeffs", "-c", help="Coefficients, e.g. -4,-2,0,2,4."),
+    questions: Path = typer.Option(..., "--questions", "-q", help="Questions: .txt, .jsonl or .json (list or trait file)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (generations.jsonl, margins.csv, sweep.json)."),
+    pairs: Path = typer.Option(None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."),
+    pairs_split: str = typer.Option(None, "--pairs-split", help="Use only pairs with this 'split' (e.g. heldout)."),
+    positions: str = PositionsOpt,
+    operator: str = OperatorOpt,
+    scale: str = ScaleOpt,
+    system: str = typer.Option(None, "--system", "-s"),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(None, "--batch-size", "-b"),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Generate every (layer, coefficient, question) cell, coefficients packed per batch.
+
+    Rerunning with the same --out resumes: finished layers are not generated again.
+    """
+    coeff_values = parse_floats(coeffs, "--coeffs")
+    qs = load_prompts(questions)
+    pair_rows = load_pairs(pairs, split=pairs_split) if pairs else None
+    vec = SteeringVector.load(vector)
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    reference_norms = mean_residual_norms(lm, qs) if scale == "relative" else None
+    result = run_sweep(lm, vec, qs, out, layers, coeff_values, pair_rows, positions, operator, scale,
+                       max_new_tokens, temperature, seed, system, batch_size, reference_norms,
+                       extra_config={"vector_path": str(vector), "questions": str(questions),
+                                     "pairs": str(pairs) if pairs else None, "adapter": adapter})
+    console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
+    if result.margins:
+        table = Table(title="behaviour margin (positive - negative mean log-likelihood per token)")
+        for col in ("layer", "coeff", "margin", "std"):
+            table.add_column(col, justify="right")
+        for m in result.margins:
+            table.add_row(str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['std']:.4f}")
+        console.print(table)

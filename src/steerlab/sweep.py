@@ -1,0 +1,144 @@
+"""Coefficient x layer sweeps of steered generation, with the judge-free behaviour margin.
+
+For each layer, every (coefficient, question) row is generated in one batch stream with per-row
+coefficients. Results go to a run directory:
+
+- ``generations.jsonl``  every generation with its layer, coefficient and settings;
+- ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given;
+- ``sweep.json``         the config, steerlab version and timings.
+
+Each finished layer is appended to ``generations.partial.jsonl``; a rerun of a killed sweep skips
+finished layers, and the final files are written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import write_json, write_jsonl, write_text
+from .chat import Prompt
+from .generation import expand_grid, generate_batch
+from .margin import behaviour_margin
+from .models import LoadedModel
+from .pairs import Pair
+from .steering import SteeringSpec, parse_layers
+from .vectors import SteeringVector
+
+
+@dataclass
+class SweepConfig:
+    layers: list[int]
+    coeffs: list[float]
+    positions: str = "all"
+    operator: str = "add"
+    scale: str = "raw"
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    seed: int = 0
+    system: str | None = None
+    batch_size: int | None = None
+
+
+@dataclass
+class SweepResult:
+    generations: list[dict[str, Any]]
+    margins: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _prompt_text(prompt: Prompt) -> str:
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
+
+
+def run_sweep(
+    lm: LoadedModel,
+    vector: SteeringVector,
+    questions: Sequence[Prompt],
+    out_dir: str | Path,
+    layers: str | Sequence[int],
+    coeffs: Sequence[float],
+    pairs: Sequence[Pair] | None = None,
+    positions: str = "all",
+    operator: str = "add",
+    scale: str = "raw",
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    seed: int = 0,
+    system: str | None = None,
+    batch_size: int | None = None,
+    reference_norms=None,
+    extra_config: dict[str, Any] | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files."""
+    vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
+    config = SweepConfig(parse_layers(layers, lm.n_layers, "--layers"), [float(c) for c in coeffs],
+                         positions, operator, scale, max_new_tokens, temperature, seed, system, batch_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "generations.partial.jsonl"
+    done: dict[int, list[dict[str, Any]]] = {}
+    if partial.is_file():
+        for line in partial.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done.setdefault(row["layer"], []).append(row)
+    expected = len(questions) * len(config.coeffs)
+    timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0}
+    rows_all: list[dict[str, Any]] = []
+    margins: list[dict[str, Any]] = []
+    settings = {"positions": positions, "operator": operator, "scale": scale,
+                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    for layer in config.layers:
+        spec = SteeringSpec(vector, layer, 1.0, operator, positions, scale)
+        if len(done.get(layer, [])) == expected:
+            rows_all.extend(done[layer])
+        else:
+            start = time.perf_counter()
+            prompts, row_coeffs = expand_grid(questions, config.coeffs)
+            gens = generate_batch(
+                lm, prompts, system=system, steering=spec.with_coeff(row_coeffs),
+                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                batch_size=batch_size, reference_norms=reference_norms,
+                description=f"layer {layer}: generating",
+            )
+            timings["generation_s"] += time.perf_counter() - start
+            layer_rows = [
+                {"layer": layer, "coeff": c, "question_index": i % len(questions),
+                 "question": _prompt_text(p), "text": g.text, "n_new_tokens": g.n_new_tokens,
+                 "finish_reason": g.finish_reason, **settings}
+                for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
+            ]
+            with partial.open("a", encoding="utf-8") as fh:
+                fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in layer_rows))
+            rows_all.extend(layer_rows)
+        if pairs:
+            start = time.perf_counter()
+            result = behaviour_margin(lm, pairs, spec, config.coeffs, batch_size=batch_size or 16,
+                                      reference_norms=reference_norms)
+            timings["margin_s"] += time.perf_counter() - start
+            margins.extend(
+                {"layer": layer, "coeff": c, "margin": m, "std": s, "n_pairs": len(pairs)}
+                for c, m, s in zip(result.coeffs, result.mean, result.std, strict=True)
+            )
+    write_jsonl(out / "generations.jsonl", rows_all)
+    if margins:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(margins[0]))
+        writer.writeheader()
+        writer.writerows(margins)
+        write_text(out / "margins.csv", buf.getvalue())
+    write_json(out / "sweep.json", {
+        "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
+        "config": {**asdict(config), **(extra_config or {})}, "n_questions": len(questions),
+        "n_pairs": len(pairs or []), "timings": timings,
+    })
+    partial.unlink(missing_ok=True)
+    return SweepResult(rows_all, margins, timings)
