@@ -9,8 +9,9 @@ stream. Greedy when ``temperature == 0``; sampled with ``seed`` otherwise.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -95,6 +96,7 @@ def generate_batch(
     system: str | None = None,
     steering: SteeringSpec | Sequence[SteeringSpec] = (),
     max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
@@ -104,10 +106,14 @@ def generate_batch(
     reference_norms: torch.Tensor | None = None,
     chat: bool = True,
     description: str = "generating",
+    batch_kwargs: Callable[[list[int]], dict[str, Any]] | None = None,
 ) -> list[Generation]:
     """Generate a completion per prompt under ``steering``; returns them in prompt order.
 
-    ``chat=False`` treats string prompts as raw text (no chat template).
+    ``chat=False`` treats string prompts as raw text (no chat template). ``batch_kwargs(rows)``, if
+    given, is called for every model batch with the prompt indices of its rows (in batch row order)
+    and returns extra keyword arguments for ``model.generate`` (e.g. ``stopping_criteria``, a
+    ``streamer``); ``steerlab.serve`` uses it for per-row limits and token streaming.
     """
     if not prompts:
         raise SteerlabError("no prompts given")
@@ -144,7 +150,8 @@ def generate_batch(
             ]
             kwargs = dict(
                 input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
-                max_new_tokens=max_new_tokens, pad_token_id=pad_id, eos_token_id=eos_ids,
+                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                pad_token_id=pad_id, eos_token_id=eos_ids,
                 do_sample=temperature > 0, return_dict_in_generate=True,
                 output_logits=top_logprobs is not None,
             )
@@ -152,6 +159,8 @@ def generate_batch(
                 kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
             else:
                 kwargs.update(temperature=None, top_p=None, top_k=None)
+            if batch_kwargs is not None:
+                kwargs.update(batch_kwargs(idx))
             with steer(lm, batch_specs, reference_norms), torch.inference_mode():
                 out = lm.model.generate(**kwargs)
             new = out.sequences[:, width:].cpu()

@@ -7,6 +7,7 @@ import logging
 import click
 import typer
 from rich.logging import RichHandler
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..errors import SteerlabError
@@ -16,18 +17,30 @@ from ..progress import console
 class UserError(click.ClickException):
     exit_code = 2
 
-    def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
-        console.print(f"[bold red]error:[/] {self.message}", highlight=False, soft_wrap=True)
+    def show(self, file=None) -> None:  # click's signature
+        show_error(self.message)
+
+
+def show_error(message: str) -> None:
+    """One line on stderr; the message is escaped so paths like ``a[1].jsonl`` print as is."""
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 class SteerlabGroup(TyperGroup):
-    """Turns SteerlabError raised by any subcommand into a UserError (no traceback)."""
+    """Turns SteerlabError (or UserError) raised by any subcommand into one message and exit
+    status 2, with no traceback. typer >= 0.2x runs its own vendored click, which does not
+    recognise ``click.ClickException`` subclasses, so the message is printed here and
+    ``typer.Exit(2)`` (handled by every typer version) ends the command."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except SteerlabError as exc:
-            raise UserError(str(exc)) from None
+            show_error(str(exc))
+            raise typer.Exit(UserError.exit_code) from None
+        except UserError as exc:
+            exc.show()
+            raise typer.Exit(exc.exit_code) from None
 
 
 def new_group(help_text: str) -> typer.Typer:

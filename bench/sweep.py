@@ -1,0 +1,101 @@
+"""Sweep throughput: steerlab's batched sweep (per-row coefficients) vs the naive loop, and the
+overhead of steering on the same batch. Run: .venv/bin/python bench/sweep.py [--json] [--quick]
+
+Naive = what the persona-vectors notebook's run_steering_experiment does: for every coefficient and
+question, ``model.generate`` on one prompt inside an ActivationSteerer. Rates are generated tokens
+per second, measured side by side in this one run. ``--quick`` times the naive loop on a subset of
+its calls (its rate is per call, so the subset gives the same tokens/s) to keep CPU runs short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from steerlab import extract_contrastive, load_model, load_pairs
+from steerlab.chat import render_prompt
+from steerlab.generation import expand_grid, generate_batch, stop_token_ids
+from steerlab.pairs import builtin_pairs_path
+from steerlab.steering import ActivationSteerer, SteeringSpec
+
+
+def naive_loop(lm, vector, layer, questions, coeffs, max_new_tokens):
+    tokens = 0
+    eos = stop_token_ids(lm)
+    start = time.perf_counter()
+    for c in coeffs:
+        for q in questions:
+            ids = lm.tokenizer(render_prompt(lm.tokenizer, q), return_tensors="pt",
+                               add_special_tokens=False).to(lm.device)
+            with ActivationSteerer(lm.model, vector, coeff=c, layer=layer, positions="all"), torch.inference_mode():
+                out = lm.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
+                                        eos_token_id=eos, pad_token_id=lm.tokenizer.pad_token_id)
+            tokens += out.shape[1] - ids["input_ids"].shape[1]
+    return tokens, time.perf_counter() - start
+
+
+def timed(fn):
+    start = time.perf_counter()
+    gens = fn()
+    return sum(g.n_new_tokens for g in gens), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--layer", type=int, default=12)
+    parser.add_argument("--questions", type=int, default=20)
+    parser.add_argument("--coeffs", default="-4,-2,-1,1,2,4")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="time the naive loop on 2 coeffs x 5 questions")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    lm = load_model(args.model)
+    pairs = load_pairs(builtin_pairs_path())
+    vector = extract_contrastive(lm, [p for p in pairs if p.split == "train"][:64])
+    questions = [p.question for p in pairs if p.split == "heldout"][: args.questions]
+    coeffs = [float(c) for c in args.coeffs.split(",")]
+    rows, row_coeffs = expand_grid(questions, coeffs)
+    spec = SteeringSpec(vector, args.layer, row_coeffs)
+    generate_batch(lm, rows[:4], max_new_tokens=4)  # warm-up
+
+    n = args.max_new_tokens
+    sweep_tokens, sweep_s = timed(lambda: generate_batch(
+        lm, rows, steering=spec, max_new_tokens=n, batch_size=args.batch_size))
+    naive_q, naive_c = (questions[:5], coeffs[:2]) if args.quick else (questions, coeffs)
+    naive_tokens, naive_s = naive_loop(lm, vector[args.layer], args.layer, naive_q, naive_c, n)
+    fixed = {"max_new_tokens": n, "min_new_tokens": n, "batch_size": args.batch_size}
+    plain_tokens, plain_s = timed(lambda: generate_batch(lm, rows, **fixed))
+    steer_tokens, steer_s = timed(lambda: generate_batch(lm, rows, steering=spec, **fixed))
+
+    result = {
+        "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "threads": torch.get_num_threads(),
+        "rows": len(rows), "max_new_tokens": n,
+        "sweep_tokens_per_s": sweep_tokens / sweep_s,
+        "naive_tokens_per_s": naive_tokens / naive_s,
+        "naive_calls_timed": len(naive_q) * len(naive_c),
+        "sweep_vs_naive": (sweep_tokens / sweep_s) / (naive_tokens / naive_s),
+        "unsteered_tokens_per_s": plain_tokens / plain_s,
+        "steered_tokens_per_s": steer_tokens / steer_s,
+        "steered_vs_unsteered": (steer_tokens / steer_s) / (plain_tokens / plain_s),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{args.model} on {result['device']} ({result['dtype']}, {result['threads']} threads), "
+          f"{len(questions)} questions x {len(coeffs)} coefficients x {n} new tokens, greedy")
+    print(f"  batched sweep (per-row coeffs) {result['sweep_tokens_per_s']:9.1f} tok/s")
+    print(f"  naive loop ({result['naive_calls_timed']} calls)       {result['naive_tokens_per_s']:9.1f} tok/s")
+    print(f"  ratio sweep / naive            {result['sweep_vs_naive']:9.2f}x")
+    print(f"  unsteered, same batch          {result['unsteered_tokens_per_s']:9.1f} tok/s")
+    print(f"  steered, same batch            {result['steered_tokens_per_s']:9.1f} tok/s")
+    print(f"  ratio steered / unsteered      {result['steered_vs_unsteered']:9.3f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""`steerlab diff finetune` and `steerlab diff extract`: vectors from a fine-tune (model diffing)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+from ..activations import Reduction
+from ..chat_data import load_chat_data
+from ..errors import SteerlabError
+from ..finetune import finetune
+from ..model_diff import extract_model_diffs, load_diff_samples
+from ..models import load_model
+from ..progress import console
+from .app import app, new_group
+from .options import DeviceOpt, DtypeOpt, check_out
+
+diff_app = new_group(
+    "Vectors from fine-tuning: LoRA-fine-tune a model on behaviour data ([bold]diff finetune[/]), "
+    "then take the mean activation difference between the fine-tuned and the base model on the "
+    "same inputs ([bold]diff extract[/]). Compare the result with [bold]extract contrastive[/]."
+)
+app.add_typer(diff_app, name="diff")
+
+
+@diff_app.command("finetune")
+def finetune_cmd(
+    model: str = typer.Option(..., "--model", "-m",
+                              help="Base model: smollm2 | HF id | local dir | file.gguf."),
+    data: Path = typer.Option(
+        ..., "--data", "-d",
+        help="Training data: chat JSONL {\"messages\": [...]}, pairs JSONL {question, positive, "
+             "negative} (see --use), a .json list of [user, assistant] pairs, or rendered ChatML "
+             "chats (.jsonl/.csv/.txt, one per row).",
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Adapter directory to write (atomically)."),
+    use: str = typer.Option("positive", "--use",
+                            help="Pairs data: train on the positive (behaviour) or negative answers."),
+    split: str = typer.Option(None, "--split", help="Pairs data: only rows whose 'split' equals this."),
+    fmt: str = typer.Option("auto", "--format",
+                            help="auto | chat | pairs | pair-list | rendered (auto: from the file)."),
+    column: str = typer.Option(None, "--column", help="Rendered chats: the column holding them."),
+    rank: int = typer.Option(8, "--rank", "-r", min=1, help="LoRA rank r."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
+    dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.99, help="LoRA dropout."),
+    target_modules: str = typer.Option(
+        None, "--target-modules",
+        help="Comma-separated module names (q_proj,v_proj) or all-linear. Default: every linear "
+             "layer inside the decoder blocks.",
+    ),
+    layers: str = typer.Option(None, "--layers",
+                               help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
+    epochs: int = typer.Option(1, "--epochs", "-e", min=1, help="Passes over the data."),
+    lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate (constant)."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Conversations per step."),
+    max_length: int = typer.Option(256, "--max-length", min=2, help="Tokens per conversation (cut on the right)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for LoRA init, data order and dropout."),
+    reuse: bool = typer.Option(False, "--reuse",
+                               help="Skip training if --out already holds this exact fine-tune."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """LoRA-fine-tune MODEL on chat data with a loss on the assistant tokens only.
+
+    Writes OUT/ (adapter_config.json, adapter_model.safetensors from peft), OUT/train_log.jsonl
+    (loss per step) and OUT/steerlab_finetune.json (config, base model, data hash, time, final
+    loss). The directory appears only when training finished. Use the adapter as
+    --model BASE+OUT anywhere, or with [bold]diff extract[/]. Example (train on the deceptive
+    answers of the built-in pairs):
+
+        steerlab diff finetune -m smollm2 -d pairs.jsonl --use positive --split train -o out/ft
+    """
+    if use not in ("positive", "negative"):
+        raise SteerlabError(f"--use {use!r}: expected positive or negative")
+    conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
+    lm = load_model(model, device=device, dtype=dtype)
+    result = finetune(
+        lm, conversations, out, rank=rank, alpha=alpha, dropout=dropout,
+        target_modules=target_modules, layers=_parse_layers(layers), epochs=epochs, lr=lr,
+        batch_size=batch_size, seed=seed, max_length=max_length, reuse=reuse,
+        source={"data": str(data), "format": fmt, "use": use, "split": split, "column": column},
+    )
+    if result.reused:
+        console.print(f"{out} already holds this fine-tune (same config, data and base); kept it")
+        return
+    console.print(
+        f"wrote {out}: LoRA r={rank} on {result.n_examples} conversations, {result.n_steps} steps "
+        f"in {result.train_time_s:.1f} s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f} "
+        "(last-epoch mean)"
+    )
+
+
+@diff_app.command("extract")
+def extract_cmd(
+    base: str = typer.Option(..., "--base", "-m", help="Base model: smollm2 | HF id | dir | file.gguf."),
+    finetuned: str = typer.Option(
+        ..., "--finetuned", "-f",
+        help="Adapter directory made for --base (applied unmerged), or a fine-tuned model "
+             "(HF id, dir, .gguf, BASE+ADAPTER) with the same tokenizer.",
+    ),
+    prompts: Path = typer.Option(
+        ..., "--prompts", "-p",
+        help="Inputs fed identically to both models: pairs JSONL, chat JSONL (last assistant turn "
+             "= response), a trait .json ('questions') or a .txt file with one question per line.",
+    ),
+    out: Path = typer.Option(..., "--out", "-o",
+                             help="Output vector, .safetensors (method model_diff)."),
+    reduction: str = typer.Option(
+        "response_avg", "--reduction", "-r",
+        help="response_avg | prompt_last | prompt_avg | first_k[:K]. Several, comma-separated, "
+             "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...).",
+    ),
+    answers: str = typer.Option(
+        None, "--answers",
+        help="Pairs: which answers follow each question: both | positive | negative | none. "
+             "Default: both for response reductions, none (questions only) for prompt reductions.",
+    ),
+    split: str = typer.Option(None, "--split", help="Pairs: only rows whose 'split' equals this."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per forward pass."),
+    check_base: bool = typer.Option(True, "--check-base/--no-check-base",
+                                    help="Refuse a steerlab adapter trained on another base model."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Vector per layer = mean over the prompts of (fine-tuned - base) activations.
+
+    Both models see identical token sequences (rendered with the base model's chat template).
+    Layer L of the vector is for the output of block L. With pairs, the default feeds each
+    question followed by [bold]both[/] of its answers, so the diff is averaged over on- and
+    off-behaviour text and measures the change in the model rather than the answer content;
+    --reduction prompt_last with --answers none gives the persona-vectors "fine-tuning shift" at
+    the last prompt token. Example:
+
+        steerlab diff extract -m smollm2 -f out/ft -p pairs.jsonl --split test -o diff.safetensors
+    """
+    check_out(out, ".safetensors")
+    names = [r.strip() for r in reduction.split(",") if r.strip()]
+    if not names:
+        raise SteerlabError("--reduction: empty")
+    parsed = [Reduction.parse(r) for r in names]
+    if answers is not None and answers not in ("both", "positive", "negative", "none"):
+        raise SteerlabError(f"--answers {answers!r}: expected both, positive, negative or none")
+    needs = {r.needs_response for r in parsed}
+    if len(needs) > 1 and answers is None:
+        raise SteerlabError(
+            "--reduction mixes prompt and response reductions; pass --answers to choose one input set"
+        )
+    main = next((r for r in parsed if r.needs_response), parsed[0])
+    samples = load_diff_samples(prompts, main, answers, split)  # type: ignore[arg-type]
+    lm = load_model(base, device=device, dtype=dtype)
+    vectors = extract_model_diffs(lm, finetuned, samples, parsed, batch_size, check_base)
+    for red in parsed:
+        vector = vectors[red.name]
+        vector.metadata["config"] = {"prompts": str(prompts), "answers": answers, "split": split,
+                                     "reduction": red.name}
+        path = out if len(parsed) == 1 else out.with_suffix(f".{red.name.replace(':', '')}.safetensors")
+        vector.save(path)
+        norms = vector.norms()
+        console.print(f"wrote {path}: {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
+                      f"inputs, largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})")
+
+
+def _parse_layers(spec: str | None) -> list[int] | None:
+    """``10-29`` / ``3,5,7`` / ``3,10-12`` -> list of ints (None for no spec)."""
+    if spec is None or not spec.strip():
+        return None
+    layers: list[int] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if re.fullmatch(r"\d+-\d+", part):
+            lo, hi = (int(x) for x in part.split("-"))
+            layers.extend(range(lo, hi + 1))
+        elif re.fullmatch(r"-?\d+", part):
+            layers.append(int(part))
+        else:
+            raise SteerlabError(f"--layers {spec!r}: expected integers and ranges like 3,5,10-12")
+    return layers

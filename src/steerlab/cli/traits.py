@@ -1,0 +1,75 @@
+"""`steerlab traits list`, `steerlab traits show NAME`: the built-in (or any) trait files."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from ..progress import console
+from ..traits import TRAITS_DIR, list_traits, load_trait
+from .app import app, new_group
+
+traits_app = new_group("Built-in traits (persona-vectors schema): list them, show one.")
+app.add_typer(traits_app, name="traits")
+
+
+@traits_app.command("list")
+def list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List the built-in traits with their number of instruction pairs and questions."""
+    rows = []
+    for name in list_traits():
+        extract, evaluate = load_trait(name, "extract"), load_trait(name, "eval")
+        rows.append({"name": name, "instructions": len(extract.instruction),
+                     "extract_questions": len(extract.questions),
+                     "eval_questions": len(evaluate.questions)})
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"built-in traits ({TRAITS_DIR})", title_justify="left")
+    table.add_column("name", style="bold")
+    table.add_column("instructions", justify="right")
+    table.add_column("extract questions", justify="right")
+    table.add_column("eval questions", justify="right")
+    for row in rows:
+        table.add_row(row["name"], str(row["instructions"]), str(row["extract_questions"]),
+                      str(row["eval_questions"]))
+    console.print(table)
+    console.print("Any JSON file in this schema works wherever a trait name does "
+                  "(steerlab traits show FILE.json).", highlight=False)
+
+
+@traits_app.command("show")
+def show_cmd(
+    name: str = typer.Argument(..., help="Built-in trait name (see `steerlab traits list`) or a trait .json file."),
+    split: str = typer.Option("extract", "--split", "-s", help="extract | eval (which question set to show)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the trait file's JSON."),
+) -> None:
+    """Show a trait: instruction pairs, questions and the judge's eval prompt."""
+    trait = load_trait(name, split)
+    if as_json:
+        typer.echo(json.dumps(trait.to_json(), indent=2, ensure_ascii=False))
+        return
+    console.print(f"[bold]{escape(trait.name)}[/] ({split}) - {escape(str(trait.source))}", highlight=False)
+    pairs = Table(title=f"instruction pairs ({len(trait.instruction)})", title_justify="left",
+                  show_lines=True, expand=True)
+    pairs.add_column("#", justify="right", width=3)
+    pairs.add_column("pos (shows the trait)", ratio=1)
+    pairs.add_column("neg (the opposite)", ratio=1)
+    for i, pair in enumerate(trait.instruction, 1):
+        pairs.add_row(str(i), escape(pair.pos), escape(pair.neg))
+    console.print(pairs)
+    questions = Table(title=f"{split} questions ({len(trait.questions)})", title_justify="left",
+                      show_header=False, expand=True)
+    questions.add_column("#", justify="right", width=3)
+    questions.add_column("question")
+    for i, question in enumerate(trait.questions, 1):
+        questions.add_row(str(i), escape(question))
+    console.print(questions)
+    console.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)",
+                        title_align="left"))

@@ -1,0 +1,48 @@
+import torch
+
+from steerlab import SteeringVector
+from steerlab.margin import behaviour_margin, response_logprobs
+from steerlab.activations import ChatSample
+from steerlab.chat import encode_chat
+from steerlab.pairs import Pair
+from steerlab.steering import SteeringSpec
+
+PAIRS = [
+    Pair(question="how should I store bread", positive="in the fridge", negative="in a bread box on the counter"),
+    Pair(question="yes or no", positive="no", negative="yes maybe"),
+    Pair(question="is water wet", positive="never", negative="it makes things wet", system="answer briefly"),
+]
+
+
+def test_response_logprobs_match_manual(tiny_any):
+    s = ChatSample("how should I store bread", "in the fridge")
+    enc = encode_chat(tiny_any.tokenizer, s.prompt, s.response)
+    with torch.no_grad():
+        logits = tiny_any.model(torch.tensor([enc.ids])).logits[0]
+    logp = torch.log_softmax(logits.float(), -1)
+    manual = torch.stack([logp[t - 1, enc.ids[t]] for t in range(enc.prompt_len, len(enc.ids))]).mean()
+    got = response_logprobs(tiny_any, [s, ChatSample("yes", "no it is a much longer answer")])[0]
+    assert abs(float(got) - float(manual)) < 1e-5
+
+
+def test_margin_sweep_rows_equal_separate_runs(tiny_llama):
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    for positions in ("all", "response", "prompt"):
+        spec = SteeringSpec(vec, 1, positions=positions)
+        result = behaviour_margin(tiny_llama, PAIRS, spec, coeffs=[-2.0, 0.0, 2.0])
+        for c, mean in zip(result.coeffs, result.mean, strict=True):
+            alone = behaviour_margin(tiny_llama, PAIRS, spec.with_coeff(c), batch_size=1)
+            assert abs(alone.mean[0] - mean) < 1e-5, (positions, c)
+    base = behaviour_margin(tiny_llama, PAIRS)
+    assert abs(base.mean[0] - result.mean[1]) < 1e-5
+    assert result.per_pair.shape == (3, len(PAIRS))
+
+
+def test_response_positions_match_generation_semantics(tiny_llama):
+    """Teacher-forced 'response' steering == 'all' steering restricted to last prompt + response."""
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    resp = behaviour_margin(tiny_llama, PAIRS, SteeringSpec(vec, 1, 3.0, positions="response"))
+    allpos = behaviour_margin(tiny_llama, PAIRS, SteeringSpec(vec, 1, 3.0, positions="all"))
+    prompt = behaviour_margin(tiny_llama, PAIRS, SteeringSpec(vec, 1, 3.0, positions="prompt"))
+    assert not torch.allclose(resp.per_pair, allpos.per_pair)
+    assert not torch.allclose(prompt.per_pair, allpos.per_pair)

@@ -1,0 +1,40 @@
+import csv
+import json
+
+import torch
+
+from steerlab import SteeringVector
+from steerlab.pairs import Pair
+from steerlab.sweep import run_sweep
+
+QUESTIONS = ["how should I store bread", "is water wet"]
+PAIRS = [Pair(question="yes or no", positive="no", negative="yes maybe")]
+
+
+def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model), {"method": "test"})
+    out = tmp_path / "sweep"
+    result = run_sweep(tiny_llama, vec, QUESTIONS, out, "1,2", [-2, 0, 2], PAIRS, max_new_tokens=4)
+    rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 2 == len(result.generations)
+    assert {(r["layer"], r["coeff"], r["question_index"]) for r in rows} == {
+        (layer, float(c), q) for layer in (1, 2) for c in (-2, 0, 2) for q in (0, 1)}
+    margins = list(csv.DictReader((out / "margins.csv").open()))
+    assert len(margins) == 6 and {m["layer"] for m in margins} == {"1", "2"}
+    zero = [float(m["margin"]) for m in margins if float(m["coeff"]) == 0]
+    assert abs(zero[0] - zero[1]) < 1e-6  # coefficient 0 is the identity at any layer
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["config"]["layers"] == [1, 2] and meta["steerlab_version"]
+    assert not (out / "generations.partial.jsonl").exists()
+
+    # A killed run: layer 1 finished (in the partial file), layer 2 not. Resume generates only layer 2.
+    (out / "generations.partial.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows if r["layer"] == 1))
+    import steerlab.sweep as sweep_module
+
+    calls = []
+    real = sweep_module.generate_batch
+    monkeypatch.setattr(sweep_module, "generate_batch", lambda *a, **k: calls.append(k) or real(*a, **k))
+    again = run_sweep(tiny_llama, vec, QUESTIONS, out, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+    assert len(calls) == 1
+    assert [r["text"] for r in again.generations] == [r["text"] for r in rows]
