@@ -1,9 +1,9 @@
 import torch
 
 from steerlab import SteeringVector
-from steerlab.margin import behaviour_margin, response_logprobs
 from steerlab.activations import ChatSample
 from steerlab.chat import encode_chat
+from steerlab.margin import behaviour_margin, response_logprobs
 from steerlab.pairs import Pair
 from steerlab.steering import SteeringSpec
 

@@ -1,5 +1,7 @@
 """Integration: a contrastive deception vector from the built-in pairs steers smollm2."""
 
+import itertools
+
 import pytest
 
 from steerlab import extract_contrastive, load_pairs
@@ -17,5 +19,5 @@ def test_contrastive_vector_moves_heldout_margin_monotonically(smollm2):
     held = load_pairs(pairs, split="heldout")[:16]
     result = behaviour_margin(smollm2, held, SteeringSpec(vector, 10), coeffs=COEFFS, batch_size=40)
     means = result.mean
-    assert all(a < b for a, b in zip(means, means[1:], strict=False)), means
+    assert all(a < b for a, b in itertools.pairwise(means)), means
     assert means[-1] - means[0] > 0.05, means
