@@ -86,3 +86,18 @@ def make_tiny(arch: str = "llama", template: str | None = None, seed: int = 0) -
     tok = make_tokenizer(template)
     model = make_model(arch, len(tok), seed)
     return wrap_model(model, tok, name=f"tiny-{arch}")
+
+
+def make_number_judge(seed: int = 1) -> LoadedModel:
+    """A tiny model whose LM head favours digit tokens, so a local judge gets scorable answers."""
+    lm = make_tiny("llama", seed=seed)
+    head = lm.model.lm_head
+    biased = torch.nn.Linear(head.in_features, head.out_features, bias=True)
+    with torch.no_grad():
+        biased.weight.copy_(head.weight)
+        biased.bias.zero_()
+        for token, index in lm.tokenizer.get_vocab().items():
+            if token.isdigit():
+                biased.bias[index] = 6.0
+    lm.model.lm_head = biased
+    return lm

@@ -1,0 +1,65 @@
+"""`steerlab persona ...`: the persona-vector pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..judge import make_judge
+from ..models import load_model
+from ..persona import PersonaConfig, run_persona
+from ..progress import console
+from ..traits import load_trait
+from .app import app, new_group
+from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt
+
+persona_app = new_group("Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted.")
+app.add_typer(persona_app, name="persona")
+
+JudgeOpt = typer.Option("local", "--judge", "-j", help="openai:MODEL (OpenAI-compatible endpoint: OPENAI_BASE_URL / --judge-base-url) | local (embedded smollm2) | local:MODEL_SPEC.")
+JudgeUrlOpt = typer.Option(None, "--judge-base-url", help="Base URL of the OpenAI-compatible judge (default: $OPENAI_BASE_URL).")
+
+
+@persona_app.command("extract")
+def extract(
+    model: str = ModelOpt,
+    trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait name (steerlab traits list) or a trait JSON file."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory; rerun with the same --out to resume."),
+    judge: str = JudgeOpt,
+    judge_base_url: str = JudgeUrlOpt,
+    samples_per_question: int = typer.Option(1, "--samples-per-question", min=1, help="Answers per question and instruction (use --temperature > 0 for more than 1)."),
+    max_questions: int = typer.Option(None, "--max-questions", min=1, help="Use only the first K questions."),
+    max_instructions: int = typer.Option(None, "--max-instructions", min=1, help="Use only the first K instruction pairs."),
+    threshold: float = typer.Option(50.0, "--threshold", help="Keep pairs with positive score >= T and negative < 100 - T."),
+    min_coherence: float = typer.Option(50.0, "--min-coherence", help="Both answers' coherence must be >= this."),
+    max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    seed: int = typer.Option(0, "--seed"),
+    batch_size: int = typer.Option(None, "--batch-size", "-b"),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Generate answers under positive/negative persona system prompts, judge them, keep effective
+    pairs, and write persona vectors (response_avg, prompt_avg, prompt_last) for every layer.
+
+    Example: steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
+    """
+    trait_def = load_trait(trait, "extract")
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    scorer = make_judge(judge, base_url=judge_base_url)
+    config = PersonaConfig(samples_per_question, max_questions, max_instructions, threshold, min_coherence,
+                           max_new_tokens, temperature, seed, batch_size)
+    result = run_persona(lm, trait_def, scorer, out, config, judge_name=judge)
+    table = Table(title=f"persona extract: {trait_def.name}")
+    table.add_column("")
+    table.add_column("value")
+    for key, value in result.counts.items():
+        table.add_row(key, str(value))
+    for stage, seconds in result.timings.items():
+        table.add_row(f"{stage} (s)", f"{seconds:.1f}")
+    console.print(table)
+    for reduction, path in result.vectors.items():
+        console.print(f"{reduction}: {path}")
