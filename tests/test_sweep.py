@@ -38,3 +38,23 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     again = run_sweep(tiny_llama, vec, QUESTIONS, out, "1,2", [-2, 0, 2], None, max_new_tokens=4)
     assert len(calls) == 1
     assert [r["text"] for r in again.generations] == [r["text"] for r in rows]
+
+
+def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
+    from tiny import make_number_judge
+
+    from steerlab.judge import make_judge
+    from steerlab.traits import load_trait
+
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    judge = make_judge(make_number_judge())
+    result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, "1", [-1, 1], max_new_tokens=3, judge=judge,
+                       eval_prompt=load_trait("evil").eval_prompt)
+    assert all(r["trait_score"] is not None and r["coherence"] is not None for r in result.generations)
+    scores = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    assert [(s["layer"], float(s["coeff"]), s["n"]) for s in scores] == [("1", -1.0, "2"), ("1", 1.0, "2")]
+    for s in scores:
+        values = [r["trait_score"] for r in result.generations if r["coeff"] == float(s["coeff"])]
+        assert abs(float(s["trait_mean"]) - sum(values) / len(values)) < 1e-9
+    html = (tmp_path / "scores.html").read_text()
+    assert "plotly" in html and "trait score" in html

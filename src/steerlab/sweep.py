@@ -5,6 +5,8 @@ coefficients. Results go to a run directory:
 
 - ``generations.jsonl``  every generation with its layer, coefficient and settings;
 - ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given;
+- ``scores.csv``, ``scores.html``  judged trait and coherence (mean, std, n) per (layer, coefficient)
+  and a plot of score vs coefficient per layer, when a judge and a trait are given;
 - ``sweep.json``         the config, steerlab version and timings.
 
 Each finished layer is appended to ``generations.partial.jsonl``; a rerun of a killed sweep skips
@@ -26,6 +28,7 @@ from . import __version__
 from .atomic import write_json, write_jsonl, write_text
 from .chat import Prompt
 from .generation import expand_grid, generate_batch
+from .judge import Judge, judge_coherence, judge_trait
 from .margin import behaviour_margin
 from .models import LoadedModel
 from .pairs import Pair
@@ -52,6 +55,7 @@ class SweepResult:
     generations: list[dict[str, Any]]
     margins: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    scores: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -76,8 +80,14 @@ def run_sweep(
     batch_size: int | None = None,
     reference_norms=None,
     extra_config: dict[str, Any] | None = None,
+    judge: Judge | None = None,
+    eval_prompt: str | None = None,
 ) -> SweepResult:
-    """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files."""
+    """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
+
+    With ``judge`` and ``eval_prompt`` (a trait's), every generation gets ``trait_score`` and
+    ``coherence`` (None where the judge gave no number).
+    """
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
     config = SweepConfig(parse_layers(layers, lm.n_layers, "--layers"), [float(c) for c in coeffs],
                          positions, operator, scale, max_new_tokens, temperature, seed, system, batch_size)
@@ -91,14 +101,15 @@ def run_sweep(
                 row = json.loads(line)
                 done.setdefault(row["layer"], []).append(row)
     expected = len(questions) * len(config.coeffs)
-    timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0}
+    timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
+    judged = judge is not None and eval_prompt is not None
     rows_all: list[dict[str, Any]] = []
     margins: list[dict[str, Any]] = []
     settings = {"positions": positions, "operator": operator, "scale": scale,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
     for layer in config.layers:
         spec = SteeringSpec(vector, layer, 1.0, operator, positions, scale)
-        if len(done.get(layer, [])) == expected:
+        if len(done.get(layer, [])) == expected and (not judged or "trait_score" in done[layer][0]):
             rows_all.extend(done[layer])
         else:
             start = time.perf_counter()
@@ -116,6 +127,14 @@ def run_sweep(
                  "finish_reason": g.finish_reason, **settings}
                 for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
             ]
+            if judged:
+                start = time.perf_counter()
+                answers = [r["text"] for r in layer_rows]
+                qs = [r["question"] for r in layer_rows]
+                for r, t, c in zip(layer_rows, judge_trait(judge, eval_prompt, qs, answers),
+                                   judge_coherence(judge, qs, answers), strict=True):
+                    r["trait_score"], r["coherence"] = t, c
+                timings["judge_s"] += time.perf_counter() - start
             with partial.open("a", encoding="utf-8") as fh:
                 fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in layer_rows))
             rows_all.extend(layer_rows)
@@ -130,15 +149,50 @@ def run_sweep(
             )
     write_jsonl(out / "generations.jsonl", rows_all)
     if margins:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(margins[0]))
-        writer.writeheader()
-        writer.writerows(margins)
-        write_text(out / "margins.csv", buf.getvalue())
+        write_csv(out / "margins.csv", margins)
+    scores = score_table(rows_all) if judged else []
+    if scores:
+        write_csv(out / "scores.csv", scores)
+        from .plots import score_vs_coeff_figure, write_figure
+
+        write_figure(out / "scores.html", score_vs_coeff_figure(scores))
     write_json(out / "sweep.json", {
         "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
         "config": {**asdict(config), **(extra_config or {})}, "n_questions": len(questions),
         "n_pairs": len(pairs or []), "timings": timings,
     })
     partial.unlink(missing_ok=True)
-    return SweepResult(rows_all, margins, timings)
+    return SweepResult(rows_all, margins, timings, scores)
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var**0.5
+
+
+def score_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean, std and n of trait and coherence scores per (layer, coeff); None scores are left out."""
+    groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["layer"], r["coeff"]), []).append(r)
+    table = []
+    for (layer, coeff), items in sorted(groups.items()):
+        trait = [r["trait_score"] for r in items if r.get("trait_score") is not None]
+        coherence = [r["coherence"] for r in items if r.get("coherence") is not None]
+        t_mean, t_std = _stats(trait)
+        c_mean, c_std = _stats(coherence)
+        table.append({"layer": layer, "coeff": coeff, "trait_mean": t_mean, "trait_std": t_std, "trait_n": len(trait),
+                      "coherence_mean": c_mean, "coherence_std": c_std, "coherence_n": len(coherence),
+                      "n": len(items)})
+    return table

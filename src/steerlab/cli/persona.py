@@ -13,13 +13,11 @@ from ..persona import PersonaConfig, run_persona
 from ..progress import console
 from ..traits import load_trait
 from .app import app, new_group
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt
+from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt
 
 persona_app = new_group("Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted.")
 app.add_typer(persona_app, name="persona")
 
-JudgeOpt = typer.Option("local", "--judge", "-j", help="openai:MODEL (OpenAI-compatible endpoint: OPENAI_BASE_URL / --judge-base-url) | local (embedded smollm2) | local:MODEL_SPEC.")
-JudgeUrlOpt = typer.Option(None, "--judge-base-url", help="Base URL of the OpenAI-compatible judge (default: $OPENAI_BASE_URL).")
 
 
 @persona_app.command("extract")
@@ -27,7 +25,7 @@ def extract(
     model: str = ModelOpt,
     trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait name (steerlab traits list) or a trait JSON file."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; rerun with the same --out to resume."),
-    judge: str = JudgeOpt,
+    judge: str = typer.Option("local", "--judge", "-j", help=JudgeOpt.help),
     judge_base_url: str = JudgeUrlOpt,
     samples_per_question: int = typer.Option(1, "--samples-per-question", min=1, help="Answers per question and instruction (use --temperature > 0 for more than 1)."),
     max_questions: int = typer.Option(None, "--max-questions", min=1, help="Use only the first K questions."),

@@ -12,15 +12,17 @@ from ..atomic import write_jsonl
 from ..calibration import mean_residual_norms
 from ..errors import SteerlabError
 from ..generation import expand_grid, generate_batch
+from ..judge import make_judge
 from ..models import load_model
 from ..pairs import load_pairs
 from ..progress import console
 from ..prompts import load_prompts
 from ..steering import SteeringSpec
 from ..sweep import run_sweep
+from ..traits import load_trait
 from ..vectors import SteeringVector
 from .app import app
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt, check_out
+from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt, check_out
 
 
 def parse_floats(text: str, flag: str) -> list[float]:
@@ -116,10 +118,13 @@ def sweep(
     vector: Path = typer.Option(..., "--vector", "-v", help="Steering vector (.safetensors or .gguf)."),
     layers: str = typer.Option(..., "--layers", "-l", help="Layers: 10,15 | 8-16 | all (layer L = output of block L)."),
     coeffs: str = typer.Option(..., "--coeffs", "-c", help="Coefficients, e.g. -4,-2,0,2,4."),
-    questions: Path = typer.Option(..., "--questions", "-q", help="Questions: .txt, .jsonl or .json (list or trait file)."),
+    questions: Path = typer.Option(None, "--questions", "-q", help="Questions: .txt, .jsonl or .json (list or trait file). Default with --trait: its eval questions."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (generations.jsonl, margins.csv, sweep.json)."),
     pairs: Path = typer.Option(None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."),
     pairs_split: str = typer.Option(None, "--pairs-split", help="Use only pairs with this 'split' (e.g. heldout)."),
+    judge: str = JudgeOpt,
+    judge_base_url: str = JudgeUrlOpt,
+    trait: str = typer.Option(None, "--trait", help="With --judge: built-in trait name or trait file whose eval prompt scores each generation."),
     positions: str = PositionsOpt,
     operator: str = OperatorOpt,
     scale: str = ScaleOpt,
@@ -137,15 +142,23 @@ def sweep(
     Rerunning with the same --out resumes: finished layers are not generated again.
     """
     coeff_values = parse_floats(coeffs, "--coeffs")
-    qs = load_prompts(questions)
+    if (judge is None) != (trait is None):
+        raise SteerlabError("--judge and --trait go together (the trait's eval prompt is what the judge scores)")
+    trait_def = load_trait(trait, "eval") if trait else None
+    if questions is None and trait_def is None:
+        raise SteerlabError("--questions is required (or give --trait to use its eval questions)")
+    qs = load_prompts(questions) if questions is not None else list(trait_def.questions)
     pair_rows = load_pairs(pairs, split=pairs_split) if pairs else None
     vec = SteeringVector.load(vector)
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     reference_norms = mean_residual_norms(lm, qs) if scale == "relative" else None
+    scorer = make_judge(judge, base_url=judge_base_url) if judge else None
     result = run_sweep(lm, vec, qs, out, layers, coeff_values, pair_rows, positions, operator, scale,
                        max_new_tokens, temperature, seed, system, batch_size, reference_norms,
                        extra_config={"vector_path": str(vector), "questions": str(questions),
-                                     "pairs": str(pairs) if pairs else None, "adapter": adapter})
+                                     "pairs": str(pairs) if pairs else None, "adapter": adapter,
+                                     "judge": judge, "trait": trait},
+                       judge=scorer, eval_prompt=trait_def.eval_prompt if trait_def else None)
     console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
     if result.margins:
         table = Table(title="behaviour margin (positive - negative mean log-likelihood per token)")
@@ -154,3 +167,13 @@ def sweep(
         for m in result.margins:
             table.add_row(str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['std']:.4f}")
         console.print(table)
+    if result.scores:
+        table = Table(title=f"judged {trait} score and coherence (mean ± std, n)")
+        for col in ("layer", "coeff", "trait", "coherence"):
+            table.add_column(col, justify="right")
+        for r in result.scores:
+            fmt = lambda m, s, n: "—" if m is None else f"{m:5.1f} ± {s:4.1f} (n={n})"  # noqa: E731
+            table.add_row(str(r["layer"]), f"{r['coeff']:g}", fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
+                          fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]))
+        console.print(table)
+        console.print(f"plot: {out / 'scores.html'}")
