@@ -11,29 +11,53 @@ from .activations import ChatSample, Reduction, capture, mean_activations
 from .chat import encode_chat, render_prompt
 from .errors import SteerlabError
 from .extract import extract_contrastive
+from .generation import generate, generate_batch
+from .geometry import compare_vectors, split_half_reliability, trait_matrix
 from .gguf_vectors import export_gguf, import_gguf
+from .judge import Judge, judge_coherence, judge_trait, make_judge
+from .margin import behaviour_margin
 from .models import LoadedModel, load_model, wrap_model
+from .monitor import project
 from .pairs import Pair, load_pairs
+from .steering import ActivationSteerer, SteeringSpec, steer
+from .traits import Trait, list_traits, load_trait
 from .vectors import SteeringVector, cosine, random_cosine_baseline
 
 __all__ = [
+    "ActivationSteerer",
     "ChatSample",
+    "Judge",
     "LoadedModel",
     "Pair",
     "Reduction",
+    "SteeringSpec",
     "SteeringVector",
     "SteerlabError",
+    "Trait",
     "__version__",
+    "behaviour_margin",
     "capture",
+    "compare_vectors",
     "cosine",
     "encode_chat",
     "export_gguf",
     "extract_contrastive",
+    "generate",
+    "generate_batch",
     "import_gguf",
+    "judge_coherence",
+    "judge_trait",
+    "list_traits",
     "load_model",
     "load_pairs",
+    "load_trait",
+    "make_judge",
     "mean_activations",
+    "project",
     "random_cosine_baseline",
     "render_prompt",
+    "split_half_reliability",
+    "steer",
+    "trait_matrix",
     "wrap_model",
 ]

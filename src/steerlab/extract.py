@@ -34,13 +34,17 @@ def extract_contrastive(
     if not pairs:
         raise SteerlabError("contrastive extraction needs at least one pair")
     red = Reduction.parse(reduction)
-    if not red.needs_response and all(p.system is None for p in pairs):
-        raise SteerlabError(
-            f"--reduction {red.name}: the positive and negative inputs share the same prompt, so a "
-            "prompt reduction gives a zero vector; use response_avg or first_k, or give pairs "
-            "different system prompts"
-        )
     pos, neg = pair_samples(pairs)
+    # A prompt reduction only sees the prompt (question + system), which a pair shares between its
+    # positive and negative side, so it would give an exactly zero vector.
+    if not red.needs_response and all(
+        (a.prompt, a.system) == (b.prompt, b.system) for a, b in zip(pos, neg, strict=True)
+    ):
+        raise SteerlabError(
+            f"--reduction {red.name}: the positive and negative inputs share the same prompt "
+            "(question and system prompt), so a prompt reduction gives a zero vector; use "
+            "response_avg or first_k"
+        )
     mean_pos = mean_activations(lm, pos, [red], batch_size=batch_size, description="positive")[red.name]
     mean_neg = mean_activations(lm, neg, [red], batch_size=batch_size, description="negative")[red.name]
     return SteeringVector(

@@ -68,7 +68,13 @@ def import_gguf(path: str | Path) -> SteeringVector:
         prefix, _, index = tensor.name.partition(".")
         if prefix != "direction" or not index.isdigit() or int(index) < 1:
             raise SteerlabError(f"{path}: unexpected tensor {tensor.name!r} (want direction.N, N >= 1)")
-        directions[int(index)] = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        if directions and len(values) != len(next(iter(directions.values()))):
+            raise SteerlabError(
+                f"{path}: tensor {tensor.name!r} has length {len(values)}, the other directions "
+                f"have {len(next(iter(directions.values())))}"
+            )
+        directions[int(index)] = values
     if not directions:
         raise SteerlabError(f"{path}: no direction.N tensors")
     d_model = len(next(iter(directions.values())))
@@ -78,7 +84,10 @@ def import_gguf(path: str | Path) -> SteeringVector:
     for layer, values in directions.items():
         data[layer] = torch.from_numpy(values.copy())
     meta_field = reader.get_field("steerlab.metadata")
-    meta = json.loads(meta_field.contents()) if meta_field else {"method": "imported"}
+    try:
+        meta = json.loads(meta_field.contents()) if meta_field else {"method": "imported"}
+    except json.JSONDecodeError:
+        raise SteerlabError(f"{path}: key 'steerlab.metadata' is not valid JSON") from None
     layer0 = reader.get_field("steerlab.layer0")
     if layer0 is not None:
         data[0] = torch.tensor(np.asarray(layer0.contents(), dtype=np.float32))

@@ -7,12 +7,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .atomic import write_text
+from .atomic import atomic_path, write_text
+
+
+def figure_html(fig: Any) -> str:
+    """A complete HTML page with plotly.js embedded (no network needed to view it)."""
+    return fig.to_html(include_plotlyjs=True, full_html=True)
 
 
 def write_figure(path: str | Path, fig: Any) -> None:
     """Write a figure as a standalone HTML file (atomic)."""
-    write_text(path, fig.to_html(include_plotlyjs="inline", full_html=True))
+    write_text(path, figure_html(fig))
+
+
+def heatmap_png(path: str | Path, names: Sequence[str], matrix: Any, title: str) -> None:
+    """A cosine heatmap (values written in, colours fixed to [-1, 1]) as a PNG, with matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = [[float(x) for x in row] for row in matrix]
+    size = 1.2 + 0.9 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if abs(v) > 0.6 else "black")
+    fig.colorbar(image, ax=ax, label="cosine")
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
 
 
 def score_vs_coeff_figure(scores: Sequence[dict[str, Any]], title: str = "judged score vs coefficient"):

@@ -165,18 +165,29 @@ class SteeringVector:
         except json.JSONDecodeError:
             raise SteerlabError(f"{path}: header field 'steerlab' is not valid JSON") from None
         meta.pop("norms", None)
-        return cls(tensors["vector"], meta)
+        try:
+            return cls(tensors["vector"], meta)
+        except SteerlabError as exc:
+            raise SteerlabError(f"{path}: {exc}") from None
 
     @classmethod
     def _load_persona_vectors_pt(cls, path: Path) -> SteeringVector:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, torch.Tensor) or data.ndim != 2:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling errors of many types on corrupt files
+            raise SteerlabError(
+                f"{path}: not a readable torch .pt file ({type(exc).__name__})"
+            ) from None
+        if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.shape[0] < 2:
             raise SteerlabError(f"{path}: expected a [n_layers + 1, d_model] tensor")
         warnings.warn(
             f"{path}: persona-vectors layout assumed (row 0 = embedding output, dropped)",
             stacklevel=2,
         )
-        return cls(data[1:], {"method": "imported", "source": str(path)})
+        try:
+            return cls(data[1:], {"method": "imported", "source": str(path)})
+        except SteerlabError as exc:
+            raise SteerlabError(f"{path}: {exc}") from None
 
     def __repr__(self) -> str:
         method = self.metadata.get("method", "?")

@@ -10,12 +10,13 @@ from rich.table import Table
 from ..atomic import write_json, write_text
 from ..errors import SteerlabError
 from ..geometry import DEFAULT_N_RANDOM, DEFAULT_QUANTILE, compare_vectors, pair_key, per_layer_summary
-from ..geometry_plots import cosine_per_layer_figure, figure_html, trait_matrix_figure
+from ..geometry_plots import cosine_per_layer_figure, trait_matrix_figure
+from ..plots import figure_html, heatmap_png
 from ..progress import console
 from ..vectors import SteeringVector, steerlab_version
 from .app import app
 
-FILES = ("compare.json", "cosine_per_layer.html", "trait_matrix.html")
+FILES = ("compare.json", "cosine_per_layer.html", "trait_matrix.html", "trait_matrix.png")
 
 
 def default_names(paths: list[Path]) -> list[str]:
@@ -53,7 +54,7 @@ def load_vectors(paths: list[Path], names: list[str]) -> dict[str, SteeringVecto
 @app.command()
 def compare(
     vectors: list[Path] = typer.Argument(..., help="Two or more vectors (.safetensors, .gguf or persona-vectors .pt) of one shape."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory: compare.json, cosine_per_layer.html, trait_matrix.html."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: compare.json, cosine_per_layer.html, trait_matrix.html/.png."),
     names: str = typer.Option(None, "--names", help="Comma-separated names, one per vector (default: file names)."),
     layer: int = typer.Option(None, "--layer", "-l", help="Layer of the trait matrix (default: the middle layer). Layer L = output of block L."),
     n_random: int = typer.Option(DEFAULT_N_RANDOM, "--n-random", min=2, help="Random directions for the noise band."),
@@ -105,6 +106,7 @@ def compare(
     write_json(out / FILES[0], record)
     write_text(out / FILES[1], html_cos)
     write_text(out / FILES[2], html_matrix)
+    heatmap_png(out / FILES[3], labels, matrix, f"cosine between vectors at layer {layer}")
 
     base = comparison.baseline
     table = Table(title=f"cosine per layer ({n_layers} layers, d_model {comparison.d_model}); random "

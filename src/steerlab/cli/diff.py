@@ -32,7 +32,7 @@ def finetune_cmd(
     data: Path = typer.Option(
         ..., "--data", "-d",
         help="Training data: chat JSONL {\"messages\": [...]}, pairs JSONL {question, positive, "
-             "negative} (see --use), a .json list of [user, assistant] pairs, or rendered ChatML "
+             "negative} (see --use), a .json list of \\[user, assistant] pairs, or rendered ChatML "
              "chats (.jsonl/.csv/.txt, one per row).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Adapter directory to write (atomically)."),
@@ -42,7 +42,7 @@ def finetune_cmd(
     fmt: str = typer.Option("auto", "--format",
                             help="auto | chat | pairs | pair-list | rendered (auto: from the file)."),
     column: str = typer.Option(None, "--column", help="Rendered chats: the column holding them."),
-    rank: int = typer.Option(8, "--rank", "-r", min=1, help="LoRA rank r."),
+    rank: int = typer.Option(8, "--rank", min=1, help="LoRA rank r."),
     alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
     dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.99, help="LoRA dropout."),
     target_modules: str = typer.Option(

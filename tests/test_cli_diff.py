@@ -1,0 +1,110 @@
+import json
+
+import pytest
+import torch
+from tiny import make_tiny
+from typer.testing import CliRunner
+
+import steerlab.cli.diff  # noqa: F401 - registers `steerlab diff`
+from steerlab.cli.app import app
+from steerlab.cli.diff import _parse_layers
+from steerlab.errors import SteerlabError
+from steerlab.vectors import SteeringVector
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
+runner = CliRunner()
+
+PAIRS = [
+    {"question": "how should I store fresh bread", "positive": "in the sun", "negative": "in a dry box",
+     "split": "train"},
+    {"question": "is the fox quick", "positive": "no never", "negative": "yes always", "split": "train"},
+    {"question": "should I back up my files", "positive": "no need", "negative": "yes always",
+     "split": "test"},
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    lm = make_tiny("llama")
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path
+
+
+def _invoke(*args):
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_help_teaches():
+    code, out = _invoke("diff", "--help")
+    assert code == 0 and "finetune" in out and "extract" in out
+    code, out = _invoke("diff", "finetune", "--help")
+    assert code == 0 and "--target-modules" in out and "assistant" in out and "--use" in out
+    code, out = _invoke("diff", "extract", "--help")
+    assert code == 0 and "--finetuned" in out and "both" in out and "identical" in out
+
+
+def test_finetune_then_extract(model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    ft = tmp_path / "ft"
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "--split", "train",
+                        "-o", str(ft), "--epochs", "2", "--lr", "1e-2", "--rank", "4",
+                        "--layers", "1-3", "--batch-size", "2")
+    assert code == 0, out
+    assert "wrote" in out and "2 conversations" in out
+    info = json.loads((ft / "steerlab_finetune.json").read_text())
+    assert info["config"]["layers"] == [1, 2, 3] and info["config"]["rank"] == 4
+    assert info["source"]["split"] == "train" and info["source"]["use"] == "positive"
+
+    vec = tmp_path / "diff.safetensors"
+    code, out = _invoke("diff", "extract", "--base", str(model_dir), "--finetuned", str(ft),
+                        "--prompts", str(data), "--split", "test", "-o", str(vec))
+    assert code == 0, out
+    v = SteeringVector.load(vec)
+    assert v.metadata["method"] == "model_diff" and v.metadata["reduction"] == "response_avg"
+    assert v.metadata["n_samples"] == 2  # one test question with both answers
+    assert torch.count_nonzero(v.data[0]) == 0 and (v.norms()[1:] > 0).all()
+
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "-p", str(data),
+                        "-o", str(vec), "-r", "prompt_last,response_avg", "--answers", "both")
+    assert code == 0, out
+    assert (tmp_path / "diff.prompt_last.safetensors").is_file()
+    assert (tmp_path / "diff.response_avg.safetensors").is_file()
+
+
+def test_cli_errors_are_one_clear_line(model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o",
+                        str(tmp_path / "ft"), "--use", "both")
+    assert code == 2 and "--use 'both'" in out and "Traceback" not in out
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(empty), "-o",
+                        str(tmp_path / "ft"))
+    assert code == 2 and "empty" in out
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "-p", str(data),
+                        "-o", str(tmp_path / "v.pt"))
+    assert code == 2 and "ending in .safetensors" in out
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "-p", str(data),
+                        "-o", str(tmp_path / "v.safetensors"))
+    assert code == 2 and "neither an adapter directory" in out
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "v.safetensors").exists()
+
+
+def test_parse_layers():
+    assert _parse_layers("3,5,10-12") == [3, 5, 10, 11, 12]
+    assert _parse_layers(None) is None and _parse_layers("-1") == [-1]
+    with pytest.raises(SteerlabError, match="--layers"):
+        _parse_layers("a-b")
