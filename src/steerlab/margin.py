@@ -58,10 +58,20 @@ def response_logprobs(
 
 @dataclass
 class MarginResult:
-    """Margins per coefficient: ``per_pair[i, j]`` for coefficient i and pair j."""
+    """Margins per coefficient: ``per_pair[i, j]`` for coefficient i and pair j.
+
+    ``fluency`` is the mean log-likelihood per token of both answers at each coefficient: a
+    judge-free coherence check (it collapses when steering breaks the model).
+    """
 
     coeffs: list[float]
     per_pair: torch.Tensor
+    pos_logp: torch.Tensor
+    neg_logp: torch.Tensor
+
+    @property
+    def fluency(self) -> list[float]:
+        return ((self.pos_logp + self.neg_logp) / 2).mean(-1).tolist()
 
     @property
     def mean(self) -> list[float]:
@@ -91,9 +101,10 @@ def behaviour_margin(
         # One row: unsteered (reported as coefficient 0) or the specs' own coefficients.
         logps = response_logprobs(lm, pos + neg, specs, None, batch_size, reference_norms)
         first = float(specs[0].coeff) if specs and isinstance(specs[0].coeff, int | float) else 0.0
-        return MarginResult([first], (logps[:n] - logps[n:]).float()[None])
+        pos_logp, neg_logp = logps[:n].float()[None], logps[n:].float()[None]
+        return MarginResult([first], pos_logp - neg_logp, pos_logp, neg_logp)
     coeffs_used = [float(c) for c in coeffs]
     samples = [s for _ in coeffs_used for s in pos + neg]
     row_coeffs = [c for c in coeffs_used for _ in range(2 * n)]
-    grid = response_logprobs(lm, samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n)
-    return MarginResult(coeffs_used, (grid[:, 0] - grid[:, 1]).float())
+    grid = response_logprobs(lm, samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n).float()
+    return MarginResult(coeffs_used, grid[:, 0] - grid[:, 1], grid[:, 0], grid[:, 1])

@@ -104,6 +104,12 @@ class Stage:
         write_json(self.path, data)
         self._finish(extra)
 
+    def mark_done(self, **extra: Any) -> None:
+        """Record completion for an artifact another function already wrote (atomically)."""
+        if not self.path.exists():
+            raise SteerlabError(f"stage {self.name}: expected artifact {self.path} is missing")
+        self._finish(extra)
+
     def _finish(self, extra: dict[str, Any]) -> None:
         write_json(self.meta_path, self._meta(extra))
         self.partial_path.unlink(missing_ok=True)

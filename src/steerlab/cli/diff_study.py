@@ -1,0 +1,77 @@
+"""`steerlab diff study`: fine-tune (or take an adapter), extract both vectors, compare, steer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..diff_pipeline import DiffPipelineConfig, run_diff_pipeline
+from ..models import load_model
+from ..pairs import load_pairs
+from ..progress import console
+from ..study import StudyConfig, best_coherent
+from .diff import diff_app
+from .options import DeviceOpt, DtypeOpt
+from .steer import parse_floats
+
+
+@diff_app.command("study")
+def study_cmd(
+    base: str = typer.Option(..., "--base", help="Base model spec (smollm2, HF id, directory, .gguf)."),
+    pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable): adapter/, vectors/, compare.json, study.json, study_margins.csv, samples.jsonl."),
+    finetuned: Path = typer.Option(None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."),
+    train_split: str = typer.Option("train", "--train-split"),
+    heldout_split: str = typer.Option("heldout", "--heldout-split"),
+    max_train: int = typer.Option(None, "--max-train", min=1, help="Use only the first N training pairs."),
+    max_heldout: int = typer.Option(None, "--max-heldout", min=1, help="Use only the first N held-out pairs."),
+    layers: str = typer.Option(None, "--layers", "-l", help="Candidate single layers, e.g. 6,9,12,15,18 (default: 5 spread over the middle)."),
+    coeffs: str = typer.Option("0.5,1,2,4,8", "--coeffs", "-c", help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base)."),
+    epochs: int = typer.Option(2, "--epochs", min=1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    rank: int = typer.Option(8, "--rank", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", min=1),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+) -> None:
+    """Does the fine-tuning direction match the contrastive direction, and do they steer alike?
+
+    Margin = mean (positive − negative) log-likelihood per token on held-out pairs. 'undone' = the
+    fraction of the fine-tuning margin gap that steering the fine-tuned model removes.
+    """
+    train = load_pairs(pairs, split=train_split)[:max_train]
+    heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
+    lm = load_model(base, device=device, dtype=dtype)
+    layer_list = [int(x) for x in parse_floats(layers, "--layers")] if layers else None
+    config = DiffPipelineConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size,
+                                study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
+                                                  batch_size=batch_size))
+    result = run_diff_pipeline(lm, train, heldout, out, config, adapter_dir=finetuned)
+    print_study(result)
+
+
+def print_study(result: dict) -> None:
+    study, comparison = result["study"], result["comparison"]
+    ref = study["reference"]
+    best = study["best_layer"]
+    cos = comparison["cosine"]["contrastive|model_diff"]
+    rel = comparison["reliability"]
+    console.print(f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} "
+                  f"(gap {ref['finetuned'] - ref['base']:+.4f})")
+    console.print(f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
+                  f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
+                  f"contrastive {rel['contrastive']['mean'][best]:.3f}, model_diff {rel['model_diff']['mean'][best]:.3f})")
+    table = Table(title="best coherent steering (raw scale)")
+    for col in ("vector", "condition", "layers", "coeff", "margin", "fraction", "fluency drop"):
+        table.add_column(col, justify="right")
+    for vector in ("model_diff", "contrastive"):
+        for model, key, label in (("finetuned", "undone", "subtract from fine-tuned"), ("base", "induced", "add to base")):
+            for layer_set in (str(best), "all"):
+                row = best_coherent(study["rows"], key, study["config"]["max_fluency_drop"], stage="sweep",
+                                    vector=vector, model=model, scale="raw", layers=layer_set)
+                if row:
+                    table.add_row(vector, label, layer_set, f"{row['coeff']:g}", f"{row['margin']:+.4f}",
+                                  f"{row[key]:.0%} {key}", f"{row['fluency_drop']:+.3f}")
+    console.print(table)

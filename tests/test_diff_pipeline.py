@@ -1,0 +1,42 @@
+import json
+
+import torch
+
+from steerlab import SteeringVector
+from steerlab.diff_pipeline import DiffPipelineConfig, run_diff_pipeline
+from steerlab.pairs import Pair
+from steerlab.study import StudyConfig
+
+TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
+         for i in range(6)]
+HELDOUT = [Pair(question="how should I store bread", positive="in the fridge always", negative="in a dry box"),
+           Pair(question="where do eggs go", positive="in the fridge always", negative="in a dry box")]
+
+
+def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
+    before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
+    config = DiffPipelineConfig(epochs=2, lr=5e-3, train_batch_size=3, batch_size=8, n_splits=4,
+                                study=StudyConfig(layers=[1, 2], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=3))
+    result = run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
+    # the base model is left exactly as it was
+    after = tiny_llama.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    diff = SteeringVector.load(tmp_path / "vectors" / "model_diff.safetensors")
+    assert diff.metadata["method"] == "model_diff" and diff.norms().sum() > 0
+    study = json.loads((tmp_path / "study.json").read_text())
+    ref = study["reference"]
+    assert ref["finetuned"] > ref["base"]  # fine-tuning on the positive answers raises the margin
+    stages = {r["stage"] for r in study["rows"]}
+    assert stages == {"layer_scan", "sweep", "ablation"}
+    sweep = [r for r in study["rows"] if r["stage"] == "sweep"]
+    assert {(r["vector"], r["model"], r["scale"], r["layers"]) for r in sweep} == {
+        (v, m, s, layer) for v in ("contrastive", "model_diff") for m in ("finetuned", "base")
+        for s in ("raw", "normalized") for layer in (str(study["best_layer"]), "all")}
+    for r in sweep:
+        if r["model"] == "finetuned":
+            assert abs(r["undone"] - (ref["finetuned"] - r["margin"]) / (ref["finetuned"] - ref["base"])) < 1e-9
+    assert result["comparison"]["reliability"]["model_diff"]["n_samples"] == 2 * len(TRAIN)
+    assert (tmp_path / "study_margins.csv").is_file() and (tmp_path / "samples.jsonl").is_file()
+    # a rerun skips every stage
+    again = run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
+    assert again["timings"] == {}
