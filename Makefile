@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/steerlab demo --out out/demo
 
-test: $(STAMP)
+# Debian's chromium renders the HTML report in the browser test (root installs it; otherwise skipped).
+browser:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "warning: chromium not installed; the report browser test will be skipped"
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 

@@ -61,3 +61,48 @@ def extract(
     console.print(table)
     for reduction, path in result.vectors.items():
         console.print(f"{reduction}: {path}")
+
+
+@persona_app.command("monitor")
+def monitor(
+    model: str = ModelOpt,
+    trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait name or trait file (its eval questions are used)."),
+    vector: Path = typer.Option(..., "--vector", "-v", help="Persona vector (.safetensors)."),
+    layer: int = typer.Option(..., "--layer", "-l", help="Layer to steer and monitor (output of block L)."),
+    coeff: float = typer.Option(4.0, "--coeff", "-c", help="Coefficient for the steered condition."),
+    max_questions: int = typer.Option(8, "--max-questions", min=1),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
+    out: Path = typer.Option(None, "--out", "-o", help="Write projections and texts to this .json and a box plot beside it (.html)."),
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Compare baseline, prompted (positive persona) and steered responses by their projection on
+    the persona vector (box plot + table)."""
+    import plotly.graph_objects as go
+
+    from ..atomic import write_json
+    from ..persona_eval import persona_monitor
+    from ..plots import write_figure
+    from ..vectors import SteeringVector
+    from .options import check_out
+
+    if out is not None:
+        check_out(out, ".json")
+    trait_def = load_trait(trait, "eval")
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    vec = SteeringVector.load(vector)
+    vec.check_compatible(lm.n_layers, lm.d_model, lm.name)
+    doc = persona_monitor(lm, trait_def, vec, lm.check_layer(layer), coeff, max_questions, max_new_tokens)
+    table = Table(title=doc["title"])
+    for col in ("condition", "mean projection", "n"):
+        table.add_column(col)
+    for row in doc["summary"]:
+        table.add_row(row["condition"], f"{row['mean']:+.3f}", str(row["n"]))
+    console.print(table)
+    if out is not None:
+        write_json(out, {**doc, "config": {"model": model, "trait": trait, "vector": str(vector), "coeff": coeff}})
+        fig = go.Figure([go.Box(y=v, name=k, boxpoints="all") for k, v in doc["groups"].items()])
+        fig.update_layout(title=doc["title"], yaxis_title="(a·v)/‖v‖", template="plotly_white")
+        write_figure(out.with_suffix(".html"), fig)
+        console.print(f"wrote {out} and {out.with_suffix('.html')}")

@@ -1,0 +1,90 @@
+"""The HTML report, rendered in a real headless Chromium (Debian's chromium, installed by `make test`)."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+from tiny import make_number_judge
+
+from steerlab.diff_pipeline import DiffPipelineConfig, run_diff_pipeline
+from steerlab.judge import make_judge
+from steerlab.pairs import Pair
+from steerlab.persona import PersonaConfig, run_persona
+from steerlab.report import build_report
+from steerlab.study import StudyConfig
+from steerlab.traits import load_trait
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
+         for i in range(4)]
+HELDOUT = [Pair(question="where do eggs go", positive="in the fridge always", negative="in a dry box")]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_llama, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = DiffPipelineConfig(epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3,
+                                study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3))
+    run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
+    run_persona(tiny_llama, load_trait("evil"), make_judge(make_number_judge()), out / "persona",
+                PersonaConfig(max_questions=1, max_instructions=1, max_new_tokens=3, threshold=0, min_coherence=0))
+    (out / "monitor.json").write_text(json.dumps({"title": "t", "groups": {"a": [0.1, 0.2], "b": [0.5, 0.7]},
+                                                  "summary": [{"group": "a", "mean": 0.15, "n": 2}]}))
+    (out / "summary.json").write_text(json.dumps({"model": "tiny", "judge": "local", "reading": ["a reading"],
+                                                  "timings": {"load": 1.0}}))
+    return out
+
+
+def chromium(*args, timeout=120):
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-quic", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium not installed")
+def test_report_renders_in_chromium(run_dir, tmp_path):
+    path, missing = build_report(run_dir)
+    assert missing == []
+    html = path.read_text()
+    assert "<script src=" not in html  # self-contained: no network needed
+    url = path.resolve().as_uri()
+    profile = tmp_path / "profile"
+    result = chromium(f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--dump-dom", url)
+    status = re.search(r'id="steerlab-status"[^>]*', result.stdout)
+    assert status, result.stderr[-2000:]
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', status.group(0)))
+    expected_plots = html.count('<div class="plot">')
+    assert expected_plots >= 5
+    assert int(attrs["plots"]) == expected_plots
+    assert int(attrs["rendered"]) == expected_plots  # every plot drew its SVG
+    assert json.loads(attrs["errors"].replace("&quot;", '"')) == []
+    console_errors = [line for line in result.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
+    assert console_errors == []
+    shot = run_dir / "report.png"
+    result = chromium(f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1280,2400",
+                      f"--screenshot={shot}", url)
+    assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", result.stderr[-2000:]
+
+
+def test_report_on_partial_run_lists_missing(tmp_path):
+    (tmp_path / "compare.json").write_text("{not json")
+    path, missing = build_report(tmp_path)
+    assert path.is_file()
+    assert "vector comparison (compare.json)" in missing and "steering study (study.json)" in missing
+    assert "Not in this run directory" in path.read_text()
+
+
+def test_report_cli(run_dir):
+    from typer.testing import CliRunner
+
+    from steerlab.cli import app
+
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "report.html").is_file()
+    bad = CliRunner().invoke(app, ["report", str(run_dir / "nope")])
+    assert bad.exit_code == 2 and "not a directory" in bad.output
