@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -73,3 +74,27 @@ def show_cmd(
     console.print(questions)
     console.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)",
                         title_align="left"))
+
+
+@traits_app.command("new")
+def new_cmd(
+    description: str = typer.Argument(..., help='One line, e.g. "gives overconfident medical advice".'),
+    model: str = typer.Option(..., "--model", "-m", help="A chat model: any model spec, or openai:MODEL for an OpenAI-compatible endpoint."),
+    out: Path = typer.Option(..., "--out", "-o", help="Trait file to write (.json, persona-vectors schema)."),
+    name: str = typer.Option(None, "--name", help="Trait name (default: the file stem)."),
+    base_url: str = typer.Option(None, "--base-url", help="With openai:MODEL: the endpoint (default $OPENAI_BASE_URL)."),
+    instructions: int = typer.Option(5, "--instructions", min=1, help="Instruction pairs to ask for."),
+    questions: int = typer.Option(20, "--questions", min=1, help="Questions to ask for."),
+    attempts: int = typer.Option(3, "--attempts", min=1, help="Tries; each failed draft's error is shown to the model."),
+) -> None:
+    """Draft a trait file with a chat model and validate it (retrying with the error shown)."""
+    from ..atomic import write_json
+    from ..drafting import draft_trait, make_chat
+    from .options import check_out
+
+    check_out(out, ".json")
+    trait, used = draft_trait(make_chat(model, base_url), description, name or out.stem, instructions, questions,
+                              attempts)
+    write_json(out, {**trait.to_json(), "description": description, "drafted_by": model})
+    console.print(f"wrote {out} ({len(trait.instruction)} instruction pairs, {len(trait.questions)} questions; "
+                  f"valid after {used} attempt{'s' if used > 1 else ''}) — review it before use")
