@@ -63,7 +63,7 @@ SIZES = {
     "ci": DemoSize(24, 8, 1, StudyConfig(layers=[12], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=12), 2, 1, 12,
                    [0.0, 4.0], 2),
     # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
-    "small": DemoSize(160, 32, 2, StudyConfig(coeffs=[0.5, 1.0, 2.0, 4.0, 8.0], n_samples=3), 6, 2, 40),
+    "small": DemoSize(128, 32, 1, StudyConfig(coeffs=[0.5, 1.0, 2.0, 4.0, 8.0], n_samples=3), 6, 2, 40),
     # paper scale, for a GPU
     "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
                      96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
