@@ -17,6 +17,8 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert on_disk["model"] == "smollm2" and on_disk["n_layers"] == 30
     assert len(on_disk["cosine_per_layer"]) == 30
     assert on_disk["reading"] and summary["timings"]["diff_study"] > 0
+    # fine-tuning on the train split's deceptive answers raises the held-out behaviour margin
+    assert on_disk["margins"]["finetuned"] > on_disk["margins"]["base"]
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]
