@@ -25,7 +25,7 @@ def endpoint():
     replies = [json.dumps({**GOOD, "eval_prompt": "Rate {question}."}), "Here you go:\n" + json.dumps(GOOD)]
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server API
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(body)
             content = replies[min(len(requests), len(replies)) - 1]

@@ -31,7 +31,7 @@ from .model_diff import attached_adapter
 from .models import LoadedModel, load_model
 from .monitor import project
 from .pairs import builtin_pairs_path, load_pairs
-from .persona import PersonaConfig, effective_pairs, persona_vectors, run_persona
+from .persona import PersonaConfig, all_pairs, effective_pairs, persona_vectors, run_persona
 from .persona_eval import persona_margin_pairs, persona_monitor
 from .progress import console
 from .report import build_report
@@ -60,10 +60,11 @@ class DemoSize:
 
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
-    "ci": DemoSize(24, 8, 1, StudyConfig(layers=[12], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=12), 2, 1, 12,
-                   [0.0, 4.0], 2),
+    "ci": DemoSize(16, 4, 1, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
+                   [0.0, 4.0], 1),
     # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
-    "small": DemoSize(128, 32, 1, StudyConfig(coeffs=[0.5, 1.0, 2.0, 4.0, 8.0], n_samples=3), 6, 2, 40),
+    "small": DemoSize(96, 16, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 4, 2, 32,
+                      [-4.0, 0.0, 4.0, 8.0], 4),
     # paper scale, for a GPU
     "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
                      96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
@@ -154,13 +155,13 @@ def _persona_stage(lm: LoadedModel, out: Path, trait_name: str, judge_spec: str,
         # The judge scored too little (a small local judge rarely answers with numbers): fall back to
         # every generated pair, unfiltered, and say so.
         judged = read_jsonl_rows(out / "judged.jsonl")
-        doc = effective_pairs([{**r, "trait_score": 100.0, "coherence": 100.0} for r in judged], 0.0, 0.0)
-        vectors = persona_vectors(lm, doc["pairs"])
+        unfiltered = all_pairs(judged)
+        vectors = persona_vectors(lm, unfiltered)
         vector_path = out / "vectors" / f"{trait_name}_response_avg_unfiltered.safetensors"
         vectors["response_avg"].metadata.update({"trait": trait_name, "filtered": False})
         vectors["response_avg"].save(vector_path)
         counts = effective_pairs(judged, config.threshold, config.min_coherence)["counts"]
-        result.update(filtered=False, n_effective=0, n_unfiltered=len(doc["pairs"]), counts=counts)
+        result.update(filtered=False, n_effective=0, n_unfiltered=len(unfiltered), counts=counts)
     vector = SteeringVector.load(vector_path)
     layer = lm.n_layers // 2
     eval_trait = load_trait(trait_name, "eval")

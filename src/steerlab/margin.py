@@ -10,6 +10,7 @@ coefficients.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,20 +41,29 @@ def response_logprobs(
         specs = [s if coeffs is None else s.with_coeff(coeffs[idx]) for s in steering]
         response_start = batch.pads + batch.prompt_lens
         steerer = steer(lm, specs, reference_norms)
+        # Left padding right-aligns every response: only the last k positions' logits are needed.
+        width = batch.input_ids.shape[1]
+        keep = int((batch.lengths - batch.prompt_lens).max()) + 1
+        kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(lm) else {}
         with steerer, steerer.teacher_forcing(response_start), torch.inference_mode():
             logits = lm.model(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids(), use_cache=False,
-            ).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)
-        target = batch.input_ids[:, 1:]
+                position_ids=batch.position_ids(), use_cache=False, **kwargs,
+            ).logits[:, -keep:]
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)  # predicts positions width-keep+1 .. width-1
+        target = batch.input_ids[:, width - keep + 1 :]
         token_logp = logp.gather(-1, target[..., None])[..., 0]
-        pos = torch.arange(1, batch.input_ids.shape[1], device=target.device)[None, :]
-        end = batch.pads + batch.lengths
-        mask = (pos >= response_start[:, None]) & (pos < end[:, None])
+        pos = torch.arange(width - keep + 1, width, device=target.device)[None, :]
+        mask = pos >= response_start[:, None]
         mean = (token_logp * mask).sum(-1) / mask.sum(-1)
         out[idx] = mean.double().cpu()
     return out
+
+
+def _accepts_logits_to_keep(lm: LoadedModel) -> bool:
+    from .layers import unwrap_model
+
+    return "logits_to_keep" in inspect.signature(unwrap_model(lm.model).forward).parameters
 
 
 @dataclass

@@ -140,7 +140,8 @@ def run_persona(
 
 
 def _gen_chunk(config: PersonaConfig) -> int:
-    return max(8, config.batch_size or 32)
+    """Items generated between checkpoints (one batch)."""
+    return config.batch_size or 32
 
 
 def _generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config: PersonaConfig, name: str):
@@ -151,20 +152,33 @@ def _generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config:
                           seed=config.seed, batch_size=config.batch_size, description=f"{name}: generating")
 
 
+def _paired(judged: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(positive, negative) rows paired by (instruction, question, sample)."""
+    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for row in judged:
+        by_key.setdefault((row["instruction"], row["question_index"], row["sample"]), {})[row["kind"]] = row
+    return [(p["pos"], p["neg"]) for p in by_key.values() if "pos" in p and "neg" in p]
+
+
+def _pair_doc(pos: dict[str, Any], neg: dict[str, Any]) -> dict[str, Any]:
+    return {"question": pos["question"], "pos_system": pos["system"], "neg_system": neg["system"],
+            "positive": pos["response"], "negative": neg["response"],
+            "pos_score": pos.get("trait_score"), "neg_score": neg.get("trait_score")}
+
+
+def all_pairs(judged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (positive, negative) pair, unfiltered (persona-vectors' no-filter ablation)."""
+    return [_pair_doc(pos, neg) for pos, neg in _paired(judged)]
+
+
 def effective_pairs(judged: list[dict[str, Any]], threshold: float, min_coherence: float) -> dict[str, Any]:
     """Pair positive and negative answers by (instruction, question, sample) and keep those where the
     positive shows the trait (>= threshold), the negative does not (< 100 - threshold) and both are
     coherent (>= min_coherence). Items with a None score are dropped (counted)."""
-    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for row in judged:
-        by_key.setdefault((row["instruction"], row["question_index"], row["sample"]), {})[row["kind"]] = row
     kept, counts = [], {"candidates": 0, "unscored": 0, "pos_below_threshold": 0, "neg_above_threshold": 0,
                         "incoherent": 0, "effective": 0}
-    for pair in by_key.values():
-        if "pos" not in pair or "neg" not in pair:
-            continue
+    for pos, neg in _paired(judged):
         counts["candidates"] += 1
-        pos, neg = pair["pos"], pair["neg"]
         scores = (pos["trait_score"], neg["trait_score"], pos["coherence"], neg["coherence"])
         if any(s is None for s in scores):
             counts["unscored"] += 1
@@ -176,9 +190,7 @@ def effective_pairs(judged: list[dict[str, Any]], threshold: float, min_coherenc
             counts["incoherent"] += 1
         else:
             counts["effective"] += 1
-            kept.append({"question": pos["question"], "pos_system": pos["system"], "neg_system": neg["system"],
-                         "positive": pos["response"], "negative": neg["response"],
-                         "pos_score": pos["trait_score"], "neg_score": neg["trait_score"]})
+            kept.append(_pair_doc(pos, neg))
     return {"pairs": kept, "counts": counts}
 
 

@@ -10,7 +10,7 @@ measured with the judge-free behaviour margin (positive − negative log-likelih
 3. **Coefficient sweeps** at the best layer and at all layers, for every vector: subtract from the
    fine-tuned model and add to the base model; ``raw`` (the vector as extracted) and ``normalized``
    (each layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
-   interventions for every vector).
+   interventions for every vector; for the model-diff vector itself this is the raw vector).
 4. **Projection ablation** of each direction from the fine-tuned model, at the best layer and at all.
 
 Every row records the margin, its std over pairs, ``undone`` = (ft − steered) / (ft − base) for
@@ -128,7 +128,8 @@ def run_study(
 
         for name in vectors:
             for layer_set in (best, "all"):
-                for scale in ("raw", "normalized"):
+                # model_diff rescaled to its own norms is itself: "normalized" only differs for others
+                for scale in ("raw",) if name == "model_diff" else ("raw", "normalized"):
                     for model in ("finetuned", "base"):
                         rows += [dict(r, stage="sweep") for r in sweep(model, name, scale, layer_set, config.coeffs)]
                 rows += [dict(r, stage="ablation") for r in sweep("finetuned", name, "raw", layer_set, [1.0], "ablate")]

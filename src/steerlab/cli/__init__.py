@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import compare, dataset, demo, diff, diff_study, info, monitor, persona, report, steer, traits, vectors  # noqa: F401 - registers commands
+from . import compare, dataset, demo, diff, diff_study, info, monitor, persona, report, serve, steer, traits, vectors  # noqa: F401 - registers commands
 from .app import app
 
 

@@ -20,7 +20,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="Most rows (requests x n) generated together."),
-    batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0, help="How long the oldest queued request waits for others to batch with."),
+    batch_window_ms: float = typer.Option(10.0, "--batch-window-ms", min=0.0, help="Batch window: wait for more requests until none has come for this long (at most 5 windows)."),
     max_context: int = typer.Option(None, "--max-context", min=2, help="Prompt + max_tokens limit (default: the model's context length)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
