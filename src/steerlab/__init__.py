@@ -11,11 +11,13 @@ from .activations import ChatSample, Reduction, capture, mean_activations
 from .chat import encode_chat, render_prompt
 from .errors import SteerlabError
 from .extract import extract_contrastive
+from .finetune import FinetuneResult, finetune
 from .generation import generate, generate_batch
 from .geometry import compare_vectors, split_half_reliability, trait_matrix
 from .gguf_vectors import export_gguf, import_gguf
 from .judge import Judge, judge_coherence, judge_trait, make_judge
 from .margin import behaviour_margin
+from .model_diff import extract_model_diff, extract_model_diffs
 from .models import LoadedModel, load_model, wrap_model
 from .monitor import project
 from .pairs import Pair, load_pairs
@@ -26,6 +28,7 @@ from .vectors import SteeringVector, cosine, random_cosine_baseline
 __all__ = [
     "ActivationSteerer",
     "ChatSample",
+    "FinetuneResult",
     "Judge",
     "LoadedModel",
     "Pair",
@@ -42,6 +45,9 @@ __all__ = [
     "encode_chat",
     "export_gguf",
     "extract_contrastive",
+    "extract_model_diff",
+    "extract_model_diffs",
+    "finetune",
     "generate",
     "generate_batch",
     "import_gguf",

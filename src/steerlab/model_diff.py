@@ -34,14 +34,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .activations import ChatSample, Reduction, collate, encode_samples, forward_batch
+from .activations import ChatSample, Reduction, forward_batch, iter_batches
 from .chat_data import detect_format, load_chat_jsonl
 from .errors import SteerlabError
 from .finetune import fingerprint_mismatch, model_fingerprint, read_finetune_info
 from .layers import unwrap_model
 from .models import LoadedModel, _attach_adapter, load_model
 from .pairs import Pair, load_pairs
-from .progress import progress_bar
 from .vectors import SteeringVector
 
 log = logging.getLogger("steerlab")
@@ -248,20 +247,15 @@ def _mean_diffs(
     Each batch is encoded once and run through both models; differences are summed in float64.
     """
     layers = list(range(base.n_layers))
-    encoded = encode_samples(base, samples, any(r.needs_response for r in reductions))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    pad_id = base.tokenizer.pad_token_id
+    need_response = any(r.needs_response for r in reductions)
     sums: dict[str, torch.Tensor] = {}
-    with progress_bar("model diff", len(samples)) as advance:
-        for start in range(0, len(order), batch_size):
-            chunk = [encoded[i] for i in order[start : start + batch_size]]
-            tuned = forward_batch(finetuned, collate(chunk, pad_id, finetuned.device), reductions, layers)
-            with base_context():
-                plain = forward_batch(base, collate(chunk, pad_id, base.device), reductions, layers)
-            for name in tuned:
-                d = (tuned[name].double() - plain[name].double()).sum(0)
-                sums[name] = sums[name] + d if name in sums else d
-            advance(len(chunk))
+    for _, batch in iter_batches(base, samples, batch_size, need_response, "model diff"):
+        tuned = forward_batch(finetuned, batch, reductions, layers)
+        with base_context():
+            plain = forward_batch(base, batch, reductions, layers)
+        for name in tuned:
+            d = (tuned[name].double() - plain[name].double()).sum(0)
+            sums[name] = sums[name] + d if name in sums else d
     return {name: (s / len(samples)).float() for name, s in sums.items()}
 
 
