@@ -11,7 +11,7 @@ from .activations import ChatSample, Reduction, capture, mean_activations
 from .chat import encode_chat, render_prompt
 from .errors import SteerlabError
 from .extract import extract_contrastive
-from .finetune import FinetuneResult, finetune
+from .finetune import FinetuneResult
 from .generation import generate, generate_batch
 from .geometry import compare_vectors, split_half_reliability, trait_matrix
 from .gguf_vectors import export_gguf, import_gguf
@@ -47,7 +47,6 @@ __all__ = [
     "extract_contrastive",
     "extract_model_diff",
     "extract_model_diffs",
-    "finetune",
     "generate",
     "generate_batch",
     "import_gguf",
