@@ -63,8 +63,8 @@ SIZES = {
     "ci": DemoSize(16, 4, 1, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
                    [0.0, 4.0], 1),
     # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
-    "small": DemoSize(96, 16, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 4, 2, 32,
-                      [-4.0, 0.0, 4.0, 8.0], 4),
+    "small": DemoSize(64, 12, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 3, 2, 24,
+                      [-4.0, 0.0, 4.0, 8.0], 3),
     # paper scale, for a GPU
     "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
                      96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
@@ -233,7 +233,8 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
         lines.append(f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
                      "comparisons below describe a fine-tune that did not take.")
     cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
-    verdict = ("well above" if abs(cos) > 3 * band else "above" if abs(cos) > band else "within")
+    verdict = ("well above" if abs(cos) > 3 * band else "above" if abs(cos) > 1.5 * band
+               else "just above" if abs(cos) > band else "within")
     lines.append(f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}, {verdict} the "
                  f"random-direction band (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
                  f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
