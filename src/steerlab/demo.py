@@ -60,7 +60,7 @@ class DemoSize:
 
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
-    "ci": DemoSize(16, 4, 1, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
+    "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
                    [0.0, 4.0], 1),
     # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
     "small": DemoSize(64, 12, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 3, 2, 24,
