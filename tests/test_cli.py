@@ -5,11 +5,10 @@ import os
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_user_error, flat, invoke
 
 import steerlab.cli  # noqa: F401 - registers the commands
 from steerlab import SteeringVector, extract_contrastive, load_model, load_pairs
-from steerlab.cli import app
 
 PAIRS = [
     {"question": "Is the stove off?", "positive": "Yes, it is all off.",
@@ -21,13 +20,8 @@ PAIRS = [
 ]
 
 
-def flat(text):
-    """Text without whitespace: rich wraps long lines (paths) at the console width."""
-    return "".join(str(text).split())
 
 
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -37,15 +31,6 @@ def pairs_file(tmp_path):
     return path
 
 
-def assert_user_error(result, *needles):
-    """Exit status 2, one 'error:' line naming what is wrong, no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    out = result.output
-    assert out.count("error:") == 1, out
-    assert "Traceback" not in out
-    for needle in needles:
-        assert flat(needle) in flat(out), (needle, out)
 
 
 @pytest.mark.slow

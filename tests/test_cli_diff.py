@@ -5,7 +5,6 @@ import torch
 from tiny import make_tiny
 from typer.testing import CliRunner
 
-import steerlab.cli.diff  # noqa: F401 - registers `steerlab diff`
 from steerlab.cli.app import app
 from steerlab.cli.diff import _parse_layers
 from steerlab.errors import SteerlabError

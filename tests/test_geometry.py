@@ -5,10 +5,8 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_user_error, flat, invoke
 
-import steerlab.cli.compare  # noqa: F401 - registers `steerlab compare`
-from steerlab.cli.app import app
 from steerlab.errors import SteerlabError
 from steerlab.geometry import (
     compare_vectors,
@@ -22,8 +20,6 @@ from steerlab.vectors import SteeringVector, random_cosine_baseline
 L, D = 4, 64
 
 
-def flat(text):
-    return "".join(str(text).split())
 
 
 def gen(seed):
@@ -131,18 +127,10 @@ def test_trait_matrix_symmetric_unit_diagonal():
 
 # --- CLI -----------------------------------------------------------------------------------------
 
-runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_user_error(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert result.output.count("error:") == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert flat(needle) in flat(result.output), (needle, result.output)
 
 
 @pytest.fixture

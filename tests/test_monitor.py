@@ -6,11 +6,9 @@ import math
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_user_error, invoke
 
-import steerlab.cli.monitor  # noqa: F401 - registers `steerlab monitor`
 from steerlab.activations import ChatSample, capture
-from steerlab.cli.app import app
 from steerlab.errors import SteerlabError
 from steerlab.monitor import (
     load_chat,
@@ -44,8 +42,6 @@ CONVERSATION = [
 SINGLE = [{"role": "user", "content": "is the fox quick"}, {"role": "assistant", "content": "yes maybe"}]
 
 
-def flat(text):
-    return "".join(str(text).split())
 
 
 @pytest.fixture(scope="module")
@@ -199,18 +195,10 @@ def test_rows_and_summary():
 
 # --- CLI -----------------------------------------------------------------------------------------
 
-runner = CliRunner()
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
-def assert_user_error(result, *needles):
-    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
-    assert result.output.count("error:") == 1 and "Traceback" not in result.output, result.output
-    for needle in needles:
-        assert flat(needle) in flat(result.output), (needle, result.output)
 
 
 @pytest.fixture

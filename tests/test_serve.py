@@ -13,7 +13,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import steerlab.cli.serve  # noqa: F401 - registers `steerlab serve`
 from steerlab import SteeringVector, export_gguf
 from steerlab.cli.app import app as cli_app
 from steerlab.generation import generate_batch

@@ -3,7 +3,6 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-import steerlab.cli.traits  # noqa: F401 - registers `steerlab traits`
 from steerlab.cli.app import app
 from steerlab.errors import SteerlabError
 from steerlab.traits import (

@@ -63,8 +63,8 @@ SIZES = {
     "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
                    [0.0, 4.0], 1),
     # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
-    "small": DemoSize(64, 12, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 3, 2, 24,
-                      [-4.0, 0.0, 4.0, 8.0], 3),
+    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 4, 2, 32,
+                      [-4.0, 0.0, 4.0, 8.0], 4),
     # paper scale, for a GPU
     "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
                      96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),

@@ -35,7 +35,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +51,7 @@ from .chat_data import validate_conversation
 from .errors import SteerlabError
 from .layers import unwrap_model
 from .models import LoadedModel
-from .progress import console, progress_enabled
+from .progress import progress_bar
 
 log = logging.getLogger("steerlab")
 
@@ -352,31 +352,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@contextlib.contextmanager
-def _train_progress(total: int) -> Iterator[Callable[[float], None]]:
-    """A rich bar with ETA and the running loss; ``advance(loss)`` after each step."""
-    if not progress_enabled():
-        yield lambda loss: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn("[bold]fine-tuning"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("eta"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task("fine-tuning", total=total, loss="-")
-        yield lambda loss: bar.update(task, advance=1, loss=f"{loss:.4f}")
-
-
 def _batches(examples: list[TrainExample], batch_size: int, gen: torch.Generator) -> list[list[int]]:
     """Shuffled batches; within windows of 8 batches, examples are grouped by length (less padding)."""
     perm = torch.randperm(len(examples), generator=gen).tolist()
@@ -505,7 +480,10 @@ def finetune(
             start = time.perf_counter()
             step = 0
             epoch_loss = (0.0, 0)
-            with (tmp / LOG_FILE).open("w", encoding="utf-8") as log_fh, _train_progress(n_steps) as advance:
+            with (
+                (tmp / LOG_FILE).open("w", encoding="utf-8") as log_fh,
+                progress_bar("fine-tuning", n_steps, loss="-") as advance,
+            ):
                 for epoch in range(epochs):
                     epoch_loss = (0.0, 0)
                     for idx in _batches(train, batch_size, gen):
@@ -531,7 +509,7 @@ def finetune(
                             "elapsed_s": round(time.perf_counter() - start, 3),
                         }) + "\n")
                         log_fh.flush()
-                        advance(value)
+                        advance(1, loss=f"{value:.4f}")
             train_time = time.perf_counter() - start
             final_loss = epoch_loss[0] / max(epoch_loss[1], 1)
             peft_model.eval()

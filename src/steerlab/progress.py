@@ -28,19 +28,23 @@ def progress_enabled() -> bool:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; shows a bar with elapsed time and ETA when progress is enabled."""
+def progress_bar(description: str, total: int | None, **fields: str) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(n=1, **fields)``; shows a bar with elapsed time and ETA when progress is enabled.
+
+    Extra ``fields`` (e.g. ``loss="-"``) are shown after the count and updated by ``advance``.
+    """
     if not progress_enabled():
-        yield lambda n=1: None
+        yield lambda n=1, **_: None
         return
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        *(TextColumn(f"{name} {{task.fields[{name}]}}") for name in fields),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+        task = bar.add_task(description, total=total, **fields)
+        yield lambda n=1, **updates: bar.update(task, advance=n, **updates)
