@@ -201,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {result['torch']}, {result['threads']} threads / {result['cpus']} cpus")
     print(f"data: {source}")
     la = result["load_average_1min"]
-    print(f"1-min load average at start/end: {la[0]:.1f} / {la[1]:.1f} "
-          "(above the cpu count, other processes share the cores: compare ratios, not absolutes)")
+    busy = max(la) > result["cpus"]
+    print(f"1-min load average at start/end: {la[0]:.1f} / {la[1]:.1f}"
+          + (" (above the cpu count: other processes share the cores; compare ratios, not absolutes)" if busy else ""))
     print(f"\nload smollm2 (converted cache): first {load['first_s']:.2f} s, "
           f"repeat {load['repeat_s']:.2f} s")
     print(f"\ncapture: {cap['n_samples']} chat samples, {cap['n_tokens']} tokens, all 30 layers, "
