@@ -37,6 +37,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/capture.py
+	$(PY) bench/sweep.py --quick
+	$(PY) bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache out
