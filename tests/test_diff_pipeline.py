@@ -2,8 +2,9 @@ import json
 
 import torch
 
-from steerlab import SteeringVector
+from steerlab import SteeringVector, extract_contrastive
 from steerlab.diff_pipeline import DiffPipelineConfig, run_diff_pipeline
+from steerlab.model_diff import extract_model_diff, pair_diff_samples
 from steerlab.pairs import Pair
 from steerlab.study import StudyConfig
 
@@ -21,7 +22,11 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     # the base model is left exactly as it was
     after = tiny_llama.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    contrastive = SteeringVector.load(tmp_path / "vectors" / "contrastive.safetensors")
+    torch.testing.assert_close(contrastive.data, extract_contrastive(tiny_llama, TRAIN).data, atol=1e-5, rtol=1e-4)
     diff = SteeringVector.load(tmp_path / "vectors" / "model_diff.safetensors")
+    streamed = extract_model_diff(tiny_llama, tmp_path / "adapter", pair_diff_samples(TRAIN))  # streaming path
+    torch.testing.assert_close(diff.data, streamed.data, atol=1e-5, rtol=1e-4)
     assert diff.metadata["method"] == "model_diff" and diff.norms().sum() > 0
     study = json.loads((tmp_path / "study.json").read_text())
     ref = study["reference"]

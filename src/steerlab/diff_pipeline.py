@@ -20,14 +20,13 @@ from typing import Any
 from .activations import capture
 from .atomic import write_jsonl
 from .chat_data import pairs_to_chat
-from .extract import pair_samples
 from .finetune import finetune
 from .geometry import compare_vectors, split_half_reliability
-from .model_diff import pair_diff_samples
+from .model_diff import attached_adapter, pair_diff_samples
 from .models import LoadedModel
 from .pairs import Pair
 from .runs import RunDir
-from .study import StudyConfig, per_sample_diffs, run_study
+from .study import StudyConfig, run_study
 from .sweep import write_csv
 from .vectors import SteeringVector
 
@@ -82,10 +81,12 @@ def run_diff_pipeline(
     if vec_stage.done():
         manifest = vec_stage.load_json()
     else:
-        pos, neg = pair_samples(train)
-        contrast = (capture(base, pos, [REDUCTION], batch_size=config.batch_size)[REDUCTION]
-                    - capture(base, neg, [REDUCTION], batch_size=config.batch_size)[REDUCTION])
-        diffs = per_sample_diffs(base, adapter_dir, pair_diff_samples(train, "both"), REDUCTION, config.batch_size)
+        # One base pass serves both vectors: samples are (question + positive, question + negative) per pair.
+        samples = pair_diff_samples(train, "both")
+        plain = capture(base, samples, [REDUCTION], batch_size=config.batch_size)[REDUCTION]
+        contrast = plain[0::2] - plain[1::2]
+        with attached_adapter(base, adapter_dir) as tuned:
+            diffs = capture(tuned, samples, [REDUCTION], batch_size=config.batch_size)[REDUCTION] - plain
         model_type = getattr(base.model.config, "model_type", None)
         common = {"model": base.name, "model_type": model_type, "reduction": REDUCTION}
         vectors = {

@@ -173,14 +173,3 @@ def _samples(models, contexts, variants, heldout, best, rows, config) -> list[di
         out += [{"model": model, "vector": vector, "layer": best if vector else None, "coeff": coeff,
                  "question": q, "text": g.text} for q, g in zip(questions, gens, strict=True)]
     return out
-
-
-def per_sample_diffs(base: LoadedModel, adapter_dir: str | Path, samples, reduction: str, batch_size: int = 16):
-    """Per-sample (fine-tuned − base) activations ``[n, n_layers, d]`` (for split-half reliability);
-    their mean is the model-diff vector."""
-    from .activations import capture
-
-    plain = capture(base, samples, [reduction], batch_size=batch_size)[reduction]
-    with attached_adapter(base, adapter_dir) as tuned:
-        tuned_acts = capture(tuned, samples, [reduction], batch_size=batch_size)[reduction]
-    return tuned_acts - plain
