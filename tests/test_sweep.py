@@ -1,6 +1,7 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from steerlab import SteeringVector
@@ -25,19 +26,35 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     assert abs(zero[0] - zero[1]) < 1e-6  # coefficient 0 is the identity at any layer
     meta = json.loads((out / "sweep.json").read_text())
     assert meta["config"]["layers"] == [1, 2] and meta["steerlab_version"]
-    assert not (out / "generations.partial.jsonl").exists()
+    assert not (out / ".partial" / "generations.jsonl").exists()
 
-    # A killed run: layer 1 finished (in the partial file), layer 2 not. Resume generates only layer 2.
-    (out / "generations.partial.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows if r["layer"] == 1))
+    # A killed run: layer 1 finishes, the kill lands while layer 2 generates. Resume generates only layer 2.
     import steerlab.sweep as sweep_module
 
     calls = []
     real = sweep_module.generate_batch
-    monkeypatch.setattr(sweep_module, "generate_batch", lambda *a, **k: calls.append(k) or real(*a, **k))
-    again = run_sweep(tiny_llama, vec, QUESTIONS, out, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+
+    def counting(*a, **k):
+        calls.append(k)
+        if kill and len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    kill = True
+    monkeypatch.setattr(sweep_module, "generate_batch", counting)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+    kill = False
+    calls.clear()
+    again = run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
     assert len(calls) == 1
     assert [r["text"] for r in again.generations] == [r["text"] for r in rows]
+    calls.clear()
+    run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+    assert calls == []  # same config: nothing regenerated
+    run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-1, 0, 1], None, max_new_tokens=4)
+    assert len(calls) == 2  # other coefficients (same count): regenerated, never reused
 
 
 def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):

@@ -9,13 +9,16 @@ coefficients. Results go to a run directory:
   and a plot of score vs coefficient per layer, when a judge and a trait are given;
 - ``sweep.json``         the config, steerlab version and timings.
 
-Each finished layer is appended to ``generations.partial.jsonl``; a rerun of a killed sweep skips
-finished layers, and the final files are written atomically.
+Generation is a run stage (:mod:`steerlab.runs`): each finished layer is checkpointed, a rerun of a
+killed sweep skips finished layers, a rerun with the same config skips generation entirely, and a
+changed config (vector, questions, coefficients, settings, judge) starts afresh. Files are written
+atomically.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -32,6 +35,7 @@ from .judge import Judge, judge_coherence, judge_trait
 from .margin import behaviour_margin
 from .models import LoadedModel
 from .pairs import Pair
+from .runs import RunDir
 from .steering import SteeringSpec, parse_layers
 from .vectors import SteeringVector
 
@@ -92,52 +96,53 @@ def run_sweep(
     config = SweepConfig(parse_layers(layers, lm.n_layers, "--layers"), [float(c) for c in coeffs],
                          positions, operator, scale, max_new_tokens, temperature, seed, system, batch_size)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    partial = out / "generations.partial.jsonl"
-    done: dict[int, list[dict[str, Any]]] = {}
-    if partial.is_file():
-        for line in partial.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                row = json.loads(line)
-                done.setdefault(row["layer"], []).append(row)
-    expected = len(questions) * len(config.coeffs)
-    timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
     judged = judge is not None and eval_prompt is not None
-    rows_all: list[dict[str, Any]] = []
-    margins: list[dict[str, Any]] = []
     settings = {"positions": positions, "operator": operator, "scale": scale,
                 "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
+    stage = RunDir(out).stage("generations", "generations.jsonl", {
+        "model": lm.name, "vector": hashlib.sha256(vector.data.numpy().tobytes()).hexdigest(),
+        "questions": [_prompt_text(q) for q in questions], "coeffs": config.coeffs, "system": system,
+        "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
+        "eval_prompt": eval_prompt if judged else None,
+    })
+    timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
+
+    def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        layer = items[0]["layer"]
+        start = time.perf_counter()
+        prompts, row_coeffs = expand_grid(questions, config.coeffs)
+        gens = generate_batch(
+            lm, prompts, system=system,
+            steering=SteeringSpec(vector, layer, row_coeffs, operator, positions, scale),
+            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+            batch_size=batch_size, reference_norms=reference_norms, description=f"layer {layer}: generating",
+        )
+        timings["generation_s"] += time.perf_counter() - start
+        rows = [
+            {"layer": layer, "coeff": c, "question_index": i % len(questions), "question": _prompt_text(p),
+             "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings}
+            for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
+        ]
+        if judged:
+            start = time.perf_counter()
+            qs, answers = [r["question"] for r in rows], [r["text"] for r in rows]
+            for r, t, c in zip(rows, judge_trait(judge, eval_prompt, qs, answers),
+                               judge_coherence(judge, qs, answers), strict=True):
+                r["trait_score"], r["coherence"] = t, c
+            timings["judge_s"] += time.perf_counter() - start
+        return [{"key": items[0]["key"], "rows": rows}]
+
+    if stage.done():
+        rows_all = stage.load_rows()
+    else:
+        # One checkpoint per layer: a killed sweep resumes at the first unfinished layer.
+        per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in config.layers],
+                                    generate_layer, chunk=1)
+        rows_all = [row for item in per_layer for row in item["rows"]]
+        stage.save_rows(rows_all)
+    margins: list[dict[str, Any]] = []
     for layer in config.layers:
         spec = SteeringSpec(vector, layer, 1.0, operator, positions, scale)
-        if len(done.get(layer, [])) == expected and (not judged or "trait_score" in done[layer][0]):
-            rows_all.extend(done[layer])
-        else:
-            start = time.perf_counter()
-            prompts, row_coeffs = expand_grid(questions, config.coeffs)
-            gens = generate_batch(
-                lm, prompts, system=system, steering=spec.with_coeff(row_coeffs),
-                max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                batch_size=batch_size, reference_norms=reference_norms,
-                description=f"layer {layer}: generating",
-            )
-            timings["generation_s"] += time.perf_counter() - start
-            layer_rows = [
-                {"layer": layer, "coeff": c, "question_index": i % len(questions),
-                 "question": _prompt_text(p), "text": g.text, "n_new_tokens": g.n_new_tokens,
-                 "finish_reason": g.finish_reason, **settings}
-                for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
-            ]
-            if judged:
-                start = time.perf_counter()
-                answers = [r["text"] for r in layer_rows]
-                qs = [r["question"] for r in layer_rows]
-                for r, t, c in zip(layer_rows, judge_trait(judge, eval_prompt, qs, answers),
-                                   judge_coherence(judge, qs, answers), strict=True):
-                    r["trait_score"], r["coherence"] = t, c
-                timings["judge_s"] += time.perf_counter() - start
-            with partial.open("a", encoding="utf-8") as fh:
-                fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in layer_rows))
-            rows_all.extend(layer_rows)
         if pairs:
             start = time.perf_counter()
             result = behaviour_margin(lm, pairs, spec, config.coeffs, batch_size=batch_size or 16,
@@ -161,7 +166,6 @@ def run_sweep(
         "config": {**asdict(config), **(extra_config or {})}, "n_questions": len(questions),
         "n_pairs": len(pairs or []), "timings": timings,
     })
-    partial.unlink(missing_ok=True)
     return SweepResult(rows_all, margins, timings, scores)
 
 
