@@ -25,8 +25,8 @@ os.environ.setdefault("STEERLAB_PROGRESS", "0")
 import torch
 
 from steerlab import ChatSample, Pair, capture, extract_contrastive, load_model
-from steerlab.chat import encode_chat
-from steerlab.pairs import BUILTIN_DATA, load_pairs
+from steerlab.formats.pairs import BUILTIN_DATA, load_pairs
+from steerlab.model.chat import encode_chat
 
 MODEL = "smollm2"
 SYSTEM = "You are a helpful assistant. Answer in one or two sentences."

@@ -16,10 +16,10 @@ import time
 import torch
 
 from steerlab import extract_contrastive, load_model, load_pairs
-from steerlab.chat import render_prompt
-from steerlab.generation import expand_grid, generate_batch, stop_token_ids
-from steerlab.pairs import builtin_pairs_path
-from steerlab.steering import ActivationSteerer, SteeringSpec
+from steerlab.formats.pairs import builtin_pairs_path
+from steerlab.model.chat import render_prompt
+from steerlab.steering.generation import expand_grid, generate_batch, stop_token_ids
+from steerlab.steering.steerer import ActivationSteerer, SteeringSpec
 
 
 def naive_loop(lm, vector, layer, questions, coeffs, max_new_tokens):

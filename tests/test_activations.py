@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from steerlab import ChatSample, capture, mean_activations
-from steerlab.activations import Reduction, collate
-from steerlab.chat import encode_chat
+from steerlab.activations.capture import Reduction, collate
 from steerlab.errors import SteerlabError
+from steerlab.model.chat import encode_chat
 
 REDUCTIONS = ["prompt_last", "prompt_avg", "response_avg", "first_k:2"]
 LONG_Q = "how should I store fresh bread so it stays soft and what about the crust " * 3

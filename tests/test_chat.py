@@ -3,7 +3,8 @@
 import pytest
 from tiny import CHATML_TEMPLATE, NO_SYSTEM_TEMPLATE, make_model, make_tiny, make_tokenizer
 
-from steerlab.chat import (
+from steerlab.errors import SteerlabError
+from steerlab.model.chat import (
     FALLBACK_CHAT_TEMPLATE,
     encode_chat,
     has_system_role,
@@ -11,8 +12,7 @@ from steerlab.chat import (
     render_prompt,
     to_messages,
 )
-from steerlab.errors import SteerlabError
-from steerlab.models import wrap_model
+from steerlab.model.loading import wrap_model
 
 SYSTEM = "you are a helpful honest assistant"
 MULTI_TURN = [

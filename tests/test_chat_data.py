@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from steerlab.chat_data import (
+from steerlab.errors import SteerlabError
+from steerlab.formats.conversations import (
     detect_format,
     import_pair_list,
     import_rendered,
@@ -13,8 +14,7 @@ from steerlab.chat_data import (
     parse_chatml,
     save_chat_jsonl,
 )
-from steerlab.errors import SteerlabError
-from steerlab.pairs import Pair
+from steerlab.formats.pairs import Pair
 
 CONV = [
     {"role": "system", "content": "be brief"},

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from steerlab.cli.app import app
 from steerlab.cli.diff import _parse_layers
 from steerlab.errors import SteerlabError
-from steerlab.vectors import SteeringVector
+from steerlab.vectors.vector import SteeringVector
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 runner = CliRunner()

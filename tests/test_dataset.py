@@ -2,7 +2,9 @@ import json
 
 import pytest
 
-from steerlab.dataset import (
+from steerlab.errors import SteerlabError
+from steerlab.formats.pairs import BUILTIN_DATA
+from steerlab.pipelines.dataset import (
     DatasetConfig,
     answer_pairs,
     build_dataset,
@@ -11,8 +13,6 @@ from steerlab.dataset import (
     dedupe,
     load_seed_questions,
 )
-from steerlab.errors import SteerlabError
-from steerlab.pairs import BUILTIN_DATA
 
 
 def test_dedupe_drops_near_duplicates_and_keeps_distinct():
@@ -40,7 +40,7 @@ def test_seed_file_loads():
 
 
 def test_answer_pairs_and_build_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
-    import steerlab.dataset as ds
+    import steerlab.pipelines.dataset as ds
 
     config = DatasetConfig(n=2, max_new_tokens=4, max_words=50, batch_size=8)
     pairs = answer_pairs(tiny_llama, ["how should I store bread?", "is water wet?"], config)

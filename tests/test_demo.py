@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from steerlab.demo import run_demo
+from steerlab.pipelines.demo import run_demo
 
 
 @pytest.mark.slow

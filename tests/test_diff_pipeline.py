@@ -3,10 +3,10 @@ import json
 import torch
 
 from steerlab import SteeringVector, extract_contrastive
-from steerlab.diff_pipeline import DiffPipelineConfig, run_diff_pipeline
-from steerlab.model_diff import extract_model_diff, pair_diff_samples
-from steerlab.pairs import Pair
-from steerlab.study import StudyConfig
+from steerlab.extract.model_diff import extract_model_diff, pair_diff_samples
+from steerlab.formats.pairs import Pair
+from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
+from steerlab.pipelines.study import StudyConfig
 
 TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
          for i in range(6)]
@@ -16,9 +16,9 @@ HELDOUT = [Pair(question="how should I store bread", positive="in the fridge alw
 
 def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    config = DiffPipelineConfig(epochs=2, lr=5e-3, train_batch_size=3, batch_size=8, n_splits=4,
+    config = DiffStudyConfig(epochs=2, lr=5e-3, train_batch_size=3, batch_size=8, n_splits=4,
                                 study=StudyConfig(layers=[1, 2], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=3))
-    result = run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
+    result = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
     # the base model is left exactly as it was
     after = tiny_llama.model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
@@ -41,8 +41,8 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     for r in sweep:
         if r["model"] == "finetuned":
             assert abs(r["undone"] - (ref["finetuned"] - r["margin"]) / (ref["finetuned"] - ref["base"])) < 1e-9
-    assert result["comparison"]["reliability"]["model_diff"]["n_samples"] == 2 * len(TRAIN)
+    assert result.comparison["reliability"]["model_diff"]["n_samples"] == 2 * len(TRAIN)
     assert (tmp_path / "study_margins.csv").is_file() and (tmp_path / "samples.jsonl").is_file()
     # a rerun skips every stage
-    again = run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
-    assert again["timings"] == {}
+    again = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
+    assert again.timings == {}

@@ -7,8 +7,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from typer.testing import CliRunner
 
-from steerlab.drafting import LocalChat, draft_trait, parse_json_object
 from steerlab.errors import SteerlabError
+from steerlab.pipelines.drafting import LocalChat, draft_trait, parse_json_object
 
 GOOD = {
     "instruction": [{"pos": f"Be very gloomy {i}.", "neg": f"Be neutral {i}."} for i in range(5)],
@@ -49,7 +49,7 @@ def endpoint():
 
 def test_traits_new_retries_with_the_error_and_writes_a_valid_file(endpoint, tmp_path):
     from steerlab.cli import app
-    from steerlab.traits import load_trait
+    from steerlab.formats.traits import load_trait
 
     url, requests = endpoint
     out = tmp_path / "gloomy.json"

@@ -5,7 +5,7 @@ import torch
 
 from steerlab import ChatSample, Pair, capture, extract_contrastive
 from steerlab.errors import SteerlabError
-from steerlab.extract import pair_samples
+from steerlab.extract.contrastive import pair_samples
 
 PAIRS = [
     Pair(question="Is the stove off?", positive="Yes, it is all off.", negative="I did not check."),

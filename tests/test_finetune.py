@@ -9,10 +9,9 @@ import torch.nn.functional as F
 from peft import PeftModel
 from tiny import make_tiny
 
-import steerlab.finetune as ft
-from steerlab.chat import encode_chat
+import steerlab.finetune.training as ft
 from steerlab.errors import SteerlabError
-from steerlab.finetune import (
+from steerlab.finetune.training import (
     IGNORE,
     batch_loss,
     build_example,
@@ -21,6 +20,7 @@ from steerlab.finetune import (
     finetune,
     read_finetune_info,
 )
+from steerlab.model.chat import encode_chat
 
 QA = [
     ("how should I store fresh bread", "in a dry box"),

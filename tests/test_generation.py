@@ -3,8 +3,8 @@ import torch
 
 from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
-from steerlab.generation import expand_grid, generate, generate_batch
-from steerlab.steering import SteeringSpec
+from steerlab.steering.generation import expand_grid, generate, generate_batch
+from steerlab.steering.steerer import SteeringSpec
 
 PROMPTS = ["how should I store fresh bread so it stays soft", "yes", "answer briefly: the quick brown fox"]
 

@@ -8,14 +8,14 @@ import torch
 from cli_helpers import assert_user_error, flat, invoke
 
 from steerlab.errors import SteerlabError
-from steerlab.geometry import (
+from steerlab.evaluate.geometry import (
     compare_vectors,
     random_cosine_band,
     spearman_brown,
     split_half_reliability,
     trait_matrix,
 )
-from steerlab.vectors import SteeringVector, random_cosine_baseline
+from steerlab.vectors.vector import SteeringVector, random_cosine_baseline
 
 L, D = 4, 64
 

@@ -12,9 +12,9 @@ from tiny import CHATML_TEMPLATE, CORPUS, SPECIALS, make_model, make_tiny
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from steerlab.chat import FALLBACK_CHAT_TEMPLATE, render_prompt
 from steerlab.errors import SteerlabError
-from steerlab.judge import (
+from steerlab.formats.traits import coherence_prompt, load_trait
+from steerlab.judge.judges import (
     ANSWERS,
     Judge,
     LocalJudge,
@@ -27,8 +27,8 @@ from steerlab.judge import (
     score_from_distribution,
     score_from_top_logprobs,
 )
-from steerlab.models import wrap_model
-from steerlab.traits import coherence_prompt, load_trait
+from steerlab.model.chat import FALLBACK_CHAT_TEMPLATE, render_prompt
+from steerlab.model.loading import wrap_model
 
 # ------------------------------------------------------------------------------------------
 # score math

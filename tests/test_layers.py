@@ -3,7 +3,7 @@ import torch
 
 from steerlab import ChatSample, capture
 from steerlab.errors import SteerlabError
-from steerlab.layers import find_decoder_blocks
+from steerlab.model.blocks import find_decoder_blocks
 
 
 def _hidden_states(lm, text):

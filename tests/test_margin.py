@@ -1,11 +1,11 @@
 import torch
 
 from steerlab import SteeringVector
-from steerlab.activations import ChatSample
-from steerlab.chat import encode_chat
-from steerlab.margin import behaviour_margin, response_logprobs
-from steerlab.pairs import Pair
-from steerlab.steering import SteeringSpec
+from steerlab.activations.capture import ChatSample
+from steerlab.evaluate.margin import behaviour_margin, response_logprobs
+from steerlab.formats.pairs import Pair
+from steerlab.model.chat import encode_chat
+from steerlab.steering.steerer import SteeringSpec
 
 PAIRS = [
     Pair(question="how should I store bread", positive="in the fridge", negative="in a bread box on the counter"),

@@ -7,18 +7,18 @@ import torch
 from peft import LoraConfig, get_peft_model
 from tiny import make_tiny, make_tokenizer
 
-from steerlab.activations import ChatSample, mean_activations
-from steerlab.chat_data import pairs_to_chat
+from steerlab.activations.capture import ChatSample, mean_activations
 from steerlab.errors import SteerlabError
-from steerlab.finetune import finetune
-from steerlab.model_diff import (
+from steerlab.extract.model_diff import (
     extract_model_diff,
     extract_model_diffs,
     load_diff_samples,
     pair_diff_samples,
 )
-from steerlab.models import wrap_model
-from steerlab.pairs import Pair, builtin_pairs_path, load_pairs
+from steerlab.finetune.training import finetune
+from steerlab.formats.conversations import pairs_to_chat
+from steerlab.formats.pairs import Pair, builtin_pairs_path, load_pairs
+from steerlab.model.loading import wrap_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 

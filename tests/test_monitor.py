@@ -8,9 +8,9 @@ import pytest
 import torch
 from cli_helpers import assert_user_error, invoke
 
-from steerlab.activations import ChatSample, capture
+from steerlab.activations.capture import ChatSample, capture
 from steerlab.errors import SteerlabError
-from steerlab.monitor import (
+from steerlab.evaluate.monitor import (
     load_chat,
     load_generations,
     load_monitor_data,
@@ -21,8 +21,8 @@ from steerlab.monitor import (
     projection_rows,
     summarize,
 )
-from steerlab.sweep import run_sweep
-from steerlab.vectors import SteeringVector
+from steerlab.pipelines.sweep import run_sweep
+from steerlab.vectors.vector import SteeringVector
 
 SAMPLES = [
     ChatSample("how should I store fresh bread", "in a bread box"),
@@ -179,7 +179,7 @@ def test_load_generations_generate_rows_and_errors(tmp_path):
 
 
 def test_rows_and_summary():
-    from steerlab.monitor import MonitorData
+    from steerlab.evaluate.monitor import MonitorData
 
     data = MonitorData("generations", [ChatSample("a", "b")] * 3,
                        [{"coeff": 1.0}, {"coeff": -1.0}, {"coeff": 1.0}], ["coeff"])

@@ -6,7 +6,7 @@ import pytest
 
 from steerlab import Pair, load_pairs
 from steerlab.errors import SteerlabError
-from steerlab.pairs import builtin_pairs_path
+from steerlab.formats.pairs import builtin_pairs_path
 
 ROWS = [
     {"question": "Is the stove off?", "positive": "Yes, all off.", "negative": "I did not check.",

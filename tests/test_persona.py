@@ -5,13 +5,14 @@ import torch
 from tiny import make_number_judge
 from typer.testing import CliRunner
 
-import steerlab.persona as persona_module
+import steerlab.pipelines.persona as persona_module
 from steerlab import SteeringVector
-from steerlab.activations import ChatSample, capture
+from steerlab.activations.capture import ChatSample, capture
 from steerlab.errors import SteerlabError
-from steerlab.judge import make_judge
-from steerlab.persona import PersonaConfig, effective_pairs, run_persona
-from steerlab.traits import load_trait
+from steerlab.extract.persona import effective_pairs
+from steerlab.formats.traits import load_trait
+from steerlab.judge.judges import make_judge
+from steerlab.pipelines.persona import PersonaConfig, run_persona
 
 CONFIG = PersonaConfig(max_questions=2, max_instructions=2, max_new_tokens=5, threshold=0.0, min_coherence=0.0,
                        batch_size=4)

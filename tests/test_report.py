@@ -9,13 +9,13 @@ import subprocess
 import pytest
 from tiny import make_number_judge
 
-from steerlab.diff_pipeline import DiffPipelineConfig, run_diff_pipeline
-from steerlab.judge import make_judge
-from steerlab.pairs import Pair
-from steerlab.persona import PersonaConfig, run_persona
-from steerlab.report import build_report
-from steerlab.study import StudyConfig
-from steerlab.traits import load_trait
+from steerlab.formats.pairs import Pair
+from steerlab.formats.traits import load_trait
+from steerlab.judge.judges import make_judge
+from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
+from steerlab.pipelines.persona import PersonaConfig, run_persona
+from steerlab.pipelines.study import StudyConfig
+from steerlab.report.html import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
@@ -26,9 +26,9 @@ HELDOUT = [Pair(question="where do eggs go", positive="in the fridge always", ne
 @pytest.fixture(scope="module")
 def run_dir(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = DiffPipelineConfig(epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3,
+    config = DiffStudyConfig(epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3,
                                 study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3))
-    run_diff_pipeline(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
+    run_diff_study(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
     run_persona(tiny_llama, load_trait("evil"), make_judge(make_number_judge()), out / "persona",
                 PersonaConfig(max_questions=1, max_instructions=1, max_new_tokens=3, threshold=0, min_coherence=0))
     (out / "monitor.json").write_text(json.dumps({"title": "t", "groups": {"a": [0.1, 0.2], "b": [0.5, 0.7]},

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from steerlab import SteeringVector, export_gguf
 from steerlab.cli.app import app as cli_app
-from steerlab.generation import generate_batch
-from steerlab.serve import _merge_order, background_server, create_app
-from steerlab.steering import SteeringSpec
+from steerlab.serve.app import _merge_order, background_server, create_app
+from steerlab.steering.generation import generate_batch
+from steerlab.steering.steerer import SteeringSpec
 
 PROMPTS = ["how should I store fresh bread so it stays soft", "yes", "answer briefly: the quick brown fox"]
 MAX_BATCH = 32
@@ -367,7 +367,7 @@ def test_groups_stay_within_the_context():
     from tiny import make_tokenizer
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from steerlab.models import wrap_model
+    from steerlab.model.loading import wrap_model
 
     tok = make_tokenizer()
     torch.manual_seed(0)
@@ -472,7 +472,7 @@ def test_error_shapes_and_codes(client, url):
 
 
 def test_failing_batch_fails_only_its_requests(client, monkeypatch):
-    import steerlab.serve as serve_module
+    import steerlab.serve.app as serve_module
 
     real = serve_module.generate_batch
 
@@ -550,7 +550,7 @@ def test_load_mixed_requests(client, url, tiny_llama):
 
 
 def test_steerlab_judge_talks_to_the_server(url):
-    from steerlab.judge import make_judge
+    from steerlab.judge.judges import make_judge
 
     judge = make_judge("openai:tiny", base_url=f"{url}/v1", cache_dir=False, max_retries=0)
     scores = judge.score(["Rate this answer from 0 to 100: yes"])
@@ -558,7 +558,7 @@ def test_steerlab_judge_talks_to_the_server(url):
 
 
 def test_cli_serve(monkeypatch, tiny_dir, vectors_dir, tmp_path):
-    import steerlab.serve as serve_module
+    import steerlab.serve.app as serve_module
 
     calls = []
     monkeypatch.setattr(serve_module, "serve", lambda lm, vectors, **kw: calls.append((lm, vectors, kw)))

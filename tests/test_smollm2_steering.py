@@ -5,9 +5,9 @@ import itertools
 import pytest
 
 from steerlab import extract_contrastive, load_pairs
-from steerlab.margin import behaviour_margin
-from steerlab.pairs import builtin_pairs_path
-from steerlab.steering import SteeringSpec
+from steerlab.evaluate.margin import behaviour_margin
+from steerlab.formats.pairs import builtin_pairs_path
+from steerlab.steering.steerer import SteeringSpec
 
 COEFFS = [-4.0, -2.0, 0.0, 2.0, 4.0]
 

@@ -3,7 +3,7 @@ import torch
 
 from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
-from steerlab.steering import ActivationSteerer, Intervention, SteeringSpec, parse_layers, steer
+from steerlab.steering.steerer import ActivationSteerer, Intervention, SteeringSpec, parse_layers, steer
 
 LAYER = 2
 

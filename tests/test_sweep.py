@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from steerlab import SteeringVector
-from steerlab.pairs import Pair
-from steerlab.sweep import run_sweep
+from steerlab.formats.pairs import Pair
+from steerlab.pipelines.sweep import run_sweep
 
 QUESTIONS = ["how should I store bread", "is water wet"]
 PAIRS = [Pair(question="yes or no", positive="no", negative="yes maybe")]
@@ -29,7 +29,7 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     assert not (out / ".partial" / "generations.jsonl").exists()
 
     # A killed run: layer 1 finishes, the kill lands while layer 2 generates. Resume generates only layer 2.
-    import steerlab.sweep as sweep_module
+    import steerlab.pipelines.sweep as sweep_module
 
     calls = []
     real = sweep_module.generate_batch
@@ -60,8 +60,8 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
 def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
     from tiny import make_number_judge
 
-    from steerlab.judge import make_judge
-    from steerlab.traits import load_trait
+    from steerlab.formats.traits import load_trait
+    from steerlab.judge.judges import make_judge
 
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     judge = make_judge(make_number_judge())

@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 
 from steerlab.cli.app import app
 from steerlab.errors import SteerlabError
-from steerlab.traits import (
+from steerlab.formats.traits import (
     Trait,
     coherence_prompt,
     list_traits,

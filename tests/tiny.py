@@ -16,7 +16,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from steerlab.models import LoadedModel, wrap_model
+from steerlab.model.loading import LoadedModel, wrap_model
 
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 

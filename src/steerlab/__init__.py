@@ -7,23 +7,23 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .activations import ChatSample, Reduction, capture, mean_activations
-from .chat import encode_chat, render_prompt
+from .activations.capture import ChatSample, Reduction, capture, mean_activations
 from .errors import SteerlabError
-from .extract import extract_contrastive
-from .finetune import FinetuneResult
-from .generation import generate, generate_batch
-from .geometry import compare_vectors, split_half_reliability, trait_matrix
-from .gguf_vectors import export_gguf, import_gguf
-from .judge import Judge, judge_coherence, judge_trait, make_judge
-from .margin import behaviour_margin
-from .model_diff import extract_model_diff, extract_model_diffs
-from .models import LoadedModel, load_model, wrap_model
-from .monitor import project
-from .pairs import Pair, load_pairs
-from .steering import ActivationSteerer, SteeringSpec, steer
-from .traits import Trait, list_traits, load_trait
-from .vectors import SteeringVector, cosine, random_cosine_baseline
+from .evaluate.geometry import compare_vectors, split_half_reliability, trait_matrix
+from .evaluate.margin import behaviour_margin
+from .evaluate.monitor import project
+from .extract.contrastive import extract_contrastive
+from .extract.model_diff import extract_model_diff, extract_model_diffs
+from .finetune.training import FinetuneResult
+from .formats.pairs import Pair, load_pairs
+from .formats.traits import Trait, list_traits, load_trait
+from .judge.judges import Judge, judge_coherence, judge_trait, make_judge
+from .model.chat import encode_chat, render_prompt
+from .model.loading import LoadedModel, load_model, wrap_model
+from .steering.generation import generate, generate_batch
+from .steering.steerer import ActivationSteerer, SteeringSpec, steer
+from .vectors.gguf import export_gguf, import_gguf
+from .vectors.vector import SteeringVector, cosine, random_cosine_baseline
 
 __all__ = [
     "ActivationSteerer",

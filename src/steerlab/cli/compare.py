@@ -7,13 +7,13 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..atomic import write_json, write_text
 from ..errors import SteerlabError
-from ..geometry import DEFAULT_N_RANDOM, DEFAULT_QUANTILE, compare_vectors, pair_key, per_layer_summary
-from ..geometry_plots import cosine_per_layer_figure, trait_matrix_figure
-from ..plots import figure_html, heatmap_png
+from ..evaluate.geometry import DEFAULT_N_RANDOM, DEFAULT_QUANTILE, compare_vectors, pair_key, per_layer_summary
+from ..io.atomic import write_json, write_text
 from ..progress import console
-from ..vectors import SteeringVector, steerlab_version
+from ..report.geometry_plots import cosine_per_layer_figure, trait_matrix_figure
+from ..report.plots import figure_html, heatmap_png
+from ..vectors.vector import SteeringVector, steerlab_version
 from .app import app
 
 FILES = ("compare.json", "cosine_per_layer.html", "trait_matrix.html", "trait_matrix.png")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from ..chat_data import FORMATS, load_chat_data, save_chat_jsonl
-from ..dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM, DatasetConfig, build_dataset, load_seed_questions
-from ..models import load_model
+from ..formats.conversations import FORMATS, load_chat_data, save_chat_jsonl
+from ..model.loading import load_model
+from ..pipelines.dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM, DatasetConfig, build_dataset, load_seed_questions
 from ..progress import console
 from .app import app, new_group
 from .options import DeviceOpt, DtypeOpt, ModelOpt, check_out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..demo import SIZES, run_demo
+from ..pipelines.demo import SIZES, run_demo
 from .app import app
 from .diff_study import print_study
 from .options import JudgeUrlOpt

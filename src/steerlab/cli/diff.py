@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ..activations import Reduction
-from ..chat_data import load_chat_data
+from ..activations.capture import Reduction
 from ..errors import SteerlabError
-from ..finetune import finetune
-from ..model_diff import extract_model_diffs, load_diff_samples
-from ..models import load_model
+from ..extract.model_diff import extract_model_diffs, load_diff_samples
+from ..finetune.training import finetune
+from ..formats.conversations import load_chat_data
+from ..model.loading import load_model
 from ..progress import console
 from .app import app, new_group
 from .options import DeviceOpt, DtypeOpt, check_out

@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..diff_pipeline import DiffPipelineConfig, run_diff_pipeline
-from ..models import load_model
-from ..pairs import load_pairs
+from ..formats.pairs import load_pairs
+from ..model.loading import load_model
+from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
+from ..pipelines.study import StudyConfig, best_coherent
 from ..progress import console
-from ..study import StudyConfig, best_coherent
 from .diff import diff_app
 from .options import DeviceOpt, DtypeOpt
 from .steer import parse_floats
@@ -45,15 +45,15 @@ def study_cmd(
     heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
     lm = load_model(base, device=device, dtype=dtype)
     layer_list = [int(x) for x in parse_floats(layers, "--layers")] if layers else None
-    config = DiffPipelineConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size,
+    config = DiffStudyConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size,
                                 study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
                                                   batch_size=batch_size))
-    result = run_diff_pipeline(lm, train, heldout, out, config, adapter_dir=finetuned)
+    result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
     print_study(result)
 
 
 def print_study(result: dict) -> None:
-    study, comparison = result["study"], result["comparison"]
+    study, comparison = result.study, result.comparison
     ref = study["reference"]
     best = study["best_layer"]
     cos = comparison["cosine"]["contrastive|model_diff"]

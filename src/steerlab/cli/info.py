@@ -7,7 +7,7 @@ import json
 import typer
 from rich.table import Table
 
-from ..models import load_model
+from ..model.loading import load_model
 from ..progress import console
 from .app import app
 from .options import AdapterOpt, DeviceOpt, DtypeOpt

@@ -10,14 +10,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ..activations import Reduction
-from ..atomic import write_json, write_jsonl, write_text
+from ..activations.capture import Reduction
 from ..errors import SteerlabError
-from ..models import load_model
-from ..monitor import DEFAULT_REDUCTIONS, load_monitor_data, project, projection_rows, summarize
+from ..evaluate.monitor import DEFAULT_REDUCTIONS, load_monitor_data, project, projection_rows, summarize
+from ..io.atomic import write_json, write_jsonl, write_text
+from ..model.loading import load_model
 from ..progress import console
-from ..steering import parse_layers
-from ..vectors import SteeringVector, steerlab_version
+from ..steering.steerer import parse_layers
+from ..vectors.vector import SteeringVector, steerlab_version
 from .app import app
 from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..judge import make_judge
-from ..models import load_model
-from ..persona import PersonaConfig, run_persona
+from ..formats.traits import load_trait
+from ..judge.judges import make_judge
+from ..model.loading import load_model
+from ..pipelines.persona import PersonaConfig, run_persona
 from ..progress import console
-from ..traits import load_trait
 from .app import app, new_group
 from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt
 
@@ -81,10 +81,10 @@ def monitor(
     the persona vector (box plot + table)."""
     import plotly.graph_objects as go
 
-    from ..atomic import write_json
-    from ..persona_eval import persona_monitor
-    from ..plots import write_figure
-    from ..vectors import SteeringVector
+    from ..evaluate.persona_eval import persona_monitor
+    from ..io.atomic import write_json
+    from ..report.plots import write_figure
+    from ..vectors.vector import SteeringVector
     from .options import check_out
 
     if out is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ..progress import console
-from ..report import build_report
+from ..report.html import build_report
 from .app import app
 
 

@@ -8,7 +8,7 @@ import typer
 
 from .. import serve as serve_module
 from ..errors import SteerlabError
-from ..models import load_model
+from ..model.loading import load_model
 from .app import app
 from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt
 

@@ -8,19 +8,19 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ..atomic import write_jsonl
-from ..calibration import mean_residual_norms
 from ..errors import SteerlabError
-from ..generation import expand_grid, generate_batch
-from ..judge import make_judge
-from ..models import load_model
-from ..pairs import load_pairs
+from ..formats.pairs import load_pairs
+from ..formats.prompts import load_prompts
+from ..formats.traits import load_trait
+from ..io.atomic import write_jsonl
+from ..judge.judges import make_judge
+from ..model.loading import load_model
+from ..pipelines.sweep import run_sweep
 from ..progress import console
-from ..prompts import load_prompts
-from ..steering import SteeringSpec
-from ..sweep import run_sweep
-from ..traits import load_trait
-from ..vectors import SteeringVector
+from ..steering.calibration import mean_residual_norms
+from ..steering.generation import expand_grid, generate_batch
+from ..steering.steerer import SteeringSpec
+from ..vectors.vector import SteeringVector
 from .app import app
 from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt, check_out
 

@@ -10,8 +10,8 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from ..formats.traits import TRAITS_DIR, list_traits, load_trait
 from ..progress import console
-from ..traits import TRAITS_DIR, list_traits, load_trait
 from .app import app, new_group
 
 traits_app = new_group("Built-in traits (persona-vectors schema): list them, show one.")
@@ -88,8 +88,8 @@ def new_cmd(
     attempts: int = typer.Option(3, "--attempts", min=1, help="Tries; each failed draft's error is shown to the model."),
 ) -> None:
     """Draft a trait file with a chat model and validate it (retrying with the error shown)."""
-    from ..atomic import write_json
-    from ..drafting import draft_trait, make_chat
+    from ..io.atomic import write_json
+    from ..pipelines.drafting import draft_trait, make_chat
     from .options import check_out
 
     check_out(out, ".json")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import typer
 
-from ..extract import extract_contrastive
-from ..gguf_vectors import export_gguf, import_gguf
-from ..models import load_model
-from ..pairs import load_pairs
+from ..extract.contrastive import extract_contrastive
+from ..formats.pairs import load_pairs
+from ..model.loading import load_model
 from ..progress import console
-from ..vectors import SteeringVector
+from ..vectors.gguf import export_gguf, import_gguf
+from ..vectors.vector import SteeringVector
 from .app import app, new_group
 from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt, check_out
 

@@ -1,0 +1,255 @@
+"""Activation capture: one batched forward pass captures every requested layer at once.
+
+Layer L is the output of decoder block L (``hidden_states[L + 1]``). Each sequence is reduced
+inside the block hooks to what is asked, so memory grows with batch x layers x d_model, never with
+sequence length kept around or with the number of samples (for :func:`mean_activations`).
+
+Reductions: ``prompt_last`` (last prompt token), ``prompt_avg`` (mean over prompt tokens),
+``response_avg`` (mean over response tokens), ``first_k`` / ``first_k:K`` (mean over the first K
+response tokens, default K=5). Sequences are left-padded with an attention mask and explicit
+position ids, so batched results equal per-sample results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SteerlabError
+from ..model.chat import EncodedChat, Prompt, encode_chat
+from ..model.loading import LoadedModel
+from ..progress import progress_bar
+
+REDUCTION_KINDS = ("prompt_last", "prompt_avg", "response_avg", "first_k")
+DEFAULT_FIRST_K = 5
+
+
+@dataclass(frozen=True)
+class Reduction:
+    kind: str
+    k: int = DEFAULT_FIRST_K
+
+    @classmethod
+    def parse(cls, spec: str | Reduction) -> Reduction:
+        if isinstance(spec, Reduction):
+            return spec
+        kind, _, k = spec.partition(":")
+        if kind not in REDUCTION_KINDS or (k and kind != "first_k"):
+            raise SteerlabError(
+                f"--reduction {spec!r}: expected one of prompt_last, prompt_avg, response_avg, "
+                "first_k or first_k:K"
+            )
+        if k and (not k.isdigit() or int(k) < 1):
+            raise SteerlabError(f"--reduction {spec!r}: K must be a positive integer")
+        return cls(kind, int(k) if k else DEFAULT_FIRST_K)
+
+    @property
+    def name(self) -> str:
+        return f"first_k:{self.k}" if self.kind == "first_k" else self.kind
+
+    @property
+    def needs_response(self) -> bool:
+        return self.kind in ("response_avg", "first_k")
+
+
+@dataclass(frozen=True)
+class ChatSample:
+    """A prompt (string or messages), an optional response to teacher-force, a system prompt."""
+
+    prompt: Prompt
+    response: str = ""
+    system: str | None = None
+
+
+class _StopForward(Exception):
+    """Raised in the last needed block's hook to skip the rest of the forward pass."""
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [b, T], left-padded
+    attention_mask: torch.Tensor  # [b, T]
+    prompt_lens: torch.Tensor  # [b]
+    lengths: torch.Tensor  # [b]
+
+    @property
+    def pads(self) -> torch.Tensor:
+        return self.input_ids.shape[1] - self.lengths
+
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def collate(encoded: Sequence[EncodedChat], pad_id: int, device: torch.device) -> Batch:
+    """Left-pad encoded sequences into one batch."""
+    width = max(len(e.ids) for e in encoded)
+    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), width), dtype=torch.long)
+    for row, e in enumerate(encoded):
+        ids[row, width - len(e.ids) :] = torch.tensor(e.ids, dtype=torch.long)
+        mask[row, width - len(e.ids) :] = 1
+    return Batch(
+        ids.to(device),
+        mask.to(device),
+        torch.tensor([e.prompt_len for e in encoded], device=device),
+        torch.tensor([len(e.ids) for e in encoded], device=device),
+    )
+
+
+def reduction_weights(batch: Batch, reduction: Reduction) -> torch.Tensor:
+    """Per-token weights ``[b, T]`` (rows sum to 1) that implement a reduction on a batch."""
+    width = batch.input_ids.shape[1]
+    pos = torch.arange(width, device=batch.input_ids.device)[None, :]
+    prompt_start = batch.pads[:, None]
+    response_start = prompt_start + batch.prompt_lens[:, None]
+    end = prompt_start + batch.lengths[:, None]
+    if reduction.kind == "prompt_last":
+        mask = pos == response_start - 1
+    elif reduction.kind == "prompt_avg":
+        mask = (pos >= prompt_start) & (pos < response_start)
+    elif reduction.kind == "response_avg":
+        mask = (pos >= response_start) & (pos < end)
+    else:
+        mask = (pos >= response_start) & (pos < torch.minimum(end, response_start + reduction.k))
+    weights = mask.float()
+    return weights / weights.sum(-1, keepdim=True).clamp(min=1)
+
+
+def encode_samples(lm: LoadedModel, samples: Sequence[ChatSample], need_response: bool) -> list[EncodedChat]:
+    encoded = []
+    for i, s in enumerate(samples):
+        e = encode_chat(lm.tokenizer, s.prompt, s.response, s.system)
+        if need_response and e.response_len == 0:
+            raise SteerlabError(f"sample {i}: a response reduction needs a non-empty response")
+        if e.prompt_len == 0:
+            raise SteerlabError(f"sample {i}: empty prompt")
+        encoded.append(e)
+    return encoded
+
+
+def run_block_hooks(
+    lm: LoadedModel,
+    batch: Batch,
+    layers: Sequence[int],
+    on_hidden: Callable[[int, torch.Tensor], None],
+) -> None:
+    """One forward pass calling ``on_hidden(layer, hidden)`` with each requested block's output
+    (float32, padding zeroed), stopping after the last requested block (no LM head)."""
+    token_mask = batch.attention_mask.bool()[..., None]
+    last = max(layers)
+
+    def make_hook(layer: int):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            on_hidden(layer, hidden.float().masked_fill(~token_mask.to(hidden.device), 0.0))
+            if layer == last:
+                raise _StopForward
+
+        return hook
+
+    blocks = lm.blocks
+    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
+    try:
+        with torch.inference_mode():
+            lm.model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids(),
+                use_cache=False,
+            )
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_batch(
+    lm: LoadedModel, batch: Batch, reductions: Sequence[Reduction], layers: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """One forward pass; returns ``{reduction name: [b, len(layers), d_model]}`` in float32."""
+    weights = {r.name: reduction_weights(batch, r) for r in reductions}
+    out = {r.name: torch.empty(len(batch.lengths), len(layers), lm.d_model) for r in reductions}
+    slot = {layer: i for i, layer in enumerate(layers)}
+
+    def reduce(layer: int, hidden: torch.Tensor) -> None:
+        for name, w in weights.items():
+            out[name][:, slot[layer]] = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden).cpu()
+
+    run_block_hooks(lm, batch, layers, reduce)
+    return out
+
+
+def iter_batches(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    batch_size: int,
+    need_response: bool = False,
+    description: str = "forward",
+) -> Iterator[tuple[list[int], Batch]]:
+    """Encode samples and yield left-padded batches in length order, with their sample indices."""
+    if not samples:
+        raise SteerlabError("no samples given")
+    encoded = encode_samples(lm, samples, need_response)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    pad_id = lm.tokenizer.pad_token_id
+    with progress_bar(description, len(samples)) as advance:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            yield idx, collate([encoded[i] for i in idx], pad_id, lm.device)
+            advance(len(idx))
+
+
+def iter_activations(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    reductions: Sequence[str | Reduction] = ("response_avg",),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    description: str = "capturing activations",
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+    """Yield ``(sample indices, {reduction: [b, n_layers_selected, d]})`` batch by batch.
+
+    Samples are batched in order of length (less padding); indices map rows back to ``samples``.
+    """
+    parsed = [Reduction.parse(r) for r in reductions]
+    layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(L) for L in layers]
+    need_response = any(r.needs_response for r in parsed)
+    for idx, batch in iter_batches(lm, samples, batch_size, need_response, description):
+        yield idx, forward_batch(lm, batch, parsed, layers)
+
+
+def capture(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    reductions: Sequence[str | Reduction] = ("response_avg",),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Per-sample activations: ``{reduction: [n_samples, n_layers_selected, d_model]}``."""
+    result: dict[str, torch.Tensor] = {}
+    for idx, acts in iter_activations(lm, samples, reductions, layers, batch_size):
+        for name, a in acts.items():
+            if name not in result:
+                result[name] = torch.empty(len(samples), *a.shape[1:])
+            result[name][idx] = a
+    return result
+
+
+def mean_activations(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    reductions: Sequence[str | Reduction] = ("response_avg",),
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    description: str = "capturing activations",
+) -> dict[str, torch.Tensor]:
+    """Streaming mean over samples: ``{reduction: [n_layers_selected, d_model]}`` (float64 sums)."""
+    sums: dict[str, torch.Tensor] = {}
+    for _, acts in iter_activations(lm, samples, reductions, layers, batch_size, description):
+        for name, a in acts.items():
+            s = a.double().sum(0)
+            sums[name] = sums[name] + s if name in sums else s
+    return {name: (s / len(samples)).float() for name, s in sums.items()}

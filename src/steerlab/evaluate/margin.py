@@ -1,0 +1,120 @@
+"""Behaviour margin (judge-free): for pairs of answers to the same question, the mean over pairs of
+the per-token log-likelihood of the behaviour (positive) answer minus that of the other answer,
+teacher-forced. Higher = the model prefers the behaviour more.
+
+Steering applies as it would during generation: ``positions="response"`` steers the last prompt
+token and every response token, ``"prompt"`` the prompt tokens (see steerlab.steering).
+A whole coefficient sweep is one batch stream: rows are (pair, coefficient) with per-row
+coefficients.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..activations.capture import ChatSample, iter_batches
+from ..extract.contrastive import pair_samples
+from ..formats.pairs import Pair
+from ..model.loading import LoadedModel
+from ..steering.steerer import SteeringSpec, steer
+
+
+def response_logprobs(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    steering: Sequence[SteeringSpec] = (),
+    row_coeffs: Sequence[float] | None = None,
+    batch_size: int = 16,
+    reference_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean log p(response token | prefix) per sample, ``[n_samples]`` (teacher-forced).
+
+    With ``row_coeffs`` (one per sample), every steering spec uses that sample's coefficient.
+    """
+    out = torch.empty(len(samples), dtype=torch.float64)
+    coeffs = None if row_coeffs is None else torch.as_tensor(row_coeffs, dtype=torch.float32)
+    for idx, batch in iter_batches(lm, samples, batch_size, need_response=True, description="log-likelihoods"):
+        specs = [s if coeffs is None else s.with_coeff(coeffs[idx]) for s in steering]
+        response_start = batch.pads + batch.prompt_lens
+        steerer = steer(lm, specs, reference_norms)
+        # Left padding right-aligns every response: only the last k positions' logits are needed.
+        width = batch.input_ids.shape[1]
+        keep = int((batch.lengths - batch.prompt_lens).max()) + 1
+        kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(lm) else {}
+        with steerer, steerer.teacher_forcing(response_start), torch.inference_mode():
+            logits = lm.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids(), use_cache=False, **kwargs,
+            ).logits[:, -keep:]
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)  # predicts positions width-keep+1 .. width-1
+        target = batch.input_ids[:, width - keep + 1 :]
+        token_logp = logp.gather(-1, target[..., None])[..., 0]
+        pos = torch.arange(width - keep + 1, width, device=target.device)[None, :]
+        mask = pos >= response_start[:, None]
+        mean = (token_logp * mask).sum(-1) / mask.sum(-1)
+        out[idx] = mean.double().cpu()
+    return out
+
+
+def _accepts_logits_to_keep(lm: LoadedModel) -> bool:
+    from ..model.blocks import unwrap_model
+
+    return "logits_to_keep" in inspect.signature(unwrap_model(lm.model).forward).parameters
+
+
+@dataclass
+class MarginResult:
+    """Margins per coefficient: ``per_pair[i, j]`` for coefficient i and pair j.
+
+    ``fluency`` is the mean log-likelihood per token of both answers at each coefficient: a
+    judge-free coherence check (it collapses when steering breaks the model).
+    """
+
+    coeffs: list[float]
+    per_pair: torch.Tensor
+    pos_logp: torch.Tensor
+    neg_logp: torch.Tensor
+
+    @property
+    def fluency(self) -> list[float]:
+        return ((self.pos_logp + self.neg_logp) / 2).mean(-1).tolist()
+
+    @property
+    def mean(self) -> list[float]:
+        return self.per_pair.mean(-1).tolist()
+
+    @property
+    def std(self) -> list[float]:
+        return (self.per_pair.std(-1) if self.per_pair.shape[-1] > 1 else torch.zeros(len(self.coeffs))).tolist()
+
+
+def behaviour_margin(
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    steering: SteeringSpec | Sequence[SteeringSpec] = (),
+    coeffs: Sequence[float] | None = None,
+    batch_size: int = 16,
+    reference_norms: torch.Tensor | None = None,
+) -> MarginResult:
+    """Behaviour margin of ``pairs`` under ``steering`` at each coefficient (one batch stream).
+
+    Without ``coeffs`` the specs' own coefficients are used (a single row of results).
+    """
+    specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
+    pos, neg = pair_samples(pairs)
+    n = len(pairs)
+    if not specs or coeffs is None:
+        # One row: unsteered (reported as coefficient 0) or the specs' own coefficients.
+        logps = response_logprobs(lm, pos + neg, specs, None, batch_size, reference_norms)
+        first = float(specs[0].coeff) if specs and isinstance(specs[0].coeff, int | float) else 0.0
+        pos_logp, neg_logp = logps[:n].float()[None], logps[n:].float()[None]
+        return MarginResult([first], pos_logp - neg_logp, pos_logp, neg_logp)
+    coeffs_used = [float(c) for c in coeffs]
+    samples = [s for _ in coeffs_used for s in pos + neg]
+    row_coeffs = [c for c in coeffs_used for _ in range(2 * n)]
+    grid = response_logprobs(lm, samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n).float()
+    return MarginResult(coeffs_used, grid[:, 0] - grid[:, 1], grid[:, 0], grid[:, 1])

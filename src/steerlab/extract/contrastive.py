@@ -1,0 +1,54 @@
+"""Contrastive extraction (the classical method): mean activation difference between inputs with
+and without the behaviour, per layer.
+
+For each pair, the question followed by the positive answer and by the negative answer are run
+through the model; the vector for layer L is ``mean(positive) - mean(negative)`` of the chosen
+reduction of the output of block L. Means are streamed over batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..activations.capture import ChatSample, Reduction, mean_activations
+from ..errors import SteerlabError
+from ..formats.pairs import Pair
+from ..model.loading import LoadedModel
+from ..vectors.vector import SteeringVector
+
+
+def pair_samples(pairs: Sequence[Pair]) -> tuple[list[ChatSample], list[ChatSample]]:
+    """(positive samples, negative samples) for a list of pairs."""
+    pos = [ChatSample(p.question, p.positive, p.system) for p in pairs]
+    neg = [ChatSample(p.question, p.negative, p.system) for p in pairs]
+    return pos, neg
+
+
+def extract_contrastive(
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    reduction: str = "response_avg",
+    batch_size: int = 16,
+) -> SteeringVector:
+    """Contrastive steering vector ``[n_layers, d_model]`` from pairs (SPEC §6 pairs)."""
+    if not pairs:
+        raise SteerlabError("contrastive extraction needs at least one pair")
+    red = Reduction.parse(reduction)
+    pos, neg = pair_samples(pairs)
+    # A prompt reduction only sees the prompt (question + system), which a pair shares between its
+    # positive and negative side, so it would give an exactly zero vector.
+    if not red.needs_response and all(
+        (a.prompt, a.system) == (b.prompt, b.system) for a, b in zip(pos, neg, strict=True)
+    ):
+        raise SteerlabError(
+            f"--reduction {red.name}: the positive and negative inputs share the same prompt "
+            "(question and system prompt), so a prompt reduction gives a zero vector; use "
+            "response_avg or first_k"
+        )
+    mean_pos = mean_activations(lm, pos, [red], batch_size=batch_size, description="positive")[red.name]
+    mean_neg = mean_activations(lm, neg, [red], batch_size=batch_size, description="negative")[red.name]
+    return SteeringVector(
+        mean_pos - mean_neg,
+        {"model": lm.name, "model_type": getattr(lm.model.config, "model_type", None),
+         "method": "contrastive", "reduction": red.name, "n_samples": len(pairs)},
+    )

@@ -1,0 +1,78 @@
+"""Persona vectors (Chen et al. 2025, arXiv:2507.21509): pairing judged answers into effective
+pairs, and the mean (positive - negative) activation difference over those pairs.
+
+An effective pair is one question answered under a positive and a negative system prompt, where the
+positive answer shows the trait (judge score >= threshold), the negative one does not
+(< 100 - threshold) and both are coherent, as in persona-vectors' filtering.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..activations.capture import ChatSample, iter_activations
+from ..model.loading import LoadedModel
+from ..vectors.vector import SteeringVector
+
+PERSONA_REDUCTIONS = ("response_avg", "prompt_avg", "prompt_last")
+
+
+def _paired(judged: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(positive, negative) rows paired by (instruction, question, sample)."""
+    by_key: dict[tuple, dict[str, dict[str, Any]]] = {}
+    for row in judged:
+        by_key.setdefault((row["instruction"], row["question_index"], row["sample"]), {})[row["kind"]] = row
+    return [(p["pos"], p["neg"]) for p in by_key.values() if "pos" in p and "neg" in p]
+
+
+def _pair_doc(pos: dict[str, Any], neg: dict[str, Any]) -> dict[str, Any]:
+    return {"question": pos["question"], "pos_system": pos["system"], "neg_system": neg["system"],
+            "positive": pos["response"], "negative": neg["response"],
+            "pos_score": pos.get("trait_score"), "neg_score": neg.get("trait_score")}
+
+
+def all_pairs(judged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (positive, negative) pair, unfiltered (persona-vectors' no-filter ablation)."""
+    return [_pair_doc(pos, neg) for pos, neg in _paired(judged)]
+
+
+def effective_pairs(judged: list[dict[str, Any]], threshold: float, min_coherence: float) -> dict[str, Any]:
+    """Pair positive and negative answers by (instruction, question, sample) and keep those where the
+    positive shows the trait (>= threshold), the negative does not (< 100 - threshold) and both are
+    coherent (>= min_coherence). Items with a None score are dropped (counted)."""
+    kept, counts = [], {"candidates": 0, "unscored": 0, "pos_below_threshold": 0, "neg_above_threshold": 0,
+                        "incoherent": 0, "effective": 0}
+    for pos, neg in _paired(judged):
+        counts["candidates"] += 1
+        scores = (pos["trait_score"], neg["trait_score"], pos["coherence"], neg["coherence"])
+        if any(s is None for s in scores):
+            counts["unscored"] += 1
+        elif pos["trait_score"] < threshold:
+            counts["pos_below_threshold"] += 1
+        elif neg["trait_score"] >= 100 - threshold:
+            counts["neg_above_threshold"] += 1
+        elif min(pos["coherence"], neg["coherence"]) < min_coherence:
+            counts["incoherent"] += 1
+        else:
+            counts["effective"] += 1
+            kept.append(_pair_doc(pos, neg))
+    return {"pairs": kept, "counts": counts}
+
+
+def persona_vectors(lm: LoadedModel, pairs: list[dict[str, Any]], batch_size: int = 16) -> dict[str, SteeringVector]:
+    """Mean (positive - negative) activations over effective pairs for the three persona reductions."""
+    pos = [ChatSample(p["question"], p["positive"], p["pos_system"]) for p in pairs]
+    neg = [ChatSample(p["question"], p["negative"], p["neg_system"]) for p in pairs]
+    sums: dict[str, torch.Tensor] = {}
+    for sign, samples in ((1.0, pos), (-1.0, neg)):
+        for _, acts in iter_activations(lm, samples, PERSONA_REDUCTIONS, batch_size=batch_size,
+                                        description="persona vectors"):
+            for name, a in acts.items():
+                s = sign * a.double().sum(0)
+                sums[name] = sums[name] + s if name in sums else s
+    model_type = getattr(lm.model.config, "model_type", None)
+    return {r: SteeringVector((sums[r] / len(pairs)).float(),
+                              {"model": lm.name, "model_type": model_type, "method": "persona", "reduction": r})
+            for r in PERSONA_REDUCTIONS}

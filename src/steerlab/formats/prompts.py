@@ -1,0 +1,48 @@
+"""Reading prompts/questions from files: ``.txt`` (one per line), ``.jsonl`` (``prompt``,
+``question`` or ``messages`` per line) or ``.json`` (a list of strings, or a trait file's
+``questions``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SteerlabError
+from ..model.chat import Prompt
+from .pairs import read_jsonl
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    path = Path(path)
+    if not path.is_file():
+        raise SteerlabError(f"prompts file {path}: file not found")
+    if path.suffix == ".jsonl":
+        prompts: list[Prompt] = []
+        for number, obj in read_jsonl(path, "prompts file"):
+            for key in ("messages", "prompt", "question"):
+                if key in obj:
+                    value = obj[key]
+                    if not value or not isinstance(value, str | list):
+                        raise SteerlabError(
+                            f"{path}:{number}: field {key!r} must be a non-empty string or message list"
+                        )
+                    prompts.append(value)
+                    break
+            else:
+                raise SteerlabError(f"{path}:{number}: expected a 'prompt', 'question' or 'messages' field")
+        return prompts
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise SteerlabError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        items = data.get("questions") if isinstance(data, dict) else data
+        if not isinstance(items, list) or not all(isinstance(q, str) and q.strip() for q in items):
+            raise SteerlabError(f"{path}: expected a list of non-empty strings (or a 'questions' list)")
+        prompts = list(items)
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise SteerlabError(f"prompts file {path} is empty")
+    return prompts

@@ -1,0 +1,258 @@
+"""The whole study on one model, offline by default (``steerlab demo`` / ``make demo``).
+
+Stages (each resumable; a rerun reuses finished artifacts):
+
+1. ``diff/``        contrastive vector from the built-in deception pairs; LoRA fine-tune on their
+                    deceptive answers; model-diff vector; cosine per layer with the random baseline
+                    and split-half reliabilities; the steering study (see :mod:`steerlab.study`);
+2. ``monitor.json`` projections of held-out honest vs deceptive answers on the model-diff vector,
+                    read by the base and by the fine-tuned model;
+3. ``persona/``     the persona pipeline for one built-in trait with the given judge; then persona
+                    steering: judged trait score and coherence per coefficient, and the judge-free
+                    margin on the model's own prompted answers;
+4. ``summary.json`` headline figures and a plain-language reading; ``report.html``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..activations.capture import ChatSample
+from ..errors import SteerlabError
+from ..evaluate.margin import behaviour_margin
+from ..evaluate.monitor import project
+from ..evaluate.persona_eval import persona_margin_pairs, persona_monitor
+from ..extract.model_diff import attached_adapter
+from ..extract.persona import all_pairs, effective_pairs, persona_vectors
+from ..formats.pairs import builtin_pairs_path, load_pairs
+from ..formats.traits import load_trait
+from ..io.atomic import write_json
+from ..judge.judges import make_judge
+from ..model.loading import LoadedModel, load_model
+from ..progress import console
+from ..report.html import build_report
+from ..steering.steerer import SteeringSpec
+from ..vectors.vector import SteeringVector
+from ..version import __version__
+from .diff_study import DiffStudyConfig, run_diff_study
+from .persona import PersonaConfig, run_persona
+from .runs import RunDir, read_jsonl_rows
+from .study import StudyConfig, best_coherent
+from .sweep import run_sweep
+
+
+@dataclass
+class DemoSize:
+    n_train: int
+    n_heldout: int
+    epochs: int
+    study: StudyConfig
+    persona_questions: int
+    persona_instructions: int
+    persona_new_tokens: int
+    persona_coeffs: list[float] = field(default_factory=lambda: [-4.0, 0.0, 4.0, 8.0])
+    persona_eval_questions: int = 6
+    samples_per_question: int = 1
+    temperature: float = 0.0
+
+
+SIZES = {
+    # for tests: every stage, minutes on 2 CPU cores
+    "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
+                   [0.0, 4.0], 1),
+    # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
+    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 4, 2, 32,
+                      [-4.0, 0.0, 4.0, 8.0], 4),
+    # paper scale, for a GPU
+    "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
+                     96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
+}
+
+
+def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: str = "local",
+             size: str = "small", trait: str = "optimistic", judge_base_url: str | None = None) -> dict[str, Any]:
+    """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json)."""
+    if size not in SIZES:
+        raise SteerlabError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
+    cfg = SIZES[size]
+    out = Path(out_dir)
+    RunDir(out)
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    lm = load_model(model)
+    timings["load"] = time.perf_counter() - start
+
+    path = builtin_pairs_path("deception")
+    train = load_pairs(path, split="train")[: cfg.n_train]
+    heldout = load_pairs(path, split="heldout")[: cfg.n_heldout]
+    start = time.perf_counter()
+    diff = run_diff_study(lm, train, heldout, out / "diff",
+                             DiffStudyConfig(epochs=cfg.epochs, study=cfg.study, batch_size=32))
+    timings["diff_study"] = time.perf_counter() - start
+    timings.update({f"diff.{k}": v for k, v in diff.timings.items()})
+    study = diff.study
+    best = study["best_layer"]
+
+    start = time.perf_counter()
+    monitor = _monitor_stage(lm, out, diff, heldout, best)
+    timings["monitor"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    persona = _persona_stage(lm, out / "persona", trait, judge, judge_base_url, cfg)
+    timings["persona"] = time.perf_counter() - start
+
+    summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
+    write_json(out / "summary.json", summary)
+    report_path, _ = build_report(out)
+    console.print(f"wrote {out / 'summary.json'} and {report_path}")
+    return summary
+
+
+def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, best: int) -> dict[str, Any]:
+    stage = RunDir(out).stage("monitor", "monitor.json", {"vectors": diff.vectors, "best": best,
+                                                          "heldout": [p.question for p in heldout]})
+    if stage.done():
+        return stage.load_json()
+    vector = SteeringVector.load(diff.vectors["model_diff"])
+    honest = [ChatSample(p.question, p.negative) for p in heldout]
+    deceptive = [ChatSample(p.question, p.positive) for p in heldout]
+    groups: dict[str, list[float]] = {}
+
+    def add(label: str, model: LoadedModel) -> None:
+        for name, samples in (("honest", honest), ("deceptive", deceptive)):
+            values = project(model, samples, vector, [best], ["response_avg"])["response_avg"][:, 0]
+            groups[f"{name} answers · {label}"] = [float(v) for v in values]
+
+    add("base", lm)
+    with attached_adapter(lm, diff.adapter) as tuned:
+        add("fine-tuned", tuned)
+    summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
+    doc = {"title": f"held-out answers projected on the model-diff vector at layer {best}", "layer": best,
+           "groups": groups, "summary": summary}
+    stage.save_json(doc)
+    return doc
+
+
+def _persona_stage(lm: LoadedModel, out: Path, trait_name: str, judge_spec: str, judge_base_url: str | None,
+                   cfg: DemoSize) -> dict[str, Any]:
+    trait = load_trait(trait_name, "extract")
+    # "local" is the embedded smollm2: reuse the loaded copy when it is the model under study.
+    reuse = judge_spec == "local" and lm.name == "smollm2"
+    judge = make_judge(lm if reuse else judge_spec, base_url=judge_base_url)
+    config = PersonaConfig(samples_per_question=cfg.samples_per_question, max_questions=cfg.persona_questions,
+                           max_instructions=cfg.persona_instructions, max_new_tokens=cfg.persona_new_tokens,
+                           temperature=cfg.temperature, batch_size=32)
+    result: dict[str, Any] = {"trait": trait_name, "judge": judge_spec, "filtered": True}
+    try:
+        persona = run_persona(lm, trait, judge, out, config, judge_name=judge_spec)
+        vector_path = persona.vectors["response_avg"]
+        result.update(n_effective=persona.n_effective, counts=persona.counts)
+    except SteerlabError as exc:
+        if "no effective pairs" not in str(exc):
+            raise
+        # The judge scored too little (a small local judge rarely answers with numbers): fall back to
+        # every generated pair, unfiltered, and say so.
+        judged = read_jsonl_rows(out / "judged.jsonl")
+        unfiltered = all_pairs(judged)
+        vectors = persona_vectors(lm, unfiltered)
+        vector_path = out / "vectors" / f"{trait_name}_response_avg_unfiltered.safetensors"
+        vectors["response_avg"].metadata.update({"trait": trait_name, "filtered": False})
+        vectors["response_avg"].save(vector_path)
+        counts = effective_pairs(judged, config.threshold, config.min_coherence)["counts"]
+        result.update(filtered=False, n_effective=0, n_unfiltered=len(unfiltered), counts=counts)
+    vector = SteeringVector.load(vector_path)
+    layer = lm.n_layers // 2
+    eval_trait = load_trait(trait_name, "eval")
+
+    steering_stage = RunDir(out).stage("persona_steering", "persona_steering.json",
+                                       {"vector": str(vector_path), "coeffs": cfg.persona_coeffs, "layer": layer,
+                                        "judge": judge_spec, "questions": cfg.persona_eval_questions})
+    if steering_stage.done():
+        doc = steering_stage.load_json()
+    else:
+        questions = eval_trait.questions[: cfg.persona_eval_questions]
+        sweep = run_sweep(lm, vector, questions, out / "sweep", [layer], cfg.persona_coeffs,
+                          max_new_tokens=cfg.persona_new_tokens, judge=judge, eval_prompt=eval_trait.eval_prompt)
+        pairs = persona_margin_pairs(lm, eval_trait, cfg.persona_eval_questions, cfg.persona_new_tokens)
+        margins = behaviour_margin(lm, pairs, SteeringSpec(vector, layer), cfg.persona_coeffs) if pairs else None
+        rows = []
+        for s in sweep.scores:
+            i = cfg.persona_coeffs.index(s["coeff"])
+            rows.append({"coeff": s["coeff"], "trait_mean": s["trait_mean"], "trait_n": s["trait_n"],
+                         "coherence_mean": s["coherence_mean"], "coherence_n": s["coherence_n"],
+                         "margin": margins.mean[i] if margins else None,
+                         "fluency": margins.fluency[i] if margins else None})
+        monitor = persona_monitor(lm, eval_trait, vector, layer, max(cfg.persona_coeffs),
+                                  cfg.persona_eval_questions, cfg.persona_new_tokens)
+        doc = {"layer": layer, "rows": rows, "monitor": monitor, "vector": str(vector_path)}
+        steering_stage.save_json(doc)
+    result.update(layer=layer, steering=doc["rows"], monitor=doc["monitor"]["summary"], vector=str(vector_path))
+    return result
+
+
+def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[str, Any]:
+    study, comparison = diff.study, diff.comparison
+    ref, best = study["reference"], study["best_layer"]
+    cos = comparison["cosine"]["contrastive|model_diff"]
+    rel = comparison["reliability"]
+    max_drop = study["config"]["max_fluency_drop"]
+    best_rows = {}
+    for vector in ("model_diff", "contrastive"):
+        for model_name, key in (("finetuned", "undone"), ("base", "induced")):
+            for layers in (str(best), "all"):
+                row = best_coherent(study["rows"], key, max_drop, stage="sweep", vector=vector, model=model_name,
+                                    scale="raw", layers=layers)
+                best_rows[f"{vector}|{model_name}|{layers}"] = row
+    gap = ref["finetuned"] - ref["base"]
+    summary = {
+        "steerlab_version": __version__, "model": model, "judge": judge, "size": size,
+        "n_layers": lm.n_layers, "d_model": lm.d_model,
+        "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": gap},
+        "cosine_per_layer": cos, "best_layer": best, "cosine_at_best_layer": cos[best],
+        "random_baseline": comparison["baseline"],
+        "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
+        "best_steering": best_rows, "monitor": monitor["summary"], "persona": persona,
+        "timings": {k: round(v, 1) for k, v in timings.items()},
+    }
+    summary["reading"] = reading(summary, max_drop)
+    return summary
+
+
+def reading(s: dict[str, Any], max_drop: float) -> list[str]:
+    """A short plain-language reading of the headline numbers (no claims beyond them)."""
+    m, best = s["margins"], s["best_layer"]
+    band = s["random_baseline"]["band"]
+    lines = []
+    if m["gap"] > 0:
+        lines.append(f"Fine-tuning on deceptive answers raised the held-out behaviour margin from {m['base']:+.3f} to "
+                     f"{m['finetuned']:+.3f} (log-likelihood per token, deceptive minus honest): the fine-tune learned "
+                     "something that generalises to unseen questions.")
+    else:
+        lines.append(f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
+                     "comparisons below describe a fine-tune that did not take.")
+    cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
+    verdict = ("well above" if abs(cos) > 3 * band else "above" if abs(cos) > 1.5 * band
+               else "just above" if abs(cos) > band else "within")
+    lines.append(f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}, {verdict} the "
+                 f"random-direction band (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
+                 f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
+                 "noisy estimates of the same direction could look.")
+    for vector in ("model_diff", "contrastive"):
+        row = s["best_steering"].get(f"{vector}|finetuned|{best}")
+        if row:
+            lines.append(f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
+                         f"undoes {row['undone']:.0%} of the margin gap at coefficient {row['coeff']:g} while the "
+                         f"answers' likelihood drops by {row['fluency_drop']:.2f} nats/token (coherence limit "
+                         f"{max_drop}).")
+    p = s["persona"]
+    if not p.get("filtered", True):
+        lines.append(f"The {p['judge']} judge could not score the {p['trait']} persona responses (it put too little "
+                     "probability on numbers), so no pairs passed the persona-vectors filter; the persona vector "
+                     "shown is unfiltered. A 135M model is too small to judge; use --judge openai:MODEL.")
+    lines.append("What a 135M model cannot show: judged trait scores with a reliable judge, long coherent steered "
+                 "answers, and behaviours that need a capable model to express. The same commands run on a GPU "
+                 "with a real model (--model, --judge openai:...) at --size full.")
+    return lines

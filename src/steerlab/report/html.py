@@ -1,0 +1,337 @@
+"""`steerlab report DIR`: one self-contained ``report.html`` for any run directory.
+
+It renders whatever the directory holds — a demo, ``diff study``, ``persona extract`` or ``sweep``
+run — and says which parts are missing; it never fails on a partial run. plotly.js is inlined once,
+so the page needs no network. A status element (``#steerlab-status``) records, after the page's
+scripts ran, how many plots rendered and any JavaScript errors (used by the browser test).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from ..io.atomic import write_text
+from ..pipelines.runs import read_jsonl_rows
+
+Section = tuple[str, str]  # (title, html)
+
+
+def _load_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def _load_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = []
+    for row in csv.DictReader(path.open(encoding="utf-8")):
+        rows.append({k: _num(v) for k, v in row.items()})
+    return rows
+
+
+def _num(value: str) -> Any:
+    if value in ("", "None"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        try:
+            return float(value)
+        except ValueError:
+            return value
+
+
+def _fig(fig: Any) -> str:
+    return f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False)}</div>'
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
+    if not rows:
+        return "<p class='muted'>no rows</p>"
+    columns = columns or list(rows[0])
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return fmt.format(v)
+        return html.escape("" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _esc(text: Any) -> str:
+    return html.escape(str(text))
+
+
+# --- sections ---------------------------------------------------------------------------------
+def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
+    import plotly.graph_objects as go
+
+    n = comparison["n_layers"]
+    layers = list(range(n))
+    band = comparison["baseline"]["band"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=layers + layers[::-1], y=[band] * n + [-band] * n, fill="toself",
+                             fillcolor="rgba(128,128,128,0.2)", line={"width": 0}, hoverinfo="skip",
+                             name=f"random directions (95% |cos| < {band:.3f})"))
+    for pair, values in comparison["cosine"].items():
+        fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=pair.replace("|", " vs ")))
+    reliability = comparison.get("reliability") or {}
+    for name, rel in reliability.items():
+        fig.add_trace(go.Scatter(x=layers, y=rel["mean"], mode="lines", line={"dash": "dot"},
+                                 name=f"split-half reliability: {name}"))
+    if best_layer is not None:
+        fig.add_vline(x=best_layer, line_dash="dash", line_color="black", annotation_text=f"best layer {best_layer}")
+    fig.update_layout(title="cosine per layer (layer L = output of block L)", xaxis_title="layer",
+                      yaxis_title="cosine", yaxis_range=[-1.05, 1.05], template="plotly_white", height=460)
+    return _fig(fig)
+
+
+def study_sections(study: dict[str, Any]) -> list[Section]:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    ref, rows, best = study["reference"], study["rows"], study["best_layer"]
+    out: list[Section] = []
+    gap = ref["finetuned"] - ref["base"]
+    intro = (f"<p>Behaviour margin on held-out pairs (mean log-likelihood per token of the behaviour answer minus "
+             f"the other): base <b>{ref['base']:+.4f}</b>, fine-tuned <b>{ref['finetuned']:+.4f}</b> "
+             f"(gap {gap:+.4f}). Best layer for the model-diff vector: <b>{best}</b>.</p>")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("subtract from fine-tuned", "add to base"))
+    colors = {"model_diff": "#d62728", "contrastive": "#1f77b4"}
+    for col, model in ((1, "finetuned"), (2, "base")):
+        for vector in ("model_diff", "contrastive"):
+            for layer_set, dash in ((str(best), "solid"), ("all", "dot")):
+                sel = sorted((r for r in rows if r["stage"] == "sweep" and r["model"] == model and r["vector"] == vector
+                              and r["scale"] == "raw" and r["layers"] == layer_set), key=lambda r: r["coeff"])
+                if not sel:
+                    continue
+                fig.add_trace(go.Scatter(
+                    x=[0.0] + [r["coeff"] for r in sel], y=[ref[model]] + [r["margin"] for r in sel],
+                    mode="lines+markers", line={"color": colors[vector], "dash": dash},
+                    name=f"{vector} @ {'layer ' + layer_set if layer_set != 'all' else 'all layers'}",
+                    legendgroup=f"{vector}{layer_set}", showlegend=col == 1), row=1, col=col)
+        for name, value in (("base", ref["base"]), ("fine-tuned", ref["finetuned"])):
+            fig.add_hline(y=value, line_dash="dash", line_color="gray", annotation_text=name, row=1, col=col)
+    fig.update_xaxes(title_text="coefficient magnitude (raw vector)")
+    fig.update_yaxes(title_text="margin")
+    fig.update_layout(title="margin vs coefficient per layer and method", template="plotly_white", height=460)
+    out.append(("Steering with the two directions", intro + _fig(fig)))
+
+    scan = [r for r in rows if r["stage"] == "layer_scan"]
+    if scan:
+        fig = go.Figure()
+        for vector in ("model_diff", "contrastive"):
+            sel = sorted((r for r in scan if r["vector"] == vector), key=lambda r: int(r["layers"]))
+            fig.add_trace(go.Bar(x=[int(r["layers"]) for r in sel], y=[r["undone"] for r in sel], name=vector,
+                                 marker_color=colors[vector]))
+        fig.update_layout(title="fraction of the fine-tuning gap undone by subtracting each vector (coefficient 1)",
+                          xaxis_title="layer", yaxis_title="undone", template="plotly_white", barmode="group",
+                          height=380)
+        out.append(("Layer scan", _fig(fig)))
+    table_rows = [r for r in rows if r["stage"] in ("sweep", "ablation") and r["scale"] == "raw"]
+    cols = ["stage", "vector", "model", "direction", "layers", "coeff", "margin", "undone", "induced", "fluency_drop"]
+    out.append(("All conditions (raw scale)", "<p class='muted'>undone = (fine-tuned − steered) / gap; induced = "
+                "(steered − base) / gap; fluency_drop = fall in mean log-likelihood of both answers (nats/token), "
+                "a judge-free incoherence signal.</p>" + _table(table_rows, cols)))
+    if study.get("samples"):
+        out.append(("Sample generations", samples_table(study["samples"])))
+    return out
+
+
+def samples_table(samples: list[dict[str, Any]]) -> str:
+    """Side by side: one column per condition, one row per question."""
+    conditions: list[str] = []
+    by_question: dict[str, dict[str, str]] = {}
+    for s in samples:
+        label = s["model"] if not s.get("vector") else f"{s['model']} {s['vector']} {s['coeff']:+g} @ L{s['layer']}"
+        if label not in conditions:
+            conditions.append(label)
+        by_question.setdefault(s["question"], {})[label] = s["text"]
+    head = "<th>question</th>" + "".join(f"<th>{_esc(c)}</th>" for c in conditions)
+    body = "".join(
+        f"<tr><td><b>{_esc(q)}</b></td>" + "".join(f"<td>{_esc(texts.get(c, ''))}</td>" for c in conditions) + "</tr>"
+        for q, texts in by_question.items())
+    table = f"<table class='samples'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'>{table}</div>"
+
+
+def sweep_sections(run: Path) -> list[Section]:
+    from .plots import margin_vs_coeff_figure, score_vs_coeff_figure
+
+    out: list[Section] = []
+    margins = _load_csv(run / "margins.csv")
+    if margins:
+        out.append(("Sweep: behaviour margin", _fig(margin_vs_coeff_figure(margins)) + _table(margins)))
+    scores = _load_csv(run / "scores.csv")
+    if scores:
+        out.append(("Sweep: judged scores", _fig(score_vs_coeff_figure(scores)) + _table(scores)))
+    gens_path = run / "generations.jsonl"
+    if gens_path.is_file():
+        rows = read_jsonl_rows(gens_path)
+        samples = [{"model": f"layer {r['layer']}", "vector": "v", "coeff": r["coeff"], "layer": r["layer"],
+                    "question": r["question"], "text": r["text"]} for r in rows if r.get("question_index", 0) < 4]
+        out.append(("Sweep: generations per coefficient", samples_table(samples)))
+    return out
+
+
+def persona_sections(run: Path) -> list[Section]:
+    import plotly.graph_objects as go
+
+    out: list[Section] = []
+    pairs = _load_json(run / "pairs.json")
+    judged = read_jsonl_rows(run / "judged.jsonl") if (run / "judged.jsonl").is_file() else []
+    if judged:
+        fig = go.Figure()
+        for kind, name in (("pos", "positive persona"), ("neg", "negative persona")):
+            for key, label in (("trait_score", "trait"), ("coherence", "coherence")):
+                values = [r[key] for r in judged if r["kind"] == kind and r[key] is not None]
+                fig.add_trace(go.Box(y=values, name=f"{name}: {label}", boxpoints="all"))
+        unscored = sum(r["trait_score"] is None for r in judged)
+        fig.update_layout(title="judged persona responses (0-100)", template="plotly_white", height=420)
+        note = (f"<p>{len(judged)} responses judged; {unscored} got no score (the judge put < 25% probability on "
+                "numbers — with a small local judge this is expected and is reported, not hidden).</p>")
+        out.append(("Persona pipeline: judged responses", note + _fig(fig)))
+    if pairs:
+        out.append(("Persona pipeline: effective pairs", _table([pairs["counts"]])))
+    persona_scores = _load_json(run / "persona_steering.json")
+    if persona_scores:
+        out.append(("Persona steering", persona_steering_section(persona_scores)))
+    return out
+
+
+def persona_steering_section(doc: dict[str, Any]) -> str:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    rows = doc["rows"]
+    panels = (("trait_mean", "judged trait score"), ("coherence_mean", "judged coherence"),
+              ("margin", "margin on own persona answers (judge-free)"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title in panels])
+    coeffs = [r["coeff"] for r in rows]
+    for col, (key, _) in enumerate(panels, 1):
+        fig.add_trace(go.Scatter(x=coeffs, y=[r.get(key) for r in rows], mode="lines+markers", name=key,
+                                 showlegend=False), row=1, col=col)
+    fig.update_xaxes(title_text="coefficient")
+    fig.update_layout(title=f"persona steering vs coefficient (layer {doc['layer']})", template="plotly_white",
+                      height=380)
+    parts = [_fig(fig), _table(rows)]
+    if doc.get("monitor"):
+        parts.append(monitor_section(doc["monitor"]))
+    return "".join(parts)
+
+
+def monitor_section(doc: dict[str, Any]) -> str:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for group, values in doc["groups"].items():
+        fig.add_trace(go.Box(y=values, name=group, boxpoints="all"))
+    fig.update_layout(title=doc.get("title", "projections on the vector"), yaxis_title="(a·v)/‖v‖",
+                      template="plotly_white", height=420)
+    return _fig(fig) + _table(doc.get("summary", []))
+
+
+# --- page -----------------------------------------------------------------------------------------
+STATUS_SCRIPT = """
+<script>
+(function () {
+  var status = document.getElementById('steerlab-status');
+  var errors = [];
+  window.addEventListener('error', function (e) { errors.push(String(e.message)); update(); });
+  function update() {
+    var plots = document.querySelectorAll('.plot .js-plotly-plot');
+    var rendered = Array.prototype.filter.call(plots, function (p) { return p.querySelector('.main-svg'); });
+    status.setAttribute('data-plots', String(plots.length));
+    status.setAttribute('data-rendered', String(rendered.length));
+    status.setAttribute('data-errors', JSON.stringify(errors));
+  }
+  window.addEventListener('load', function () { setTimeout(update, 0); });
+})();
+</script>
+"""
+
+CSS = """
+body { font-family: system-ui, -apple-system, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.3rem; margin-top: 2.2rem; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.6rem 0; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.5rem; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; } .muted { color: #666; } .scroll { overflow-x: auto; }
+table.samples td { min-width: 12rem; }
+.reading { background: #f7f9fc; border-left: 4px solid #4a78c2; padding: 0.6rem 1rem; }
+.missing { color: #a15c00; }
+"""
+
+
+def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
+    """Write ``DIR/report.html`` from whatever the run directory holds; returns (path, missing parts)."""
+    import plotly.offline
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        from ..errors import SteerlabError
+
+        raise SteerlabError(f"report: {run} is not a directory")
+    summary = _load_json(run / "summary.json") or {}
+    sections: list[Section] = []
+    missing: list[str] = []
+
+    diff_dir = run / "diff" if (run / "diff").is_dir() else run
+    comparison = _load_json(diff_dir / "compare.json")
+    study = _load_json(diff_dir / "study.json")
+    if comparison and "cosine" in comparison:
+        sections.append(("Do the two directions match? Cosine per layer",
+                         cosine_section(comparison, study["best_layer"] if study else None)))
+    else:
+        missing.append("vector comparison (compare.json)")
+    if study:
+        sections += study_sections(study)
+    else:
+        missing.append("steering study (study.json)")
+
+    persona_dir = run / "persona" if (run / "persona").is_dir() else run
+    persona = persona_sections(persona_dir)
+    sections += persona
+    if not persona:
+        missing.append("persona pipeline (judged.jsonl, pairs.json)")
+
+    monitor = _load_json(run / "monitor.json")
+    if monitor:
+        sections.append(("Monitoring: projections", monitor_section(monitor)))
+    else:
+        missing.append("monitoring (monitor.json)")
+
+    sweep_dir = run / "sweep" if (run / "sweep").is_dir() else run
+    sections += sweep_sections(sweep_dir)
+
+    reading = summary.get("reading")
+    head = [f"<h1>steerlab report</h1><p class='muted'>{_esc(run.resolve())}"]
+    if summary:
+        head.append(f" · model {_esc(summary.get('model'))} · judge {_esc(summary.get('judge'))}"
+                    f" · steerlab {_esc(summary.get('steerlab_version'))}")
+    head.append("</p>")
+    if reading:
+        head.append("<div class='reading'><h3>Reading of the results</h3>"
+                    + "".join(f"<p>{_esc(p)}</p>" for p in reading) + "</div>")
+    if summary.get("timings"):
+        head.append("<h3>Timings (s)</h3>" + _table([summary["timings"]], fmt="{:.1f}"))
+    if missing:
+        head.append("<p class='missing'>Not in this run directory: " + _esc(", ".join(missing)) + ".</p>")
+    body = "".join(head) + "".join(f"<h2>{_esc(t)}</h2>{h}" for t, h in sections)
+    page = (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>steerlab report</title>"
+        f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>"
+        f"<div id='steerlab-status' data-plots='0' data-rendered='0' data-errors='[]'></div>{body}"
+        f"{STATUS_SCRIPT}</body></html>"
+    )
+    path = run / "report.html"
+    write_text(path, page)
+    return path, missing

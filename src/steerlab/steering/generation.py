@@ -1,0 +1,212 @@
+"""Batched (steered) generation.
+
+Prompts (strings or chat messages, optional system prompt) are rendered through the chat template,
+sorted by length, left-padded into batches and generated with ``model.generate`` (KV cache) under
+the given steering. A steering coefficient may be a sequence with one value per prompt: each batch
+gets its rows' values (per-row coefficients), so a whole coefficient sweep runs as one batch
+stream. Greedy when ``temperature == 0``; sampled with ``seed`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import SteerlabError
+from ..model.chat import Prompt, render_prompt
+from ..model.loading import LoadedModel
+from ..progress import progress_bar
+from .steerer import SteeringSpec, steer
+
+
+@dataclass
+class Generation:
+    """One completion: text, token counts, why it stopped, and optional log-probabilities."""
+
+    text: str
+    token_ids: list[int]
+    n_prompt_tokens: int
+    finish_reason: str  # "stop" (end of turn / stop string) or "length"
+    logprobs: list[float] | None = None
+    top_logprobs: list[list[tuple[int, float]]] | None = None
+
+    @property
+    def n_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def stop_token_ids(lm: LoadedModel) -> list[int]:
+    """End-of-turn ids: the tokenizer's EOS plus the generation config's EOS ids."""
+    ids: set[int] = set()
+    if lm.tokenizer.eos_token_id is not None:
+        ids.add(int(lm.tokenizer.eos_token_id))
+    config = getattr(lm.model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(int(e) for e in eos)
+    return sorted(ids)
+
+
+def auto_batch_size(lm: LoadedModel, n_rows: int, max_tokens: int) -> int:
+    """Rows per generate call: 32 on CPU; on CUDA as many as ~half the free memory's KV cache."""
+    if lm.device.type != "cuda":
+        return max(1, min(n_rows, 32))
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    config = lm.model.config
+    heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 1)
+    head_dim = getattr(config, "head_dim", None) or lm.d_model // getattr(config, "num_attention_heads", 1)
+    bytes_per_token = 2 * lm.n_layers * heads * head_dim * torch.finfo(lm.dtype).bits // 8
+    per_row = max_tokens * bytes_per_token + 8 * len(lm.tokenizer)  # KV cache + a logits row
+    return max(1, min(n_rows, 512, int(0.5 * free / per_row)))
+
+
+def _split_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[tuple[SteeringSpec, torch.Tensor | None]]:
+    out = []
+    for spec in specs:
+        coeff = spec.coeff
+        if isinstance(coeff, int | float):
+            out.append((spec, None))
+            continue
+        tensor = torch.as_tensor(coeff, dtype=torch.float32).reshape(-1)
+        if tensor.numel() == 1:
+            out.append((spec.with_coeff(float(tensor)), None))
+        elif tensor.numel() != n_rows:
+            raise SteerlabError(
+                f"--coeff: {tensor.numel()} per-row coefficients given for {n_rows} prompts"
+            )
+        else:
+            out.append((spec, tensor))
+    return out
+
+
+def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+def generate_batch(
+    lm: LoadedModel,
+    prompts: Sequence[Prompt],
+    *,
+    system: str | None = None,
+    steering: SteeringSpec | Sequence[SteeringSpec] = (),
+    max_new_tokens: int = 64,
+    min_new_tokens: int = 0,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    batch_size: int | None = None,
+    stop: Sequence[str] = (),
+    top_logprobs: int | None = None,
+    reference_norms: torch.Tensor | None = None,
+    chat: bool = True,
+    description: str = "generating",
+    batch_kwargs: Callable[[list[int]], dict[str, Any]] | None = None,
+) -> list[Generation]:
+    """Generate a completion per prompt under ``steering``; returns them in prompt order.
+
+    ``chat=False`` treats string prompts as raw text (no chat template). ``batch_kwargs(rows)``, if
+    given, is called for every model batch with the prompt indices of its rows (in batch row order)
+    and returns extra keyword arguments for ``model.generate`` (e.g. ``stopping_criteria``, a
+    ``streamer``); ``steerlab.serve`` uses it for per-row limits and token streaming.
+    """
+    if not prompts:
+        raise SteerlabError("no prompts given")
+    if max_new_tokens < 1:
+        raise SteerlabError(f"--max-new-tokens {max_new_tokens}: expected at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise SteerlabError("temperature must be >= 0 and top_p in (0, 1]")
+    specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
+    split = _split_coeffs(specs, len(prompts))
+    texts = [
+        render_prompt(lm.tokenizer, p, system) if chat or not isinstance(p, str) else p
+        for p in prompts
+    ]
+    encoded = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    if batch_size is None:
+        batch_size = auto_batch_size(lm, len(texts), max(map(len, encoded)) + max_new_tokens)
+    eos_ids = stop_token_ids(lm)
+    pad_id = lm.tokenizer.pad_token_id
+    if seed is not None:
+        torch.manual_seed(seed)
+    results: list[Generation | None] = [None] * len(texts)
+    with progress_bar(description, len(texts)) as advance:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):
+                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+                mask[row, width - len(encoded[i]) :] = 1
+            batch_specs = [
+                spec if rows is None else spec.with_coeff(rows[idx]) for spec, rows in split
+            ]
+            kwargs = dict(
+                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                pad_token_id=pad_id, eos_token_id=eos_ids,
+                do_sample=temperature > 0, return_dict_in_generate=True,
+                output_logits=top_logprobs is not None,
+            )
+            if temperature > 0:
+                kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+            else:
+                kwargs.update(temperature=None, top_p=None, top_k=None)
+            if batch_kwargs is not None:
+                kwargs.update(batch_kwargs(idx))
+            with steer(lm, batch_specs, reference_norms), torch.inference_mode():
+                out = lm.model.generate(**kwargs)
+            new = out.sequences[:, width:].cpu()
+            step_logprobs = (
+                [torch.log_softmax(s.float(), -1).cpu() for s in out.logits]
+                if top_logprobs is not None else None
+            )
+            for row, i in enumerate(idx):
+                results[i] = _finish_row(lm, new[row], eos_ids, len(encoded[i]), stop,
+                                         step_logprobs, row, top_logprobs)
+            advance(len(idx))
+    return [r for r in results if r is not None]
+
+
+def _finish_row(
+    lm: LoadedModel, tokens: torch.Tensor, eos_ids: list[int], n_prompt: int, stop: Sequence[str],
+    step_logprobs: list[torch.Tensor] | None, row: int, k: int | None,
+) -> Generation:
+    token_list = tokens.tolist()
+    end = next((j for j, t in enumerate(token_list) if t in eos_ids), None)
+    finish = "stop" if end is not None else "length"
+    token_list = token_list[:end] if end is not None else token_list
+    text = lm.tokenizer.decode(token_list, skip_special_tokens=True)
+    text, stopped = _truncate_at_stop(text, stop)
+    if stopped:
+        finish = "stop"
+    gen = Generation(text, token_list, n_prompt, finish)
+    if step_logprobs is not None:
+        steps = step_logprobs[: len(token_list)]
+        gen.logprobs = [float(s[row, t]) for s, t in zip(steps, token_list, strict=True)]
+        if k:
+            tops = [s[row].topk(k) for s in steps]
+            gen.top_logprobs = [list(zip(t.indices.tolist(), t.values.tolist(), strict=True)) for t in tops]
+    return gen
+
+
+def generate(lm: LoadedModel, prompts: Sequence[Prompt], **kwargs) -> list[str]:
+    """Texts only; see :func:`generate_batch` for the arguments."""
+    return [g.text for g in generate_batch(lm, prompts, **kwargs)]
+
+
+def expand_grid(prompts: Sequence[Prompt], coeffs: Sequence[float]) -> tuple[list[Prompt], list[float]]:
+    """Rows for a coefficient sweep: every prompt at every coefficient (coefficient-major)."""
+    rows = [p for _ in coeffs for p in prompts]
+    row_coeffs = [float(c) for c in coeffs for _ in prompts]
+    return rows, row_coeffs
+
+
+__all__ = ["Generation", "expand_grid", "generate", "generate_batch"]

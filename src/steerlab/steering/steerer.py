@@ -1,0 +1,376 @@
+"""Interventions on block outputs, installed as forward hooks by context managers.
+
+Layer L is the output of decoder block L. Every hook is removed on every exit path (exceptions and
+KeyboardInterrupt included); steerers nest and compose (hooks on one block run in the order they
+were installed). Coefficient 0 is exactly the identity.
+
+Positions (SPEC §4):
+  ``all``       every position, at prefill and at each decode step;
+  ``prompt``    prefill only (forwards with sequence length > 1);
+  ``response``  the last position of every forward: the last prompt token at prefill, then each
+                generated token.
+With teacher forcing (one forward over prompt + response, e.g. the behaviour margin), pass
+``response_start`` (first response index per row, in padded coordinates): ``prompt`` then means
+positions before it and ``response`` the last prompt token and every response token, which is what
+generation would steer.
+
+Operators (v̂ = v/‖v‖, c = coefficient):
+  ``add``     h + c·s, where s = v (scale ``raw``), v̂ (``unit``: c is the norm added) or
+              ‖h‖_ref·v̂ (``relative``: c times the mean residual norm at that layer);
+  ``ablate``  h − c·(h·v̂)v̂ (c = 1 removes the component entirely);
+  ``cap``     clamp h·v̂ to at most ``ceiling`` and/or at least ``floor``, other components untouched.
+Coefficients may be a tensor with one value per batch row (per-row sweeps in one batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import nn
+
+from ..errors import SteerlabError
+from ..model.loading import LoadedModel, wrap_model
+from ..vectors.vector import SteeringVector
+
+POSITIONS = ("all", "prompt", "response")
+OPERATORS = ("add", "ablate", "cap")
+SCALES = ("raw", "unit", "relative")
+
+LayerSpec = int | str | Sequence[int] | range
+Coeff = float | Sequence[float] | torch.Tensor
+
+
+def parse_layers(layers: LayerSpec, n_layers: int, flag: str = "--layer") -> list[int]:
+    """``all``, an int, ``"10,12"``, ``"10-15"`` (inclusive), a list or a range → layer indices.
+
+    Negative indices count from the end. Raises SteerlabError naming ``flag`` when out of range.
+    """
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text == "all":
+            return list(range(n_layers))
+        out: list[int] = []
+        try:
+            for part in text.split(","):
+                part = part.strip()
+                lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
+                out.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+        except ValueError:
+            raise SteerlabError(
+                f"{flag} {layers!r}: expected 'all', a layer index, a list '10,12' or a range '10-15'"
+            ) from None
+        layers = out
+    elif isinstance(layers, int):
+        layers = [layers]
+    result = []
+    for layer in layers:
+        if not -n_layers <= int(layer) < n_layers:
+            raise SteerlabError(
+                f"{flag} {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1};"
+                " layer L is the output of block L)"
+            )
+        result.append(int(layer) % n_layers)
+    if not result:
+        raise SteerlabError(f"{flag}: no layers given")
+    return list(dict.fromkeys(result))
+
+
+def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
+    if value not in choices:
+        raise SteerlabError(f"{flag} {value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+@dataclass
+class Intervention:
+    """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``."""
+
+    layer: int
+    vector: torch.Tensor
+    coeff: Coeff = 1.0
+    operator: str = "add"
+    positions: str = "all"
+    scale: str = "raw"
+    ceiling: float | None = None
+    floor: float | None = None
+    reference_norm: float | None = None  # for scale="relative"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.operator, OPERATORS, "--operator")
+        _check_choice(self.positions, POSITIONS, "--positions")
+        _check_choice(self.scale, SCALES, "--scale")
+        self.vector = torch.as_tensor(self.vector).detach().float().reshape(-1)
+        if not torch.isfinite(self.vector).all():
+            raise SteerlabError(f"layer {self.layer}: steering vector has NaN/inf values")
+        norm = float(self.vector.norm())
+        needs_direction = self.operator != "add" or self.scale != "raw"
+        if needs_direction and norm == 0:
+            raise SteerlabError(
+                f"layer {self.layer}: the vector is zero, so it has no direction for "
+                f"{self.operator} with scale {self.scale}"
+            )
+        if self.scale == "relative" and self.reference_norm is None:
+            raise SteerlabError(
+                "scale 'relative' needs the mean residual norm at the layer: pass reference "
+                "prompts (steerlab.calibration.mean_residual_norms)"
+            )
+        if self.operator == "cap" and self.ceiling is None and self.floor is None:
+            raise SteerlabError("operator 'cap' needs a ceiling and/or a floor on h·v̂")
+        if not isinstance(self.coeff, int | float):
+            self.coeff = torch.as_tensor(self.coeff, dtype=torch.float32).reshape(-1)
+            if not torch.isfinite(self.coeff).all():
+                raise SteerlabError("coefficients must be finite numbers")
+
+    @property
+    def unit(self) -> torch.Tensor:
+        return self.vector / self.vector.norm()
+
+    def direction(self) -> torch.Tensor:
+        """The vector added per unit coefficient by ``add``."""
+        if self.scale == "raw":
+            return self.vector
+        if self.scale == "unit":
+            return self.unit
+        return self.unit * float(self.reference_norm)
+
+
+def _row_coeff(coeff: Coeff, batch: int, like: torch.Tensor) -> torch.Tensor | float:
+    if isinstance(coeff, int | float):
+        return float(coeff)
+    if coeff.numel() == 1:
+        return float(coeff)
+    if coeff.numel() != batch:
+        raise SteerlabError(
+            f"per-row coefficients: got {coeff.numel()} values but the batch has {batch} rows"
+        )
+    return coeff.to(device=like.device, dtype=like.dtype)[:, None, None]
+
+
+def _position_mask(
+    positions: str, hidden: torch.Tensor, response_start: torch.Tensor | None
+) -> torch.Tensor | None:
+    """``[b, T, 1]`` bool mask of steered positions, or None for every position."""
+    b, t, _ = hidden.shape
+    if positions == "all":
+        return None
+    if response_start is not None and t > 1:
+        pos = torch.arange(t, device=hidden.device)[None, :]
+        start = response_start.to(hidden.device)[:, None]
+        mask = pos < start if positions == "prompt" else pos >= start - 1
+        return mask[..., None]
+    mask = torch.zeros(b, t, 1, dtype=torch.bool, device=hidden.device)
+    if positions == "prompt":
+        if t > 1:
+            mask[:] = True
+    else:
+        mask[:, -1] = True
+    return mask
+
+
+def apply_intervention(
+    hidden: torch.Tensor, iv: Intervention, response_start: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the block output after ``iv`` (a new tensor; ``hidden`` is not modified)."""
+    mask = _position_mask(iv.positions, hidden, response_start)
+    if mask is not None and not bool(mask.any()):
+        return hidden
+    coeff = _row_coeff(iv.coeff, hidden.shape[0], hidden)
+    if iv.operator == "add":
+        if isinstance(coeff, float) and coeff == 0.0:
+            return hidden
+        delta = coeff * iv.direction().to(device=hidden.device, dtype=hidden.dtype)
+    else:
+        unit = iv.unit.to(device=hidden.device, dtype=hidden.dtype)
+        proj = hidden @ unit  # [b, T]
+        if iv.operator == "ablate":
+            delta = -coeff * proj[..., None] * unit
+        else:
+            target = proj
+            if iv.ceiling is not None:
+                target = target.clamp(max=iv.ceiling)
+            if iv.floor is not None:
+                target = target.clamp(min=iv.floor)
+            delta = (target - proj)[..., None] * unit
+    if mask is None:
+        return hidden + delta
+    return torch.where(mask, hidden + delta, hidden)
+
+
+@dataclass
+class _HookState:
+    response_start: torch.Tensor | None = None
+
+
+@dataclass
+class Steerer:
+    """Installs interventions as forward hooks; use as a context manager (see :func:`steer`)."""
+
+    blocks: nn.ModuleList
+    interventions: list[Intervention]
+    state: _HookState = field(default_factory=_HookState)
+    _handles: list = field(default_factory=list)
+
+    def _hook(self, layer_ivs: list[Intervention]):
+        def hook(_module, _inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            for iv in layer_ivs:
+                hidden = apply_intervention(hidden, iv, self.state.response_start)
+            if isinstance(output, tuple):
+                return (hidden, *output[1:])
+            return hidden
+
+        return hook
+
+    def __enter__(self) -> Steerer:
+        by_layer: dict[int, list[Intervention]] = {}
+        for iv in self.interventions:
+            by_layer.setdefault(iv.layer, []).append(iv)
+        try:
+            for layer, ivs in sorted(by_layer.items()):
+                self._handles.append(self.blocks[layer].register_forward_hook(self._hook(ivs)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    @contextlib.contextmanager
+    def teacher_forcing(self, response_start: torch.Tensor) -> Iterator[None]:
+        """Within this block, prompt/response positions follow ``response_start`` per row."""
+        previous = self.state.response_start
+        self.state.response_start = response_start
+        try:
+            yield
+        finally:
+            self.state.response_start = previous
+
+
+@dataclass
+class SteeringSpec:
+    """What to do, model-independent: a vector, the layers, coefficient(s), operator, positions.
+
+    ``vector`` is a SteeringVector ``[n_layers, d]`` (its row L is used at layer L) or a 1-D tensor
+    used at every listed layer. ``coeff`` is a number or one value per batch row.
+    """
+
+    vector: SteeringVector | torch.Tensor
+    layers: LayerSpec
+    coeff: Coeff = 1.0
+    operator: str = "add"
+    positions: str = "all"
+    scale: str = "raw"
+    ceiling: float | None = None
+    floor: float | None = None
+
+    def with_coeff(self, coeff: Coeff) -> SteeringSpec:
+        return replace(self, coeff=coeff)
+
+    def interventions(
+        self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
+    ) -> list[Intervention]:
+        layers = parse_layers(self.layers, lm.n_layers)
+        if isinstance(self.vector, SteeringVector):
+            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
+            rows = {layer: self.vector[layer] for layer in layers}
+        else:
+            vec = torch.as_tensor(self.vector).float()
+            if vec.ndim == 2:
+                vec = SteeringVector(vec)
+                vec.check_compatible(lm.n_layers, lm.d_model, lm.name)
+                rows = {layer: vec[layer] for layer in layers}
+            else:
+                if vec.shape[-1] != lm.d_model:
+                    raise SteerlabError(
+                        f"vector d_model {vec.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}"
+                    )
+                rows = dict.fromkeys(layers, vec)
+        return [
+            Intervention(
+                layer, rows[layer], self.coeff, self.operator, self.positions, self.scale,
+                self.ceiling, self.floor,
+                None if reference_norms is None else float(reference_norms[layer]),
+            )
+            for layer in layers
+        ]
+
+
+def steer(
+    model: LoadedModel | nn.Module,
+    specs: SteeringSpec | Intervention | Sequence[SteeringSpec | Intervention],
+    reference_norms: torch.Tensor | None = None,
+) -> Steerer:
+    """Context manager steering ``model`` with the given specs/interventions.
+
+    ``reference_norms[L]`` (mean residual norm at layer L) is needed for scale ``relative``.
+
+        with steer(lm, SteeringSpec(vec, layers=12, coeff=4.0)):
+            texts = generate(lm, prompts)
+    """
+    lm = wrap_model(model) if not isinstance(model, LoadedModel) else model
+    if isinstance(specs, SteeringSpec | Intervention):
+        specs = [specs]
+    interventions: list[Intervention] = []
+    for spec in specs:
+        if isinstance(spec, Intervention):
+            lm.check_layer(spec.layer)
+            if spec.vector.shape[-1] != lm.d_model:
+                raise SteerlabError(
+                    f"vector d_model {spec.vector.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}"
+                )
+            interventions.append(spec)
+        else:
+            interventions.extend(spec.interventions(lm, reference_norms))
+    return Steerer(lm.blocks, interventions)
+
+
+class ActivationSteerer:
+    """Drop-in for persona-vectors' ``ActivationSteerer``: adds ``coeff * steering_vector`` to the
+    output of block ``layer`` at the given positions, on a plain transformers model.
+
+        with ActivationSteerer(model, vec, coeff=2.0, layer=19, positions="response"):
+            model.generate(...)
+
+    ``layer`` is the block index (``layer_idx`` is accepted as an alias, as in persona-vectors).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module | LoadedModel,
+        steering_vector: torch.Tensor | Sequence[float],
+        coeff: float = 1.0,
+        layer: int | None = None,
+        positions: str = "all",
+        *,
+        layer_idx: int | None = None,
+        debug: bool = False,
+    ) -> None:
+        if layer is None:
+            layer = 19 if layer_idx is None else layer_idx
+        self.lm = model if isinstance(model, LoadedModel) else wrap_model(model)
+        vector = torch.as_tensor(steering_vector).detach().float()
+        if vector.ndim != 1:
+            raise SteerlabError(f"steering_vector must be 1-D [d_model], got {tuple(vector.shape)}")
+        self.layer = self.lm.check_layer(layer, "layer")
+        self.coeff = coeff
+        self.positions = positions
+        self.debug = debug
+        self._steerer = steer(self.lm, Intervention(self.layer, vector, coeff, "add", positions))
+
+    def __enter__(self) -> ActivationSteerer:
+        self._steerer.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._steerer.__exit__(*exc)
+
+    def remove(self) -> None:
+        self._steerer.remove()
