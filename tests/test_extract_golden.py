@@ -1,8 +1,12 @@
 """Golden vectors of the four extraction paths on a tiny model: a refactor must keep them bit-identical.
 
-The vectors were saved before the package was split into subpackages (issue 10). Regenerate only on
-purpose, after a change that is meant to alter the numbers: ``STEERLAB_UPDATE_GOLDEN=1 pytest
-tests/test_extract_golden.py``.
+``extraction_paths_before_merge.safetensors`` was saved before the package was split into subpackages
+(issue 10); the move kept every vector bit-identical. Merging the four mean-difference implementations
+into one aggregator (float64 signed sums, one rounding to float32) changed the contrastive vectors by
+float32 rounding only (max 3e-9 on values ~2e-2), which the second test bounds; persona and model-diff
+stayed bit-identical, and the diff study's vectors now equal the standalone extractors'.
+``extraction_paths.safetensors`` is the current golden. Regenerate it only on purpose, after a change
+meant to alter the numbers: ``STEERLAB_UPDATE_GOLDEN=1 pytest tests/test_extract_golden.py``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from tiny import make_tiny
 from steerlab import Pair, SteeringVector, extract_contrastive, extract_model_diff
 
 GOLDEN = Path(__file__).parent / "golden" / "extraction_paths.safetensors"
+BEFORE_MERGE = GOLDEN.with_name("extraction_paths_before_merge.safetensors")
 PAIRS = [
     Pair(question="how should I store bread", positive="in the fridge always", negative="in a dry box"),
     Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief"),
@@ -69,3 +74,24 @@ def test_four_extraction_paths_match_the_golden_vectors(tmp_path):
     assert sorted(vectors) == sorted(golden)
     for name, tensor in vectors.items():
         assert torch.equal(tensor, golden[name]), f"{name} changed (max |diff| {(tensor - golden[name]).abs().max()})"
+
+
+def test_paths_agree_with_the_vectors_from_before_the_refactor(tmp_path):
+    vectors, before = _all_paths(tmp_path), load_file(str(BEFORE_MERGE))
+    for name, tensor in vectors.items():
+        torch.testing.assert_close(tensor, before[name], rtol=1e-6, atol=1e-8, msg=name)
+    for name in ("persona_response_avg", "persona_prompt_avg", "persona_prompt_last", "model_diff"):
+        assert torch.equal(vectors[name], before[name]), name
+    # one base pass in the diff study gives exactly the standalone contrastive vector
+    assert torch.equal(vectors["diff_study_contrastive"], vectors["contrastive"])
+
+
+def test_every_extraction_path_goes_through_the_one_aggregator(tmp_path, monkeypatch):
+    from steerlab.extract.mean_difference import MeanDifference
+
+    reference = _all_paths(tmp_path / "a")
+    original = MeanDifference.means
+    monkeypatch.setattr(MeanDifference, "means", lambda self, n: {k: 2 * v + 1 for k, v in original(self, n).items()})
+    patched = _all_paths(tmp_path / "b")
+    for name, tensor in reference.items():
+        torch.testing.assert_close(patched[name], 2 * tensor + 1, msg=name)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..activations.capture import ChatSample, Reduction, mean_activations
+from ..activations.capture import ChatSample, Reduction, iter_activations
 from ..errors import SteerlabError
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..vectors.vector import SteeringVector
+from .mean_difference import MeanDifference, vector_metadata
 
 
 def pair_samples(pairs: Sequence[Pair]) -> tuple[list[ChatSample], list[ChatSample]]:
@@ -45,10 +46,8 @@ def extract_contrastive(
             "(question and system prompt), so a prompt reduction gives a zero vector; use "
             "response_avg or first_k"
         )
-    mean_pos = mean_activations(lm, pos, [red], batch_size=batch_size, description="positive")[red.name]
-    mean_neg = mean_activations(lm, neg, [red], batch_size=batch_size, description="negative")[red.name]
-    return SteeringVector(
-        mean_pos - mean_neg,
-        {"model": lm.name, "model_type": getattr(lm.model.config, "model_type", None),
-         "method": "contrastive", "reduction": red.name, "n_samples": len(pairs)},
-    )
+    aggregate = MeanDifference()
+    for sign, samples, side in ((1.0, pos, "positive"), (-1.0, neg, "negative")):
+        for _, acts in iter_activations(lm, samples, [red], batch_size=batch_size, description=side):
+            aggregate.add(acts, sign)
+    return aggregate.vectors(len(pairs), vector_metadata(lm, "contrastive", len(pairs)))[red.name]

@@ -31,7 +31,6 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
 from ..activations.capture import ChatSample, Reduction, forward_batch, iter_batches
@@ -42,6 +41,7 @@ from ..formats.pairs import Pair, load_pairs
 from ..model.blocks import unwrap_model
 from ..model.loading import LoadedModel, _attach_adapter, load_model
 from ..vectors.vector import SteeringVector
+from .mean_difference import MeanDifference, vector_metadata
 
 log = logging.getLogger("steerlab")
 
@@ -241,22 +241,19 @@ def _restore_grad(model: nn.Module, flags: dict[str, bool]) -> None:
 def _mean_diffs(
     base: LoadedModel, finetuned: LoadedModel, samples: Sequence[ChatSample],
     reductions: Sequence[Reduction], batch_size: int, base_context: Any,
-) -> dict[str, torch.Tensor]:
-    """Streaming mean over samples of (fine-tuned - base), per reduction: ``[n_layers, d_model]``.
+) -> MeanDifference:
+    """The aggregated (fine-tuned − base) sums over samples, per reduction.
 
-    Each batch is encoded once and run through both models; differences are summed in float64.
+    Each batch is encoded once and run through both models (the base under ``base_context``).
     """
     layers = list(range(base.n_layers))
     need_response = any(r.needs_response for r in reductions)
-    sums: dict[str, torch.Tensor] = {}
+    aggregate = MeanDifference()
     for _, batch in iter_batches(base, samples, batch_size, need_response, "model diff"):
-        tuned = forward_batch(finetuned, batch, reductions, layers)
+        aggregate.add(forward_batch(finetuned, batch, reductions, layers), 1.0)
         with base_context():
-            plain = forward_batch(base, batch, reductions, layers)
-        for name in tuned:
-            d = (tuned[name].double() - plain[name].double()).sum(0)
-            sums[name] = sums[name] + d if name in sums else d
-    return {name: (s / len(samples)).float() for name, s in sums.items()}
+            aggregate.add(forward_batch(base, batch, reductions, layers), -1.0)
+    return aggregate
 
 
 def extract_model_diffs(
@@ -273,10 +270,7 @@ def extract_model_diffs(
     if batch_size < 1:
         raise SteerlabError(f"--batch-size {batch_size}: must be at least 1")
     parsed = [Reduction.parse(r) for r in reductions]
-    meta: dict[str, Any] = {
-        "model": base.name, "model_type": getattr(unwrap_model(base.model).config, "model_type", None),
-        "method": "model_diff", "n_samples": len(samples),
-    }
+    meta = vector_metadata(base, "model_diff", len(samples))
     if isinstance(finetuned, str) and "+" in finetuned and finetuned.split("+", 1)[0] == base.name:
         finetuned = finetuned.split("+", 1)[1]  # BASE+ADAPTER on this very base: apply it unmerged
     if isinstance(finetuned, str | Path) and (Path(finetuned) / "adapter_config.json").is_file():
@@ -287,7 +281,7 @@ def extract_model_diffs(
             meta["finetune_config"] = info.get("config")
             meta["finetune_base_model"] = info.get("base_model")
         with attached_adapter(base, finetuned) as tuned:
-            means = _mean_diffs(base, tuned, samples, parsed, batch_size, tuned.model.disable_adapter)
+            aggregate = _mean_diffs(base, tuned, samples, parsed, batch_size, tuned.model.disable_adapter)
     else:
         if isinstance(finetuned, str | Path):
             if Path(finetuned).is_dir() and not (Path(finetuned) / "config.json").is_file():
@@ -306,10 +300,8 @@ def extract_model_diffs(
         meta["finetuned"] = finetuned.name
         if finetuned.adapter:
             meta["adapter"] = finetuned.adapter
-        means = _mean_diffs(base, finetuned, samples, parsed, batch_size, nullcontext)
-    return {
-        r.name: SteeringVector(means[r.name], {**meta, "reduction": r.name}) for r in parsed
-    }
+        aggregate = _mean_diffs(base, finetuned, samples, parsed, batch_size, nullcontext)
+    return aggregate.vectors(len(samples), meta)
 
 
 def extract_model_diff(

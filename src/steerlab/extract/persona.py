@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from ..activations.capture import ChatSample, iter_activations
 from ..model.loading import LoadedModel
 from ..vectors.vector import SteeringVector
+from .mean_difference import MeanDifference, vector_metadata
 
 PERSONA_REDUCTIONS = ("response_avg", "prompt_avg", "prompt_last")
 
@@ -65,14 +64,9 @@ def persona_vectors(lm: LoadedModel, pairs: list[dict[str, Any]], batch_size: in
     """Mean (positive - negative) activations over effective pairs for the three persona reductions."""
     pos = [ChatSample(p["question"], p["positive"], p["pos_system"]) for p in pairs]
     neg = [ChatSample(p["question"], p["negative"], p["neg_system"]) for p in pairs]
-    sums: dict[str, torch.Tensor] = {}
+    aggregate = MeanDifference()
     for sign, samples in ((1.0, pos), (-1.0, neg)):
         for _, acts in iter_activations(lm, samples, PERSONA_REDUCTIONS, batch_size=batch_size,
                                         description="persona vectors"):
-            for name, a in acts.items():
-                s = sign * a.double().sum(0)
-                sums[name] = sums[name] + s if name in sums else s
-    model_type = getattr(lm.model.config, "model_type", None)
-    return {r: SteeringVector((sums[r] / len(pairs)).float(),
-                              {"model": lm.name, "model_type": model_type, "method": "persona", "reduction": r})
-            for r in PERSONA_REDUCTIONS}
+            aggregate.add(acts, sign)
+    return aggregate.vectors(len(pairs), vector_metadata(lm, "persona", len(pairs)))

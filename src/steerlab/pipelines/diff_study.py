@@ -19,6 +19,7 @@ from typing import Any
 
 from ..activations.capture import capture
 from ..evaluate.geometry import compare_vectors, split_half_reliability
+from ..extract.mean_difference import MeanDifference, vector_metadata
 from ..extract.model_diff import attached_adapter, pair_diff_samples
 from ..finetune.training import finetune
 from ..formats.conversations import pairs_to_chat
@@ -99,14 +100,17 @@ def run_diff_study(
         plain = capture(base, samples, [REDUCTION], batch_size=config.batch_size)[REDUCTION]
         contrast = plain[0::2] - plain[1::2]
         with attached_adapter(base, adapter_dir) as tuned:
-            diffs = capture(tuned, samples, [REDUCTION], batch_size=config.batch_size)[REDUCTION] - plain
-        model_type = getattr(base.model.config, "model_type", None)
-        common = {"model": base.name, "model_type": model_type, "reduction": REDUCTION}
+            tuned_acts = capture(tuned, samples, [REDUCTION], batch_size=config.batch_size)[REDUCTION]
+        diffs = tuned_acts - plain
+        contrastive, model_diff = MeanDifference(), MeanDifference()
+        contrastive.add({REDUCTION: plain[0::2]}, 1.0)
+        contrastive.add({REDUCTION: plain[1::2]}, -1.0)
+        model_diff.add({REDUCTION: tuned_acts}, 1.0)
+        model_diff.add({REDUCTION: plain}, -1.0)
         vectors = {
-            "contrastive": SteeringVector(contrast.mean(0),
-                                          {**common, "method": "contrastive", "n_samples": len(train)}),
-            "model_diff": SteeringVector(diffs.mean(0), {**common, "method": "model_diff", "adapter": str(adapter_dir),
-                                                         "n_samples": diffs.shape[0]}),
+            "contrastive": contrastive.vectors(len(train), vector_metadata(base, "contrastive", len(train)))[REDUCTION],
+            "model_diff": model_diff.vectors(len(samples), vector_metadata(
+                base, "model_diff", len(samples), adapter=str(adapter_dir)))[REDUCTION],
         }
         for name, vec in vectors.items():
             vec.save(paths[name])
