@@ -21,7 +21,7 @@ from steerlab.evaluate.monitor import (
     projection_rows,
     summarize,
 )
-from steerlab.pipelines.sweep import run_sweep
+from steerlab.pipelines.sweep import SweepConfig, run_sweep
 from steerlab.vectors.vector import SteeringVector
 
 SAMPLES = [
@@ -148,7 +148,7 @@ def test_load_chat_bad_rows(tmp_path, row, needle):
 def test_load_generations_from_a_real_sweep(tiny_llama, vector, tmp_path):
     out = tmp_path / "sweep"
     questions = ["how should I store bread", [{"role": "user", "content": "is water wet"}]]
-    run_sweep(tiny_llama, vector, questions, out, "1", [-2, 2], max_new_tokens=3, system="answer briefly")
+    run_sweep(tiny_llama, vector, questions, out, SweepConfig("1", [-2, 2], max_new_tokens=3, system="answer briefly"))
     for where in (out, out / "generations.jsonl"):
         data = load_monitor_data(where)
         assert data.kind == "generations" and len(data.samples) == 4

@@ -6,7 +6,8 @@ import torch
 
 from steerlab import SteeringVector
 from steerlab.formats.pairs import Pair
-from steerlab.pipelines.sweep import run_sweep
+from steerlab.pipelines.sweep import SweepConfig, run_sweep
+from steerlab.report.html import build_report
 
 QUESTIONS = ["how should I store bread", "is water wet"]
 PAIRS = [Pair(question="yes or no", positive="no", negative="yes maybe")]
@@ -15,7 +16,7 @@ PAIRS = [Pair(question="yes or no", positive="no", negative="yes maybe")]
 def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model), {"method": "test"})
     out = tmp_path / "sweep"
-    result = run_sweep(tiny_llama, vec, QUESTIONS, out, "1,2", [-2, 0, 2], PAIRS, max_new_tokens=4)
+    result = run_sweep(tiny_llama, vec, QUESTIONS, out, SweepConfig("1,2", [-2, 0, 2], max_new_tokens=4), pairs=PAIRS)
     rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 3 * 2 == len(result.generations)
     assert {(r["layer"], r["coeff"], r["question_index"]) for r in rows} == {
@@ -44,16 +45,16 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setattr(sweep_module, "generate_batch", counting)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+        run_sweep(tiny_llama, vec, QUESTIONS, killed, SweepConfig("1,2", [-2, 0, 2], max_new_tokens=4))
     kill = False
     calls.clear()
-    again = run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+    again = run_sweep(tiny_llama, vec, QUESTIONS, killed, SweepConfig("1,2", [-2, 0, 2], max_new_tokens=4))
     assert len(calls) == 1
     assert [r["text"] for r in again.generations] == [r["text"] for r in rows]
     calls.clear()
-    run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-2, 0, 2], None, max_new_tokens=4)
+    run_sweep(tiny_llama, vec, QUESTIONS, killed, SweepConfig("1,2", [-2, 0, 2], max_new_tokens=4))
     assert calls == []  # same config: nothing regenerated
-    run_sweep(tiny_llama, vec, QUESTIONS, killed, "1,2", [-1, 0, 1], None, max_new_tokens=4)
+    run_sweep(tiny_llama, vec, QUESTIONS, killed, SweepConfig("1,2", [-1, 0, 1], max_new_tokens=4))
     assert len(calls) == 2  # other coefficients (same count): regenerated, never reused
 
 
@@ -65,7 +66,7 @@ def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
 
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     judge = make_judge(make_number_judge())
-    result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, "1", [-1, 1], max_new_tokens=3, judge=judge,
+    result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, SweepConfig("1", [-1, 1], max_new_tokens=3), judge=judge,
                        eval_prompt=load_trait("evil").eval_prompt)
     assert all(r["trait_score"] is not None and r["coherence"] is not None for r in result.generations)
     scores = list(csv.DictReader((tmp_path / "scores.csv").open()))
@@ -73,5 +74,23 @@ def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
     for s in scores:
         values = [r["trait_score"] for r in result.generations if r["coeff"] == float(s["coeff"])]
         assert abs(float(s["trait_mean"]) - sum(values) / len(values)) < 1e-9
-    html = (tmp_path / "scores.html").read_text()
+    report, _ = build_report(tmp_path)  # the plot is rendered by the report, not by the pipeline
+    html = report.read_text()
     assert "plotly" in html and "trait score" in html
+
+
+def test_rerun_reuses_margins_and_writes_generations_once(tiny_llama, tmp_path, monkeypatch):
+    import steerlab.pipelines.sweep as sweep_module
+
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    config = SweepConfig("1", [-1, 1], max_new_tokens=2)
+    first = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
+    writes = []
+    monkeypatch.setattr(sweep_module, "behaviour_margin", lambda *a, **k: writes.append("margin"))
+    again = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
+    assert writes == []  # the margins stage was skipped, not recomputed
+    assert again.margins == first.margins and again.generations == first.generations
+    # a changed pair set recomputes the margins
+    with pytest.raises(AttributeError):  # the stand-in returns None: proof it was called
+        run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=[*PAIRS, Pair(question="a", positive="b", negative="c")])
+    assert writes == ["margin"]

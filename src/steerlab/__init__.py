@@ -1,68 +1,96 @@
 """steerlab: steering vectors for Hugging Face causal LMs.
 
 Convention: ``layer L`` (0-based) is the output of decoder block L, i.e. ``hidden_states[L + 1]``.
+
+The public face is lazy: ``import steerlab`` loads nothing heavy (no torch, no transformers); each
+name below is imported from its subpackage on first use. Every job the CLI runs is one call here
+(README, "Python API").
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-from .activations.capture import ChatSample, Reduction, capture, mean_activations
-from .errors import SteerlabError
-from .evaluate.geometry import compare_vectors, split_half_reliability, trait_matrix
-from .evaluate.margin import behaviour_margin
-from .evaluate.monitor import project
-from .extract.contrastive import extract_contrastive
-from .extract.model_diff import extract_model_diff, extract_model_diffs
-from .finetune.training import FinetuneResult
-from .formats.pairs import Pair, load_pairs
-from .formats.traits import Trait, list_traits, load_trait
-from .judge.judges import Judge, judge_coherence, judge_trait, make_judge
-from .model.chat import encode_chat, render_prompt
-from .model.loading import LoadedModel, load_model, wrap_model
-from .steering.generation import generate, generate_batch
-from .steering.steerer import ActivationSteerer, SteeringSpec, steer
-from .vectors.gguf import export_gguf, import_gguf
-from .vectors.vector import SteeringVector, cosine, random_cosine_baseline
+from .version import __version__
 
-__all__ = [
-    "ActivationSteerer",
-    "ChatSample",
-    "FinetuneResult",
-    "Judge",
-    "LoadedModel",
-    "Pair",
-    "Reduction",
-    "SteeringSpec",
-    "SteeringVector",
-    "SteerlabError",
-    "Trait",
-    "__version__",
-    "behaviour_margin",
-    "capture",
-    "compare_vectors",
-    "cosine",
-    "encode_chat",
-    "export_gguf",
-    "extract_contrastive",
-    "extract_model_diff",
-    "extract_model_diffs",
-    "generate",
-    "generate_batch",
-    "import_gguf",
-    "judge_coherence",
-    "judge_trait",
-    "list_traits",
-    "load_model",
-    "load_pairs",
-    "load_trait",
-    "make_judge",
-    "mean_activations",
-    "project",
-    "random_cosine_baseline",
-    "render_prompt",
-    "split_half_reliability",
-    "steer",
-    "trait_matrix",
-    "wrap_model",
-]
+# public name -> the module that defines it (relative to steerlab)
+_FACE: dict[str, str] = {
+    # errors
+    "SteerlabError": "errors",
+    # model
+    "LoadedModel": "model.loading",
+    "load_model": "model.loading",
+    "wrap_model": "model.loading",
+    "encode_chat": "model.chat",
+    "render_prompt": "model.chat",
+    # formats
+    "Pair": "formats.pairs",
+    "load_pairs": "formats.pairs",
+    "Trait": "formats.traits",
+    "list_traits": "formats.traits",
+    "load_trait": "formats.traits",
+    # activations
+    "ChatSample": "activations.capture",
+    "Reduction": "activations.capture",
+    "capture": "activations.capture",
+    "mean_activations": "activations.capture",
+    # vectors
+    "SteeringVector": "vectors.vector",
+    "cosine": "vectors.vector",
+    "random_cosine_baseline": "vectors.vector",
+    "export_gguf": "vectors.gguf",
+    "import_gguf": "vectors.gguf",
+    # steering
+    "ActivationSteerer": "steering.steerer",
+    "SteeringSpec": "steering.steerer",
+    "steer": "steering.steerer",
+    "generate": "steering.generation",
+    "generate_batch": "steering.generation",
+    # fine-tuning
+    "FinetuneResult": "finetune.training",
+    # judge
+    "Judge": "judge.judges",
+    "make_judge": "judge.judges",
+    "judge_trait": "judge.judges",
+    "judge_coherence": "judge.judges",
+    # extraction
+    "MeanDifference": "extract.mean_difference",
+    "extract_contrastive": "extract.contrastive",
+    "extract_model_diff": "extract.model_diff",
+    "extract_model_diffs": "extract.model_diff",
+    # evaluation
+    "behaviour_margin": "evaluate.margin",
+    "project": "evaluate.monitor",
+    "compare_vectors": "evaluate.geometry",
+    "split_half_reliability": "evaluate.geometry",
+    "trait_matrix": "evaluate.geometry",
+    # pipelines
+    "SweepConfig": "pipelines.sweep",
+    "run_sweep": "pipelines.sweep",
+    "PersonaConfig": "pipelines.persona",
+    "run_persona": "pipelines.persona",
+    "DiffStudyConfig": "pipelines.diff_study",
+    "DiffStudyResult": "pipelines.diff_study",
+    "run_diff_study": "pipelines.diff_study",
+    "DemoSize": "pipelines.demo",
+    "run_demo": "pipelines.demo",
+    # report
+    "build_report": "report.html",
+}
+
+__all__ = ["__version__", *sorted(_FACE)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _FACE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'steerlab' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_FACE))
+

@@ -15,8 +15,9 @@ from ..formats.traits import load_trait
 from ..io.atomic import write_jsonl
 from ..judge.judges import make_judge
 from ..model.loading import load_model
-from ..pipelines.sweep import run_sweep
+from ..pipelines.sweep import SweepConfig, run_sweep
 from ..progress import console
+from ..report.html import build_report
 from ..steering.calibration import mean_residual_norms
 from ..steering.generation import expand_grid, generate_batch
 from ..steering.steerer import SteeringSpec
@@ -153,8 +154,9 @@ def sweep(
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     reference_norms = mean_residual_norms(lm, qs) if scale == "relative" else None
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
-    result = run_sweep(lm, vec, qs, out, layers, coeff_values, pair_rows, positions, operator, scale,
-                       max_new_tokens, temperature, seed, system, batch_size, reference_norms,
+    config = SweepConfig(layers, coeff_values, positions, operator, scale, max_new_tokens, temperature, seed,
+                         system, batch_size)
+    result = run_sweep(lm, vec, qs, out, config, pairs=pair_rows, reference_norms=reference_norms,
                        extra_config={"vector_path": str(vector), "questions": str(questions),
                                      "pairs": str(pairs) if pairs else None, "adapter": adapter,
                                      "judge": judge, "trait": trait},
@@ -176,4 +178,5 @@ def sweep(
             table.add_row(str(r["layer"]), f"{r['coeff']:g}", fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
                           fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]))
         console.print(table)
-        console.print(f"plot: {out / 'scores.html'}")
+    report_path, _ = build_report(out)
+    console.print(f"report: {report_path}")

@@ -41,7 +41,7 @@ from .diff_study import DiffStudyConfig, run_diff_study
 from .persona import PersonaConfig, run_persona
 from .runs import RunDir, read_jsonl_rows
 from .study import StudyConfig, best_coherent
-from .sweep import run_sweep
+from .sweep import SweepConfig, run_sweep
 
 
 @dataclass
@@ -174,8 +174,9 @@ def _persona_stage(lm: LoadedModel, out: Path, trait_name: str, judge_spec: str,
         doc = steering_stage.load_json()
     else:
         questions = eval_trait.questions[: cfg.persona_eval_questions]
-        sweep = run_sweep(lm, vector, questions, out / "sweep", [layer], cfg.persona_coeffs,
-                          max_new_tokens=cfg.persona_new_tokens, judge=judge, eval_prompt=eval_trait.eval_prompt)
+        sweep = run_sweep(lm, vector, questions, out / "sweep",
+                          SweepConfig([layer], cfg.persona_coeffs, max_new_tokens=cfg.persona_new_tokens),
+                          judge=judge, eval_prompt=eval_trait.eval_prompt)
         pairs = persona_margin_pairs(lm, eval_trait, cfg.persona_eval_questions, cfg.persona_new_tokens)
         margins = behaviour_margin(lm, pairs, SteeringSpec(vector, layer), cfg.persona_coeffs) if pairs else None
         rows = []

@@ -5,14 +5,14 @@ coefficients. Results go to a run directory:
 
 - ``generations.jsonl``  every generation with its layer, coefficient and settings;
 - ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given;
-- ``scores.csv``, ``scores.html``  judged trait and coherence (mean, std, n) per (layer, coefficient)
-  and a plot of score vs coefficient per layer, when a judge and a trait are given;
+- ``scores.csv``         judged trait and coherence (mean, std, n) per (layer, coefficient), when a
+  judge and a trait are given (``steerlab report DIR`` plots them);
 - ``sweep.json``         the config, steerlab version and timings.
 
-Generation is a run stage (:mod:`steerlab.runs`): each finished layer is checkpointed, a rerun of a
-killed sweep skips finished layers, a rerun with the same config skips generation entirely, and a
-changed config (vector, questions, coefficients, settings, judge) starts afresh. Files are written
-atomically.
+Generation and margins are run stages (:mod:`steerlab.pipelines.runs`): each finished layer is
+checkpointed, a rerun of a killed sweep skips finished layers, a rerun with the same config skips
+generation and margins entirely, and a changed config (vector, questions, coefficients, settings,
+judge, pairs) recomputes what it affects. Files are written atomically.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..evaluate.margin import behaviour_margin
 from ..formats.pairs import Pair
-from ..io.atomic import write_json, write_jsonl, write_text
+from ..io.atomic import write_json, write_text
 from ..judge.judges import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
@@ -37,12 +39,19 @@ from ..steering.generation import expand_grid, generate_batch
 from ..steering.steerer import SteeringSpec, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
+from .artifacts import GENERATIONS, MARGINS, SCORES, SWEEP
 from .runs import RunDir
 
 
 @dataclass
 class SweepConfig:
-    layers: list[int]
+    """What a sweep runs; each default is written here once (the CLI reads them).
+
+    ``layers``: a layer spec (``all``, ``12``, ``10,12``, ``8-16``; layer L = output of block L).
+    ``coeffs``: coefficients, all generated as rows of one batch stream per layer.
+    """
+
+    layers: str | list[int]
     coeffs: list[float]
     positions: str = "all"
     operator: str = "add"
@@ -56,6 +65,9 @@ class SweepConfig:
 
 @dataclass
 class SweepResult:
+    """Every generation (``generations.jsonl`` rows), the margin per (layer, coeff) when pairs were
+    given, the judged score table when a judge was, and seconds per stage."""
+
     generations: list[dict[str, Any]]
     margins: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -71,51 +83,57 @@ def run_sweep(
     vector: SteeringVector,
     questions: Sequence[Prompt],
     out_dir: str | Path,
-    layers: str | Sequence[int],
-    coeffs: Sequence[float],
+    config: SweepConfig,
+    *,
     pairs: Sequence[Pair] | None = None,
-    positions: str = "all",
-    operator: str = "add",
-    scale: str = "raw",
-    max_new_tokens: int = 48,
-    temperature: float = 0.0,
-    seed: int = 0,
-    system: str | None = None,
-    batch_size: int | None = None,
-    reference_norms=None,
-    extra_config: dict[str, Any] | None = None,
     judge: Judge | None = None,
     eval_prompt: str | None = None,
+    reference_norms: torch.Tensor | None = None,
+    extra_config: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
 
-    With ``judge`` and ``eval_prompt`` (a trait's), every generation gets ``trait_score`` and
-    ``coherence`` (None where the judge gave no number).
+    Args:
+        lm: the model; ``vector``: ``[n_layers, d_model]``, row L used at layer L.
+        questions: prompts (strings or message lists); every (layer, coeff, question) is a generation.
+        config: layers, coefficients and generation settings.
+        pairs: held-out pairs: adds the behaviour margin (nats/token) per (layer, coeff).
+        judge, eval_prompt: with both, every generation gets ``trait_score`` and ``coherence`` (0-100,
+            None where the judge gave no number).
+        reference_norms: ``[n_layers]`` mean residual norms, needed for scale ``relative``.
+        extra_config: recorded in ``sweep.json`` (e.g. the CLI's file paths).
+
+    Raises:
+        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale.
     """
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
-    config = SweepConfig(parse_layers(layers, lm.n_layers, "--layers"), [float(c) for c in coeffs],
-                         positions, operator, scale, max_new_tokens, temperature, seed, system, batch_size)
+    layers = parse_layers(config.layers, lm.n_layers, "--layers")
+    coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
+    run = RunDir(out)
     judged = judge is not None and eval_prompt is not None
-    settings = {"positions": positions, "operator": operator, "scale": scale,
-                "max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}
-    stage = RunDir(out).stage("generations", "generations.jsonl", {
-        "model": lm.name, "vector": hashlib.sha256(vector.data.numpy().tobytes()).hexdigest(),
-        "questions": [_prompt_text(q) for q in questions], "coeffs": config.coeffs, "system": system,
+    settings = {"positions": config.positions, "operator": config.operator, "scale": config.scale,
+                "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "seed": config.seed}
+    vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
+    stage = run.stage(GENERATIONS.removesuffix(".jsonl"), GENERATIONS, {
+        "model": lm.name, "vector": vector_hash,
+        "questions": [_prompt_text(q) for q in questions], "coeffs": coeffs, "system": config.system,
         "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
         "eval_prompt": eval_prompt if judged else None,
     })
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
+    def spec(layer: int, coeff: Any) -> SteeringSpec:
+        return SteeringSpec(vector, layer, coeff, config.operator, config.positions, config.scale)
+
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
         start = time.perf_counter()
-        prompts, row_coeffs = expand_grid(questions, config.coeffs)
+        prompts, row_coeffs = expand_grid(questions, coeffs)
         gens = generate_batch(
-            lm, prompts, system=system,
-            steering=SteeringSpec(vector, layer, row_coeffs, operator, positions, scale),
-            max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-            batch_size=batch_size, reference_norms=reference_norms, description=f"layer {layer}: generating",
+            lm, prompts, system=config.system, steering=spec(layer, row_coeffs),
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
+            batch_size=config.batch_size, reference_norms=reference_norms, description=f"layer {layer}: generating",
         )
         timings["generation_s"] += time.perf_counter() - start
         rows = [
@@ -136,40 +154,51 @@ def run_sweep(
         rows_all = stage.load_rows()
     else:
         # One checkpoint per layer: a killed sweep resumes at the first unfinished layer.
-        per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in config.layers],
+        per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in layers],
                                     generate_layer, chunk=1)
         rows_all = [row for item in per_layer for row in item["rows"]]
         stage.save_rows(rows_all)
+
     margins: list[dict[str, Any]] = []
-    for layer in config.layers:
-        spec = SteeringSpec(vector, layer, 1.0, operator, positions, scale)
-        if pairs:
+    if pairs:
+        margin_stage = run.stage("margins", MARGINS, {
+            "model": lm.name, "vector": vector_hash, "layers": layers, "coeffs": coeffs, "settings": settings,
+            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs],
+        })
+        if margin_stage.done():
+            margins = [{**r, "layer": int(r["layer"]), "coeff": float(r["coeff"]), "margin": float(r["margin"]),
+                        "std": float(r["std"]), "n_pairs": int(r["n_pairs"])} for r in read_csv(margin_stage.path)]
+        else:
             start = time.perf_counter()
-            result = behaviour_margin(lm, pairs, spec, config.coeffs, batch_size=batch_size or 16,
-                                      reference_norms=reference_norms)
+            for layer in layers:
+                result = behaviour_margin(lm, pairs, spec(layer, 1.0), coeffs, batch_size=config.batch_size or 16,
+                                          reference_norms=reference_norms)
+                margins.extend(
+                    {"layer": layer, "coeff": c, "margin": m, "std": sd, "n_pairs": len(pairs)}
+                    for c, m, sd in zip(result.coeffs, result.mean, result.std, strict=True)
+                )
             timings["margin_s"] += time.perf_counter() - start
-            margins.extend(
-                {"layer": layer, "coeff": c, "margin": m, "std": s, "n_pairs": len(pairs)}
-                for c, m, s in zip(result.coeffs, result.mean, result.std, strict=True)
-            )
-    write_jsonl(out / "generations.jsonl", rows_all)
-    if margins:
-        write_csv(out / "margins.csv", margins)
+            write_csv(margin_stage.path, margins)
+            margin_stage.mark_done()
     scores = score_table(rows_all) if judged else []
     if scores:
-        write_csv(out / "scores.csv", scores)
-        from ..report.plots import score_vs_coeff_figure, write_figure
-
-        write_figure(out / "scores.html", score_vs_coeff_figure(scores))
-    write_json(out / "sweep.json", {
+        write_csv(out / SCORES, scores)
+    write_json(out / SWEEP, {
         "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
-        "config": {**asdict(config), **(extra_config or {})}, "n_questions": len(questions),
+        "config": {**asdict(config), "layers": layers, **(extra_config or {})}, "n_questions": len(questions),
         "n_pairs": len(pairs or []), "timings": timings,
     })
     return SweepResult(rows_all, margins, timings, scores)
 
 
+def read_csv(path: Path) -> list[dict[str, str]]:
+    """Rows of a CSV file written by :func:`write_csv` (values as strings)."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write dict rows as CSV atomically; the columns are the union of the rows' keys in first-seen order."""
     buf = io.StringIO()
     fieldnames = list(dict.fromkeys(key for row in rows for key in row))
     writer = csv.DictWriter(buf, fieldnames=fieldnames)

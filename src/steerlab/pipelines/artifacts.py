@@ -1,0 +1,28 @@
+"""Artifact file names of every run directory, defined once: pipelines write them, the report and
+the CLI read them (SPEC §7)."""
+
+from __future__ import annotations
+
+# sweep
+GENERATIONS = "generations.jsonl"
+MARGINS = "margins.csv"
+SCORES = "scores.csv"
+SWEEP = "sweep.json"
+# persona
+RESPONSES = "responses.jsonl"
+JUDGED = "judged.jsonl"
+PAIRS = "pairs.json"
+VECTORS_DIR = "vectors"
+VECTORS_MANIFEST = "vectors/manifest.json"
+# diff study
+ADAPTER_DIR = "adapter"
+COMPARE = "compare.json"
+STUDY = "study.json"
+STUDY_MARGINS = "study_margins.csv"
+SAMPLES = "samples.jsonl"
+# demo
+SUMMARY = "summary.json"
+MONITOR = "monitor.json"
+PERSONA_STEERING = "persona_steering.json"
+# report
+REPORT = "report.html"
