@@ -5,11 +5,13 @@ import json
 import pytest
 
 from steerlab.pipelines.demo import run_demo
+from steerlab.report.html import build_report
 
 
 @pytest.mark.slow
 def test_demo_ci_size_end_to_end(tmp_path):
     summary = run_demo(tmp_path, size="ci")
+    build_report(tmp_path)  # the pipeline computes; the report is rendered on top of its artifacts
     for name in ("summary.json", "report.html", "monitor.json", "diff/study.json", "diff/compare.json",
                  "diff/adapter/adapter_config.json", "persona/persona_steering.json"):
         assert (tmp_path / name).is_file(), name

@@ -92,5 +92,6 @@ def test_rerun_reuses_margins_and_writes_generations_once(tiny_llama, tmp_path, 
     assert again.margins == first.margins and again.generations == first.generations
     # a changed pair set recomputes the margins
     with pytest.raises(AttributeError):  # the stand-in returns None: proof it was called
-        run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=[*PAIRS, Pair(question="a", positive="b", negative="c")])
+        more = [*PAIRS, Pair(question="a", positive="b", negative="c")]
+        run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=more)
     assert writes == ["margin"]

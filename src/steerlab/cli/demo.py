@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..pipelines.demo import SIZES, run_demo
+from ..report.html import build_report
 from .app import app
 from .diff_study import print_study
 from .options import JudgeUrlOpt
@@ -33,4 +34,5 @@ def demo(
     print_study({"study": study, "comparison": comparison})
     for line in summary["reading"]:
         typer.echo(f"- {line}")
-    typer.echo(f"report: {out / 'report.html'}")
+    report_path, _ = build_report(out)
+    typer.echo(f"report: {report_path}")

@@ -32,11 +32,10 @@ from ..formats.traits import load_trait
 from ..io.atomic import write_json
 from ..judge.judges import make_judge
 from ..model.loading import LoadedModel, load_model
-from ..progress import console
-from ..report.html import build_report
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from ..version import __version__
+from .artifacts import SUMMARY
 from .diff_study import DiffStudyConfig, run_diff_study
 from .persona import PersonaConfig, run_persona
 from .runs import RunDir, read_jsonl_rows
@@ -105,9 +104,7 @@ def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: st
     timings["persona"] = time.perf_counter() - start
 
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
-    write_json(out / "summary.json", summary)
-    report_path, _ = build_report(out)
-    console.print(f"wrote {out / 'summary.json'} and {report_path}")
+    write_json(out / SUMMARY, summary)
     return summary
 
 

@@ -21,6 +21,7 @@ incoherent steering). A few greedy generations per condition are kept as samples
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -31,11 +32,11 @@ from ..evaluate.margin import behaviour_margin
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
-from ..progress import console
 from ..steering.generation import generate_batch
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 
+log = logging.getLogger("steerlab")
 
 @dataclass
 class StudyConfig:
@@ -104,7 +105,7 @@ def run_study(
             with contexts[name]():
                 r = margins(models[name], None, [])
             reference[name], reference[f"{name}_fluency"] = r.mean[0], r.fluency[0]
-        console.print(f"margin base {reference['base']:+.4f}, fine-tuned {reference['finetuned']:+.4f}")
+        log.info("margin base %+.4f, fine-tuned %+.4f", reference["base"], reference["finetuned"])
 
         def sweep(model: str, vector: str, scale: str, layer_set: Any, coeffs: Sequence[float],
                   operator: str = "add") -> list[dict[str, Any]]:
@@ -124,7 +125,7 @@ def run_study(
                 scan += [dict(r, stage="layer_scan") for r in sweep("finetuned", name, "raw", layer, [1.0])]
         rows += scan
         best = _best_layer(scan, "model_diff", config.max_fluency_drop)
-        console.print(f"best layer (model_diff, coefficient 1): {best}")
+        log.info("best layer (model_diff, coefficient 1): %d", best)
 
         for name in vectors:
             for layer_set in (best, "all"):
