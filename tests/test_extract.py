@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from steerlab import ChatSample, Pair, capture, extract_contrastive
+from steerlab.activations.samples import pair_samples
 from steerlab.errors import SteerlabError
-from steerlab.extract.contrastive import pair_samples
 
 PAIRS = [
     Pair(question="Is the stove off?", positive="Yes, it is all off.", negative="I did not check."),

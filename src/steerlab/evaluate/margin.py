@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from ..activations.capture import ChatSample, iter_batches
-from ..extract.contrastive import pair_samples
+from ..activations.samples import pair_samples
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..steering.steerer import SteeringSpec, steer

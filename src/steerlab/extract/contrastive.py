@@ -10,19 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..activations.capture import ChatSample, Reduction, iter_activations
+from ..activations.capture import Reduction, iter_activations
+from ..activations.samples import pair_samples
 from ..errors import SteerlabError
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..vectors.vector import SteeringVector
 from .mean_difference import MeanDifference, vector_metadata
-
-
-def pair_samples(pairs: Sequence[Pair]) -> tuple[list[ChatSample], list[ChatSample]]:
-    """(positive samples, negative samples) for a list of pairs."""
-    pos = [ChatSample(p.question, p.positive, p.system) for p in pairs]
-    neg = [ChatSample(p.question, p.negative, p.system) for p in pairs]
-    return pos, neg
 
 
 def extract_contrastive(
