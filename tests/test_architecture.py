@@ -106,3 +106,31 @@ def test_public_face_is_lazy_complete_and_shadows_no_subpackage():
     code = "import sys, steerlab; print(sorted(m for m in ('torch', 'transformers', 'typer') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import steerlab loaded {out.strip()}"
+
+
+def _public_callables_without_docstring() -> list[str]:
+    missing = []
+    for module, path in _modules():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(PACKAGE)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and not node.name.startswith("_"):
+                if rel.parts[0] == "cli" and isinstance(node, ast.FunctionDef) and any(
+                    "command" in ast.unparse(d) for d in node.decorator_list
+                ):
+                    if ast.get_docstring(node) is None:  # a command's docstring is its --help text
+                        missing.append(f"{rel}:{node.lineno} {node.name}")
+                    continue
+                if ast.get_docstring(node) is None:
+                    missing.append(f"{rel}:{node.lineno} {node.name}")
+                if isinstance(node, ast.ClassDef):
+                    for item in node.body:
+                        if (isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and not item.name.startswith("_")
+                                and ast.get_docstring(item) is None):
+                            missing.append(f"{rel}:{item.lineno} {node.name}.{item.name}")
+    return missing
+
+
+def test_every_public_callable_has_a_docstring():
+    missing = _public_callables_without_docstring()
+    assert not missing, f"{len(missing)} public callables without a docstring:\n" + "\n".join(missing)

@@ -46,6 +46,9 @@ EXPAND_INSTRUCTION = (
 
 @dataclass
 class DatasetConfig:
+    """Settings of `steerlab dataset build` (each default written once here): target pair count ``n``,
+    near-duplicate ``similarity`` threshold (trigram cosine), prompting and generation settings."""
+
     n: int = 100
     similarity: float = 0.8
     examples_per_prompt: int = 4
@@ -61,6 +64,9 @@ class DatasetConfig:
 
 @dataclass
 class BuildResult:
+    """The pairs built (question, positive = deceptive answer, negative = honest answer) and counts of
+    what each filter dropped."""
+
     pairs: list[dict[str, Any]]
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -101,6 +107,8 @@ def dedupe(candidates: Sequence[str], existing: Sequence[str], threshold: float)
 
 
 def clean_question(text: str) -> str | None:
+    """The first line of a drafted question without numbering or quotes; None unless it is one
+    question of 4-30 words ending in '?'."""
     line = text.strip().splitlines()[0].strip().strip('"') if text.strip() else ""
     line = re.sub(r"^(\d+[.)]\s*|[-*]\s*|question:\s*)", "", line, flags=re.I).strip()
     if not line.endswith("?") or not 4 <= len(line.split()) <= 30:
@@ -109,6 +117,7 @@ def clean_question(text: str) -> str | None:
 
 
 def clean_answer(text: str, max_words: int) -> str | None:
+    """The first sentence of a drafted answer, whitespace folded; None when empty or over ``max_words``."""
     text = " ".join(text.strip().split())
     match = re.match(r"(.+?[.!?])(\s|$)", text)
     sentence = (match.group(1) if match else text).strip()

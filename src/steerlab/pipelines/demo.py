@@ -45,6 +45,9 @@ from .sweep import SweepConfig, run_sweep
 
 @dataclass
 class DemoSize:
+    """One demo size: pair counts, fine-tune epochs, the steering study's settings and the persona
+    part's (questions, instructions, tokens, steering coefficients)."""
+
     n_train: int
     n_heldout: int
     epochs: int

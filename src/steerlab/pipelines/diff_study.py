@@ -36,6 +36,10 @@ REDUCTION = "response_avg"
 
 @dataclass
 class DiffStudyConfig:
+    """Settings of the diff study (each default written once here): LoRA ``rank``/``alpha``, fine-tune
+    ``epochs``, learning rate ``lr`` and ``train_batch_size``, ``seed``, the forward ``batch_size``, the
+    number of random ``n_splits`` for split-half reliabilities, and the steering ``study``."""
+
     rank: int = 8
     alpha: float = 16
     epochs: int = 2

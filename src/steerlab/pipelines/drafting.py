@@ -35,7 +35,11 @@ Answer with one JSON object and nothing else, with exactly these keys:
 
 
 class ChatModel(Protocol):
-    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str: ...
+    """Anything that answers a chat: a local model or an OpenAI-compatible endpoint."""
+
+    def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
+        """The assistant's reply to ``messages`` (at most ``max_tokens`` tokens)."""
+        ...
 
 
 class LocalChat:
@@ -45,6 +49,7 @@ class LocalChat:
         self.lm = lm
 
     def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
+        """The local model's reply (greedy at temperature 0, seeded sampling otherwise)."""
         return generate_batch(self.lm, [messages], max_new_tokens=max_tokens, temperature=temperature, seed=0,
                               description="drafting")[0].text
 
@@ -63,6 +68,7 @@ class OpenAIChat:
         self.client = OpenAI(base_url=base_url, api_key=api_key, max_retries=3)
 
     def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
+        """The endpoint's reply; raises SteerlabError (one line) when the endpoint fails."""
         from openai import OpenAIError
 
         try:

@@ -40,6 +40,10 @@ log = logging.getLogger("steerlab")
 
 @dataclass
 class StudyConfig:
+    """Settings of the steering study: candidate single ``layers`` (default: five spread over the
+    middle), ``coeffs`` for the sweeps, the forward ``batch_size``, ``max_fluency_drop`` (nats/token
+    below the unsteered model still counted coherent), and the sample generations' count and length."""
+
     layers: list[int] | None = None  # candidate single layers; default: a spread over the middle
     coeffs: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
     batch_size: int = 32

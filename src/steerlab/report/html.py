@@ -73,6 +73,7 @@ def _esc(text: Any) -> str:
 
 # --- sections ---------------------------------------------------------------------------------
 def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
+    """Cosine per layer between the vectors of a diff study, with the random band and reliabilities."""
     import plotly.graph_objects as go
 
     n = comparison["n_layers"]
@@ -96,6 +97,7 @@ def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
 
 
 def study_sections(study: dict[str, Any]) -> list[Section]:
+    """The steering study: margin vs coefficient per condition, layer scan, ablation and samples."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -165,6 +167,7 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
 
 
 def sweep_sections(run: Path) -> list[Section]:
+    """A sweep: margin and judged score vs coefficient per layer, and generations per coefficient."""
     from .plots import margin_vs_coeff_figure, score_vs_coeff_figure
 
     out: list[Section] = []
@@ -184,6 +187,7 @@ def sweep_sections(run: Path) -> list[Section]:
 
 
 def persona_sections(run: Path) -> list[Section]:
+    """A persona run: judged responses (trait and coherence boxes) and the effective-pair counts."""
     import plotly.graph_objects as go
 
     out: list[Section] = []
@@ -209,6 +213,7 @@ def persona_sections(run: Path) -> list[Section]:
 
 
 def persona_steering_section(doc: dict[str, Any]) -> str:
+    """The demo's persona steering: judged score, coherence and margin per coefficient."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -230,6 +235,7 @@ def persona_steering_section(doc: dict[str, Any]) -> str:
 
 
 def monitor_section(doc: dict[str, Any]) -> str:
+    """Projection monitoring: box plots of projections per group."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
