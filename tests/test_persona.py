@@ -11,7 +11,7 @@ from steerlab.activations.capture import ChatSample, capture
 from steerlab.errors import SteerlabError
 from steerlab.extract.persona import effective_pairs
 from steerlab.formats.traits import load_trait
-from steerlab.judge.judges import make_judge
+from steerlab.judge import make_judge
 from steerlab.pipelines.persona import PersonaConfig, run_persona
 
 CONFIG = PersonaConfig(max_questions=2, max_instructions=2, max_new_tokens=5, threshold=0.0, min_coherence=0.0,

@@ -17,7 +17,7 @@ from .extract.model_diff import extract_model_diff, extract_model_diffs
 from .finetune.training import FinetuneResult
 from .formats.pairs import Pair, load_pairs
 from .formats.traits import Trait, list_traits, load_trait
-from .judge.judges import Judge, judge_coherence, judge_trait, make_judge
+from .judge import Judge, judge_coherence, judge_trait, make_judge
 from .model.chat import encode_chat, render_prompt
 from .model.loading import LoadedModel, load_model, wrap_model
 from .steering.generation import generate, generate_batch

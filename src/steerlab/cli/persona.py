@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..formats.traits import load_trait
-from ..judge.judges import make_judge
+from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.persona import PersonaConfig, run_persona
 from ..progress import console

@@ -30,7 +30,7 @@ from ..extract.persona import all_pairs, effective_pairs, persona_vectors
 from ..formats.pairs import builtin_pairs_path, load_pairs
 from ..formats.traits import load_trait
 from ..io.atomic import write_json
-from ..judge.judges import make_judge
+from ..judge import make_judge
 from ..model.loading import LoadedModel, load_model
 from ..progress import console
 from ..report.html import build_report

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import SteerlabError
 from ..extract.persona import PERSONA_REDUCTIONS, effective_pairs, persona_vectors
 from ..formats.traits import Trait
-from ..judge.judges import Judge, judge_coherence, judge_trait
+from ..judge import Judge, judge_coherence, judge_trait
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
 from .runs import RunDir
