@@ -11,7 +11,7 @@ from tiny import make_number_judge
 
 from steerlab.formats.pairs import Pair
 from steerlab.formats.traits import load_trait
-from steerlab.judge.judges import make_judge
+from steerlab.judge import make_judge
 from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
 from steerlab.pipelines.persona import PersonaConfig, run_persona
 from steerlab.pipelines.study import StudyConfig

@@ -550,7 +550,7 @@ def test_load_mixed_requests(client, url, tiny_llama):
 
 
 def test_steerlab_judge_talks_to_the_server(url):
-    from steerlab.judge.judges import make_judge
+    from steerlab.judge import make_judge
 
     judge = make_judge("openai:tiny", base_url=f"{url}/v1", cache_dir=False, max_retries=0)
     scores = judge.score(["Rate this answer from 0 to 100: yes"])

@@ -62,7 +62,7 @@ def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
     from tiny import make_number_judge
 
     from steerlab.formats.traits import load_trait
-    from steerlab.judge.judges import make_judge
+    from steerlab.judge import make_judge
 
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     judge = make_judge(make_number_judge())

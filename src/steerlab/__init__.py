@@ -50,10 +50,10 @@ _FACE: dict[str, str] = {
     # fine-tuning
     "FinetuneResult": "finetune.training",
     # judge
-    "Judge": "judge.judges",
-    "make_judge": "judge.judges",
-    "judge_trait": "judge.judges",
-    "judge_coherence": "judge.judges",
+    "Judge": "judge.base",
+    "make_judge": "judge.base",
+    "judge_trait": "judge.base",
+    "judge_coherence": "judge.base",
     # extraction
     "MeanDifference": "extract.mean_difference",
     "extract_contrastive": "extract.contrastive",
@@ -70,6 +70,7 @@ _FACE: dict[str, str] = {
     "run_sweep": "pipelines.sweep",
     "PersonaConfig": "pipelines.persona",
     "run_persona": "pipelines.persona",
+    "NoEffectivePairsError": "pipelines.persona",
     "DiffStudyConfig": "pipelines.diff_study",
     "DiffStudyResult": "pipelines.diff_study",
     "run_diff_study": "pipelines.diff_study",

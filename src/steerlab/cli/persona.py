@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..formats.traits import load_trait
-from ..judge.judges import make_judge
+from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.persona import PersonaConfig, run_persona
 from ..progress import console
@@ -20,6 +20,9 @@ app.add_typer(persona_app, name="persona")
 
 
 
+_DEFAULTS = PersonaConfig()
+
+
 @persona_app.command("extract")
 def extract(
     model: str = ModelOpt,
@@ -27,15 +30,16 @@ def extract(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; rerun with the same --out to resume."),
     judge: str = typer.Option("local", "--judge", "-j", help=JudgeOpt.help),
     judge_base_url: str = JudgeUrlOpt,
-    samples_per_question: int = typer.Option(1, "--samples-per-question", min=1, help="Answers per question and instruction (use --temperature > 0 for more than 1)."),
-    max_questions: int = typer.Option(None, "--max-questions", min=1, help="Use only the first K questions."),
-    max_instructions: int = typer.Option(None, "--max-instructions", min=1, help="Use only the first K instruction pairs."),
-    threshold: float = typer.Option(50.0, "--threshold", help="Keep pairs with positive score >= T and negative < 100 - T."),
-    min_coherence: float = typer.Option(50.0, "--min-coherence", help="Both answers' coherence must be >= this."),
-    max_new_tokens: int = typer.Option(96, "--max-new-tokens", "-n", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
-    seed: int = typer.Option(0, "--seed"),
-    batch_size: int = typer.Option(None, "--batch-size", "-b"),
+    samples_per_question: int = typer.Option(_DEFAULTS.samples_per_question, "--samples-per-question", min=1, help="Answers per question and instruction (use --temperature > 0 for more than 1)."),
+    max_questions: int = typer.Option(_DEFAULTS.max_questions, "--max-questions", min=1, help="Use only the first K questions."),
+    max_instructions: int = typer.Option(_DEFAULTS.max_instructions, "--max-instructions", min=1, help="Use only the first K instruction pairs."),
+    threshold: float = typer.Option(_DEFAULTS.threshold, "--threshold", help="Keep pairs with positive score >= T and negative < 100 - T."),
+    min_coherence: float = typer.Option(_DEFAULTS.min_coherence, "--min-coherence", help="Both answers' coherence must be >= this."),
+    filter_pairs: bool = typer.Option(_DEFAULTS.filter, "--filter/--no-filter", help="--no-filter: keep every (positive, negative) pair, not only the effective ones (for a judge that cannot score); recorded in the vectors' metadata and the report."),
+    max_new_tokens: int = typer.Option(_DEFAULTS.max_new_tokens, "--max-new-tokens", "-n", min=1),
+    temperature: float = typer.Option(_DEFAULTS.temperature, "--temperature", min=0.0),
+    seed: int = typer.Option(_DEFAULTS.seed, "--seed"),
+    batch_size: int = typer.Option(_DEFAULTS.batch_size, "--batch-size", "-b"),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
@@ -48,17 +52,25 @@ def extract(
     trait_def = load_trait(trait, "extract")
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     scorer = make_judge(judge, base_url=judge_base_url)
-    config = PersonaConfig(samples_per_question, max_questions, max_instructions, threshold, min_coherence,
-                           max_new_tokens, temperature, seed, batch_size)
+    config = PersonaConfig(samples_per_question=samples_per_question, max_questions=max_questions,
+                           max_instructions=max_instructions, threshold=threshold, min_coherence=min_coherence,
+                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+                           filter=filter_pairs)
     result = run_persona(lm, trait_def, scorer, out, config, judge_name=judge)
     table = Table(title=f"persona extract: {trait_def.name}")
     table.add_column("")
     table.add_column("value")
     for key, value in result.counts.items():
         table.add_row(key, str(value))
+    answers = result.answer_counts
+    table.add_row("answers unscored by the judge", f"{answers['unscored']} of {answers['answers']}")
+    table.add_row("pairs averaged", f"{result.n_pairs} ({'unfiltered' if result.filter == 'none' else 'effective'})")
     for stage, seconds in result.timings.items():
         table.add_row(f"{stage} (s)", f"{seconds:.1f}")
     console.print(table)
+    if result.filter == "none":
+        console.print(f"--no-filter: the vectors average all {result.n_pairs} pairs, unfiltered "
+                      f"({result.n_effective} would pass the filter); their metadata says filter=none")
     for reduction, path in result.vectors.items():
         console.print(f"{reduction}: {path}")
 

@@ -13,7 +13,7 @@ from ..formats.pairs import load_pairs
 from ..formats.prompts import load_prompts
 from ..formats.traits import load_trait
 from ..io.atomic import write_jsonl
-from ..judge.judges import make_judge
+from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.sweep import SweepConfig, run_sweep
 from ..progress import console

@@ -16,7 +16,7 @@ Stages (each resumable; a rerun reuses finished artifacts):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,18 @@ from ..evaluate.margin import behaviour_margin
 from ..evaluate.monitor import project
 from ..evaluate.persona_eval import persona_margin_pairs, persona_monitor
 from ..extract.model_diff import attached_adapter
-from ..extract.persona import all_pairs, effective_pairs, persona_vectors
 from ..formats.pairs import builtin_pairs_path, load_pairs
 from ..formats.traits import load_trait
 from ..io.atomic import write_json
-from ..judge.judges import make_judge
+from ..judge import make_judge
 from ..model.loading import LoadedModel, load_model
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import SUMMARY
 from .diff_study import DiffStudyConfig, run_diff_study
-from .persona import PersonaConfig, run_persona
-from .runs import RunDir, read_jsonl_rows
+from .persona import NoEffectivePairsError, PersonaConfig, run_persona
+from .runs import RunDir
 from .study import StudyConfig, best_coherent
 from .sweep import SweepConfig, run_sweep
 
@@ -148,21 +147,13 @@ def _persona_stage(lm: LoadedModel, out: Path, trait_name: str, judge_spec: str,
     result: dict[str, Any] = {"trait": trait_name, "judge": judge_spec, "filtered": True}
     try:
         persona = run_persona(lm, trait, judge, out, config, judge_name=judge_spec)
-        vector_path = persona.vectors["response_avg"]
-        result.update(n_effective=persona.n_effective, counts=persona.counts)
-    except SteerlabError as exc:
-        if "no effective pairs" not in str(exc):
-            raise
-        # The judge scored too little (a small local judge rarely answers with numbers): fall back to
-        # every generated pair, unfiltered, and say so.
-        judged = read_jsonl_rows(out / "judged.jsonl")
-        unfiltered = all_pairs(judged)
-        vectors = persona_vectors(lm, unfiltered)
-        vector_path = out / "vectors" / f"{trait_name}_response_avg_unfiltered.safetensors"
-        vectors["response_avg"].metadata.update({"trait": trait_name, "filtered": False})
-        vectors["response_avg"].save(vector_path)
-        counts = effective_pairs(judged, config.threshold, config.min_coherence)["counts"]
-        result.update(filtered=False, n_effective=0, n_unfiltered=len(unfiltered), counts=counts)
+    except NoEffectivePairsError:
+        # No pair passed the filter (a small local judge rarely answers with numbers): average every
+        # generated pair, unfiltered (--no-filter), which the vector's metadata and the report say.
+        persona = run_persona(lm, trait, judge, out, replace(config, filter=False), judge_name=judge_spec)
+        result.update(filtered=False, n_unfiltered=persona.n_pairs)
+    vector_path = persona.vectors["response_avg"]
+    result.update(n_effective=persona.n_effective, counts=persona.counts, answer_counts=persona.answer_counts)
     vector = SteeringVector.load(vector_path)
     layer = lm.n_layers // 2
     eval_trait = load_trait(trait_name, "eval")

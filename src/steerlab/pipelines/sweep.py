@@ -32,7 +32,7 @@ import torch
 from ..evaluate.margin import behaviour_margin
 from ..formats.pairs import Pair
 from ..io.atomic import write_json, write_text
-from ..judge.judges import Judge, judge_coherence, judge_trait
+from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.generation import expand_grid, generate_batch

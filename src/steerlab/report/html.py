@@ -206,10 +206,43 @@ def persona_sections(run: Path) -> list[Section]:
         out.append(("Persona pipeline: judged responses", note + _fig(fig)))
     if pairs:
         out.append(("Persona pipeline: effective pairs", _table([pairs["counts"]])))
+    manifest = _load_json(run / "vectors" / "manifest.json")
+    if manifest or (pairs and pairs.get("filter") == "none"):
+        out.append(("Persona vectors", persona_vectors_section(manifest or {}, pairs or {})))
     persona_scores = _load_json(run / "persona_steering.json")
     if persona_scores:
         out.append(("Persona steering", persona_steering_section(persona_scores)))
     return out
+
+
+def persona_vectors_section(manifest: dict[str, Any], pairs: dict[str, Any]) -> str:
+    """The persona vector files and how their pairs were chosen; a notice when they are unfiltered.
+
+    ``manifest``: ``vectors/manifest.json`` (``metadata.filter`` is ``"none"`` for ``--no-filter``
+    vectors); ``pairs``: ``pairs.json`` (its ``filter`` field, and ``counts``).
+    """
+    meta = manifest.get("metadata", {})
+    unfiltered = meta.get("filter", pairs.get("filter")) == "none"
+    parts = []
+    if unfiltered:
+        counts = pairs.get("counts", {})
+        unscored = (f"; the judge could not score {meta['n_unscored_answers']} of {meta['n_answers']} answers"
+                    if "n_answers" in meta else "")
+        parts.append(
+            f"<p class='warning'><b>Unfiltered persona vectors</b> (--no-filter): they average all "
+            f"{_esc(manifest.get('n_pairs', len(pairs.get('pairs', []))))} (positive, negative) pairs, not only the "
+            f"effective ones ({_esc(meta.get('n_effective', counts.get('effective', '?')))} would pass the filter"
+            f"{_esc(unscored)}). Read them as the direction between the two system prompts' answers, not as a "
+            "judged trait direction.</p>")
+    elif meta:
+        t = meta.get("threshold")
+        parts.append(f"<p>Filtered as persona-vectors: {_esc(manifest.get('n_pairs'))} effective pairs (positive "
+                     f"answer's trait score &ge; {_esc(t)}, negative's &lt; {_esc(100 - t if t is not None else '?')}, "
+                     f"both coherence &ge; {_esc(meta.get('min_coherence'))}).</p>")
+    files = [{"reduction": r, "file": f"vectors/{name}"} for r, name in manifest.get("vectors", {}).items()]
+    if files:
+        parts.append(_table(files))
+    return "".join(parts)
 
 
 def persona_steering_section(doc: dict[str, Any]) -> str:
@@ -274,6 +307,7 @@ th { background: #f5f5f5; } .muted { color: #666; } .scroll { overflow-x: auto; 
 table.samples td { min-width: 12rem; }
 .reading { background: #f7f9fc; border-left: 4px solid #4a78c2; padding: 0.6rem 1rem; }
 .missing { color: #a15c00; }
+.warning { background: #fff6e5; border-left: 4px solid #d08a00; padding: 0.6rem 1rem; }
 """
 
 

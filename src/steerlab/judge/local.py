@@ -1,0 +1,259 @@
+"""The ``local[:MODEL]`` judge: the exact expected score from a local causal LM (SPEC §5).
+
+Any :func:`~steerlab.model.loading.load_model` spec (default ``smollm2``) or a loaded
+:class:`~steerlab.model.loading.LoadedModel`. The prompt goes through the chat template and the
+exact probability of every answer "0".."100" is computed by teacher forcing, even when the
+tokenizer splits numbers into several tokens ("100" -> "1","0","0"):
+
+    p(k) = p(tokens of k | prompt) · p(next token does not start with a digit | prompt, k)
+
+The termination factor makes the events disjoint: "10" does not steal the mass of "100" (whose next
+token is "0"), so Σ_k p(k) ≤ 1 is the probability that the reply is a number 0..100 and the 0.25
+rule means the same thing as for the API backend. Any non-digit token ends the number (end-of-turn,
+newline, ".", " out of 100" ...), not only the end-of-turn token, so a judge that writes "85." still
+counts as answering 85. The answer text is what the chat template puts before an assistant message
+(e.g. " 85" after "Assistant:"), tokenized together with the rendered prompt (canonical
+tokenization). All 101 continuations of a prompt are scored in ONE forward pass: the prompt is
+followed by the 101 continuations, each attending to the prompt and to itself only (a 4-D "tree"
+attention mask with per-branch position ids); prompts are batched too. Models whose attention cannot
+take a 4-D mask (flash/flex attention, or prompts longer than a sliding window) use
+prompt+continuation rows instead (same numbers, more compute).
+
+The cache identity is the model's name, adapter, dtype and scoring-method version. A LoadedModel
+passed in directly is not cached on disk unless ``cache_dir`` is given, since its name need not
+identify its weights.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..errors import SteerlabError
+from ..model.blocks import unwrap_model
+from ..model.chat import has_system_role, merge_system_role, render_prompt, to_messages
+from ..model.loading import LoadedModel
+from ..progress import progress_bar
+from .base import BaseJudge
+from .score import ANSWERS, MIN_NUMBER_MASS, JudgeResult, score_from_distribution
+
+DIGITS = "0123456789"
+_LOCAL_METHOD = "tree-v1"  # part of the local cache identity: bump when the scoring changes
+_BYTE_DIGIT = re.compile(r"<0x3[0-9]>")  # SentencePiece byte-fallback pieces for "0".."9"
+
+
+def _starts_with_digit(piece: str | None) -> bool:
+    return bool(piece) and (piece[0] in DIGITS or bool(_BYTE_DIGIT.fullmatch(piece)))
+
+
+@dataclass
+class _Row:
+    """One sequence: prompt token ids followed by the continuations scored after it."""
+
+    prompt: list[int]
+    conts: list[list[int]]
+
+
+class LocalJudge(BaseJudge):
+    """Exact expected score from a local causal LM (see module docstring).
+
+    ``lm``: the judge model; ``batch_size``: prompts per forward pass; ``cache_dir``: see
+    :class:`~steerlab.judge.base.BaseJudge` (default False: no disk cache); ``tree``: force (True)
+    or forbid (False) the one-pass tree mask (default: by attention implementation); ``name``:
+    shown in progress bars and logs; ``min_mass``: the 0.25 rule. Raises SteerlabError for
+    ``batch_size`` < 1. ``forwards`` counts the model forward passes run.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        batch_size: int = 4,
+        cache_dir: str | os.PathLike[str] | bool | None = False,
+        tree: bool | None = None,
+        name: str | None = None,
+        min_mass: float = MIN_NUMBER_MASS,
+    ):
+        if batch_size < 1:
+            raise SteerlabError(f"--judge-batch-size {batch_size}: expected at least 1")
+        self.lm = lm
+        self.batch_size = batch_size
+        self.name = name or f"local:{lm.name}"
+        self.forwards = 0  # model forward passes run (for tests and logs)
+        model = unwrap_model(lm.model)
+        config = getattr(model, "config", None)
+        attn = getattr(config, "_attn_implementation", None) or "eager"
+        self._tree_ok = attn in ("eager", "sdpa") if tree is None else tree
+        self._sliding = getattr(config, "sliding_window", None) or None
+        params = inspect.signature(model.forward).parameters
+        self._keep_arg = "logits_to_keep" in params
+        self._digit_mask: torch.Tensor | None = None
+        dtype = str(lm.dtype).removeprefix("torch.")
+        adapter = f"+{lm.adapter}" if lm.adapter else ""
+        super().__init__(f"local:{lm.name}{adapter}[{dtype}]#{_LOCAL_METHOD}", cache_dir, min_mass)
+
+    # ---- tokenization -----------------------------------------------------------------------
+
+    def _answer_prefix(self, prompt: str, rendered: str) -> str:
+        """What the chat template writes between the generation prompt and an answer's text."""
+        tok = self.lm.tokenizer
+        messages = [*to_messages(prompt), {"role": "assistant", "content": "7"}]
+        if not has_system_role(tok):
+            messages = merge_system_role(messages)
+        try:
+            full = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+        except Exception:  # templates that reject a trailing assistant turn
+            return ""
+        if not full.startswith(rendered):
+            return ""
+        rest = full[len(rendered) :]
+        cut = rest.find("7")
+        return rest[:cut] if cut > 0 else ""
+
+    def _encode(self, prompt: str) -> _Row:
+        """Prompt ids and the token ids of each answer "0".."100" as the model would continue."""
+        tok = self.lm.tokenizer
+        rendered = render_prompt(tok, prompt)
+        prefix = self._answer_prefix(prompt, rendered)
+        prompt_ids = list(tok(rendered, add_special_tokens=False)["input_ids"])
+        if not prompt_ids:
+            raise SteerlabError("judge prompt renders to no tokens")
+        texts = [rendered + prefix + a for a in ANSWERS]
+        full = tok(texts, add_special_tokens=False)["input_ids"]
+        n = len(prompt_ids)
+        conts = []
+        for answer, ids in zip(ANSWERS, full, strict=True):
+            ids = list(ids)
+            if ids[:n] == prompt_ids and len(ids) > n:
+                conts.append(ids[n:])
+            else:  # the answer merged with the prompt's last token: the model cannot emit that
+                conts.append(list(tok(prefix + answer, add_special_tokens=False)["input_ids"]))
+        return _Row(prompt_ids, conts)
+
+    def digit_mask(self, vocab: int) -> torch.Tensor:
+        """Bool [vocab]: tokens whose text starts with an ASCII digit (they continue a number).
+
+        Raw vocabulary pieces are used: a piece with a leading space marker ("Ġ5", "▁5") does not
+        continue the number ("42 5" is not 425).
+        """
+        if self._digit_mask is None or self._digit_mask.numel() != vocab:
+            tok = self.lm.tokenizer
+            n = min(vocab, len(tok))
+            pieces = tok.convert_ids_to_tokens(list(range(n)))
+            mask = torch.zeros(vocab, dtype=torch.bool)
+            mask[:n] = torch.tensor([_starts_with_digit(p) for p in pieces], dtype=torch.bool)
+            self._digit_mask = mask
+        return self._digit_mask
+
+    # ---- scoring ------------------------------------------------------------------------------
+
+    def answer_logprobs(self, prompts: Sequence[str]) -> torch.Tensor:
+        """float64 [n_prompts, 101]: log p(reply is exactly k) for k = 0..100 (no cache)."""
+        rows = [self._encode(p) for p in prompts]
+        out = torch.empty(len(rows), len(ANSWERS), dtype=torch.float64)
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+        with progress_bar(f"judging ({self.name})", len(rows)) as advance:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = [rows[i] for i in idx]
+                for i, logp in zip(idx, self._score_rows(batch), strict=True):
+                    out[i] = logp
+                advance(len(idx))
+        return out
+
+    def _compute(self, prompts: list[str]) -> list[JudgeResult]:
+        logp = self.answer_logprobs(prompts)
+        return [score_from_distribution(row.exp().tolist()) for row in logp]
+
+    def _score_rows(self, rows: list[_Row]) -> list[torch.Tensor]:
+        longest = max(len(r.prompt) + sum(map(len, r.conts)) for r in rows)
+        if self._tree_ok and not (self._sliding and longest > self._sliding):
+            return [t for t in self._forward(rows, tree=True)]
+        # Fallback: one row per (prompt, answer), plain causal attention.
+        flat = [_Row(r.prompt, [c]) for r in rows for c in r.conts]
+        per = max(1, self.batch_size * 8)
+        logps = []
+        for start in range(0, len(flat), per):
+            logps.extend(self._forward(flat[start : start + per], tree=False))
+        flat_logp = torch.cat(logps)
+        return list(flat_logp.split([len(r.conts) for r in rows]))
+
+    def _forward(self, rows: list[_Row], tree: bool) -> list[torch.Tensor]:
+        """One forward pass over left-padded rows; returns log p of each continuation per row."""
+        lm = self.lm
+        device = lm.device
+        seqs, groups, positions = [], [], []
+        for r in rows:
+            ids = list(r.prompt)
+            grp = [0] * len(r.prompt)
+            pos = list(range(len(r.prompt)))
+            for b, cont in enumerate(r.conts, 1):
+                ids += cont
+                grp += [b] * len(cont)
+                pos += range(len(r.prompt), len(r.prompt) + len(cont))
+            seqs.append(ids)
+            groups.append(grp)
+            positions.append(pos)
+        width = max(map(len, seqs))
+        pads = [width - len(s) for s in seqs]
+        pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        group = torch.full((len(rows), width), -1, dtype=torch.long)
+        position_ids = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (s, g, p) in enumerate(zip(seqs, groups, positions, strict=True)):
+            input_ids[i, pads[i] :] = torch.tensor(s)
+            group[i, pads[i] :] = torch.tensor(g)
+            position_ids[i, pads[i] :] = torch.tensor(p)
+        valid = group >= 0
+        if tree:
+            q, kv = group[:, :, None], group[:, None, :]
+            causal = torch.ones(width, width, dtype=torch.bool).tril()
+            allowed = causal & valid[:, None, :] & ((kv == 0) | (kv == q))
+            allowed |= torch.eye(width, dtype=torch.bool)  # pad rows attend to themselves
+            mask = torch.zeros(allowed.shape, dtype=lm.dtype).masked_fill(
+                ~allowed, torch.finfo(lm.dtype).min
+            )[:, None]
+        else:
+            mask = valid.long()
+        # Logits are needed from the last prompt token on: the last `keep` positions of every row.
+        keep = max(sum(map(len, r.conts)) for r in rows) + 1
+        kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keep_arg else {}
+        with torch.inference_mode():
+            logits = lm.model(
+                input_ids=input_ids.to(device),
+                attention_mask=mask.to(device),
+                position_ids=position_ids.to(device),
+                use_cache=False,
+                **kwargs,
+            ).logits
+        self.forwards += 1
+        logits = logits[:, -keep:].float()
+        digit = self.digit_mask(logits.shape[-1]).to(logits.device)
+        results = []
+        for i, r in enumerate(rows):
+            rel = keep - (len(seqs[i]) - len(r.prompt))  # index (in kept logits) of first cont token
+            preds, targets, ends, owner = [], [], [], []
+            offset = rel
+            for b, cont in enumerate(r.conts):
+                # token j is predicted by the position before it (the last prompt token for j=0)
+                preds += [rel - 1, *range(offset, offset + len(cont) - 1)]
+                targets += cont
+                owner += [b] * len(cont)
+                ends.append(offset + len(cont) - 1)
+                offset += len(cont)
+            row = logits[i]
+            logz = torch.logsumexp(row[preds + ends], dim=-1)
+            n_tok = len(preds)
+            tok_lp = row[preds, targets] - logz[:n_tok]
+            end_rows = row[ends]
+            stop_lp = torch.logsumexp(end_rows.masked_fill(digit, -math.inf), dim=-1) - logz[n_tok:]
+            total = torch.zeros(len(r.conts), dtype=torch.float64, device=row.device)
+            total.index_add_(0, torch.tensor(owner, device=row.device), tok_lp.double())
+            results.append((total + stop_lp.double()).cpu())
+        return results
