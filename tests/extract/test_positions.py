@@ -17,6 +17,12 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
+def base():
+    """A private copy: output_hidden_states makes transformers keep recording hooks on its blocks."""
+    return make_tiny("llama", seed=0)
+
+
+@pytest.fixture(scope="module")
 def finetuned():
     return make_tiny("llama", seed=1)
 
@@ -39,15 +45,15 @@ def _hidden_states(lm, text):
     return (*hs[:-1], last[0])
 
 
-def test_position_diffs_equal_a_hand_computation(tiny_llama, finetuned):
+def test_position_diffs_equal_a_hand_computation(base, finetuned):
     k = 5
-    vectors = extract_position_diffs(tiny_llama, finetuned, PROMPTS, k=k, batch_size=2)
+    vectors = extract_position_diffs(base, finetuned, PROMPTS, k=k, batch_size=2)
     assert sorted(vectors) == list(range(k))
-    expected = torch.zeros(k, tiny_llama.n_layers, tiny_llama.d_model, dtype=torch.float64)
+    expected = torch.zeros(k, base.n_layers, base.d_model, dtype=torch.float64)
     for text in PROMPTS:  # one prompt at a time: no padding, no batching
-        hs_base, hs_ft = _hidden_states(tiny_llama, text), _hidden_states(finetuned, text)
+        hs_base, hs_ft = _hidden_states(base, text), _hidden_states(finetuned, text)
         for i in range(k):
-            for layer in range(tiny_llama.n_layers):  # layer L = output of block L = hidden_states[L + 1]
+            for layer in range(base.n_layers):  # layer L = output of block L = hidden_states[L + 1]
                 expected[i, layer] += (hs_ft[layer + 1][0, i] - hs_base[layer + 1][0, i]).double()
     expected /= len(PROMPTS)
     for i, vec in vectors.items():
@@ -58,22 +64,22 @@ def test_position_diffs_equal_a_hand_computation(tiny_llama, finetuned):
     assert not torch.allclose(vectors[0].data, vectors[1].data)
 
 
-def test_default_prompts_are_the_generic_prompts(tiny_llama, finetuned):
-    vectors = extract_position_diffs(tiny_llama, finetuned, k=1, batch_size=64)
+def test_default_prompts_are_the_generic_prompts(base, finetuned):
+    vectors = extract_position_diffs(base, finetuned, k=1, batch_size=64)
     assert list(vectors) == [0]
     assert vectors[0].metadata["prompts"] == "generic"
     assert vectors[0].metadata["n_samples"] == len(generic_prompts())
 
 
-def test_position_diffs_bad_input(tiny_llama, finetuned):
+def test_position_diffs_bad_input(base, finetuned):
     with pytest.raises(SteerlabError, match=r"prompt 1 \('yes'\) has 1 tokens; positions 0..4 need at least 5"):
-        extract_position_diffs(tiny_llama, finetuned, ["the quick brown fox jumps", "yes"])
+        extract_position_diffs(base, finetuned, ["the quick brown fox jumps", "yes"])
     with pytest.raises(SteerlabError, match="at least 1 token position"):
-        extract_position_diffs(tiny_llama, finetuned, PROMPTS, k=0)
+        extract_position_diffs(base, finetuned, PROMPTS, k=0)
     with pytest.raises(SteerlabError, match="no prompts"):
-        extract_position_diffs(tiny_llama, finetuned, [])
+        extract_position_diffs(base, finetuned, [])
     with pytest.raises(SteerlabError, match="prompt 0: expected a non-empty string"):
-        extract_position_diffs(tiny_llama, finetuned, ["  "])
+        extract_position_diffs(base, finetuned, ["  "])
 
 
 # --- the position:I reduction and plain-text samples (activations.capture) -------------------------
@@ -90,30 +96,30 @@ def test_position_reduction_parses_and_names():
         Reduction.parse("prompt_last:2")
 
 
-def test_position_reduction_counts_from_the_first_real_token_of_left_padded_rows(tiny_llama):
+def test_position_reduction_counts_from_the_first_real_token_of_left_padded_rows(base):
     samples = [ChatSample(p, chat=False) for p in PROMPTS]
-    acts = capture(tiny_llama, samples, ["position:0", "position:2"], batch_size=3)
+    acts = capture(base, samples, ["position:0", "position:2"], batch_size=3)
     for row, text in enumerate(PROMPTS):
-        hs = _hidden_states(tiny_llama, text)
+        hs = _hidden_states(base, text)
         for i in (0, 2):
-            expected = torch.stack([hs[layer + 1][0, i] for layer in range(tiny_llama.n_layers)])
+            expected = torch.stack([hs[layer + 1][0, i] for layer in range(base.n_layers)])
             torch.testing.assert_close(acts[f"position:{i}"][row], expected, atol=1e-5, rtol=0)
 
 
-def test_position_reduction_errors_on_a_short_sequence(tiny_llama):
-    encoded = encode_samples(tiny_llama, [ChatSample("yes", chat=False), ChatSample(PROMPTS[0], chat=False)], False)
-    batch = collate(encoded, tiny_llama.tokenizer.pad_token_id, tiny_llama.device)
+def test_position_reduction_errors_on_a_short_sequence(base):
+    encoded = encode_samples(base, [ChatSample("yes", chat=False), ChatSample(PROMPTS[0], chat=False)], False)
+    batch = collate(encoded, base.tokenizer.pad_token_id, base.device)
     with pytest.raises(SteerlabError, match="position:1: a sequence has only 1 tokens"):
         reduction_weights(batch, Reduction.parse("position:1"))
     w = reduction_weights(batch, Reduction.parse("position:0"))
     assert w.sum(-1).tolist() == [1.0, 1.0] and w[0, -1] == 1.0
 
 
-def test_plain_text_samples_are_tokenized_as_text(tiny_llama):
-    tok = tiny_llama.tokenizer
-    (e,) = encode_samples(tiny_llama, [ChatSample(PROMPTS[0], chat=False)], False)
+def test_plain_text_samples_are_tokenized_as_text(base):
+    tok = base.tokenizer
+    (e,) = encode_samples(base, [ChatSample(PROMPTS[0], chat=False)], False)
     assert e.ids == tok(PROMPTS[0])["input_ids"] and e.prompt_len == len(e.ids)
-    (chat,) = encode_samples(tiny_llama, [ChatSample(PROMPTS[0])], False)
+    (chat,) = encode_samples(base, [ChatSample(PROMPTS[0])], False)
     assert chat.ids != e.ids  # the default still goes through the chat template
     with pytest.raises(SteerlabError, match="sample 0: a plain-text sample"):
-        encode_samples(tiny_llama, [ChatSample("hi", "there", chat=False)], False)
+        encode_samples(base, [ChatSample("hi", "there", chat=False)], False)

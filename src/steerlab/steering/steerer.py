@@ -92,7 +92,8 @@ def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
 
 @dataclass
 class Intervention:
-    """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``."""
+    """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``, on every batch row
+    or only on ``rows`` (a bool mask ``[batch]`` or row indices of the batch the hook sees)."""
 
     layer: int
     vector: torch.Tensor
