@@ -5,7 +5,7 @@ import torch
 
 from steerlab.activations.capture import ChatSample, collate, encode_samples
 from steerlab.errors import SteerlabError
-from steerlab.evaluate.statistics import random_directions
+from steerlab.evaluate.controls import random_directions
 from steerlab.steering.generation import generate_batch
 from steerlab.steering.steerer import Intervention, SteeringSpec, apply_intervention, row_mask, steer
 from steerlab.vectors.vector import SteeringVector
