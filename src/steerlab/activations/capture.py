@@ -6,8 +6,10 @@ sequence length kept around or with the number of samples (for :func:`mean_activ
 
 Reductions: ``prompt_last`` (last prompt token), ``prompt_avg`` (mean over prompt tokens),
 ``response_avg`` (mean over response tokens), ``first_k`` / ``first_k:K`` (mean over the first K
-response tokens, default K=5). Sequences are left-padded with an attention mask and explicit
-position ids, so batched results equal per-sample results.
+response tokens, default K=5), ``position:I`` (the token at 0-based position I of the sequence,
+counted from its first real token, prompt and response alike; I=0 is the first token, e.g. BOS).
+Sequences are left-padded with an attention mask and explicit position ids, so batched results
+equal per-sample results.
 """
 
 from __future__ import annotations
@@ -22,32 +24,40 @@ from ..model.chat import EncodedChat, Prompt, encode_chat
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
 
-REDUCTION_KINDS = ("prompt_last", "prompt_avg", "response_avg", "first_k")
+REDUCTION_KINDS = ("prompt_last", "prompt_avg", "response_avg", "first_k", "position")
 DEFAULT_FIRST_K = 5
 
 
 @dataclass(frozen=True)
 class Reduction:
+    """How a sequence becomes one vector per layer; ``k`` is K for ``first_k`` and the token
+    position I for ``position`` (unused otherwise)."""
+
     kind: str
     k: int = DEFAULT_FIRST_K
 
     @classmethod
     def parse(cls, spec: str | Reduction) -> Reduction:
+        """``prompt_last``, ``prompt_avg``, ``response_avg``, ``first_k[:K]`` or ``position:I``."""
         if isinstance(spec, Reduction):
             return spec
         kind, _, k = spec.partition(":")
-        if kind not in REDUCTION_KINDS or (k and kind != "first_k"):
+        if kind not in REDUCTION_KINDS or (k and kind not in ("first_k", "position")):
             raise SteerlabError(
                 f"--reduction {spec!r}: expected one of prompt_last, prompt_avg, response_avg, "
-                "first_k or first_k:K"
+                "first_k, first_k:K or position:I"
             )
+        if kind == "position":
+            if not k.isdigit():
+                raise SteerlabError(f"--reduction {spec!r}: position:I needs a token position I >= 0")
+            return cls(kind, int(k))
         if k and (not k.isdigit() or int(k) < 1):
             raise SteerlabError(f"--reduction {spec!r}: K must be a positive integer")
         return cls(kind, int(k) if k else DEFAULT_FIRST_K)
 
     @property
     def name(self) -> str:
-        return f"first_k:{self.k}" if self.kind == "first_k" else self.kind
+        return f"{self.kind}:{self.k}" if self.kind in ("first_k", "position") else self.kind
 
     @property
     def needs_response(self) -> bool:
@@ -56,11 +66,16 @@ class Reduction:
 
 @dataclass(frozen=True)
 class ChatSample:
-    """A prompt (string or messages), an optional response to teacher-force, a system prompt."""
+    """A prompt (string or messages), an optional response to teacher-force, a system prompt.
+
+    ``chat=False``: the prompt is plain text, tokenized as the tokenizer does for text (its special
+    tokens, e.g. BOS, added; no chat template); such a sample has no response or system prompt.
+    """
 
     prompt: Prompt
     response: str = ""
     system: str | None = None
+    chat: bool = True
 
 
 class _StopForward(Exception):
@@ -111,6 +126,13 @@ def reduction_weights(batch: Batch, reduction: Reduction) -> torch.Tensor:
         mask = (pos >= prompt_start) & (pos < response_start)
     elif reduction.kind == "response_avg":
         mask = (pos >= response_start) & (pos < end)
+    elif reduction.kind == "position":
+        if bool((batch.lengths <= reduction.k).any()):
+            raise SteerlabError(
+                f"reduction {reduction.name}: a sequence has only {int(batch.lengths.min())} tokens, "
+                f"so it has no token at position {reduction.k} (positions count from 0)"
+            )
+        mask = pos == prompt_start + reduction.k
     else:
         mask = (pos >= response_start) & (pos < torch.minimum(end, response_start + reduction.k))
     weights = mask.float()
@@ -120,7 +142,15 @@ def reduction_weights(batch: Batch, reduction: Reduction) -> torch.Tensor:
 def encode_samples(lm: LoadedModel, samples: Sequence[ChatSample], need_response: bool) -> list[EncodedChat]:
     encoded = []
     for i, s in enumerate(samples):
-        e = encode_chat(lm.tokenizer, s.prompt, s.response, s.system)
+        if not s.chat:
+            if not isinstance(s.prompt, str) or s.response or s.system:
+                raise SteerlabError(
+                    f"sample {i}: a plain-text sample (chat=False) is one string, without response or system prompt"
+                )
+            ids = list(lm.tokenizer(s.prompt)["input_ids"])
+            e = EncodedChat(ids, len(ids))
+        else:
+            e = encode_chat(lm.tokenizer, s.prompt, s.response, s.system)
         if need_response and e.response_len == 0:
             raise SteerlabError(f"sample {i}: a response reduction needs a non-empty response")
         if e.prompt_len == 0:

@@ -1,6 +1,6 @@
 """Reading prompts/questions from files: ``.txt`` (one per line), ``.jsonl`` (``prompt``,
 ``question`` or ``messages`` per line) or ``.json`` (a list of strings, or a trait file's
-``questions``)."""
+``questions``); and the built-in generic prompts (:func:`generic_prompts`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pathlib import Path
 from ..errors import SteerlabError
 from ..model.chat import Prompt
 from .pairs import read_jsonl
+
+GENERIC_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "generic_prompts.txt"
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
@@ -46,3 +48,13 @@ def load_prompts(path: str | Path) -> list[Prompt]:
     if not prompts:
         raise SteerlabError(f"prompts file {path} is empty")
     return prompts
+
+
+def generic_prompts() -> list[str]:
+    """steerlab's built-in generic prompts: over 200 everyday questions and short tasks (cooking, travel,
+    maths, facts, coding, advice, writing), unrelated to any trait, written for this project.
+
+    One prompt per line of ``data/generic_prompts.txt``, in file order. Used as behaviour-free text,
+    e.g. for position-resolved model diffs (:mod:`steerlab.extract.positions`).
+    """
+    return load_prompts(GENERIC_PROMPTS_PATH)  # type: ignore[return-value]

@@ -4,7 +4,9 @@ Prompts (strings or chat messages, optional system prompt) are rendered through 
 sorted by length, left-padded into batches and generated with ``model.generate`` (KV cache) under
 the given steering. A steering coefficient may be a sequence with one value per prompt: each batch
 gets its rows' values (per-row coefficients), so a whole coefficient sweep runs as one batch
-stream. Greedy when ``temperature == 0``; sampled with ``seed`` otherwise.
+stream. Likewise a spec's ``rows`` (a mask over the prompts, or prompt indices) makes it act on
+those prompts only, so several conditions run as rows of shared batches. Greedy when
+``temperature == 0``; sampled with ``seed`` otherwise.
 """
 
 from __future__ import annotations
@@ -65,22 +67,20 @@ def auto_batch_size(lm: LoadedModel, n_rows: int, max_tokens: int) -> int:
     return max(1, min(n_rows, 512, int(0.5 * free / per_row)))
 
 
-def _split_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[tuple[SteeringSpec, torch.Tensor | None]]:
+def _check_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[SteeringSpec]:
+    """Specs with one-value coefficient tensors made scalars; per-row coefficients checked."""
     out = []
     for spec in specs:
         coeff = spec.coeff
-        if isinstance(coeff, int | float):
-            out.append((spec, None))
-            continue
-        tensor = torch.as_tensor(coeff, dtype=torch.float32).reshape(-1)
-        if tensor.numel() == 1:
-            out.append((spec.with_coeff(float(tensor)), None))
-        elif tensor.numel() != n_rows:
-            raise SteerlabError(
-                f"--coeff: {tensor.numel()} per-row coefficients given for {n_rows} prompts"
-            )
-        else:
-            out.append((spec, tensor))
+        if not isinstance(coeff, int | float):
+            tensor = torch.as_tensor(coeff, dtype=torch.float32).reshape(-1)
+            if tensor.numel() == 1:
+                spec = spec.with_coeff(float(tensor))
+            elif tensor.numel() != n_rows:
+                raise SteerlabError(
+                    f"--coeff: {tensor.numel()} per-row coefficients given for {n_rows} prompts"
+                )
+        out.append(spec)
     return out
 
 
@@ -122,7 +122,7 @@ def generate_batch(
     if temperature < 0 or not 0 < top_p <= 1:
         raise SteerlabError("temperature must be >= 0 and top_p in (0, 1]")
     specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
-    split = _split_coeffs(specs, len(prompts))
+    specs = _check_coeffs(specs, len(prompts))
     texts = [
         render_prompt(lm.tokenizer, p, system) if chat or not isinstance(p, str) else p
         for p in prompts
@@ -145,9 +145,7 @@ def generate_batch(
             for row, i in enumerate(idx):
                 ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[row, width - len(encoded[i]) :] = 1
-            batch_specs = [
-                spec if rows is None else spec.with_coeff(rows[idx]) for spec, rows in split
-            ]
+            batch_specs = [spec.select_rows(idx, len(prompts)) for spec in specs]
             kwargs = dict(
                 input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,

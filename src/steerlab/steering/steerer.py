@@ -20,6 +20,11 @@ Operators (v̂ = v/‖v‖, c = coefficient):
   ``ablate``  h − c·(h·v̂)v̂ (c = 1 removes the component entirely);
   ``cap``     clamp h·v̂ to at most ``ceiling`` and/or at least ``floor``, other components untouched.
 Coefficients may be a tensor with one value per batch row (per-row sweeps in one batch).
+
+Rows: an intervention with ``rows`` (a bool mask ``[batch]`` or a list of row indices) acts on those
+rows of the batch only; the other rows' hidden states are returned exactly as they came. Several
+specs, each active on its own rows, run different conditions (e.g. random-direction controls
+beside the real vector) as rows of one batch instead of separate passes.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ SCALES = ("raw", "unit", "relative")
 
 LayerSpec = int | str | Sequence[int] | range
 Coeff = float | Sequence[float] | torch.Tensor
+Rows = torch.Tensor | Sequence[int] | Sequence[bool]
 
 
 def parse_layers(layers: LayerSpec, n_layers: int, flag: str = "--layer") -> list[int]:
@@ -86,7 +92,8 @@ def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
 
 @dataclass
 class Intervention:
-    """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``."""
+    """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``, on every batch row
+    or only on ``rows`` (a bool mask ``[batch]`` or row indices of the batch the hook sees)."""
 
     layer: int
     vector: torch.Tensor
@@ -97,8 +104,11 @@ class Intervention:
     ceiling: float | None = None
     floor: float | None = None
     reference_norm: float | None = None  # for scale="relative"
+    rows: Rows | None = None  # batch rows it acts on (bool mask [batch] or indices); None: all
 
     def __post_init__(self) -> None:
+        if self.rows is not None:
+            self.rows = as_rows(self.rows)
         _check_choice(self.operator, OPERATORS, "--operator")
         _check_choice(self.positions, POSITIONS, "--positions")
         _check_choice(self.scale, SCALES, "--scale")
@@ -149,6 +159,42 @@ def _row_coeff(coeff: Coeff, batch: int, like: torch.Tensor) -> torch.Tensor | f
     return coeff.to(device=like.device, dtype=like.dtype)[:, None, None]
 
 
+def as_rows(rows: Rows) -> torch.Tensor:
+    """``rows`` as a 1-D tensor: a bool mask (one value per row) or int64 row indices (>= 0).
+
+    Raises SteerlabError for other shapes, dtypes or negative indices.
+    """
+    t = torch.as_tensor(rows).detach().cpu()
+    if t.numel() == 0 and t.dtype != torch.bool:
+        t = t.long()
+    if t.ndim != 1 or t.is_floating_point() or t.is_complex():
+        raise SteerlabError(
+            f"steering rows: expected a bool mask or a list of row indices, got {t.dtype} {tuple(t.shape)}"
+        )
+    if t.dtype != torch.bool:
+        t = t.long()
+        if t.numel() and int(t.min()) < 0:
+            raise SteerlabError(f"steering rows: row indices must be >= 0, got {int(t.min())}")
+    return t
+
+
+def row_mask(rows: Rows, n_rows: int) -> torch.Tensor:
+    """Bool mask ``[n_rows]`` of the rows an intervention acts on (``rows`` as in :func:`as_rows`).
+
+    Raises SteerlabError when a mask's length is not ``n_rows`` or an index is ``>= n_rows``.
+    """
+    t = as_rows(rows)
+    if t.dtype == torch.bool:
+        if t.numel() != n_rows:
+            raise SteerlabError(f"steering rows: a mask of {t.numel()} values for {n_rows} rows")
+        return t
+    if t.numel() and int(t.max()) >= n_rows:
+        raise SteerlabError(f"steering rows: row index {int(t.max())} is out of range for {n_rows} rows")
+    mask = torch.zeros(n_rows, dtype=torch.bool)
+    mask[t] = True
+    return mask
+
+
 def _position_mask(
     positions: str, hidden: torch.Tensor, response_start: torch.Tensor | None
 ) -> torch.Tensor | None:
@@ -175,6 +221,12 @@ def apply_intervention(
 ) -> torch.Tensor:
     """Return the block output after ``iv`` (a new tensor; ``hidden`` is not modified)."""
     mask = _position_mask(iv.positions, hidden, response_start)
+    if iv.rows is not None:
+        rows = row_mask(iv.rows, hidden.shape[0])
+        if not bool(rows.any()):
+            return hidden
+        rows = rows.to(hidden.device)[:, None, None]
+        mask = rows if mask is None else mask & rows
     if mask is not None and not bool(mask.any()):
         return hidden
     coeff = _row_coeff(iv.coeff, hidden.shape[0], hidden)
@@ -259,7 +311,9 @@ class SteeringSpec:
     """What to do, model-independent: a vector, the layers, coefficient(s), operator, positions.
 
     ``vector`` is a SteeringVector ``[n_layers, d]`` (its row L is used at layer L) or a 1-D tensor
-    used at every listed layer. ``coeff`` is a number or one value per batch row.
+    used at every listed layer. ``coeff`` is a number or one value per batch row. ``rows`` (a bool
+    mask or row indices) restricts it to those batch rows; with :func:`generate_batch` both
+    ``coeff`` and ``rows`` are given per prompt (see :meth:`select_rows`).
     """
 
     vector: SteeringVector | torch.Tensor
@@ -270,9 +324,29 @@ class SteeringSpec:
     scale: str = "raw"
     ceiling: float | None = None
     floor: float | None = None
+    rows: Rows | None = None
 
     def with_coeff(self, coeff: Coeff) -> SteeringSpec:
         return replace(self, coeff=coeff)
+
+    def select_rows(self, idx: Sequence[int] | torch.Tensor, n_rows: int) -> SteeringSpec:
+        """This spec for a batch made of rows ``idx`` (in batch order) of ``n_rows`` rows in all:
+        per-row coefficients ``[n_rows]`` and ``rows`` (a mask over, or indices into, the
+        ``n_rows`` rows) are taken at ``idx``; a scalar coefficient is kept.
+
+        Raises SteerlabError when per-row coefficients or a mask do not have ``n_rows`` values.
+        """
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        spec = self
+        if not isinstance(self.coeff, int | float):
+            coeff = torch.as_tensor(self.coeff, dtype=torch.float32).reshape(-1)
+            if coeff.numel() == n_rows:
+                spec = replace(spec, coeff=coeff[idx])
+            elif coeff.numel() != 1:
+                raise SteerlabError(f"--coeff: {coeff.numel()} per-row coefficients given for {n_rows} rows")
+        if self.rows is not None:
+            spec = replace(spec, rows=row_mask(self.rows, n_rows)[idx])
+        return spec
 
     def interventions(
         self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
@@ -297,7 +371,7 @@ class SteeringSpec:
             Intervention(
                 layer, rows[layer], self.coeff, self.operator, self.positions, self.scale,
                 self.ceiling, self.floor,
-                None if reference_norms is None else float(reference_norms[layer]),
+                None if reference_norms is None else float(reference_norms[layer]), self.rows,
             )
             for layer in layers
         ]

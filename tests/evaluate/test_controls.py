@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from steerlab.errors import SteerlabError
+from steerlab.evaluate.controls import (
+    control_summary,
+    control_verdict,
+    empirical_p,
+    null_band,
+    random_directions,
+    within_band,
+)
+from steerlab.vectors.vector import SteeringVector
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_random_directions_do_not_touch_the_global_rng():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    random_directions(torch.ones(2, 4), 3)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_random_directions_have_the_reference_norm_at_each_layer_and_zero_layers_stay_zero():
+    ref = torch.randn(5, 32, generator=_gen(5)) * torch.tensor([1.0, 0.0, 3.0, 10.0, 0.5])[:, None]
+    dirs = random_directions(SteeringVector(ref), k=6, seed=11)
+    assert dirs.shape == (6, 5, 32) and dirs.dtype == torch.float32
+    torch.testing.assert_close(dirs.norm(dim=-1), ref.norm(dim=-1).expand(6, 5), rtol=1e-6, atol=0)
+    assert torch.equal(dirs[:, 1], torch.zeros(6, 32))
+    unit = dirs[:, 0] / dirs[:, 0].norm(dim=-1, keepdim=True)
+    off_diag = (unit @ unit.T - torch.eye(6)).abs()
+    assert off_diag.max() < 0.7  # distinct directions, not copies of one another
+    assert (unit @ (ref[0] / ref[0].norm())).abs().max() < 0.7  # not aligned with the reference
+
+
+def test_random_directions_are_deterministic_under_the_seed():
+    ref = torch.randn(3, 16, generator=_gen(6))
+    a, b = random_directions(ref, 4, seed=2), random_directions(ref, 4, seed=2)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, random_directions(ref, 4, seed=3))
+    assert torch.equal(random_directions(ref, 8, seed=2)[:4], a)  # more controls extend, never reshuffle
+    # the unit directions depend on (seed, shape) only: the same controls for every vector
+    scaled = random_directions(2 * ref, 4, seed=2)
+    torch.testing.assert_close(scaled, 2 * a)
+    one = random_directions(ref[0], 2, seed=0)
+    assert one.shape == (2, 16)
+    torch.testing.assert_close(one.norm(dim=-1), ref[0].norm().expand(2))
+    assert random_directions(ref, 0).shape == (0, 3, 16)
+
+
+def test_null_band_and_empirical_p():
+    controls = torch.tensor([0.1, -0.2, 0.05, 0.3, -0.1, 0.0, 0.15, -0.05])
+    band = null_band(controls)
+    assert band["mean"] == pytest.approx(float(controls.double().mean()))
+    assert band["lo"] == pytest.approx(float(torch.quantile(controls.double(), 0.025)))
+    assert band["hi"] == pytest.approx(float(torch.quantile(controls.double(), 0.975)))
+    assert band["lo"] < -0.15 and band["hi"] > 0.25
+    assert empirical_p(2.0, controls) == pytest.approx(1 / 9)  # beyond every control: 1/(k+1)
+    assert empirical_p(0.12, controls) == pytest.approx((1 + 3) / 9)  # |c| >= 0.12: -0.2, 0.3, 0.15
+    assert empirical_p(-0.12, controls, "less") == pytest.approx((1 + 1) / 9)
+    assert empirical_p(0.12, controls, "greater") == pytest.approx((1 + 2) / 9)
+    with pytest.raises(SteerlabError, match="alternative 'both'"):
+        empirical_p(0.1, controls, "both")  # type: ignore[arg-type]
+    with pytest.raises(SteerlabError, match="no controls"):
+        empirical_p(0.1, [])
+
+
+def test_a_control_equal_to_the_vector_lands_on_the_effect():
+    effect = -1.2345678
+    controls = [0.01, -0.02, effect, 0.03]
+    assert empirical_p(effect, controls) == pytest.approx(2 / 5)  # the copy counts as "as extreme"
+    assert empirical_p(effect, [*controls[:2], effect * (1 + 1e-8), controls[3]]) == pytest.approx(2 / 5)
+    summary = control_summary(effect, controls)
+    assert summary["k"] == 4 and summary["p"] == pytest.approx(2 / 5)
+    assert summary["lo"] < effect < summary["hi"] or summary["lo"] == pytest.approx(effect, abs=0.1)
+
+
+def test_within_band_and_verdicts():
+    band = {"mean": 0.0, "lo": -0.1, "hi": 0.2, "p": 0.5}
+    assert within_band(0.2, band) and within_band(-0.1, band) and not within_band(0.21, band)
+    assert control_verdict(0.05, band) == "not distinguishable from random directions"
+    assert control_verdict(1.5, band, p=1 / 9) == "beyond the random band (p = 0.11)"
+    summary = control_summary(1.5, [0.1, -0.1, 0.05, 0.0, 0.2, -0.05, 0.02, 0.01])
+    assert control_verdict(1.5, summary) == "beyond the random band (p = 0.11)"
