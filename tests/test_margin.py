@@ -46,3 +46,23 @@ def test_response_positions_match_generation_semantics(tiny_llama):
     prompt = behaviour_margin(tiny_llama, PAIRS, SteeringSpec(vec, 1, 3.0, positions="prompt"))
     assert not torch.allclose(resp.per_pair, allpos.per_pair)
     assert not torch.allclose(prompt.per_pair, allpos.per_pair)
+
+
+def test_conditions_as_rows_equal_separate_runs(tiny_llama):
+    from steerlab.evaluate.controls import random_directions
+    from steerlab.evaluate.margin import condition_margins
+
+    torch.manual_seed(3)
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    controls = random_directions(vec.data, 3, seed=0)
+    conditions = [[SteeringSpec(vec, 1)], [], *[[SteeringSpec(SteeringVector(c), 1)] for c in controls],
+                  [SteeringSpec(vec, "all", operator="ablate")]]
+    coeffs = [-2.0, 0.0, 3.0]
+    together = condition_margins(tiny_llama, PAIRS, conditions, coeffs, batch_size=5)
+    for condition, result in zip(conditions, together, strict=True):
+        alone = behaviour_margin(tiny_llama, PAIRS, condition, coeffs if condition else None, batch_size=5)
+        expected = alone.per_pair.expand_as(result.per_pair) if not condition else alone.per_pair
+        torch.testing.assert_close(result.per_pair, expected, atol=1e-5, rtol=1e-5)
+    # a control equal to the vector itself lands exactly on the effect
+    same = condition_margins(tiny_llama, PAIRS, [[SteeringSpec(vec, 1)], [SteeringSpec(vec.data.clone(), 1)]], coeffs)
+    torch.testing.assert_close(same[0].per_pair, same[1].per_pair)

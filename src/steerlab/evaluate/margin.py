@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,14 +31,18 @@ def response_logprobs(
     batch_size: int = 16,
     reference_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean log p(response token | prefix) per sample, ``[n_samples]`` (teacher-forced).
+    """Mean log p(response token | prefix) per sample, ``[n_samples]`` (teacher-forced, nats/token).
 
-    With ``row_coeffs`` (one per sample), every steering spec uses that sample's coefficient.
+    With ``row_coeffs`` (one per sample), every steering spec uses that sample's coefficient. A spec's
+    own per-row coefficients and ``rows`` (a mask over, or indices into, ``samples``) are honoured,
+    so several conditions run as rows of shared batches.
     """
     out = torch.empty(len(samples), dtype=torch.float64)
-    coeffs = None if row_coeffs is None else torch.as_tensor(row_coeffs, dtype=torch.float32)
+    if row_coeffs is not None:
+        coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
+        steering = [s.with_coeff(coeffs) for s in steering]
     for idx, batch in iter_batches(lm, samples, batch_size, need_response=True, description="log-likelihoods"):
-        specs = [s if coeffs is None else s.with_coeff(coeffs[idx]) for s in steering]
+        specs = [s.select_rows(idx, len(samples)) for s in steering]
         response_start = batch.pads + batch.prompt_lens
         steerer = steer(lm, specs, reference_norms)
         # Left padding right-aligns every response: only the last k positions' logits are needed.
@@ -118,3 +122,33 @@ def behaviour_margin(
     row_coeffs = [c for c in coeffs_used for _ in range(2 * n)]
     grid = response_logprobs(lm, samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n).float()
     return MarginResult(coeffs_used, grid[:, 0] - grid[:, 1], grid[:, 0], grid[:, 1])
+
+
+def condition_margins(
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    conditions: Sequence[Sequence[SteeringSpec]],
+    coeffs: Sequence[float],
+    batch_size: int = 16,
+    reference_norms: torch.Tensor | None = None,
+) -> list[MarginResult]:
+    """Behaviour margins of several steering conditions, all as rows of one batch stream.
+
+    ``conditions[i]`` is a list of specs applied together (empty = unsteered); each is scored at every
+    coefficient in ``coeffs`` (the specs' own coefficients are replaced). Rows are (condition,
+    coefficient, positive/negative, pair); each condition's specs act only on its own rows, so K
+    random-direction controls cost K more rows, not K more passes. Returns one :class:`MarginResult`
+    per condition, equal (to float rounding) to :func:`behaviour_margin` run on it alone.
+    """
+    pos, neg = pair_samples(pairs)
+    n, coeffs_used = len(pairs), [float(c) for c in coeffs]
+    block = 2 * n * len(coeffs_used)  # rows of one condition
+    samples = [s for _ in conditions for _ in coeffs_used for s in pos + neg]
+    row_coeffs = torch.tensor([c for _ in conditions for c in coeffs_used for _ in range(2 * n)])
+    specs = [
+        replace(spec.with_coeff(row_coeffs), rows=list(range(i * block, (i + 1) * block)))
+        for i, condition in enumerate(conditions) for spec in condition
+    ]
+    grid = response_logprobs(lm, samples, specs, None, batch_size, reference_norms).float()
+    grid = grid.view(len(conditions), len(coeffs_used), 2, n)
+    return [MarginResult(coeffs_used, g[:, 0] - g[:, 1], g[:, 0], g[:, 1]) for g in grid]
