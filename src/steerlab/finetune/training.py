@@ -198,6 +198,15 @@ def run_finetune(
     layers = resolve_layers(lm, config.layers)
     recorded = {**asdict(config), "target_modules": targets, "layers": layers,
                 "optimizer": "AdamW", "schedule": "constant", "loss": "assistant_only"}
+    built = [build_example(lm.tokenizer, m, config.max_length) for m in checked]
+    train = [e for e in built if e.n_trained > 0]
+    if not train:
+        raise SteerlabError(
+            f"no assistant tokens left to train on within --max-length {config.max_length} tokens"
+        )
+    if len(train) < len(built):
+        log.warning("%d of %d conversations have no assistant tokens within %d tokens; skipped",
+                    len(built) - len(train), len(built), config.max_length)
     _check_out_dir(out_dir)
     fingerprint = model_fingerprint(lm)
     data_hash = json_sha256(checked)
@@ -208,15 +217,6 @@ def run_finetune(
         log.info("keeping the fine-tune in %s (same config, data and base model)", out_dir)
         return _recorded_result(out_dir, stage.hash)
 
-    built = [build_example(lm.tokenizer, m, config.max_length) for m in checked]
-    train = [e for e in built if e.n_trained > 0]
-    if not train:
-        raise SteerlabError(
-            f"no assistant tokens left to train on within --max-length {config.max_length} tokens"
-        )
-    if len(train) < len(built):
-        log.warning("%d of %d conversations have no assistant tokens within %d tokens; skipped",
-                    len(built) - len(train), len(built), config.max_length)
     n_label_tokens = sum(e.n_trained for e in train)
     log.info("fine-tuning %s: LoRA r=%d on %d conversations (%d assistant tokens), %d epochs",
              lm.name, config.rank, len(train), n_label_tokens, config.epochs)
