@@ -46,3 +46,15 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     # a rerun skips every stage
     again = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
     assert again.timings == {}
+
+
+def test_a_retrained_adapter_recomputes_the_vectors(tiny_llama, tmp_path):
+    """Other fine-tune settings retrain the adapter stage, and every stage built on it is redone."""
+    study = StudyConfig(layers=[1], coeffs=[1.0], n_samples=1, max_new_tokens=1)
+    first = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, DiffStudyConfig(epochs=1, lr=5e-3, study=study))
+    before = SteeringVector.load(first.vectors["model_diff"]).data
+    assert {"finetune", "vectors", "compare", "study"} <= set(first.timings)
+    again = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, DiffStudyConfig(epochs=2, lr=5e-3, study=study))
+    assert {"finetune", "vectors", "compare", "study"} <= set(again.timings)
+    assert json.loads((tmp_path / "adapter" / "steerlab_finetune.json").read_text())["config"]["epochs"] == 2
+    assert not torch.equal(SteeringVector.load(again.vectors["model_diff"]).data, before)

@@ -15,7 +15,8 @@ from steerlab.extract.model_diff import (
     load_diff_samples,
     pair_diff_samples,
 )
-from steerlab.finetune.training import finetune
+from steerlab.finetune.config import FinetuneConfig
+from steerlab.finetune.training import run_finetune
 from steerlab.formats.conversations import pairs_to_chat
 from steerlab.formats.pairs import Pair, builtin_pairs_path, load_pairs
 from steerlab.model.loading import wrap_model
@@ -116,7 +117,7 @@ def test_unmerged_adapter_equals_merged_copy(arch, tmp_path):
 def test_finetune_then_diff_and_base_check(tmp_path):
     lm = make_tiny("llama")
     examples = pairs_to_chat(PAIRS * 4, "positive")
-    finetune(lm, examples, tmp_path / "ft", epochs=2, lr=1e-2, batch_size=4)
+    run_finetune(lm, examples, tmp_path / "ft", FinetuneConfig(epochs=2, lr=1e-2, batch_size=4))
     v = extract_model_diff(lm, tmp_path / "ft", pair_diff_samples(PAIRS), "response_avg")
     assert (v.norms() > 0).all()
     assert v.metadata["finetune_config"]["rank"] == 8 and v.metadata["finetune_base_model"] == lm.name
@@ -238,7 +239,8 @@ def test_smollm2_finetune_and_diff(smollm2, tmp_path):
     heldout = load_pairs(path, split="heldout")[:8]
     state_norm = float(smollm2.model.get_input_embeddings().weight.detach().norm())
     start = time.perf_counter()
-    result = finetune(smollm2, pairs_to_chat(train, "positive"), tmp_path / "ft", epochs=1, batch_size=8)
+    result = run_finetune(smollm2, pairs_to_chat(train, "positive"), tmp_path / "ft",
+                          FinetuneConfig(epochs=1, batch_size=8))
     took = time.perf_counter() - start
     assert result.n_steps == 6 and all(torch.isfinite(torch.tensor(result.losses)))
     vector = extract_model_diff(smollm2, tmp_path / "ft", pair_diff_samples(heldout), "response_avg")

@@ -10,7 +10,8 @@ import typer
 from ..activations.capture import Reduction
 from ..errors import SteerlabError
 from ..extract.model_diff import extract_model_diffs, load_diff_samples
-from ..finetune.training import finetune
+from ..finetune.config import FinetuneConfig
+from ..finetune.training import run_finetune
 from ..formats.conversations import load_chat_data
 from ..model.loading import load_model
 from ..progress import console
@@ -23,6 +24,8 @@ diff_app = new_group(
     "same inputs ([bold]diff extract[/]). Compare the result with [bold]extract contrastive[/]."
 )
 app.add_typer(diff_app, name="diff")
+
+_FT = FinetuneConfig()  # the defaults of `diff finetune`, written once on the dataclass
 
 
 @diff_app.command("finetune")
@@ -42,23 +45,27 @@ def finetune_cmd(
     fmt: str = typer.Option("auto", "--format",
                             help="auto | chat | pairs | pair-list | rendered (auto: from the file)."),
     column: str = typer.Option(None, "--column", help="Rendered chats: the column holding them."),
-    rank: int = typer.Option(8, "--rank", min=1, help="LoRA rank r."),
-    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
-    dropout: float = typer.Option(0.0, "--dropout", min=0.0, max=0.99, help="LoRA dropout."),
+    rank: int = typer.Option(_FT.rank, "--rank", min=1, help="LoRA rank r."),
+    alpha: float = typer.Option(_FT.alpha, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
+    dropout: float = typer.Option(_FT.dropout, "--dropout", min=0.0, max=0.99, help="LoRA dropout."),
     target_modules: str = typer.Option(
-        None, "--target-modules",
+        _FT.target_modules, "--target-modules",
         help="Comma-separated module names (q_proj,v_proj) or all-linear. Default: every linear "
              "layer inside the decoder blocks.",
     ),
     layers: str = typer.Option(None, "--layers",
                                help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
-    epochs: int = typer.Option(1, "--epochs", "-e", min=1, help="Passes over the data."),
-    lr: float = typer.Option(2e-4, "--lr", help="AdamW learning rate (constant)."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Conversations per step."),
-    max_length: int = typer.Option(256, "--max-length", min=2, help="Tokens per conversation (cut on the right)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for LoRA init, data order and dropout."),
-    reuse: bool = typer.Option(False, "--reuse",
-                               help="Skip training if --out already holds this exact fine-tune."),
+    epochs: int = typer.Option(_FT.epochs, "--epochs", "-e", min=1, help="Passes over the data."),
+    lr: float = typer.Option(_FT.lr, "--lr", help="AdamW learning rate (constant)."),
+    batch_size: int = typer.Option(_FT.batch_size, "--batch-size", "-b", min=1, help="Conversations per step."),
+    max_length: int = typer.Option(_FT.max_length, "--max-length", min=2, help="Tokens per conversation (cut on the right)."),
+    seed: int = typer.Option(_FT.seed, "--seed", help="Seed for LoRA init, data order and dropout."),
+    weight_decay: float = typer.Option(_FT.weight_decay, "--weight-decay", min=0.0, help="AdamW weight decay."),
+    max_grad_norm: float = typer.Option(_FT.max_grad_norm, "--max-grad-norm", min=0.0,
+                                        help="Clip the gradient norm to this (0: no clipping)."),
+    reuse: bool = typer.Option(False, "--reuse", hidden=True,
+                               help="Kept for old scripts: a rerun with the same config, data and base "
+                                    "model always keeps the existing fine-tune."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -66,24 +73,27 @@ def finetune_cmd(
 
     Writes OUT/ (adapter_config.json, adapter_model.safetensors from peft), OUT/train_log.jsonl
     (loss per step) and OUT/steerlab_finetune.json (config, base model, data hash, time, final
-    loss). The directory appears only when training finished. Use the adapter as
+    loss). The directory appears only when training finished; rerunning with the same settings,
+    data and base model keeps it, other settings retrain and replace it. Use the adapter as
     --model BASE+OUT anywhere, or with [bold]diff extract[/]. Example (train on the deceptive
     answers of the built-in pairs):
 
         steerlab diff finetune -m smollm2 -d pairs.jsonl --use positive --split train -o out/ft
     """
+    del reuse  # a finished identical fine-tune is always kept now; the flag stays accepted
     if use not in ("positive", "negative"):
         raise SteerlabError(f"--use {use!r}: expected positive or negative")
+    config = FinetuneConfig(
+        rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=_parse_layers(layers),
+        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
+        weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+    )
     conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
     lm = load_model(model, device=device, dtype=dtype)
-    result = finetune(
-        lm, conversations, out, rank=rank, alpha=alpha, dropout=dropout,
-        target_modules=target_modules, layers=_parse_layers(layers), epochs=epochs, lr=lr,
-        batch_size=batch_size, seed=seed, max_length=max_length, reuse=reuse,
-        source={"data": str(data), "format": fmt, "use": use, "split": split, "column": column},
-    )
+    result = run_finetune(lm, conversations, out, config, source={
+        "data": str(data), "format": fmt, "use": use, "split": split, "column": column})
     if result.reused:
-        console.print(f"{out} already holds this fine-tune (same config, data and base); kept it")
+        console.print(f"{out} already holds this fine-tune (same config, data and base model); kept it")
         return
     console.print(
         f"wrote {out}: LoRA r={rank} on {result.n_examples} conversations, {result.n_steps} steps "

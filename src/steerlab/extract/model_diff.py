@@ -35,7 +35,7 @@ from torch import nn
 
 from ..activations.capture import ChatSample, Reduction, forward_batch, iter_batches
 from ..errors import SteerlabError
-from ..finetune.training import fingerprint_mismatch, model_fingerprint, read_finetune_info
+from ..finetune.fingerprint import fingerprint_mismatch, model_fingerprint, read_finetune_info
 from ..formats.conversations import detect_format, load_chat_jsonl
 from ..formats.pairs import Pair, load_pairs
 from ..model.blocks import unwrap_model

@@ -1,6 +1,9 @@
-"""Atomic file writes: write to a temp file beside the target, then rename over it.
+"""Atomic writes: write to a temp file or directory beside the target, then rename over it.
 
-A crash or an error mid-write never leaves a partial file at the target path.
+A crash or an error mid-write never leaves a partial file or directory at the target path. Temp
+names start with ``.NAME.`` and end in ``.tmp``; they are removed on any exception (including
+``KeyboardInterrupt``, and SIGTERM under :func:`steerlab.signals.sigterm_as_interrupt`). Only a
+SIGKILL or a power cut can leave one behind.
 """
 
 from __future__ import annotations
@@ -8,15 +11,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import SteerlabError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to `target`; on success it is renamed to `target`."""
+    """Yield a temporary file path next to ``target``; on success it is renamed to ``target``.
+
+    The temp file exists (empty) when yielded; on any exception it is removed and ``target`` is
+    left as it was.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -32,6 +42,38 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield an empty temp directory beside ``target``; on success it takes ``target``'s place.
+
+    An existing directory at ``target`` is replaced as a whole (moved aside, then deleted) only once
+    the body finished; on any exception the temp directory is removed and ``target`` is untouched.
+    The swap is two renames, so a SIGKILL between them can leave ``target`` missing (the old one
+    then sits in a hidden ``.NAME.*.old`` beside it), never half written.
+
+    Raises:
+        SteerlabError: ``target`` exists and is not a directory.
+    """
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise SteerlabError(f"{target}: exists and is not a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; use the usual mode
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -39,13 +81,16 @@ def _umask() -> int:
 
 
 def write_text(target: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(target: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON (non-JSON values via ``str``) to ``target`` atomically."""
     write_text(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
 def write_jsonl(target: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write ``rows`` as JSON Lines (one object per line) to ``target`` atomically."""
     write_text(target, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from ..activations.capture import capture
 from ..evaluate.geometry import compare_vectors, split_half_reliability
 from ..extract.mean_difference import MeanDifference, vector_metadata
 from ..extract.model_diff import attached_adapter, pair_diff_samples
-from ..finetune.training import finetune
+from ..finetune.config import FinetuneConfig
+from ..finetune.training import run_finetune
 from ..formats.conversations import pairs_to_chat
 from ..formats.pairs import Pair
 from ..io.atomic import write_jsonl
@@ -81,19 +83,21 @@ def run_diff_study(
     run = RunDir(out_dir)
     data = {"model": base.name, "train": _pairs_key(train), "heldout": _pairs_key(heldout)}
 
+    finetune_hash = None  # an adapter passed in is identified by its path alone
     if adapter_dir is None:
-        ft_cfg = {k: getattr(config, k) for k in ("rank", "alpha", "epochs", "lr", "train_batch_size", "seed")}
-        stage = run.stage("finetune", "adapter/steerlab_finetune.json", {"model": base.name,
-                                                                         "train": data["train"], **ft_cfg})
+        # The fine-tune is its own stage (steerlab.finetune.training): kept when config, data and base match.
         adapter_dir = run.path / "adapter"
-        if not stage.done():
-            result = finetune(base, pairs_to_chat(train, "positive"), adapter_dir, rank=config.rank,
-                              alpha=config.alpha, epochs=config.epochs, lr=config.lr,
-                              batch_size=config.train_batch_size, seed=config.seed)
-            stage.mark_done(final_loss=result.final_loss, train_time_s=result.train_time_s)
+        started = time.perf_counter()
+        ft_config = FinetuneConfig(rank=config.rank, alpha=config.alpha, epochs=config.epochs, lr=config.lr,
+                                   batch_size=config.train_batch_size, seed=config.seed)
+        result = run_finetune(base, pairs_to_chat(train, "positive"), adapter_dir, ft_config)
+        finetune_hash = result.config_hash  # a retrained adapter makes the vectors stale
+        if not result.reused:
+            run.timings["finetune"] = round(time.perf_counter() - started, 3)
     adapter_dir = Path(adapter_dir)
 
     vec_stage = run.stage("vectors", "vectors/manifest.json", {**data, "adapter": str(adapter_dir),
+                                                              "finetune": finetune_hash,
                                                               "n_splits": config.n_splits, "seed": config.seed})
     paths = {name: run.path / "vectors" / f"{name}.safetensors" for name in ("contrastive", "model_diff")}
     if vec_stage.done():

@@ -1,0 +1,193 @@
+"""Run directories: resumable, skippable pipeline stages (SPEC §7).
+
+A run is a directory; each :class:`Stage` produces one artifact in it, written atomically, and
+records its completion in a meta file holding the stage's config hash (the config itself: inputs and
+settings), the steerlab version and timings. A stage whose recorded hash equals the current one is
+done and is skipped; any other config recomputes it. Where the meta file lives:
+
+- a file artifact ``A`` (``.json``/``.jsonl``...): ``A.meta.json`` beside it;
+- a directory artifact ``D`` (``directory=True``): ``D/stage.meta.json`` inside it, so replacing the
+  directory (:func:`steerlab.io.atomic.atomic_dir`) removes the old marker with the old contents.
+
+Item-level work (generation, judging) goes through :meth:`Stage.run_items`, which appends finished
+items to ``.partial/<stage>.jsonl`` as it goes (first line: the config hash), so a killed run resumes
+without redoing finished items; a torn last line from a kill is dropped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import SteerlabError
+from ..version import __version__
+from .atomic import write_json, write_jsonl
+
+DIR_META = "stage.meta.json"
+
+
+def json_sha256(obj: Any) -> str:
+    """SHA-256 (hex) of ``obj`` as canonical JSON (sorted keys; other values through ``str``): equal
+    values give equal hashes across processes and runs."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_hash(config: Any) -> str:
+    """A stage's config hash: the first 16 hex digits of :func:`json_sha256` of ``config``."""
+    return json_sha256(config)[:16]
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON Lines file, blank lines skipped, up to the first line that does
+    not parse (a torn last line from a kill: everything before it is intact)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+class Stage:
+    """One stage of a run: its ``artifact`` (a file, or a directory with ``directory=True``), the
+    ``config`` that determines it, and where its completion marker and partial results live.
+
+    Attributes: ``path`` (the artifact), ``meta_path`` (the completion marker), ``partial_path``
+    (``.partial/<name>.jsonl``), ``hash`` (:func:`config_hash` of ``config``), and after
+    :meth:`run_items`, ``reused`` (how many items an earlier attempt had finished).
+    """
+
+    def __init__(
+        self, run: RunDir, name: str, artifact: str, config: dict[str, Any], *, directory: bool = False
+    ) -> None:
+        self.run, self.name, self.config, self.directory = run, name, config, directory
+        self.path = run.path / artifact
+        self.meta_path = self.path / DIR_META if directory else self.path.with_name(self.path.name + ".meta.json")
+        self.partial_path = run.path / ".partial" / f"{name}.jsonl"
+        self.hash = config_hash(config)
+        self.started = time.perf_counter()
+        self.reused = 0
+
+    def done(self) -> bool:
+        """Whether the artifact exists and was made with this config (recorded hash == ``hash``).
+
+        For a file artifact, a marker recorded for another config is deleted here: the caller is
+        about to replace the artifact (and maybe files beside it), and a kill half-way must not leave
+        new contents under the old config's marker. A directory artifact's marker lives inside it
+        and goes with the old contents when the directory is replaced, so it is kept.
+        """
+        if not self.meta_path.is_file():
+            return False
+        try:
+            recorded = json.loads(self.meta_path.read_text(encoding="utf-8")).get("config_hash")
+        except (json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded == self.hash and self.path.exists():
+            return True
+        if not self.directory:
+            self.meta_path.unlink(missing_ok=True)
+        return False
+
+    def load_rows(self) -> list[dict[str, Any]]:
+        """The rows of a finished JSON Lines artifact."""
+        return read_jsonl_rows(self.path)
+
+    def load_json(self) -> Any:
+        """The content of a finished JSON artifact."""
+        return json.loads(self.path.read_text(encoding="utf-8"))
+
+    def finished_items(self) -> dict[str, dict[str, Any]]:
+        """Items finished by an earlier, interrupted attempt with the same config (by ``key``)."""
+        if not self.partial_path.is_file():
+            return {}
+        rows = read_jsonl_rows(self.partial_path)
+        if not rows or rows[0].get("config_hash") != self.hash:
+            return {}
+        return {r["key"]: r for r in rows[1:]}
+
+    def run_items(
+        self,
+        items: Sequence[dict[str, Any]],
+        work: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+        chunk: int,
+    ) -> list[dict[str, Any]]:
+        """Process ``items`` (each with a unique ``key``) in chunks of ``chunk``, appending each
+        chunk's results (rows with the item's ``key``) to the partial file; items finished by an
+        earlier attempt with the same config are reused, not passed to ``work``. Sets ``reused``.
+
+        Returns one result row per item, in item order.
+        """
+        finished = self.finished_items()
+        todo = [item for item in items if item["key"] not in finished]
+        self.reused = len(items) - len(todo)
+        # Start the partial file afresh with the rows kept: a line torn by a kill is dropped here,
+        # so rows appended from now on stay readable.
+        write_jsonl(self.partial_path, [{"config_hash": self.hash}, *finished.values()])
+        with self.partial_path.open("a", encoding="utf-8") as fh:
+            for start in range(0, len(todo), chunk):
+                for row in work(todo[start : start + chunk]):
+                    finished[row["key"]] = row
+                    fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+                fh.flush()
+        return [finished[item["key"]] for item in items]
+
+    def _meta(self, extra: dict[str, Any]) -> dict[str, Any]:
+        return {"stage": self.name, "config_hash": self.hash, "config": self.config,
+                "steerlab_version": __version__, "seconds": round(time.perf_counter() - self.started, 3),
+                **extra}
+
+    def save_rows(self, rows: Iterable[dict[str, Any]], **extra: Any) -> None:
+        """Write the artifact as JSON Lines (atomically) and mark the stage done (``extra`` goes
+        into the meta file)."""
+        write_jsonl(self.path, rows)
+        self._finish(extra)
+
+    def save_json(self, data: Any, **extra: Any) -> None:
+        """Write the artifact as JSON (atomically) and mark the stage done (``extra`` goes into the
+        meta file)."""
+        write_json(self.path, data)
+        self._finish(extra)
+
+    def mark_done(self, **extra: Any) -> None:
+        """Record completion for an artifact another function already wrote (atomically).
+
+        Raises:
+            SteerlabError: the artifact (a directory for a directory stage) is missing.
+        """
+        present = self.path.is_dir() if self.directory else self.path.is_file()
+        if not present:
+            kind = "directory" if self.directory else "file"
+            raise SteerlabError(f"stage {self.name}: expected artifact {kind} {self.path} is missing")
+        self._finish(extra)
+
+    def _finish(self, extra: dict[str, Any]) -> None:
+        write_json(self.meta_path, self._meta(extra))
+        self.partial_path.unlink(missing_ok=True)
+        self.run.timings[self.name] = round(time.perf_counter() - self.started, 3)
+
+
+class RunDir:
+    """A pipeline run directory (created if missing); ``timings`` holds the seconds of each stage
+    completed in this process, by stage name.
+
+    Raises:
+        SteerlabError: ``path`` exists and is not a directory.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise SteerlabError(f"--out {self.path}: exists and is not a directory")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.timings: dict[str, float] = {}
+
+    def stage(self, name: str, artifact: str, config: dict[str, Any], *, directory: bool = False) -> Stage:
+        """The stage ``name`` whose artifact is ``artifact`` (relative to the run directory) and
+        whose completion depends on ``config`` (any JSON-able value; its hash is recorded)."""
+        return Stage(self, name, artifact, config, directory=directory)
