@@ -48,7 +48,9 @@ _FACE: dict[str, str] = {
     "generate": "steering.generation",
     "generate_batch": "steering.generation",
     # fine-tuning
+    "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",
+    "run_finetune": "finetune.training",
     # judge
     "Judge": "judge.base",
     "make_judge": "judge.base",
