@@ -92,9 +92,9 @@ def run_sweep(
     With ``judge`` and ``eval_prompt`` (a trait's), every generation gets ``trait_score`` and
     ``coherence`` (None where the judge gave no number).
     """
-    vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
     config = SweepConfig(parse_layers(layers, lm.n_layers, "--layers"), [float(c) for c in coeffs],
                          positions, operator, scale, max_new_tokens, temperature, seed, system, batch_size)
+    vector.check_compatible(lm.n_layers, lm.d_model, lm.name, config.layers)
     out = Path(out_dir)
     judged = judge is not None and eval_prompt is not None
     settings = {"positions": positions, "operator": operator, "scale": scale,

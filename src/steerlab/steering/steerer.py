@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import SteerlabError
+from ..model.hooks import HookGroup, install_output_hooks
 from ..model.loading import LoadedModel, wrap_model
 from ..vectors.vector import SteeringVector
 
@@ -206,12 +207,17 @@ class _HookState:
 
 @dataclass
 class Steerer:
-    """Installs interventions as forward hooks; use as a context manager (see :func:`steer`)."""
+    """Installs interventions as forward hooks; use as a context manager (see :func:`steer`).
+
+    Hooks go through :mod:`steerlab.model.hooks`: they run before any other hook on the block
+    (transformers' ``output_hidden_states`` recorders included), after steerlab hooks installed
+    earlier, and are removed on every exit path.
+    """
 
     blocks: nn.ModuleList
     interventions: list[Intervention]
     state: _HookState = field(default_factory=_HookState)
-    _handles: list = field(default_factory=list)
+    _groups: list[HookGroup] = field(default_factory=list)
 
     def _hook(self, layer_ivs: list[Intervention]):
         def hook(_module, _inputs, output):
@@ -225,20 +231,19 @@ class Steerer:
         return hook
 
     def __enter__(self) -> Steerer:
+        """Install one hook per steered block (all or none); returns ``self``."""
         by_layer: dict[int, list[Intervention]] = {}
         for iv in self.interventions:
             by_layer.setdefault(iv.layer, []).append(iv)
-        try:
-            for layer, ivs in sorted(by_layer.items()):
-                self._handles.append(self.blocks[layer].register_forward_hook(self._hook(ivs)))
-        except BaseException:
-            self.remove()
-            raise
+        self._groups.append(
+            install_output_hooks((self.blocks[layer], self._hook(ivs)) for layer, ivs in sorted(by_layer.items()))
+        )
         return self
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        """Remove this steerer's hooks (idempotent)."""
+        while self._groups:
+            self._groups.pop().remove()
 
     def __exit__(self, *exc) -> None:
         self.remove()
@@ -259,7 +264,8 @@ class SteeringSpec:
     """What to do, model-independent: a vector, the layers, coefficient(s), operator, positions.
 
     ``vector`` is a SteeringVector ``[n_layers, d]`` (its row L is used at layer L) or a 1-D tensor
-    used at every listed layer. ``coeff`` is a number or one value per batch row.
+    used at every listed layer. ``coeff`` is a number or one value per batch row. A partial vector
+    (a control vector file holding only some layers) steers only the layers it holds.
     """
 
     vector: SteeringVector | torch.Tensor
@@ -272,14 +278,21 @@ class SteeringSpec:
     floor: float | None = None
 
     def with_coeff(self, coeff: Coeff) -> SteeringSpec:
+        """A copy with another coefficient (a number or one value per batch row)."""
         return replace(self, coeff=coeff)
 
     def interventions(
         self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
     ) -> list[Intervention]:
+        """The spec resolved on ``lm``: one :class:`Intervention` per layer, in layer order.
+
+        ``reference_norms[L]`` (mean residual norm at layer L) is needed for scale ``relative``.
+        Raises SteerlabError for layers out of range, a vector that does not fit ``lm`` (d_model,
+        layer count; for a partial vector, a layer it does not hold), or invalid operator options.
+        """
         layers = parse_layers(self.layers, lm.n_layers)
         if isinstance(self.vector, SteeringVector):
-            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
+            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
             rows = {layer: self.vector[layer] for layer in layers}
         else:
             vec = torch.as_tensor(self.vector).float()
