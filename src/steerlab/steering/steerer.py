@@ -1,8 +1,10 @@
 """Interventions on block outputs, installed as forward hooks by context managers.
 
-Layer L is the output of decoder block L. Every hook is removed on every exit path (exceptions and
-KeyboardInterrupt included); steerers nest and compose (hooks on one block run in the order they
-were installed). Coefficient 0 is exactly the identity.
+Layer L is the output of decoder block L. Hooks are installed through :mod:`steerlab.model.hooks`:
+removed on every exit path (exceptions and KeyboardInterrupt included), run before any other hook on
+the block (so transformers' ``output_hidden_states`` shows the steering), and steerers nest and
+compose (steerlab hooks on one block run in the order they were installed). Coefficient 0 is exactly
+the identity.
 
 Positions (SPEC §4):
   ``all``       every position, at prefill and at each decode step;

@@ -42,8 +42,8 @@ def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None
     Layers 1..n_layers-1 (those the vector holds, for a partial vector) become ``direction.1..``;
     ``layer_count`` is ``n_layers - 1``; layer 0 goes to ``steerlab.layer0`` (warning when non-zero,
     since llama.cpp cannot apply it). ``model_hint`` defaults to the metadata's ``model_hint`` (of an
-    imported file), ``model_type`` or ``model``. Raises SteerlabError when the vector holds no layer >= 1 (nothing llama.cpp could use).
-    Returns ``path``.
+    imported file), ``model_type`` or ``model``. Raises SteerlabError when the vector holds no layer
+    >= 1 (nothing llama.cpp could use). Returns ``path``.
     """
     path = Path(path)
     meta = vector.metadata

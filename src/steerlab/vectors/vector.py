@@ -27,6 +27,7 @@ FORMAT = "steerlab.steering_vector/1"
 
 
 def steerlab_version() -> str:
+    """The installed steerlab version, stamped into every vector's metadata."""
     from ..version import __version__
 
     return __version__
