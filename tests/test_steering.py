@@ -1,8 +1,12 @@
+import contextlib
+
 import pytest
 import torch
+from tiny import make_tiny
 
 from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
+from steerlab.model.hooks import install_output_hooks
 from steerlab.steering.steerer import ActivationSteerer, Intervention, SteeringSpec, parse_layers, steer
 
 LAYER = 2
@@ -13,10 +17,19 @@ def _tokens(lm, texts):
     return enc["input_ids"], enc["attention_mask"]
 
 
+def _keep(store):
+    return lambda _m, _i, out: store.append((out[0] if isinstance(out, tuple) else out).detach().clone())
+
+
 def _record(block, store):
-    return block.register_forward_hook(
-        lambda _m, _i, out: store.append((out[0] if isinstance(out, tuple) else out).detach().clone())
-    )
+    """Records the block output after every steerlab hook (a plain hook runs after them)."""
+    return block.register_forward_hook(_keep(store))
+
+
+def _record_first(block, store):
+    """Records the block output before steering installed later (steerlab hooks run in installation
+    order, all before plain hooks)."""
+    return install_output_hooks([(block, _keep(store))])
 
 
 def run_prefill_and_decode(lm, specs, texts=("how should I store bread", "yes"), steps=2):
@@ -24,7 +37,7 @@ def run_prefill_and_decode(lm, specs, texts=("how should I store bread", "yes"),
     ids, mask = _tokens(lm, list(texts))
     raw, steered = [], []
     block = lm.blocks[LAYER]
-    h_raw = _record(block, raw)
+    h_raw = _record_first(block, raw)
     try:
         with steer(lm, specs):
             h_after = _record(block, steered)
@@ -141,7 +154,7 @@ def test_several_layers_each_with_own_vector_and_nesting(tiny_llama):
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     extra = torch.randn(tiny_llama.d_model)
     raw, steered = [], []
-    h1 = _record(tiny_llama.blocks[1], raw)
+    h1 = _record_first(tiny_llama.blocks[1], raw)
     with steer(tiny_llama, SteeringSpec(vec, "1-2", coeff=2.0)), steer(tiny_llama, Intervention(1, extra, -1.0)):
         h2 = _record(tiny_llama.blocks[1], steered)
         ids, mask = _tokens(tiny_llama, ["hello"])
@@ -153,44 +166,32 @@ def test_several_layers_each_with_own_vector_and_nesting(tiny_llama):
     assert all(not b._forward_hooks for b in tiny_llama.blocks)
 
 
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits
+def test_activation_steerer_persona_vectors_checks():
+    """The checks persona-vectors runs on its ActivationSteerer, on a plain transformers model: they
+    read ``hidden_states[L + 1]`` of ``output_hidden_states``, which transformers >= 5 records with
+    forward hooks it installs on the decoder layers the first time hidden states are requested."""
+    lm = make_tiny("llama")  # its own model: the recorders stay installed on it for good
+    model = lm.model
+    ids, _ = _tokens(lm, ["how should I store bread"])
+    v = torch.randn(lm.d_model)
 
+    def run(**kwargs):
+        steering = ActivationSteerer(model, v, layer=LAYER, **kwargs) if kwargs else contextlib.nullcontext()
+        with steering, torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+        return out.hidden_states[LAYER + 1], out.logits
 
-def test_activation_steerer_persona_vectors_checks(tiny_llama):
-    """The checks persona-vectors runs on its ActivationSteerer, on a plain transformers model."""
-    model = tiny_llama.model
-    ids, _ = _tokens(tiny_llama, ["how should I store bread"])
-    v = torch.randn(tiny_llama.d_model)
-    states = {}
-
-    def grab(name):
-        return model.model.layers[LAYER].register_forward_hook(
-            lambda _m, _i, out: states.__setitem__(name, (out[0] if isinstance(out, tuple) else out).clone()))
-
-    def run(name, **kwargs):
-        if not kwargs:
-            h = grab(name)
-            logits = _logits(model, ids)
-        else:
-            with ActivationSteerer(model, v, layer=LAYER, **kwargs):
-                h = grab(name)  # registered after the steerer's hook: sees the steered output
-                logits = _logits(model, ids)
-        h.remove()
-        return logits
-
-    base = run("base")
-    all_logits = run("all", coeff=2.0, positions="all")
-    assert not torch.allclose(states["all"][0, -1], states["base"][0, -1])
-    assert not torch.allclose(all_logits, base)
-    assert torch.equal(run("zero", coeff=0.0, positions="all"), base)
-    assert torch.equal(_logits(model, ids), base)  # after exit: unsteered
-    run("response", coeff=2.0, positions="response")
-    assert torch.equal(states["response"][0, :-1], states["base"][0, :-1])
-    assert not torch.allclose(states["response"][0, -1], states["base"][0, -1])
-    run("prompt", coeff=2.0, positions="prompt")
-    assert not torch.allclose(states["prompt"][0, 0], states["base"][0, 0])
+    base_h, base = run()  # the first request installs transformers' recorders, before the steerer
+    h, logits = run(coeff=2.0, positions="all")
+    assert torch.equal(h, base_h + 2.0 * v)
+    assert not torch.allclose(logits, base)
+    assert all(torch.equal(a, b) for a, b in zip(run(coeff=0.0, positions="all"), (base_h, base), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(run(), (base_h, base), strict=True))  # after exit: unsteered
+    h, _ = run(coeff=2.0, positions="response")
+    assert torch.equal(h[0, :-1], base_h[0, :-1])
+    assert torch.equal(h[0, -1], base_h[0, -1] + 2.0 * v)
+    h, _ = run(coeff=2.0, positions="prompt")  # a prefill forward: every prompt position
+    assert torch.equal(h, base_h + 2.0 * v)
     assert ActivationSteerer(model, v, coeff=1.0, layer_idx=1).layer == 1
 
 

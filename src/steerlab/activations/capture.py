@@ -21,6 +21,7 @@ import torch
 
 from ..errors import SteerlabError
 from ..model.chat import EncodedChat, Prompt, encode_chat
+from ..model.hooks import output_hooks
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
 
@@ -166,7 +167,9 @@ def run_block_hooks(
     on_hidden: Callable[[int, torch.Tensor], None],
 ) -> None:
     """One forward pass calling ``on_hidden(layer, hidden)`` with each requested block's output
-    (float32, padding zeroed), stopping after the last requested block (no LM head)."""
+    ``[batch, seq, d_model]`` (float32, padding zeroed), stopping after the last requested block (no
+    LM head). The hooks are installed through :mod:`steerlab.model.hooks`: they see the block output
+    after any steering active on it and are removed on every exit path."""
     token_mask = batch.attention_mask.bool()[..., None]
     last = max(layers)
 
@@ -180,9 +183,8 @@ def run_block_hooks(
         return hook
 
     blocks = lm.blocks
-    handles = [blocks[layer].register_forward_hook(make_hook(layer)) for layer in layers]
     try:
-        with torch.inference_mode():
+        with output_hooks((blocks[layer], make_hook(layer)) for layer in layers), torch.inference_mode():
             lm.model(
                 input_ids=batch.input_ids,
                 attention_mask=batch.attention_mask,
@@ -191,9 +193,6 @@ def run_block_hooks(
             )
     except _StopForward:
         pass
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def forward_batch(

@@ -70,7 +70,7 @@ def _layer_list(lm: LoadedModel, layers: LayerArg) -> list[int]:
 
 
 def _vector_rows(lm: LoadedModel, vector: SteeringVector, layers: list[int]) -> torch.Tensor:
-    vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
+    vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
     rows = vector.data[layers]
     zero = [layer for layer, n in zip(layers, rows.norm(dim=-1), strict=True) if float(n) == 0]
     if zero:

@@ -106,8 +106,8 @@ def run_sweep(
     Raises:
         SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale.
     """
-    vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
+    vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
     coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
     run = RunDir(out)

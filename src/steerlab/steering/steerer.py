@@ -1,8 +1,10 @@
 """Interventions on block outputs, installed as forward hooks by context managers.
 
-Layer L is the output of decoder block L. Every hook is removed on every exit path (exceptions and
-KeyboardInterrupt included); steerers nest and compose (hooks on one block run in the order they
-were installed). Coefficient 0 is exactly the identity.
+Layer L is the output of decoder block L. Hooks are installed through :mod:`steerlab.model.hooks`:
+removed on every exit path (exceptions and KeyboardInterrupt included), run before any other hook on
+the block (so transformers' ``output_hidden_states`` shows the steering), and steerers nest and
+compose (steerlab hooks on one block run in the order they were installed). Coefficient 0 is exactly
+the identity.
 
 Positions (SPEC §4):
   ``all``       every position, at prefill and at each decode step;
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import SteerlabError
+from ..model.hooks import HookGroup, install_output_hooks
 from ..model.loading import LoadedModel, wrap_model
 from ..vectors.vector import SteeringVector
 
@@ -258,12 +261,17 @@ class _HookState:
 
 @dataclass
 class Steerer:
-    """Installs interventions as forward hooks; use as a context manager (see :func:`steer`)."""
+    """Installs interventions as forward hooks; use as a context manager (see :func:`steer`).
+
+    Hooks go through :mod:`steerlab.model.hooks`: they run before any other hook on the block
+    (transformers' ``output_hidden_states`` recorders included), after steerlab hooks installed
+    earlier, and are removed on every exit path.
+    """
 
     blocks: nn.ModuleList
     interventions: list[Intervention]
     state: _HookState = field(default_factory=_HookState)
-    _handles: list = field(default_factory=list)
+    _groups: list[HookGroup] = field(default_factory=list)
 
     def _hook(self, layer_ivs: list[Intervention]):
         def hook(_module, _inputs, output):
@@ -277,20 +285,19 @@ class Steerer:
         return hook
 
     def __enter__(self) -> Steerer:
+        """Install one hook per steered block (all or none); returns ``self``."""
         by_layer: dict[int, list[Intervention]] = {}
         for iv in self.interventions:
             by_layer.setdefault(iv.layer, []).append(iv)
-        try:
-            for layer, ivs in sorted(by_layer.items()):
-                self._handles.append(self.blocks[layer].register_forward_hook(self._hook(ivs)))
-        except BaseException:
-            self.remove()
-            raise
+        self._groups.append(
+            install_output_hooks((self.blocks[layer], self._hook(ivs)) for layer, ivs in sorted(by_layer.items()))
+        )
         return self
 
     def remove(self) -> None:
-        while self._handles:
-            self._handles.pop().remove()
+        """Remove this steerer's hooks (idempotent)."""
+        while self._groups:
+            self._groups.pop().remove()
 
     def __exit__(self, *exc) -> None:
         self.remove()
@@ -313,7 +320,8 @@ class SteeringSpec:
     ``vector`` is a SteeringVector ``[n_layers, d]`` (its row L is used at layer L) or a 1-D tensor
     used at every listed layer. ``coeff`` is a number or one value per batch row. ``rows`` (a bool
     mask or row indices) restricts it to those batch rows; with :func:`generate_batch` both
-    ``coeff`` and ``rows`` are given per prompt (see :meth:`select_rows`).
+    ``coeff`` and ``rows`` are given per prompt (see :meth:`select_rows`). A partial vector (a
+    control vector file holding only some layers) steers only the layers it holds.
     """
 
     vector: SteeringVector | torch.Tensor
@@ -327,6 +335,7 @@ class SteeringSpec:
     rows: Rows | None = None
 
     def with_coeff(self, coeff: Coeff) -> SteeringSpec:
+        """A copy with another coefficient (a number or one value per batch row)."""
         return replace(self, coeff=coeff)
 
     def select_rows(self, idx: Sequence[int] | torch.Tensor, n_rows: int) -> SteeringSpec:
@@ -351,9 +360,15 @@ class SteeringSpec:
     def interventions(
         self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
     ) -> list[Intervention]:
+        """The spec resolved on ``lm``: one :class:`Intervention` per layer, in layer order.
+
+        ``reference_norms[L]`` (mean residual norm at layer L) is needed for scale ``relative``.
+        Raises SteerlabError for layers out of range, a vector that does not fit ``lm`` (d_model,
+        layer count; for a partial vector, a layer it does not hold), or invalid operator options.
+        """
         layers = parse_layers(self.layers, lm.n_layers)
         if isinstance(self.vector, SteeringVector):
-            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
+            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
             rows = {layer: self.vector[layer] for layer in layers}
         else:
             vec = torch.as_tensor(self.vector).float()

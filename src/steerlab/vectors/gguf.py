@@ -1,10 +1,21 @@
 """llama.cpp control vectors (GGUF): export and import.
 
-Format: ``general.architecture = "controlvector"``, ``controlvector.model_hint`` (string),
+Format (llama.cpp ``common/common.cpp`` control-vector loader; repeng ``ControlVector.export_gguf``):
+``general.architecture = "controlvector"``, ``controlvector.model_hint`` (string),
 ``controlvector.layer_count`` (uint32), F32 tensors ``direction.N`` of length d_model, which
 llama.cpp adds to the output of block N. llama.cpp rejects ``direction.0``, so steerlab's layer 0
 cannot be expressed there: it is kept in the steerlab-only key ``steerlab.layer0`` (ignored by
-other tools) and a warning says so when it is non-zero. Export then import is exact.
+other tools) and a warning says so when it is non-zero.
+
+Files written by steerlab (they carry ``steerlab.metadata``) import exactly as exported: the same
+``[layer_count + 1, d_model]`` tensor and metadata. Files written elsewhere (repeng, llama.cpp's
+``cvector-generator``) may hold ``direction.N`` for only some layers, and their ``layer_count`` may
+count the directions rather than the model's layers. They import as a *partial* vector, as llama.cpp
+reads them: rows ``0..max N``, absent layers zero, ``metadata["layers_present"]`` the layers held
+(never 0), ``metadata["source"]`` the file, and the file's ``layer_count`` kept as
+``metadata["gguf_layer_count"]`` for information only. A partial vector fits any model of the same
+d_model with more than ``max N`` layers, and steering a layer it does not hold is an error
+(:meth:`SteeringVector.check_compatible`).
 """
 
 from __future__ import annotations
@@ -22,14 +33,29 @@ from ..io.atomic import atomic_path
 from .vector import SteeringVector
 
 ARCH = "controlvector"
+_FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
 
 
 def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None) -> Path:
-    """Write ``vector`` as a llama.cpp control vector; layers 1..n-1 become ``direction.1..``."""
+    """Write ``vector`` ``[n_layers, d_model]`` as a llama.cpp control vector, atomically.
+
+    Layers 1..n_layers-1 (those the vector holds, for a partial vector) become ``direction.1..``;
+    ``layer_count`` is ``n_layers - 1``; layer 0 goes to ``steerlab.layer0`` (warning when non-zero,
+    since llama.cpp cannot apply it). ``model_hint`` defaults to the metadata's ``model_hint`` (of an
+    imported file), ``model_type`` or ``model``. Raises SteerlabError when the vector holds no layer
+    >= 1 (nothing llama.cpp could use). Returns ``path``.
+    """
     path = Path(path)
-    hint = model_hint or vector.metadata.get("model_type") or vector.metadata.get("model") or "unknown"
+    meta = vector.metadata
+    hint = model_hint or meta.get("model_hint") or meta.get("model_type") or meta.get("model") or "unknown"
+    present = vector.layers_present
+    if not any(layer >= 1 for layer in present):
+        raise SteerlabError(
+            f"cannot export to {path}: the vector holds no layer >= 1 (llama.cpp control vectors "
+            "start at direction.1; layer 0 cannot be expressed)"
+        )
     layer0 = vector.data[0].numpy().astype(np.float32)
-    if np.any(layer0 != 0):
+    if 0 in present and np.any(layer0 != 0):
         warnings.warn(
             "layer 0 (output of block 0) cannot be expressed as a llama.cpp control vector "
             "(direction.0 is invalid there); llama.cpp will not apply it (kept in steerlab.layer0)",
@@ -40,9 +66,11 @@ def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None
         writer.add_string(f"{ARCH}.model_hint", str(hint))
         writer.add_uint32(f"{ARCH}.layer_count", vector.n_layers - 1)
         writer.add_string("steerlab.metadata", json.dumps(vector.metadata, default=str))
-        writer.add_array("steerlab.layer0", layer0.tolist())
-        for layer in range(1, vector.n_layers):
-            writer.add_tensor(f"direction.{layer}", vector.data[layer].numpy().astype(np.float32))
+        if 0 in present:
+            writer.add_array("steerlab.layer0", layer0.tolist())
+        for layer in present:
+            if layer >= 1:
+                writer.add_tensor(f"direction.{layer}", vector.data[layer].numpy().astype(np.float32))
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -50,8 +78,37 @@ def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None
     return path
 
 
+def _read_directions(path: Path, reader: gguf.GGUFReader) -> dict[int, np.ndarray]:
+    """``{N: direction.N as float32 [d_model]}``; raises SteerlabError on any other tensor."""
+    directions: dict[int, np.ndarray] = {}
+    for tensor in reader.tensors:
+        prefix, _, index = tensor.name.partition(".")
+        if prefix != "direction" or not index.isdigit() or int(index) < 1:
+            raise SteerlabError(f"{path}: unexpected tensor {tensor.name!r} (want direction.N, N >= 1)")
+        if tensor.tensor_type not in _FLOAT_TYPES:
+            raise SteerlabError(
+                f"{path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, expected F32 or F16"
+            )
+        values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
+        if directions and len(values) != len(next(iter(directions.values()))):
+            raise SteerlabError(
+                f"{path}: tensor {tensor.name!r} has length {len(values)}, the other directions "
+                f"have {len(next(iter(directions.values())))}"
+            )
+        directions[int(index)] = values
+    if not directions:
+        raise SteerlabError(f"{path}: no direction.N tensors")
+    return directions
+
+
 def import_gguf(path: str | Path) -> SteeringVector:
-    """Read a llama.cpp control vector (from steerlab, repeng or llama.cpp's cvector tools)."""
+    """Read a llama.cpp control vector (from steerlab, repeng or llama.cpp's cvector tools).
+
+    Returns a ``[n_rows, d_model]`` SteeringVector: exactly what steerlab exported for its own files;
+    for files written elsewhere a partial vector (see the module docstring). Raises SteerlabError
+    naming ``path`` for unreadable files, another architecture, tensors other than ``direction.N``
+    (N >= 1, F32/F16, one length) or inconsistent steerlab keys.
+    """
     path = Path(path)
     try:
         reader = gguf.GGUFReader(str(path))
@@ -63,35 +120,50 @@ def import_gguf(path: str | Path) -> SteeringVector:
             f"{path}: general.architecture is {arch.contents() if arch else None!r}, "
             f"expected {ARCH!r} (a control vector)"
         )
-    directions: dict[int, np.ndarray] = {}
-    for tensor in reader.tensors:
-        prefix, _, index = tensor.name.partition(".")
-        if prefix != "direction" or not index.isdigit() or int(index) < 1:
-            raise SteerlabError(f"{path}: unexpected tensor {tensor.name!r} (want direction.N, N >= 1)")
-        values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
-        if directions and len(values) != len(next(iter(directions.values()))):
-            raise SteerlabError(
-                f"{path}: tensor {tensor.name!r} has length {len(values)}, the other directions "
-                f"have {len(next(iter(directions.values())))}"
-            )
-        directions[int(index)] = values
-    if not directions:
-        raise SteerlabError(f"{path}: no direction.N tensors")
+    directions = _read_directions(path, reader)
     d_model = len(next(iter(directions.values())))
     count_field = reader.get_field(f"{ARCH}.layer_count")
-    n_layers = max(max(directions), int(count_field.contents()) if count_field else 0) + 1
-    data = torch.zeros(n_layers, d_model)
+    count = count_field.contents() if count_field is not None else None
+    if count is not None and (not isinstance(count, int) or count < 0):
+        raise SteerlabError(f"{path}: {ARCH}.layer_count is {count!r}, expected a non-negative integer")
+    meta_field = reader.get_field("steerlab.metadata")
+    layer0 = reader.get_field("steerlab.layer0")
+    if meta_field is not None:  # steerlab's own export: rows = layer_count + 1
+        try:
+            meta = json.loads(meta_field.contents())
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise SteerlabError(f"{path}: key 'steerlab.metadata' is not a JSON object")
+        n_rows = (count if count is not None else max(directions)) + 1
+        if max(directions) >= n_rows:
+            raise SteerlabError(
+                f"{path}: tensor 'direction.{max(directions)}' is beyond {ARCH}.layer_count {count}"
+            )
+    else:  # written elsewhere: rows up to the highest direction, as llama.cpp reads it
+        meta = {"method": "imported"}
+        if count is not None:
+            meta["gguf_layer_count"] = count
+        n_rows = max(directions) + 1
+        layer0 = None
+    data = torch.zeros(n_rows, d_model)
     for layer, values in directions.items():
         data[layer] = torch.from_numpy(values.copy())
-    meta_field = reader.get_field("steerlab.metadata")
-    try:
-        meta = json.loads(meta_field.contents()) if meta_field else {"method": "imported"}
-    except json.JSONDecodeError:
-        raise SteerlabError(f"{path}: key 'steerlab.metadata' is not valid JSON") from None
-    layer0 = reader.get_field("steerlab.layer0")
+    present = sorted(directions)
     if layer0 is not None:
-        data[0] = torch.tensor(np.asarray(layer0.contents(), dtype=np.float32))
+        values = np.asarray(layer0.contents(), dtype=np.float32).reshape(-1)
+        if len(values) != d_model:
+            raise SteerlabError(f"{path}: key 'steerlab.layer0' has length {len(values)}, expected {d_model}")
+        data[0] = torch.from_numpy(values)
+        present.insert(0, 0)
+    meta.pop("layers_present", None)
+    if present != list(range(n_rows)):
+        meta["layers_present"] = present
+        meta["source"] = str(path)
     hint = reader.get_field(f"{ARCH}.model_hint")
     if hint is not None:
         meta.setdefault("model_hint", hint.contents())
-    return SteeringVector(data, meta)
+    try:
+        return SteeringVector(data, meta)
+    except SteerlabError as exc:
+        raise SteerlabError(f"{path}: {exc}") from None

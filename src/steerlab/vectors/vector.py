@@ -2,7 +2,7 @@
 
 ``data[L]`` is the direction for layer L, i.e. it is added to the **output of decoder block L**
 (``hidden_states[L + 1]``). Saved as ``.safetensors`` (tensor ``vector``, metadata as JSON in the
-header); GGUF control vectors (llama.cpp) via :mod:`steerlab.gguf_vectors`.
+header); GGUF control vectors (llama.cpp) via :mod:`steerlab.vectors.gguf`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ FORMAT = "steerlab.steering_vector/1"
 
 
 def steerlab_version() -> str:
+    """The installed steerlab version, stamped into every vector's metadata."""
     from ..version import __version__
 
     return __version__
@@ -36,9 +37,53 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def format_layers(layers: Sequence[int]) -> str:
+    """Layer indices in the layer grammar's compact form: ``[1, 2, 3, 7]`` → ``"1-3,7"``."""
+    parts: list[str] = []
+    values = sorted(set(int(layer) for layer in layers))
+    start = prev = None
+    for layer in [*values, None]:
+        if start is not None and (layer is None or layer != prev + 1):
+            parts.append(str(start) if start == prev else f"{start}-{prev}")
+            start = None
+        if layer is not None and start is None:
+            start = layer
+        prev = layer
+    return ",".join(parts) or "(none)"
+
+
+def _check_present(value: Any, n_rows: int) -> list[int]:
+    """Validate ``metadata["layers_present"]``: distinct integer layers within the vector's rows."""
+    if not isinstance(value, list | tuple) or not all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise SteerlabError(f"metadata 'layers_present' must be a list of layer indices, got {value!r}")
+    present = sorted(set(value))
+    if present and not 0 <= present[0] <= present[-1] < n_rows:
+        raise SteerlabError(
+            f"metadata 'layers_present' {format_layers(present)} is outside the vector's {n_rows} rows"
+        )
+    return present
+
+
+def _union_present(vectors: Sequence[Any]) -> list[int] | None:
+    """Layers present in any of ``vectors`` when one of them is partial, else None (all complete)."""
+    vectors = [v for v in vectors if isinstance(v, SteeringVector)]
+    if not any(v.is_partial for v in vectors):
+        return None
+    return sorted(set().union(*(v.layers_present for v in vectors)))
+
+
 @dataclass
 class SteeringVector:
-    """A ``[n_layers, d_model]`` float32 tensor plus metadata (model, method, reduction, ...)."""
+    """A ``[n_layers, d_model]`` float32 tensor plus metadata (model, method, reduction, ...).
+
+    **Partial vectors.** A vector read from a file that holds directions for only some layers (a
+    llama.cpp control vector written by repeng or llama.cpp's generator) records them in
+    ``metadata["layers_present"]`` (sorted layer indices); its other rows are zero, as llama.cpp
+    treats absent layers, and its row count is not the model's layer count. Such a vector fits any
+    model of the same d_model with more than ``max(layers_present)`` layers, and only its present
+    layers can be steered (:meth:`check_compatible`, :meth:`__getitem__`). ``metadata["source"]``
+    names the file it was loaded from.
+    """
 
     data: torch.Tensor
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -56,36 +101,91 @@ class SteeringVector:
         self.metadata = dict(self.metadata)
         self.metadata.setdefault("steerlab_version", steerlab_version())
         self.metadata.setdefault("created", _now())
+        if "layers_present" in self.metadata:
+            self.metadata["layers_present"] = _check_present(self.metadata["layers_present"], self.n_layers)
 
     # --- shape and access -------------------------------------------------------------------
     @property
     def n_layers(self) -> int:
+        """Number of rows of ``data`` (for a partial vector, not necessarily the model's layer count)."""
         return self.data.shape[0]
 
     @property
     def d_model(self) -> int:
+        """Width of each direction (the model's hidden size)."""
         return self.data.shape[1]
 
+    @property
+    def is_partial(self) -> bool:
+        """True when the vector holds directions for only some layers (``metadata["layers_present"]``)."""
+        return "layers_present" in self.metadata
+
+    @property
+    def layers_present(self) -> list[int]:
+        """Layers this vector holds a direction for: every row, or ``metadata["layers_present"]``."""
+        if self.is_partial:
+            return list(self.metadata["layers_present"])
+        return list(range(self.n_layers))
+
+    def _describe(self) -> str:
+        source = self.metadata.get("source")
+        return str(source) if source else "the vector"
+
     def __getitem__(self, layer: int) -> torch.Tensor:
+        """The direction for layer ``layer``, ``[d_model]``; raises SteerlabError for a layer a
+        partial vector does not hold."""
+        if self.is_partial and isinstance(layer, int):
+            self.check_layers([layer % self.n_layers if -self.n_layers <= layer < 0 else layer])
         return self.data[layer]
 
     def norms(self) -> torch.Tensor:
         """Per-layer L2 norms, ``[n_layers]``."""
         return self.data.norm(dim=-1)
 
-    def check_compatible(self, n_layers: int, d_model: int, what: str = "the model") -> None:
+    def check_layers(self, layers: Sequence[int]) -> None:
+        """Raise SteerlabError naming the file and the layers it holds if any of ``layers`` is absent."""
+        present = set(self.layers_present)
+        absent = [int(layer) for layer in layers if int(layer) not in present]
+        if absent:
+            raise SteerlabError(
+                f"{self._describe()} holds directions only for layers {format_layers(self.layers_present)}; "
+                f"layer{'s' if len(absent) > 1 else ''} {format_layers(absent)} "
+                f"{'are' if len(absent) > 1 else 'is'} absent (llama.cpp treats absent layers as zero); "
+                f"steer layers it holds, e.g. {format_layers(self.layers_present)}"
+            )
+
+    def check_compatible(
+        self, n_layers: int, d_model: int, what: str = "the model", layers: Sequence[int] | None = None
+    ) -> None:
+        """Check that the vector fits a model of ``n_layers`` blocks and width ``d_model``.
+
+        A complete vector must have exactly ``n_layers`` rows; a partial one (see the class
+        docstring) only needs its highest present layer below ``n_layers``. With ``layers``, each
+        must also be held by the vector. Raises SteerlabError naming ``what`` otherwise.
+        """
         if self.d_model != d_model:
             raise SteerlabError(
                 f"vector d_model {self.d_model} does not match {what}'s d_model {d_model}"
                 f"{' (vector made for ' + str(self.metadata.get('model')) + ')' if self.metadata.get('model') else ''}"
             )
-        if self.n_layers != n_layers:
-            raise SteerlabError(f"vector has {self.n_layers} layers but {what} has {n_layers}")
+        if not self.is_partial:
+            if self.n_layers != n_layers:
+                raise SteerlabError(f"vector has {self.n_layers} layers but {what} has {n_layers}")
+        elif self.layers_present and max(self.layers_present) >= n_layers:
+            raise SteerlabError(
+                f"{self._describe()} holds directions for layers {format_layers(self.layers_present)} "
+                f"but {what} has {n_layers} layers (0..{n_layers - 1})"
+            )
+        if layers is not None:
+            self.check_layers(layers)
 
     # --- algebra ----------------------------------------------------------------------------
-    def _derived(self, data: torch.Tensor, op: str) -> SteeringVector:
-        meta = {k: v for k, v in self.metadata.items() if k not in ("created", "norms")}
+    def _derived(self, data: torch.Tensor, op: str, *others: SteeringVector) -> SteeringVector:
+        meta = {k: v for k, v in self.metadata.items() if k not in ("created", "norms", "layers_present")}
         meta["derived"] = op
+        present = _union_present([self, *others])
+        if present is not None:
+            meta["layers_present"] = present
         return SteeringVector(data, meta)
 
     def _other(self, other: SteeringVector) -> torch.Tensor:
@@ -96,10 +196,10 @@ class SteeringVector:
         return other.data
 
     def __add__(self, other: SteeringVector) -> SteeringVector:
-        return self._derived(self.data + self._other(other), "add")
+        return self._derived(self.data + self._other(other), "add", other)
 
     def __sub__(self, other: SteeringVector) -> SteeringVector:
-        return self._derived(self.data - self._other(other), "sub")
+        return self._derived(self.data - self._other(other), "sub", other)
 
     def __mul__(self, scalar: float) -> SteeringVector:
         if not isinstance(scalar, int | float):
@@ -124,6 +224,9 @@ class SteeringVector:
         data = sum(float(w) * vectors[0]._other(v) for v, w in zip(vectors, weights, strict=True))
         meta = {"method": "blend", "sources": [v.metadata.get("method") for v in vectors],
                 "weights": [float(w) for w in weights], "model": vectors[0].metadata.get("model")}
+        present = _union_present(vectors)
+        if present is not None:
+            meta["layers_present"] = present
         return SteeringVector(data, meta)
 
     # --- files ------------------------------------------------------------------------------
@@ -165,6 +268,8 @@ class SteeringVector:
         except json.JSONDecodeError:
             raise SteerlabError(f"{path}: header field 'steerlab' is not valid JSON") from None
         meta.pop("norms", None)
+        if "layers_present" in meta:
+            meta["source"] = str(path)
         try:
             return cls(tensors["vector"], meta)
         except SteerlabError as exc:
