@@ -4,6 +4,7 @@ process, steerlab's own OpenAI judge against it, and the embedded smollm2 (slow)
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import httpx
 import openai
 import pytest
 import torch
+import typer
 from cli_helpers import assert_user_error
 from serve_helpers import chat
 from typer.testing import CliRunner
@@ -18,7 +20,7 @@ from typer.testing import CliRunner
 from steerlab import SteeringVector
 from steerlab.cli.app import app as cli_app
 from steerlab.serve import ServeConfig, background_server, create_app
-from steerlab.serve.config import API_KEY_ENV, flag
+from steerlab.serve.config import API_KEY_ENV, DEFAULTS, flag
 from steerlab.steering.generation import generate_batch
 from steerlab.steering.steerer import SteeringSpec
 
@@ -47,11 +49,12 @@ def test_cli_serve_builds_the_configured_app(monkeypatch, tiny_dir, vectors_dir,
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     calls = _captured_uvicorn(monkeypatch)
     runner = CliRunner()
-    result = runner.invoke(cli_app, ["serve", "--help"], terminal_width=200)
-    assert result.exit_code == 0, result.output
-    for name in [f.name for f in dataclasses.fields(ServeConfig)]:
-        assert flag(name) in result.output, name  # every setting is a flag
-    assert API_KEY_ENV in result.output
+    assert runner.invoke(cli_app, ["serve", "--help"]).exit_code == 0
+    params = {opt: p for p in typer.main.get_command(cli_app).commands["serve"].params for opt in p.opts}
+    for field in dataclasses.fields(ServeConfig):  # every setting is a flag, with the config's default
+        option = params[flag(field.name)]
+        assert field.name == "api_key" or option.default == getattr(DEFAULTS, field.name), field.name
+    assert params["--api-key"].envvar == API_KEY_ENV
     result = runner.invoke(cli_app, ["serve", "--model", str(tiny_dir), "--vectors", str(vectors_dir),
                                      "--port", "8123", "--max-batch", "8", "--max-queue", "5", "--max-n", "3"])
     assert result.exit_code == 0, result.output
@@ -78,6 +81,19 @@ def test_cli_serve_builds_the_configured_app(monkeypatch, tiny_dir, vectors_dir,
         result = runner.invoke(cli_app, ["serve", "--model", str(tmp_path / "no-model"), *args])
         assert_user_error(result, needle)
     assert len(calls) == n_calls
+
+
+def test_serve_warns_when_exposed_without_a_key(monkeypatch, tiny_llama, caplog):
+    from steerlab.serve import serve
+
+    calls = _captured_uvicorn(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="steerlab.serve"):
+        serve(tiny_llama, host="0.0.0.0", port=8124, api_key=None)
+        serve(tiny_llama, host="0.0.0.0", api_key="k")
+        serve(tiny_llama, api_key=None)
+    warnings = [r.getMessage() for r in caplog.records if "without an API key" in r.getMessage()]
+    assert len(warnings) == 1 and "0.0.0.0" in warnings[0] and "8124" in warnings[0]
+    assert [kw["host"] for _, kw in calls] == ["0.0.0.0", "0.0.0.0", "127.0.0.1"]
 
 
 def test_serve_package_exports_resolve_and_stay_light():
