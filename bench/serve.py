@@ -105,12 +105,14 @@ def start_server(args: argparse.Namespace, vectors: Path, log_path: Path) -> tup
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "STEERLAB_PROGRESS": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "STEERLAB_API_KEY"}  # loopback, no key
+    env["STEERLAB_PROGRESS"] = "0"
     if args.torch_threads:
         env["OMP_NUM_THREADS"] = str(args.torch_threads)
     code = "import steerlab.cli.serve; from steerlab.cli import main; main()"
     cmd = [sys.executable, "-c", code, "serve", "--model", args.model, "--vectors", str(vectors), "--port", str(port),
-           "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms)]
+           "--max-batch", str(args.max_batch), "--batch-window-ms", str(args.window_ms),
+           "--max-queue", str(max(64, *(int(c) for c in args.concurrency.split(","))))]  # never 429 here
     proc = subprocess.Popen(cmd, stdout=log_path.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600

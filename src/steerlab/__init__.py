@@ -80,6 +80,9 @@ _FACE: dict[str, str] = {
     "run_demo": "pipelines.demo",
     # report
     "build_report": "report.html",
+    # serving
+    "ServeConfig": "serve.config",
+    "create_app": "serve.app",
 }
 
 __all__ = ["__version__", *sorted(_FACE)]
