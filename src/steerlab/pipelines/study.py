@@ -17,6 +17,17 @@ Every row records the margin, its std over pairs, ``undone`` = (ft − steered) 
 conditions on the fine-tuned model (``induced`` = (steered − base) / (ft − base) on the base), and
 ``fluency`` (mean log-likelihood per token of both answers; its drop from the unsteered model flags
 incoherent steering). A few greedy generations per condition are kept as samples.
+
+Evidence (SPEC §9, :mod:`steerlab.evaluate.evidence`): every sweep and ablation row also carries a
+bootstrap 95% interval (``ci95``, of its undone/induced fraction; ``margin_ci95``), the per-pair
+margins and the steerable / anti-steerable fractions, and ``random``: the same fraction for
+``controls`` random directions with the vector's norm at each steered layer, run through the
+identical condition as extra rows of the same batches (null band and empirical p; ``verdict`` says
+"not distinguishable from random directions" when the effect lies inside the band). With
+``prompts`` (a system prompt asking for the behaviour and one asking for its opposite), the
+reference also holds the prompting baseline: the base model asked for the behaviour and the
+fine-tuned model asked for its opposite, and each row's ``vs_prompting`` is its effect as a
+fraction of prompting's.
 """
 
 from __future__ import annotations
@@ -24,11 +35,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..evaluate.margin import behaviour_margin
+import torch
+
+from ..evaluate.controls import random_directions
+from ..evaluate.evidence import steering_evidence
+from ..evaluate.margin import MarginResult, condition_margins
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
@@ -50,6 +65,10 @@ class StudyConfig:
     max_fluency_drop: float = 1.0  # nats/token below the unsteered model still counted as coherent
     n_samples: int = 3
     max_new_tokens: int = 40
+    controls: int = 8  # random same-norm directions per condition (0: off)
+    seed: int = 0  # of the random directions and the bootstrap
+    n_bootstrap: int = 1000
+    prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -65,9 +84,10 @@ def normalized_like(vector: SteeringVector, reference: SteeringVector) -> Steeri
     return scaled
 
 
-def _row(condition: dict[str, Any], coeff: float, margin: float, std: float, fluency: float,
-         reference: dict[str, float]) -> dict[str, Any]:
+def _row(condition: dict[str, Any], coeff: float, result: MarginResult, i: int,
+         reference: dict[str, Any]) -> dict[str, Any]:
     gap = reference["finetuned"] - reference["base"]
+    margin, std, fluency = result.mean[i], result.std[i], result.fluency[i]
     row = {**condition, "coeff": coeff, "margin": margin, "std": std, "fluency": fluency}
     if condition["model"] == "finetuned":
         row["undone"] = (reference["finetuned"] - margin) / gap if gap else None
@@ -78,6 +98,18 @@ def _row(condition: dict[str, Any], coeff: float, margin: float, std: float, flu
     return row
 
 
+def _evidence(row: dict[str, Any], steered: torch.Tensor, controls: list[torch.Tensor],
+              per_pair: dict[str, torch.Tensor], prompting: dict[str, float | None], config: StudyConfig) -> None:
+    """Add the evidence fields to a sweep/ablation row (in place)."""
+    origin, target = ("finetuned", "base") if row["model"] == "finetuned" else ("base", "finetuned")
+    row.update(steering_evidence(per_pair[origin], per_pair[target], steered, controls,
+                                 prompting.get(row["model"]), config.n_bootstrap, config.seed))
+
+
+def _prompted(pairs: Sequence[Pair], system: str) -> list[Pair]:
+    return [p.model_copy(update={"system": system}) for p in pairs]
+
+
 def run_study(
     base: LoadedModel,
     adapter_dir: str | Path,
@@ -85,9 +117,10 @@ def run_study(
     heldout: Sequence[Pair],
     config: StudyConfig | None = None,
 ) -> dict[str, Any]:
-    """Run the study; returns ``{"reference", "rows", "best", "samples", "config"}``.
+    """Run the study; returns ``{"reference", "prompting", "rows", "best_layer", "samples", "config"}``.
 
-    ``vectors`` must include ``model_diff`` (its norms define the normalized scale).
+    ``vectors`` must include ``model_diff`` (its norms define the normalized scale). Margins are in
+    nats/token; fractions are of the base → fine-tuned gap. See the module docstring for the rows.
     """
     config = config or StudyConfig()
     layers = config.layers or default_layers(base.n_layers)
@@ -95,53 +128,99 @@ def run_study(
         base.check_layer(layer, "--layers")
     diff = vectors["model_diff"]
     variants = {name: {"raw": v, "normalized": normalized_like(v, diff)} for name, v in vectors.items()}
+    # One set of random directions per norm profile: a control has the norm of the vector it controls.
+    norm_profile = {(name, scale): "model_diff" if scale == "normalized" else name
+                    for name in vectors for scale in ("raw", "normalized")}
+    controls = {name: [SteeringVector(d) for d in random_directions(vectors[name], config.controls, config.seed)]
+                for name in vectors}
     rows: list[dict[str, Any]] = []
-
-    def margins(lm: LoadedModel, spec: SteeringSpec | None, coeffs: Sequence[float]):
-        return behaviour_margin(lm, heldout, [spec] if spec else [], coeffs if spec else None,
-                                batch_size=config.batch_size)
 
     with attached_adapter(base, adapter_dir) as tuned:
         models = {"base": base, "finetuned": tuned}
         contexts = {"base": tuned.model.disable_adapter, "finetuned": nullcontext}
-        reference: dict[str, float] = {}
-        for name in ("base", "finetuned"):
-            with contexts[name]():
-                r = margins(models[name], None, [])
-            reference[name], reference[f"{name}_fluency"] = r.mean[0], r.fluency[0]
-        log.info("margin base %+.4f, fine-tuned %+.4f", reference["base"], reference["finetuned"])
 
-        def sweep(model: str, vector: str, scale: str, layer_set: Any, coeffs: Sequence[float],
-                  operator: str = "add") -> list[dict[str, Any]]:
-            sign = -1.0 if model == "finetuned" and operator == "add" else 1.0
-            spec = SteeringSpec(variants[vector][scale], layer_set, operator=operator)
+        def margins(model: str, conditions: list[list[SteeringSpec]], coeffs: Sequence[float],
+                    pairs: Sequence[Pair] = heldout) -> list[MarginResult]:
             with contexts[model]():
-                r = margins(models[model], spec, [sign * c for c in coeffs])
-            condition = {"stage": "", "model": model, "vector": vector, "scale": scale, "operator": operator,
-                         "direction": ("ablate" if operator == "ablate" else "subtract" if sign < 0 else "add"),
-                         "layers": "all" if layer_set == "all" else str(layer_set)}
-            return [_row(condition, c, m, s, f, reference)
-                    for c, m, s, f in zip(coeffs, r.mean, r.std, r.fluency, strict=True)]
+                return condition_margins(models[model], pairs, conditions, coeffs, config.batch_size)
 
-        scan = []
-        for name in vectors:
-            for layer in layers:
-                scan += [dict(r, stage="layer_scan") for r in sweep("finetuned", name, "raw", layer, [1.0])]
+        reference: dict[str, Any] = {}
+        per_pair: dict[str, torch.Tensor] = {}
+        for name in ("base", "finetuned"):
+            (r,) = margins(name, [[]], [0.0])
+            reference[name], reference[f"{name}_fluency"] = r.mean[0], r.fluency[0]
+            per_pair[name] = r.per_pair[0].double()
+        log.info("margin base %+.4f, fine-tuned %+.4f", reference["base"], reference["finetuned"])
+        prompting_doc, prompting = _prompting(margins, heldout, per_pair, config)
+
+        def condition(model: str, vector: str, scale: str, layer_set: Any, operator: str = "add") -> dict[str, Any]:
+            sign = -1.0 if model == "finetuned" and operator == "add" else 1.0
+            return {"stage": "", "model": model, "vector": vector, "scale": scale, "operator": operator,
+                    "direction": ("ablate" if operator == "ablate" else "subtract" if sign < 0 else "add"),
+                    "layers": "all" if layer_set == "all" else str(layer_set)}
+
+        # Layer scan: every (vector, layer) subtracted at coefficient 1, as rows of one stream.
+        scan_conditions = [(name, layer) for name in vectors for layer in layers]
+        results = margins("finetuned", [[SteeringSpec(variants[n]["raw"], layer)] for n, layer in scan_conditions],
+                          [-1.0])
+        scan = [dict(_row(condition("finetuned", n, "raw", layer), 1.0, r, 0, reference), stage="layer_scan")
+                for (n, layer), r in zip(scan_conditions, results, strict=True)]
         rows += scan
         best = _best_layer(scan, "model_diff", config.max_fluency_drop)
         log.info("best layer (model_diff, coefficient 1): %d", best)
 
-        for name in vectors:
-            for layer_set in (best, "all"):
-                # model_diff rescaled to its own norms is itself: "normalized" only differs for others
-                for scale in ("raw",) if name == "model_diff" else ("raw", "normalized"):
-                    for model in ("finetuned", "base"):
-                        rows += [dict(r, stage="sweep") for r in sweep(model, name, scale, layer_set, config.coeffs)]
-                rows += [dict(r, stage="ablation") for r in sweep("finetuned", name, "raw", layer_set, [1.0], "ablate")]
+        for layer_set in (best, "all"):
+            # model_diff rescaled to its own norms is itself: "normalized" only differs for others
+            real = [(name, scale) for name in vectors for scale in (("raw",) if name == "model_diff"
+                                                                     else ("raw", "normalized"))]
+            profiles = list(dict.fromkeys(norm_profile[c] for c in real))
+            for model in ("finetuned", "base"):
+                sign = -1.0 if model == "finetuned" else 1.0
+                conditions = [[SteeringSpec(variants[n][s], layer_set)] for n, s in real]
+                conditions += [[SteeringSpec(c, layer_set)] for prof in profiles for c in controls[prof]]
+                results = margins(model, conditions, [sign * c for c in config.coeffs])
+                ctrl = {prof: results[len(real) + i * config.controls: len(real) + (i + 1) * config.controls]
+                        for i, prof in enumerate(profiles)}
+                for (n, s), r in zip(real, results, strict=False):
+                    for i, c in enumerate(config.coeffs):
+                        row = dict(_row(condition(model, n, s, layer_set), c, r, i, reference), stage="sweep")
+                        null = [x.per_pair[i].double() for x in ctrl[norm_profile[n, s]]]
+                        _evidence(row, r.per_pair[i].double(), null, per_pair, prompting, config)
+                        rows.append(row)
+            # Projection ablation of each direction and of random directions (a direction's norm is moot).
+            conditions = [[SteeringSpec(variants[n]["raw"], layer_set, operator="ablate")] for n in vectors]
+            conditions += [[SteeringSpec(c, layer_set, operator="ablate")] for c in controls["model_diff"]]
+            results = margins("finetuned", conditions, [1.0])
+            for n, r in zip(vectors, results, strict=False):
+                row = dict(_row(condition("finetuned", n, "raw", layer_set, "ablate"), 1.0, r, 0, reference),
+                           stage="ablation")
+                _evidence(row, r.per_pair[0].double(), [x.per_pair[0].double() for x in results[len(vectors):]],
+                          per_pair, prompting, config)
+                rows.append(row)
 
         samples = _samples(models, contexts, variants, heldout, best, rows, config)
-    return {"reference": reference, "rows": rows, "best_layer": best, "samples": samples,
-            "layers_scanned": layers, "config": config.__dict__}
+    return {"reference": reference, "prompting": prompting_doc, "rows": rows, "best_layer": best,
+            "samples": samples, "layers_scanned": layers, "config": asdict(config)}
+
+
+def _prompting(margins: Any, heldout: Sequence[Pair], per_pair: dict[str, torch.Tensor],
+               config: StudyConfig) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
+    """The prompting baseline: the base asked for the behaviour, the fine-tuned model asked for its
+    opposite; their fractions of the gap (induced / undone) with intervals."""
+    if not config.prompts:
+        return None, {}
+    doc: dict[str, Any] = {"behaviour_system": config.prompts["behaviour"],
+                           "opposite_system": config.prompts["opposite"]}
+    fractions: dict[str, float | None] = {}
+    for model, key, origin, target in (("base", "behaviour", "base", "finetuned"),
+                                       ("finetuned", "opposite", "finetuned", "base")):
+        (r,) = margins(model, [[]], [0.0], _prompted(heldout, config.prompts[key]))
+        ev = steering_evidence(per_pair[origin], per_pair[target], r.per_pair[0].double(), (), None,
+                               config.n_bootstrap, config.seed)
+        doc[f"{model}_asked_{key}"] = {k: ev[k] for k in ("effect", "ci95", "margin", "margin_ci95",
+                                                          "steerable_fraction", "anti_steerable_fraction")}
+        fractions[model] = ev["effect"]
+    return doc, fractions
 
 
 def _best_layer(scan: list[dict[str, Any]], vector: str, max_drop: float) -> int:
