@@ -211,10 +211,17 @@ def test_trained_biases_example(tmp_path):
     probe = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(path))
     with probe.disable_adapter():
         assert (logits(probe) - logits(untouched)).abs().max() > 0.1
-    reference, _ = two_copies(lm, path)
+    reference, merged = two_copies(lm, path)
     vector = extract_model_diff(lm, path, SAMPLES, "response_avg")
     torch.testing.assert_close(vector.data, reference["response_avg"].float(), atol=1e-5, rtol=0)
     assert torch.equal(logits(lm.model), logits(untouched))
+    # Nested base passes (the diff study's sweeps run inside peft-style disable_adapter blocks).
+    with attached_adapter(lm, path) as tuned:
+        with tuned.base_pass():
+            with tuned.model.disable_adapter():
+                assert torch.equal(logits(lm.model), logits(untouched))
+            assert torch.equal(logits(lm.model), logits(untouched))
+        torch.testing.assert_close(logits(lm.model), logits(merged), atol=1e-5, rtol=0)
 
 
 def test_adapter_saved_as_bin(tmp_path):

@@ -246,26 +246,35 @@ class _Snapshot:
 
 @dataclass
 class _Views:
-    """The base and adapted values of the attributes that differ, per module id."""
+    """The base and adapted values of the attributes that differ, per module id; the adapted view
+    is shown until :meth:`base_pass`."""
 
     modules: dict[int, nn.Module]
     base: dict[int, dict[str, Any]]
     tuned: dict[int, dict[str, Any]]
+    showing_base: bool = False
 
     def show(self, base: bool) -> None:
-        """Switch every differing module to its base (``True``) or adapted attributes."""
-        for i, values in (self.base if base else self.tuned).items():
+        """Show the base (``True``) or the adapted view; the view left keeps its current values."""
+        if base == self.showing_base:
+            return
+        leaving, arriving = (self.tuned, self.base) if base else (self.base, self.tuned)
+        for i, values in arriving.items():
+            module = self.modules[i]
             for key, value in values.items():
-                _set(self.modules[i], key, value)
+                leaving[i][key] = module.__dict__.get(key, _MISSING)
+                _set(module, key, value)
+        self.showing_base = base
 
     @contextmanager
     def base_pass(self) -> Iterator[None]:
-        """The base view within the block, the adapted one after it."""
+        """The base view within the block, the view shown before it after it (nesting is fine)."""
+        was = self.showing_base
         self.show(base=True)
         try:
             yield
         finally:
-            self.show(base=False)
+            self.show(base=was)
 
 
 def _attributes(module: nn.Module) -> dict[str, Any]:
@@ -286,7 +295,7 @@ def _set(module: nn.Module, key: str, value: Any) -> None:
     if value is _MISSING:
         module.__dict__.pop(key, None)
     else:
-        module.__dict__[key] = dict(value) if key in _TREE else value
+        module.__dict__[key] = value
 
 
 def _submodule(model: nn.Module, name: str) -> nn.Module | None:
@@ -318,17 +327,17 @@ def _check_tied_targets(adapted: nn.Module, snapshot: _Snapshot, adapter_dir: st
     from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    holders: dict[int, list[nn.Module]] = {}
+    holders: dict[int, int] = {}  # id(parameter) -> number of modules holding it
     for module in snapshot.modules:
         for tensor in snapshot.attrs[id(module)]["_parameters"].values():
             if tensor is not None:
-                holders.setdefault(id(tensor), []).append(module)
+                holders[id(tensor)] = holders.get(id(tensor), 0) + 1
     for name, module in adapted.named_modules():
         if not isinstance(module, BaseTunerLayer) or isinstance(module, TrainableTokensLayer):
             continue
         layer = module.get_base_layer()
         for key, tensor in layer._parameters.items():
-            if tensor is not None and len(holders.get(id(tensor), [])) > 1:
+            if tensor is not None and holders.get(id(tensor), 0) > 1:
                 raise SteerlabError(
                     f"adapter {adapter_dir}: adapter layers on {name.removeprefix('base_model.model.')}, "
                     f"whose {key} is tied to another module (tied embeddings), are not supported for a "
