@@ -102,6 +102,8 @@ TIED_KINDS = {
     "tied_trainable_tokens_lora": lambda: LoraConfig(r=4, target_modules=QV, trainable_token_indices=[1, 2, 30]),
     "tied_trainable_tokens": lambda: TrainableTokensConfig(token_indices=[1, 2, 30]),
     "tied_modules_to_save_embed": lambda: LoraConfig(r=4, target_modules=QV, modules_to_save=["embed_tokens"]),
+    "tied_modules_to_save_embed_tying": lambda: LoraConfig(r=4, target_modules=QV, modules_to_save=["embed_tokens"],
+                                                           ensure_weight_tying=True),
 }
 
 

@@ -62,7 +62,7 @@ _FREE_FIELDS = frozenset({
     "task_type", "r", "target_modules", "exclude_modules", "lora_alpha", "alpha", "lora_dropout", "fan_in_fan_out",
     "bias", "use_rslora", "modules_to_save", "layers_to_transform", "layers_pattern", "rank_pattern",
     "alpha_pattern", "trainable_token_indices", "use_dora", "lora_bias", "target_parameters",
-    "ensure_weight_tying", "runtime_config", "velora_config", "eva_config", "megatron_core", "qalora_group_size",
+    "ensure_weight_tying", "runtime_config", "eva_config", "megatron_core", "qalora_group_size",
     "feedforward_modules", "init_ia3_weights", "rank_dropout", "module_dropout", "use_effective_conv2d",
     "decompose_both", "decompose_factor", "rank_dropout_scale", "init_weights", "target_r", "init_r", "tinit",
     "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step", "projection_prng_key",
@@ -212,6 +212,7 @@ class _Snapshot:
                 for name, value in slots.items():
                     if value is not None and id(value) in own:
                         slots[name] = own[id(value)]
+        self.copies = [(t, c) for t, c in self.copies if id(t) in own]  # the rest were never written
         self.changed = self._changed()
         modules = {id(m): m for m in self.modules}
         base = {i: {k: self.attrs[i].get(k, _MISSING) for k in keys} for i, keys in self.changed.items()}
