@@ -1,17 +1,14 @@
-import copy
 import json
 import time
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
 from tiny import make_tiny, make_tokenizer
 
-from steerlab.activations.capture import ChatSample, mean_activations
+from steerlab.activations.capture import ChatSample
 from steerlab.errors import SteerlabError
 from steerlab.extract.model_diff import (
     extract_model_diff,
-    extract_model_diffs,
     load_diff_samples,
     pair_diff_samples,
 )
@@ -46,112 +43,6 @@ def _one_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _adapter(lm, path, zero=False, layers=None, seed=0):
-    """A LoRA adapter for ``lm`` saved to ``path``: peft's default init (lora_B = 0) or random."""
-    torch.manual_seed(seed)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                        init_lora_weights=bool(zero), layers_to_transform=layers)
-    get_peft_model(copy.deepcopy(lm.model), config).save_pretrained(str(path))
-    return path
-
-
-def _state(lm):
-    return {k: v.clone() for k, v in lm.model.state_dict().items()}
-
-
-def _assert_clean(lm, state):
-    after = lm.model.state_dict()
-    assert after.keys() == state.keys() and all(torch.equal(state[k], after[k]) for k in state)
-    assert not any("lora" in n for n, _ in lm.model.named_modules())
-    assert not hasattr(lm.model, "peft_config")
-    assert all(p.requires_grad for p in lm.model.parameters())
-
-
-def test_zero_adapter_gives_exactly_zero(tiny_llama, tmp_path):
-    path = _adapter(tiny_llama, tmp_path / "zero", zero=True)
-    vectors = extract_model_diffs(tiny_llama, path, SAMPLES, REDUCTIONS, batch_size=3)
-    for name, v in vectors.items():
-        assert torch.count_nonzero(v.data) == 0, name
-        assert v.metadata["method"] == "model_diff" and v.metadata["reduction"] == name
-        assert v.metadata["adapter"] == str(path) and v.metadata["n_samples"] == 4
-    # BASE+ADAPTER naming this very base applies the adapter unmerged too.
-    spec = extract_model_diff(tiny_llama, f"{tiny_llama.name}+{path}", SAMPLES, "prompt_last")
-    assert torch.count_nonzero(spec.data) == 0 and spec.metadata["adapter"] == str(path)
-
-
-def test_layers_below_the_adapter_are_exactly_zero(tiny_llama, tmp_path):
-    state = _state(tiny_llama)
-    path = _adapter(tiny_llama, tmp_path / "top", layers=[2, 3])
-    v = extract_model_diff(tiny_llama, path, SAMPLES, "response_avg", batch_size=2)
-    assert torch.count_nonzero(v.data[:2]) == 0
-    assert (v.norms()[2:] > 0).all()
-    _assert_clean(tiny_llama, state)
-
-
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
-def test_unmerged_adapter_equals_merged_copy(arch, tmp_path):
-    lm = make_tiny(arch)
-    state = _state(lm)
-    path = _adapter(lm, tmp_path / "a")
-    unmerged = extract_model_diffs(lm, path, SAMPLES, REDUCTIONS, batch_size=3)
-    _assert_clean(lm, state)
-
-    from peft import PeftModel
-
-    merged_model = PeftModel.from_pretrained(copy.deepcopy(lm.model), str(path)).merge_and_unload()
-    merged = wrap_model(merged_model, lm.tokenizer, name="merged")
-    via_copy = extract_model_diffs(lm, merged, SAMPLES, REDUCTIONS, batch_size=2)
-    # ... and equal to the difference of the plain per-model means.
-    means_ft = mean_activations(merged, SAMPLES, REDUCTIONS)
-    means_base = mean_activations(lm, SAMPLES, REDUCTIONS)
-    for name in unmerged:
-        assert unmerged[name].norms().min() > 0
-        torch.testing.assert_close(unmerged[name].data, via_copy[name].data, rtol=1e-4, atol=1e-4)
-        torch.testing.assert_close(unmerged[name].data, means_ft[name] - means_base[name],
-                                   rtol=1e-4, atol=1e-4)
-    assert via_copy["prompt_last"].metadata["finetuned"] == "merged"
-
-
-def test_finetune_then_diff_and_base_check(tmp_path):
-    lm = make_tiny("llama")
-    examples = pairs_to_chat(PAIRS * 4, "positive")
-    run_finetune(lm, examples, tmp_path / "ft", FinetuneConfig(epochs=2, lr=1e-2, batch_size=4))
-    v = extract_model_diff(lm, tmp_path / "ft", pair_diff_samples(PAIRS), "response_avg")
-    assert (v.norms() > 0).all()
-    assert v.metadata["finetune_config"]["rank"] == 8 and v.metadata["finetune_base_model"] == lm.name
-
-    # The same architecture and shapes with other weights: not the base it was trained on.
-    other = make_tiny("llama", seed=1)
-    with pytest.raises(SteerlabError, match=r"was fine-tuned on base model 'tiny-llama'.*different weights"):
-        extract_model_diff(other, tmp_path / "ft", SAMPLES)
-    assert not any("lora" in n for n, _ in other.model.named_modules())
-    forced = extract_model_diff(other, tmp_path / "ft", SAMPLES, check_base=False)
-    assert forced.norms().max() > 0
-
-
-def test_adapter_for_another_architecture_is_a_clear_error(tiny_llama, tmp_path):
-    gpt2 = make_tiny("gpt2")
-    path = tmp_path / "gpt2-adapter"
-    config = LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)
-    get_peft_model(copy.deepcopy(gpt2.model), config).save_pretrained(str(path))
-    state = _state(tiny_llama)
-    with pytest.raises(SteerlabError, match="does not fit this base model"):
-        extract_model_diff(tiny_llama, path, SAMPLES)
-    _assert_clean(tiny_llama, state)
-
-    # Same module names, other shapes: a tiny llama with a wider MLP.
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    wide = LlamaForCausalLM(LlamaConfig(vocab_size=len(tiny_llama.tokenizer), hidden_size=64,
-                                        intermediate_size=96, num_hidden_layers=4,
-                                        num_attention_heads=4, num_key_value_heads=2))
-    wide_path = _adapter(wrap_model(wide, make_tokenizer()), tmp_path / "wide")
-    with pytest.raises(SteerlabError, match="does not fit this base model"):
-        extract_model_diff(tiny_llama, wide_path, SAMPLES)
-    _assert_clean(tiny_llama, state)
 
 
 def test_mismatched_models_and_tokenizers(tiny_llama):

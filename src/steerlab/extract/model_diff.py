@@ -5,10 +5,12 @@ the output of block L (``hidden_states[L + 1]``). Both models see **identical to
 every sample is tokenized once, with the base model's tokenizer and chat template, and the same
 batch goes through both models, so the difference is about the models, never about the inputs.
 
-The fine-tuned side is a PEFT adapter directory (applied to the base model **without merging**; the
-base pass runs under ``disable_adapter()``, so one copy of the base weights serves both and a
-zero adapter gives exactly a zero vector) or a separate model (a :class:`LoadedModel` or a model
-spec), whose tokenizer must match the base's (same vocabulary and ids) and whose shape must match.
+The fine-tuned side is a PEFT adapter directory (applied to the base model **without merging** by
+:func:`~steerlab.extract.adapters.attached_adapter`, whose base pass runs the true base weights even
+for adapters that carry trained biases or replaced modules, so one copy of the base weights serves
+both, a zero adapter gives exactly a zero vector, and the base model is left bit-identical) or a
+separate model (a :class:`LoadedModel` or a model spec), whose tokenizer must match the base's (same
+vocabulary and ids) and whose shape must match.
 
 Which inputs? The model-diff literature feeds both models the same text. Two choices fit the
 research question (does the fine-tune direction match the contrastive direction?):
@@ -25,13 +27,10 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
-
-from torch import nn
 
 from ..activations.capture import ChatSample, Reduction, forward_batch, iter_batches
 from ..errors import SteerlabError
@@ -39,8 +38,9 @@ from ..finetune.fingerprint import fingerprint_mismatch, model_fingerprint, read
 from ..formats.conversations import detect_format, load_chat_jsonl
 from ..formats.pairs import Pair, load_pairs
 from ..model.blocks import unwrap_model
-from ..model.loading import LoadedModel, _attach_adapter, load_model
+from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
+from .adapters import attached_adapter
 from .mean_difference import MeanDifference, vector_metadata
 
 log = logging.getLogger("steerlab")
@@ -188,55 +188,6 @@ def check_adapter_base(base: LoadedModel, adapter_dir: str | Path) -> dict[str, 
     return info
 
 
-# --- attaching an adapter without merging ---------------------------------------------------------
-def _strip_tuner_layers(model: nn.Module) -> None:
-    """Put back the original modules wherever PEFT injected a tuner layer (after a failed load)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer) and name:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, module.get_base_layer())
-    if hasattr(model, "peft_config"):
-        del model.peft_config
-
-
-@contextmanager
-def attached_adapter(base: LoadedModel, adapter_dir: str | Path) -> Iterator[LoadedModel]:
-    """The base model with a PEFT adapter applied (not merged), as a LoadedModel; on exit the
-    adapter layers are removed so ``base`` is exactly as it was."""
-    from peft import PeftModel
-
-    if isinstance(base.model, PeftModel):
-        raise SteerlabError(
-            f"the base model {base.name} already carries an adapter ({base.adapter}); load the base "
-            "model without one"
-        )
-    grad_flags = {name: p.requires_grad for name, p in base.model.named_parameters()}
-    try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", ".*is_gradient_checkpointing", FutureWarning)
-            peft_model = _attach_adapter(base.model, str(adapter_dir))
-    except BaseException:
-        _strip_tuner_layers(base.model)
-        _restore_grad(base.model, grad_flags)
-        raise
-    try:
-        peft_model.eval()
-        yield LoadedModel(peft_model, base.tokenizer, f"{base.name}+{adapter_dir}", base.blocks_path,
-                          adapter=str(adapter_dir), extra=dict(base.extra))
-    finally:
-        peft_model.unload()
-        _strip_tuner_layers(base.model)
-        _restore_grad(base.model, grad_flags)
-
-
-def _restore_grad(model: nn.Module, flags: dict[str, bool]) -> None:
-    for name, p in model.named_parameters():
-        p.requires_grad_(flags.get(name, p.requires_grad))
-
-
 # --- extraction -----------------------------------------------------------------------------------
 def _mean_diffs(
     base: LoadedModel, finetuned: LoadedModel, samples: Sequence[ChatSample],
@@ -317,8 +268,9 @@ def extract_model_diff(
 
     Args:
         base: the base model.
-        finetuned: a PEFT adapter directory for ``base`` (applied unmerged, base pass under
-            ``disable_adapter()``; ``base`` is restored afterwards), or a fine-tuned model
+        finetuned: a PEFT adapter directory for ``base`` (applied unmerged by
+            :func:`~steerlab.extract.adapters.attached_adapter`: the base pass runs the true base
+            and ``base`` is bit-identical afterwards, also after an error), or a fine-tuned model
             (:class:`LoadedModel` or spec) with the same tokenizer and shape.
         samples: the inputs, fed identically to both models (see the module docstring for which).
         reduction: ``prompt_last``, ``prompt_avg``, ``response_avg`` or ``first_k[:K]``.
