@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import pytest
 
@@ -11,6 +13,20 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
 
 from tiny import make_tiny
+
+
+class _DeprecationLogsAsWarnings(logging.Handler):
+    """transformers announces some deprecations on its logger (``logger.warning_once``, e.g. reading
+    ``output.past_key_values``) instead of with ``warnings``: re-issue those as FutureWarning, so the
+    ``filterwarnings`` of pyproject.toml fail the test that reached them, as for every other one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message.lower():
+            warnings.warn(message, FutureWarning, stacklevel=1)
+
+
+logging.getLogger("transformers").addHandler(_DeprecationLogsAsWarnings())
 
 ARCHS = ("llama", "qwen2", "gpt2", "gemma2")
 

@@ -10,7 +10,6 @@ from steerlab.cli.diff import _parse_layers
 from steerlab.errors import SteerlabError
 from steerlab.vectors.vector import SteeringVector
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 runner = CliRunner()
 
 PAIRS = [

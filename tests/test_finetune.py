@@ -39,8 +39,6 @@ MULTI = [
 ]
 PROBE = torch.tensor([[10, 20, 30, 40, 50, 60]])
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
