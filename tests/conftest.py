@@ -11,6 +11,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
+# typer lays `--help` out at COLUMNS, else at the width of the terminal pytest runs in: one width for
+# every run, so that no help test depends on the terminal (steerlab's own messages ignore COLUMNS off a
+# terminal; tests/cli/test_output_width.py sets it small to show that).
+os.environ["COLUMNS"] = "100"
 
 from tiny import make_tiny
 
