@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from rich.console import Console, ConsoleDimensions
+from rich.control import Control
 from rich.measure import Measurement
 from rich.pretty import Pretty
 from rich.progress import (
@@ -57,16 +58,23 @@ class OutputConsole(Console):
         Console.size.fset(self, new_size)
 
     def natural_width(self, objects: tuple[Any, ...], sep: str = " ", markup: bool | None = None) -> int:
-        """Columns that ``print(*objects)`` needs so that nothing wraps; content whose width rich
-        cannot measure gets rich's default width (80, or ``COLUMNS``)."""
+        """Columns that ``print(*objects)`` needs so that nothing wraps.
+
+        Control codes alone (a live display, e.g. a progress bar, printing its renderable, which then
+        takes its own natural width) get the unbounded width; content that rich cannot measure
+        (Markdown, tracebacks: they fill any width) gets rich's default width (80, or ``COLUMNS``).
+        """
+        content = [obj for obj in objects if not isinstance(obj, Control)]
+        if not content:
+            return UNWRAPPED_WIDTH
         options = self.options.update(markup=markup)
         widths = [
             Measurement.get(self, options, obj if isinstance(obj, str) or is_renderable(obj) else Pretty(obj)).maximum
-            for obj in objects
+            for obj in content
         ]
         if max(widths) >= UNWRAPPED_WIDTH:
             return super().size.width
-        return max(1, sum(widths) + len(sep) * (len(objects) - 1))
+        return max(1, sum(widths) + len(sep) * (len(content) - 1))
 
     def print(self, *objects: Any, sep: str = " ", width: int | None = None, **kwargs: Any) -> None:
         """rich's ``print``; off a terminal, laid out at the objects' natural width (see the module)."""

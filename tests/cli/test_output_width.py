@@ -15,7 +15,7 @@ import pytest
 from cli_helpers import invoke
 
 from steerlab.formats.traits import load_trait
-from steerlab.progress import OutputConsole
+from steerlab.progress import OutputConsole, progress_bar
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 SENTENCE = "a sentence long enough to be wrapped anywhere narrow: " + "/some/deep/path" * 12
@@ -88,6 +88,17 @@ def test_real_pipe_with_forced_colour(deep_model):
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" in proc.stdout + proc.stderr  # colours were forced ...
     _assert_whole_lines(ANSI.sub("", proc.stdout + proc.stderr), deep_model)  # ... and nothing wrapped
+
+
+def test_forced_progress_bar_whole_off_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("STEERLAB_PROGRESS", "1")
+    monkeypatch.setenv("COLUMNS", "20")
+    description = "working through " + "/a-long-directory" * 10
+    with progress_bar(description, 3, loss="-") as advance:
+        for _ in range(3):
+            advance(loss="0.5")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(description) and "3/3 loss 0.5" in line
 
 
 class _Terminal(io.StringIO):
