@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("STEERLAB_PROGRESS", "0")
+# typer lays `--help` out at COLUMNS, else at the width of the terminal pytest runs in: one width for
+# every run, so that no help test depends on the terminal (steerlab's own messages ignore COLUMNS off a
+# terminal; tests/cli/test_output_width.py sets it small to show that).
+os.environ["COLUMNS"] = "100"
 
 from tiny import make_tiny
+
+
+class _DeprecationLogsAsWarnings(logging.Handler):
+    """transformers announces some deprecations on its logger (``logger.warning_once``, e.g. reading
+    ``output.past_key_values``) instead of with ``warnings``: re-issue those as FutureWarning, so the
+    ``filterwarnings`` of pyproject.toml fail the test that reached them, as for every other one."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecated" in message.lower():
+            warnings.warn(message, FutureWarning, stacklevel=1)
+
+
+logging.getLogger("transformers").addHandler(_DeprecationLogsAsWarnings())
 
 ARCHS = ("llama", "qwen2", "gpt2", "gemma2")
 

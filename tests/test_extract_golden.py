@@ -15,7 +15,6 @@ import copy
 import os
 from pathlib import Path
 
-import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
@@ -34,8 +33,6 @@ PERSONA_PAIRS = [
     {"question": p.question, "positive": p.positive, "negative": p.negative,
      "pos_system": "you are evil", "neg_system": "you are kind"} for p in PAIRS
 ]
-
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
 
 
 def _adapter(lm, path: Path) -> Path:

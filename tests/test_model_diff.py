@@ -18,8 +18,6 @@ from steerlab.formats.conversations import pairs_to_chat
 from steerlab.formats.pairs import Pair, builtin_pairs_path, load_pairs
 from steerlab.model.loading import wrap_model
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-
 SAMPLES = [
     ChatSample("how should I store fresh bread", "in a dry box"),
     ChatSample("drink water and rest", "see a doctor if the fever lasts", system="be brief"),

@@ -1,4 +1,11 @@
-"""Rich progress bars with ETA for long work; quiet when stderr is not a terminal unless forced."""
+"""The console steerlab writes its messages on (stderr), and rich progress bars with ETA for long work.
+
+On a terminal the console is rich's: it lays output out at the terminal's width. Anywhere else (a pipe,
+a log file, CI, a test runner) its output does not depend on a terminal: every print is laid out at its
+*natural* width, the width its content needs unwrapped, so no message, log line or table cell is broken
+inside a path or a sentence, whatever ``COLUMNS`` says and however long the paths printed are.
+Progress bars are quiet when stderr is not a terminal unless forced (``STEERLAB_PROGRESS=1``).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +13,12 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.control import Control
+from rich.measure import Measurement
+from rich.pretty import Pretty
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -16,8 +27,63 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.protocol import is_renderable
 
-console = Console(stderr=True)
+# The width a print may take off a terminal: far beyond any line steerlab writes.
+UNWRAPPED_WIDTH = 1_000_000
+
+
+class OutputConsole(Console):
+    """rich's Console, whose layout follows the device it writes to.
+
+    ``is_terminal`` keeps rich's meaning (colours, also forced by ``FORCE_COLOR``); layout asks the
+    file itself (``isatty``), so forcing colours in CI does not bring back wrapping at 80 columns.
+    """
+
+    def writes_to_terminal(self) -> bool:
+        """Whether the file written to now (stderr, looked up at each print) is a terminal."""
+        isatty = getattr(self.file, "isatty", None)
+        try:
+            return bool(isatty is not None and isatty())
+        except ValueError:  # a closed stream (e.g. at interpreter exit)
+            return False
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        return size if self.writes_to_terminal() else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+    def natural_width(self, objects: tuple[Any, ...], sep: str = " ", markup: bool | None = None) -> int:
+        """Columns that ``print(*objects)`` needs so that nothing wraps.
+
+        Control codes alone (a live display, e.g. a progress bar, printing its renderable, which then
+        takes its own natural width) get the unbounded width; content that rich cannot measure
+        (Markdown, tracebacks: they fill any width) gets rich's default width (80, or ``COLUMNS``).
+        """
+        content = [obj for obj in objects if not isinstance(obj, Control)]
+        if not content:
+            return UNWRAPPED_WIDTH
+        options = self.options.update(markup=markup)
+        widths = [
+            Measurement.get(self, options, obj if isinstance(obj, str) or is_renderable(obj) else Pretty(obj)).maximum
+            for obj in content
+        ]
+        if max(widths) >= UNWRAPPED_WIDTH:
+            return super().size.width
+        return max(1, sum(widths) + len(sep) * (len(content) - 1))
+
+    def print(self, *objects: Any, sep: str = " ", width: int | None = None, **kwargs: Any) -> None:
+        """rich's ``print``; off a terminal, laid out at the objects' natural width (see the module)."""
+        if width is None and objects and not self.writes_to_terminal():
+            width = self.natural_width(objects, sep, kwargs.get("markup"))
+        super().print(*objects, sep=sep, width=width, **kwargs)
+
+
+console = OutputConsole(stderr=True)
 
 
 def progress_enabled() -> bool:

@@ -23,8 +23,6 @@ from steerlab.model.loading import wrap_model
 
 PROBE = torch.tensor([[10, 20, 30, 40, 50, 60]])
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning")
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
