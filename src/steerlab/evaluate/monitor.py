@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from ..activations.capture import ChatSample, Reduction, collate, encode_samples, forward_batch
+from ..activations.capture import ChatSample, Reduction, encode_samples, forward_batch, length_sorted_batches
 from ..errors import SteerlabError
 from ..formats.conversations import ROLES
 from ..formats.pairs import read_jsonl
@@ -114,10 +114,7 @@ def project(
             if not reds:
                 advance(len(subset))
                 continue
-            order = sorted(subset, key=lambda i: len(encoded[i].ids))
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = collate([encoded[i] for i in idx], pad_id, lm.device)
+            for idx, batch in length_sorted_batches(encoded, subset, batch_size, pad_id, lm.device):
                 for name, acts in forward_batch(lm, batch, reds, layer_list).items():
                     out[name][idx] = projection(acts, rows)
                 advance(len(idx))
