@@ -33,17 +33,17 @@ import torch
 
 from ..activations.capture import ChatSample, Reduction, encode_samples, forward_batch, length_sorted_batches
 from ..errors import SteerlabError
-from ..formats.conversations import ROLES
-from ..formats.pairs import read_jsonl
+from ..formats.conversations import validate_conversation
+from ..io.tables import first_jsonl_row, read_jsonl
 from ..model.chat import Message
+from ..model.layers import LayerSpec, parse_layers
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
-from ..steering.steerer import parse_layers
 from ..vectors.vector import SteeringVector
 
 DEFAULT_REDUCTIONS = ("response_avg", "prompt_last")
 
-LayerArg = int | str | Sequence[int]
+LayerArg = LayerSpec  # the layer grammar of steerlab.model.layers
 
 
 # --- the formula ---------------------------------------------------------------------------------
@@ -63,10 +63,6 @@ def projection(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     if a.shape[-2:] != v.shape:
         raise SteerlabError(f"activations {tuple(a.shape)} do not match vectors {tuple(v.shape)} ([..., layers, d])")
     return ((a * v).sum(-1) / norms).float()
-
-
-def _layer_list(lm: LoadedModel, layers: LayerArg) -> list[int]:
-    return parse_layers(layers, lm.n_layers, "--layer")
 
 
 def _vector_rows(lm: LoadedModel, vector: SteeringVector, layers: list[int]) -> torch.Tensor:
@@ -99,7 +95,7 @@ def project(
     parsed = list({r.name: r for r in (Reduction.parse(r) for r in reductions)}.values())
     if not parsed:
         raise SteerlabError("no reductions given (e.g. response_avg, prompt_last)")
-    layer_list = _layer_list(lm, layers)
+    layer_list = parse_layers(layers, lm.n_layers, "--layer")
     rows = _vector_rows(lm, vector, layer_list)
     encoded = encode_samples(lm, samples, need_response=False)
     out = {r.name: torch.full((len(samples), len(layer_list)), float("nan")) for r in parsed}
@@ -178,24 +174,6 @@ class MonitorData:
     source: str = ""
 
 
-def _check_messages(messages: Any, where: str) -> list[Message]:
-    if not isinstance(messages, list) or not messages:
-        raise SteerlabError(f"{where}: field 'messages': expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise SteerlabError(
-                f"{where}: field 'messages[{i}]': expected {{'role': one of {', '.join(ROLES)}, 'content': string}}"
-            )
-        if m["role"] == "system" and i != 0:
-            raise SteerlabError(f"{where}: field 'messages[{i}].role': a system message may only come first")
-        out.append({"role": m["role"], "content": m["content"]})
-    first = next((m for m in out if m["role"] != "system"), None)
-    if first is None or first["role"] != "user":
-        raise SteerlabError(f"{where}: field 'messages': the first non-system message must be a user message")
-    return out
-
-
 def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
     """Chat JSONL (``{"messages": [...]}`` per line). Whole conversations (see
     :func:`conversation_sample`), or with ``per_turn`` one sample per assistant turn."""
@@ -205,7 +183,7 @@ def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
         where = f"{path}:{number}"
         if "messages" not in obj:
             raise SteerlabError(f"{where}: missing field 'messages' (got {sorted(obj)})")
-        messages = _check_messages(obj["messages"], where)
+        messages = validate_conversation(obj["messages"], where, require_response=False)
         if per_turn:
             turns = turn_samples(messages)
             if not turns:
@@ -283,7 +261,7 @@ def detect_kind(path: str | Path) -> str:
         if (path / "generations.jsonl").is_file():
             return "generations"
         raise SteerlabError(f"--data {path}: a directory must hold a sweep's generations.jsonl")
-    _, first = read_jsonl(path, "data file")[0]
+    _, first = first_jsonl_row(path, "data file")
     if "messages" in first:
         return "chat"
     if "text" in first and ("question" in first or "prompt" in first):
