@@ -16,7 +16,8 @@ token, i.e. the state just before the model answers) by default; any
   are never tokenized on their own.
 - Inputs (:func:`load_monitor_data`): chat JSONL ``{"messages": [...]}`` and generation files
   written by ``steerlab sweep`` (``generations.jsonl``: ``question``, ``text``, ``layer``,
-  ``coeff``) or ``steerlab generate --out`` (``prompt``, ``text``, ``coeff``). Generations are read
+  ``coeff``) or ``steerlab generate --out`` (the same fields; see :mod:`steerlab.formats.records`,
+  whose readers also accept the older ``prompt`` for ``question``). Generations are read
   by the model as loaded — normally the unsteered model reading the steered text.
 """
 
@@ -34,6 +35,7 @@ import torch
 from ..activations.capture import ChatSample, Reduction, encode_samples, forward_batch, length_sorted_batches
 from ..errors import SteerlabError
 from ..formats.conversations import validate_conversation
+from ..formats.records import PROMPT_FIELD, GenerationRecord, prompt_from_text, record_prompt_field
 from ..io.tables import first_jsonl_row, read_jsonl
 from ..model.chat import Message
 from ..model.layers import LayerSpec, parse_layers
@@ -197,18 +199,6 @@ def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
     return MonitorData("chat", samples, meta, ["turn"] if per_turn else [], str(path))
 
 
-def _prompt_from_text(text: str) -> str | list[Message]:
-    """Prompts written by ``steerlab sweep``/``generate``: a string, or a JSON-encoded message list."""
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text
-        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-            return value
-    return text
-
-
 GENERATION_META = ("question_index", "coeff", "layer", "n_new_tokens", "finish_reason")
 
 
@@ -231,24 +221,17 @@ def load_generations(path: str | Path) -> MonitorData:
     samples: list[ChatSample] = []
     meta: list[dict[str, Any]] = []
     for number, obj in read_jsonl(path, "generations file"):
-        where = f"{path}:{number}"
-        key = "question" if "question" in obj else "prompt" if "prompt" in obj else None
-        if key is None or "text" not in obj:
-            raise SteerlabError(
-                f"{where}: expected a generation row with 'question' (or 'prompt') and 'text' (got {sorted(obj)})"
-            )
-        if not isinstance(obj[key], str) or not obj[key].strip() or not isinstance(obj["text"], str):
-            raise SteerlabError(f"{where}: fields {key!r} and 'text' must be strings ({key!r} non-empty)")
+        record = GenerationRecord.from_json(obj, f"{path}:{number}")
         row_system = obj.get("system") if isinstance(obj.get("system"), str) else system
-        prompt = _prompt_from_text(obj[key])
+        prompt = prompt_from_text(record.question)
         if not isinstance(prompt, str) and prompt[0].get("role") == "system":
             row_system = None
-        samples.append(ChatSample(prompt, obj["text"], row_system or None))
+        samples.append(ChatSample(prompt, record.text, row_system or None))
         row: dict[str, Any] = {"line": number}
         for name in GENERATION_META:
             if name in obj:
                 row["steer_layer" if name == "layer" else name] = obj[name]
-        row[key] = obj[key]
+        row[PROMPT_FIELD] = record.question
         meta.append(row)
     group_by = [k for k in ("steer_layer", "coeff") if any(m.get(k) is not None for m in meta)]
     return MonitorData("generations", samples, meta, group_by, str(path))
@@ -264,7 +247,7 @@ def detect_kind(path: str | Path) -> str:
     _, first = first_jsonl_row(path, "data file")
     if "messages" in first:
         return "chat"
-    if "text" in first and ("question" in first or "prompt" in first):
+    if "text" in first and record_prompt_field(first) is not None:
         return "generations"
     raise SteerlabError(
         f"--data {path}: expected chat JSONL ('messages' per line) or generations ('question'/'prompt' and "
