@@ -120,7 +120,7 @@ class Comparison:
 
     def matrix(self, layer: int) -> torch.Tensor:
         """Cosine matrix ``[k, k]`` at one layer (same as :func:`trait_matrix`)."""
-        layer = check_layer_index(int(layer), self.n_layers, "layer", "the vectors")
+        layer = check_layer_index(int(layer), self.n_layers, "layer", "each vector")
         k = len(self.names)
         out = torch.eye(k)
         for (a, b), cos in self.cosines.items():
@@ -192,7 +192,7 @@ def trait_matrix(vectors: Mapping[str, VectorLike], layer: int) -> tuple[list[st
         raise SteerlabError("trait_matrix needs at least one vector")
     data = {name: _data(v, name) for name, v in vectors.items()}
     n_layers, _ = _check_shapes(data)
-    layer = check_layer_index(int(layer), n_layers, "layer", "the vectors")
+    layer = check_layer_index(int(layer), n_layers, "layer", "each vector")
     matrix = cosine_matrix(torch.stack([x[layer] for x in data.values()]))
     matrix.fill_diagonal_(1.0)
     return list(data), matrix
