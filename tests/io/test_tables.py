@@ -65,7 +65,7 @@ def test_writes_are_atomic(tmp_path):
 def test_csv_round_trip_header_union_and_multiline_cells(tmp_path):
     rows = [{"layer": 1, "coeff": -2.0}, {"layer": 2, "margin": None, "text": "two\nlines, quoted"}]
     assert csv_text(rows).splitlines()[0] == "layer,coeff,margin,text"
-    path = write_csv(tmp_path / "t.csv", rows + [{"layer": 3}])
+    path = write_csv(tmp_path / "t.csv", [*rows, {"layer": 3}])
     header, got = read_csv(path, "table", columns=["layer"])
     assert header == ["layer", "coeff", "margin", "text"]
     assert [n for n, _ in got] == [2, 3, 5]  # the multi-line row is numbered by its first line

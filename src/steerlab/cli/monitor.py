@@ -36,7 +36,7 @@ def monitor(
     layer: str = layer_option(..., help="Layer(s) to read."),
     data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL ({\"messages\": [...]}) or generations from steerlab sweep (generations.jsonl or its run directory) / generate --out."),
     per_turn: bool = typer.Option(False, "--per-turn", help="Chat data: one projection per assistant turn (prompt = the conversation up to it)."),
-    reductions: str = typer.Option(",".join(DEFAULT_REDUCTIONS), "--reductions", "-r", help="Comma-separated: response_avg, prompt_last, prompt_avg, first_k[:K]."),
+    reductions: str = typer.Option(",".join(DEFAULT_REDUCTIONS), "--reductions", "--reduction", "-r", help="Comma-separated: response_avg, prompt_last, prompt_avg, first_k[:K]."),
     out: Path = typer.Option(None, "--out", "-o", help="Per-sample rows, .jsonl or .csv (plus OUT_STEM.summary.json with config and summary)."),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
