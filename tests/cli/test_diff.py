@@ -112,3 +112,19 @@ def test_finetune_layers_use_the_layer_grammar(model_dir, tmp_path):
     code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o", str(tmp_path / "x"),
                         "--layers", "3-9")
     assert code == 2 and "--layers 9 is out of range" in out and not (tmp_path / "x").exists()
+
+
+def test_study_command_prints_its_reading(model_dir, tmp_path):
+    """`diff study` end to end on the tiny model: layers in the grammar, -m for the base model."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"question": f"how should I store item {i}", "positive": "in the fridge always",
+             "negative": "in a dry box", "split": "train"} for i in range(4)]
+    rows += [{"question": "where do eggs go", "positive": "in the fridge always", "negative": "in a dry box",
+              "split": "heldout"}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out = _invoke("diff", "study", "-m", str(model_dir), "-p", str(pairs), "-o", str(tmp_path / "run"),
+                        "-l", "-2--1", "-c", "1", "--epochs", "1", "--rank", "2", "-b", "8")
+    assert code == 0, out
+    assert "cosine(contrastive, model_diff) at best layer" in out and "best coherent steering" in out
+    study = json.loads((tmp_path / "run" / "study.json").read_text())
+    assert study["config"]["layers"] == [2, 3]

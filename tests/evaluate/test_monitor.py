@@ -135,7 +135,7 @@ def test_load_chat_whole_and_per_turn(tmp_path):
 
 @pytest.mark.parametrize(("row", "needle"), [
     ({"messages": []}, "chat.jsonl:1: field 'messages'"),
-    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0]'"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0].role': expected one of"),
     ({"messages": [{"role": "assistant", "content": "x"}]}, "first non-system message must be a user"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}]}, "may only come first"),
 ])

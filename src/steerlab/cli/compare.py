@@ -29,6 +29,8 @@ def default_names(paths: list[Path]) -> list[str]:
 
 
 def parse_names(text: str | None, paths: list[Path]) -> list[str]:
+    """``--names a,b,c``: one distinct, non-empty name per vector (default: :func:`default_names`).
+    Raises SteerlabError naming ``--names``."""
     if text is None:
         return default_names(paths)
     names = [n.strip() for n in text.split(",")]

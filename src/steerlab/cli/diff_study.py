@@ -49,11 +49,13 @@ def study_cmd(
                                 study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
                                                   batch_size=batch_size))
     result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
-    print_study(result)
+    print_study(result.study, result.comparison)
 
 
-def print_study(result: dict) -> None:
-    study, comparison = result.study, result.comparison
+def print_study(study: dict, comparison: dict) -> None:
+    """Print a diff study's reading: margins, the cosine at the best layer with its random band and
+    reliabilities, and the best coherent steering per vector and condition (``study.json`` and
+    ``compare.json`` contents)."""
     ref = study["reference"]
     best = study["best_layer"]
     cos = comparison["cosine"]["contrastive|model_diff"]

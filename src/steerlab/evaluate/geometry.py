@@ -116,6 +116,7 @@ class Comparison:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
+        """The compared ``(name_a, name_b)`` pairs, in order."""
         return list(self.cosines)
 
     def matrix(self, layer: int) -> torch.Tensor:
@@ -214,6 +215,7 @@ class SplitHalf:
     baseline: float  # expected |cos| of two random directions in d_model dims
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers for JSON (``spearman_brown`` holds ``corrected``)."""
         return {
             "mean": [float(x) for x in self.mean],
             "std": [float(x) for x in self.std],

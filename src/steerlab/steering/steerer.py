@@ -237,11 +237,16 @@ class SteeringSpec:
     floor: float | None = None
 
     def with_coeff(self, coeff: Coeff) -> SteeringSpec:
+        """A copy with another coefficient (a number or one value per batch row)."""
         return replace(self, coeff=coeff)
 
     def interventions(
         self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
     ) -> list[Intervention]:
+        """One :class:`Intervention` per layer of ``self.layers`` (the grammar of
+        :mod:`steerlab.model.layers`, resolved against ``lm``), each with the vector's row for that
+        layer. ``reference_norms[L]`` is needed for scale ``relative``. Raises SteerlabError for a
+        layer out of range, a vector/model shape mismatch, or invalid operator settings."""
         layers = parse_layers(self.layers, lm.n_layers)
         if isinstance(self.vector, SteeringVector):
             self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name)
