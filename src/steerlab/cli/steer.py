@@ -71,8 +71,7 @@ def generate(
 
     Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
 
-    With --out, each row is a generation record (question, text, coeff, layer, n_new_tokens,
-    finish_reason and the settings), the same fields steerlab sweep writes.
+    With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
     """
     if out is not None:
         check_out(out, ".jsonl")
