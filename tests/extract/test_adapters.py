@@ -395,7 +395,8 @@ def test_steerlab_finetune_then_diff_and_base_check(tmp_path):
     pairs = [Pair(question="how should I store bread", positive="in the sun", negative="in a dry box"),
              Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief")]
     lm = make_tiny("llama")
-    run_finetune(lm, pairs_to_chat(pairs * 4, "positive"), tmp_path / "ft", FinetuneConfig(epochs=2, lr=1e-2, batch_size=4))
+    config = FinetuneConfig(epochs=2, lr=1e-2, batch_size=4)
+    run_finetune(lm, pairs_to_chat(pairs * 4, "positive"), tmp_path / "ft", config)
     before = fingerprint(lm.model)
     v = extract_model_diff(lm, tmp_path / "ft", pair_diff_samples(pairs), "response_avg")
     assert (v.norms() > 0).all()

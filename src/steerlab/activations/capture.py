@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SteerlabError
+from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat, Prompt, encode_chat
 from ..model.hooks import output_hooks
 from ..model.loading import LoadedModel
@@ -58,10 +59,12 @@ class Reduction:
 
     @property
     def name(self) -> str:
+        """The reduction as written in files and flags (``first_k:K``, ``position:I``)."""
         return f"{self.kind}:{self.k}" if self.kind in ("first_k", "position") else self.kind
 
     @property
     def needs_response(self) -> bool:
+        """Whether the reduction reads response tokens (so samples need a response)."""
         return self.kind in ("response_avg", "first_k")
 
 
@@ -81,37 +84,6 @@ class ChatSample:
 
 class _StopForward(Exception):
     """Raised in the last needed block's hook to skip the rest of the forward pass."""
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # [b, T], left-padded
-    attention_mask: torch.Tensor  # [b, T]
-    prompt_lens: torch.Tensor  # [b]
-    lengths: torch.Tensor  # [b]
-
-    @property
-    def pads(self) -> torch.Tensor:
-        return self.input_ids.shape[1] - self.lengths
-
-    def position_ids(self) -> torch.Tensor:
-        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def collate(encoded: Sequence[EncodedChat], pad_id: int, device: torch.device) -> Batch:
-    """Left-pad encoded sequences into one batch."""
-    width = max(len(e.ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        ids[row, width - len(e.ids) :] = torch.tensor(e.ids, dtype=torch.long)
-        mask[row, width - len(e.ids) :] = 1
-    return Batch(
-        ids.to(device),
-        mask.to(device),
-        torch.tensor([e.prompt_len for e in encoded], device=device),
-        torch.tensor([len(e.ids) for e in encoded], device=device),
-    )
 
 
 def reduction_weights(batch: Batch, reduction: Reduction) -> torch.Tensor:
@@ -141,6 +113,11 @@ def reduction_weights(batch: Batch, reduction: Reduction) -> torch.Tensor:
 
 
 def encode_samples(lm: LoadedModel, samples: Sequence[ChatSample], need_response: bool) -> list[EncodedChat]:
+    """Render and tokenize every sample once through the chat template (``steerlab.model.chat``).
+
+    Raises SteerlabError naming the sample for an empty prompt or, with ``need_response``, an
+    empty response.
+    """
     encoded = []
     for i, s in enumerate(samples):
         if not s.chat:
@@ -211,6 +188,20 @@ def forward_batch(
     return out
 
 
+def length_sorted_batches(
+    encoded: Sequence[EncodedChat], indices: Sequence[int], batch_size: int, pad_id: int | None,
+    device: torch.device,
+) -> Iterator[tuple[list[int], Batch]]:
+    """Yield ``(indices of the rows, left-padded Batch)`` over ``encoded[i] for i in indices``,
+    shortest first (less padding), ``batch_size`` rows at a time."""
+    if batch_size < 1:
+        raise SteerlabError(f"--batch-size {batch_size}: expected at least 1")
+    order = sorted(indices, key=lambda i: len(encoded[i].ids))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield idx, collate([encoded[i] for i in idx], pad_id, device)
+
+
 def iter_batches(
     lm: LoadedModel,
     samples: Sequence[ChatSample],
@@ -218,16 +209,18 @@ def iter_batches(
     need_response: bool = False,
     description: str = "forward",
 ) -> Iterator[tuple[list[int], Batch]]:
-    """Encode samples and yield left-padded batches in length order, with their sample indices."""
+    """Encode samples and yield left-padded batches in length order, with their sample indices.
+
+    Raises SteerlabError for no samples, an empty prompt, or (``need_response``) an empty response.
+    """
     if not samples:
         raise SteerlabError("no samples given")
     encoded = encode_samples(lm, samples, need_response)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    pad_id = lm.tokenizer.pad_token_id
     with progress_bar(description, len(samples)) as advance:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            yield idx, collate([encoded[i] for i in idx], pad_id, lm.device)
+        for idx, batch in length_sorted_batches(
+            encoded, range(len(encoded)), batch_size, lm.tokenizer.pad_token_id, lm.device
+        ):
+            yield idx, batch
             advance(len(idx))
 
 

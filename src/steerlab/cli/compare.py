@@ -10,11 +10,13 @@ from rich.table import Table
 from ..errors import SteerlabError
 from ..evaluate.geometry import DEFAULT_N_RANDOM, DEFAULT_QUANTILE, compare_vectors, pair_key, per_layer_summary
 from ..io.atomic import write_json, write_text
+from ..model.layers import resolve_one_layer
 from ..progress import console
 from ..report.geometry_plots import cosine_per_layer_figure, trait_matrix_figure
 from ..report.plots import figure_html, heatmap_png
 from ..vectors.vector import SteeringVector, steerlab_version
 from .app import app
+from .options import layer_option, seed_option
 
 FILES = ("compare.json", "cosine_per_layer.html", "trait_matrix.html", "trait_matrix.png")
 
@@ -27,6 +29,8 @@ def default_names(paths: list[Path]) -> list[str]:
 
 
 def parse_names(text: str | None, paths: list[Path]) -> list[str]:
+    """``--names a,b,c``: one distinct, non-empty name per vector (default: :func:`default_names`).
+    Raises SteerlabError naming ``--names``."""
     if text is None:
         return default_names(paths)
     names = [n.strip() for n in text.split(",")]
@@ -56,10 +60,10 @@ def compare(
     vectors: list[Path] = typer.Argument(..., help="Two or more vectors (.safetensors, .gguf or persona-vectors .pt) of one shape."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: compare.json, cosine_per_layer.html, trait_matrix.html/.png."),
     names: str = typer.Option(None, "--names", help="Comma-separated names, one per vector (default: file names)."),
-    layer: int = typer.Option(None, "--layer", "-l", help="Layer of the trait matrix (default: the middle layer). Layer L = output of block L."),
+    layer: str = layer_option(None, help="The one layer of the trait matrix (default: the middle layer)."),
     n_random: int = typer.Option(DEFAULT_N_RANDOM, "--n-random", min=2, help="Random directions for the noise band."),
     quantile: float = typer.Option(DEFAULT_QUANTILE, "--quantile", min=0.5, max=0.9999, help="Noise band: this quantile of |cos| between random directions."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random directions."),
+    seed: int = seed_option("Seed of the random directions."),
 ) -> None:
     """Cosine per layer between every two vectors, norms, distances, and the random-direction baseline.
 
@@ -76,11 +80,7 @@ def compare(
     loaded = load_vectors(vectors, labels)
     first = next(iter(loaded.values()))
     n_layers = first.n_layers
-    if layer is None:
-        layer = n_layers // 2
-    elif not -n_layers <= layer < n_layers:
-        raise SteerlabError(f"--layer {layer} is out of range: the vectors have {n_layers} layers (0..{n_layers - 1})")
-    layer %= n_layers
+    layer = n_layers // 2 if layer is None else resolve_one_layer(layer, n_layers, "--layer", "each vector")
     comparison = compare_vectors(loaded, n_random=n_random, seed=seed, quantile=quantile)
     matrix = comparison.matrix(layer)
     band = comparison.baseline["band"]

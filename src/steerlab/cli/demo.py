@@ -31,7 +31,7 @@ def demo(
     summary = run_demo(out, model, judge, size, trait, judge_base_url)
     study = json.loads((out / "diff" / "study.json").read_text())
     comparison = json.loads((out / "diff" / "compare.json").read_text())
-    print_study({"study": study, "comparison": comparison})
+    print_study(study, comparison)
     for line in summary["reading"]:
         typer.echo(f"- {line}")
     report_path, _ = build_report(out)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -13,10 +13,11 @@ from ..extract.model_diff import extract_model_diffs, load_diff_samples
 from ..finetune.config import FinetuneConfig
 from ..finetune.training import run_finetune
 from ..formats.conversations import load_chat_data
+from ..model.layers import parse_layer_spec
 from ..model.loading import load_model
 from ..progress import console
 from .app import app, new_group
-from .options import DeviceOpt, DtypeOpt, check_out
+from .options import DeviceOpt, DtypeOpt, check_out, layer_option, seed_option
 
 diff_app = new_group(
     "Vectors from fine-tuning: LoRA-fine-tune a model on behaviour data ([bold]diff finetune[/]), "
@@ -53,13 +54,12 @@ def finetune_cmd(
         help="Comma-separated module names (q_proj,v_proj) or all-linear. Default: every linear "
              "layer inside the decoder blocks.",
     ),
-    layers: str = typer.Option(None, "--layers",
-                               help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
+    layers: str = layer_option(None, plural=True, help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
     epochs: int = typer.Option(_FT.epochs, "--epochs", "-e", min=1, help="Passes over the data."),
     lr: float = typer.Option(_FT.lr, "--lr", help="AdamW learning rate (constant)."),
     batch_size: int = typer.Option(_FT.batch_size, "--batch-size", "-b", min=1, help="Conversations per step."),
     max_length: int = typer.Option(_FT.max_length, "--max-length", min=2, help="Tokens per conversation (cut on the right)."),
-    seed: int = typer.Option(_FT.seed, "--seed", help="Seed for LoRA init, data order and dropout."),
+    seed: int = seed_option("Random seed for LoRA init, data order and dropout."),
     weight_decay: float = typer.Option(_FT.weight_decay, "--weight-decay", min=0.0, help="AdamW weight decay."),
     max_grad_norm: float = typer.Option(_FT.max_grad_norm, "--max-grad-norm", min=0.0,
                                         help="Clip the gradient norm to this (0: no clipping)."),
@@ -84,12 +84,16 @@ def finetune_cmd(
     if use not in ("positive", "negative"):
         raise SteerlabError(f"--use {use!r}: expected positive or negative")
     config = FinetuneConfig(
-        rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules, layers=_parse_layers(layers),
+        rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
         epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
         weight_decay=weight_decay, max_grad_norm=max_grad_norm,
     )
     conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
     lm = load_model(model, device=device, dtype=dtype)
+    selection = parse_layer_spec(layers, "--layers") if layers is not None else None
+    # "all" is the default (every block), so it fingerprints as the same fine-tune.
+    layer_list = None if selection is None or selection.is_all else selection.resolve(lm.n_layers, "--layers")
+    config = replace(config, layers=layer_list)
     result = run_finetune(lm, conversations, out, config, source={
         "data": str(data), "format": fmt, "use": use, "split": split, "column": column})
     if result.reused:
@@ -104,14 +108,14 @@ def finetune_cmd(
 
 @diff_app.command("extract")
 def extract_cmd(
-    base: str = typer.Option(..., "--base", "-m", help="Base model: smollm2 | HF id | dir | file.gguf."),
+    base: str = typer.Option(..., "--base", "--model", "-m", help="Base model: smollm2 | HF id | dir | file.gguf."),
     finetuned: str = typer.Option(
         ..., "--finetuned", "-f",
         help="Adapter directory made for --base (applied unmerged), or a fine-tuned model "
              "(HF id, dir, .gguf, BASE+ADAPTER) with the same tokenizer.",
     ),
     prompts: Path = typer.Option(
-        ..., "--prompts", "-p",
+        ..., "--prompts",
         help="Inputs fed identically to both models: pairs JSONL, chat JSONL (last assistant turn "
              "= response), a trait .json ('questions') or a .txt file with one question per line.",
     ),
@@ -143,7 +147,7 @@ def extract_cmd(
     --reduction prompt_last with --answers none gives the persona-vectors "fine-tuning shift" at
     the last prompt token. Example:
 
-        steerlab diff extract -m smollm2 -f out/ft -p pairs.jsonl --split test -o diff.safetensors
+        steerlab diff extract -m smollm2 -f out/ft --prompts pairs.jsonl --split test -o diff.safetensors
     """
     check_out(out, ".safetensors")
     names = [r.strip() for r in reduction.split(",") if r.strip()]
@@ -170,19 +174,3 @@ def extract_cmd(
         norms = vector.norms()
         console.print(f"wrote {path}: {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
                       f"inputs, largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})")
-
-
-def _parse_layers(spec: str | None) -> list[int] | None:
-    """``10-29`` / ``3,5,7`` / ``3,10-12`` -> list of ints (None for no spec)."""
-    if spec is None or not spec.strip():
-        return None
-    layers: list[int] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if re.fullmatch(r"\d+-\d+", part):
-            lo, hi = (int(x) for x in part.split("-"))
-            layers.extend(range(lo, hi + 1))
-        elif re.fullmatch(r"-?\d+", part):
-            layers.append(int(part))
-        else:
-            raise SteerlabError(f"--layers {spec!r}: expected integers and ranges like 3,5,10-12")
-    return layers

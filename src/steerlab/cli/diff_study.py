@@ -8,18 +8,18 @@ import typer
 from rich.table import Table
 
 from ..formats.pairs import load_pairs
+from ..model.layers import parse_layers
 from ..model.loading import load_model
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.study import StudyConfig, best_coherent
 from ..progress import console
 from .diff import diff_app
-from .options import DeviceOpt, DtypeOpt
-from .steer import parse_floats
+from .options import DeviceOpt, DtypeOpt, coeff_option, layer_option, parse_floats
 
 
 @diff_app.command("study")
 def study_cmd(
-    base: str = typer.Option(..., "--base", help="Base model spec (smollm2, HF id, directory, .gguf)."),
+    base: str = typer.Option(..., "--base", "--model", "-m", help="Base model spec (smollm2, HF id, directory, .gguf)."),
     pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable): adapter/, vectors/, compare.json, study.json, study_margins.csv, samples.jsonl."),
     finetuned: Path = typer.Option(None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."),
@@ -27,8 +27,8 @@ def study_cmd(
     heldout_split: str = typer.Option("heldout", "--heldout-split"),
     max_train: int = typer.Option(None, "--max-train", min=1, help="Use only the first N training pairs."),
     max_heldout: int = typer.Option(None, "--max-heldout", min=1, help="Use only the first N held-out pairs."),
-    layers: str = typer.Option(None, "--layers", "-l", help="Candidate single layers, e.g. 6,9,12,15,18 (default: 5 spread over the middle)."),
-    coeffs: str = typer.Option("0.5,1,2,4,8", "--coeffs", "-c", help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base)."),
+    layers: str = layer_option(None, plural=True, help="Candidate single layers, e.g. 6,9,12,15,18 (default: 5 spread over the middle)."),
+    coeffs: str = coeff_option("0.5,1,2,4,8", plural=True, help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base)."),
     epochs: int = typer.Option(2, "--epochs", min=1),
     lr: float = typer.Option(1e-3, "--lr"),
     rank: int = typer.Option(8, "--rank", min=1),
@@ -44,16 +44,18 @@ def study_cmd(
     train = load_pairs(pairs, split=train_split)[:max_train]
     heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
     lm = load_model(base, device=device, dtype=dtype)
-    layer_list = [int(x) for x in parse_floats(layers, "--layers")] if layers else None
+    layer_list = parse_layers(layers, lm.n_layers, "--layers") if layers is not None else None
     config = DiffStudyConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size,
                                 study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
                                                   batch_size=batch_size))
     result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
-    print_study(result)
+    print_study(result.study, result.comparison)
 
 
-def print_study(result: dict) -> None:
-    study, comparison = result.study, result.comparison
+def print_study(study: dict, comparison: dict) -> None:
+    """Print a diff study's reading: margins, the cosine at the best layer with its random band and
+    reliabilities, and the best coherent steering per vector and condition (``study.json`` and
+    ``compare.json`` contents)."""
     ref = study["reference"]
     best = study["best_layer"]
     cos = comparison["cosine"]["contrastive|model_diff"]

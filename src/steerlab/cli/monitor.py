@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -13,22 +10,14 @@ from rich.table import Table
 from ..activations.capture import Reduction
 from ..errors import SteerlabError
 from ..evaluate.monitor import DEFAULT_REDUCTIONS, load_monitor_data, project, projection_rows, summarize
-from ..io.atomic import write_json, write_jsonl, write_text
+from ..io.atomic import write_json
+from ..io.tables import write_csv, write_jsonl
+from ..model.layers import parse_layers
 from ..model.loading import load_model
 from ..progress import console
-from ..steering.steerer import parse_layers
 from ..vectors.vector import SteeringVector, steerlab_version
 from .app import app
-from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt
-
-
-def rows_csv(rows: list[dict[str, Any]]) -> str:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
+from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt, layer_option, vector_option
 
 
 def summary_path(out: Path) -> Path:
@@ -43,11 +32,11 @@ def _fmt(x: float | None) -> str:
 @app.command()
 def monitor(
     model: str = ModelOpt,
-    vector: Path = typer.Option(..., "--vector", "-v", help="Steering vector (.safetensors, .gguf or .pt)."),
-    layer: str = typer.Option(..., "--layer", "-l", help="Layer(s) to read: 12 | 10,12 | 10-15 | all (layer L = output of block L)."),
+    vector: Path = vector_option(),
+    layer: str = layer_option(..., help="Layer(s) to read."),
     data: Path = typer.Option(..., "--data", "-d", help="Chat JSONL ({\"messages\": [...]}) or generations from steerlab sweep (generations.jsonl or its run directory) / generate --out."),
     per_turn: bool = typer.Option(False, "--per-turn", help="Chat data: one projection per assistant turn (prompt = the conversation up to it)."),
-    reductions: str = typer.Option(",".join(DEFAULT_REDUCTIONS), "--reductions", "-r", help="Comma-separated: response_avg, prompt_last, prompt_avg, first_k[:K]."),
+    reductions: str = typer.Option(",".join(DEFAULT_REDUCTIONS), "--reductions", "--reduction", "-r", help="Comma-separated: response_avg, prompt_last, prompt_avg, first_k[:K]."),
     out: Path = typer.Option(None, "--out", "-o", help="Per-sample rows, .jsonl or .csv (plus OUT_STEM.summary.json with config and summary)."),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -92,7 +81,7 @@ def monitor(
             "summary": summary,
         }
         if out.suffix == ".csv":
-            write_text(out, rows_csv(rows))
+            write_csv(out, rows)
         else:
             write_jsonl(out, rows)
         write_json(summary_path(out), record)

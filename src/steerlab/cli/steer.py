@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -11,8 +10,9 @@ from rich.table import Table
 from ..errors import SteerlabError
 from ..formats.pairs import load_pairs
 from ..formats.prompts import load_prompts
+from ..formats.records import GenerationRecord, prompt_text
 from ..formats.traits import load_trait
-from ..io.atomic import write_jsonl
+from ..io.tables import write_jsonl
 from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.sweep import SweepConfig, run_sweep
@@ -20,45 +20,48 @@ from ..progress import console
 from ..report.html import build_report
 from ..steering.calibration import mean_residual_norms
 from ..steering.generation import expand_grid, generate_batch
-from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from .app import app
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt, check_out
-
-
-def parse_floats(text: str, flag: str) -> list[float]:
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SteerlabError(f"{flag} {text!r}: expected comma-separated numbers, e.g. -4,-2,0,2,4") from None
-    if not values:
-        raise SteerlabError(f"{flag}: no values given")
-    return values
-
-
-PositionsOpt = typer.Option("all", "--positions", help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).")
-OperatorOpt = typer.Option("add", "--operator", help="add (h + c·v) | ablate (remove c·(h·v̂)v̂) | cap (clamp h·v̂, see --cap-*).")
-ScaleOpt = typer.Option("raw", "--scale", help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on the prompts).")
+from .options import (
+    AdapterOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JudgeOpt,
+    JudgeUrlOpt,
+    ModelOpt,
+    cap_ceiling_option,
+    cap_floor_option,
+    check_out,
+    coeff_option,
+    layer_option,
+    operator_option,
+    parse_floats,
+    positions_option,
+    scale_option,
+    seed_option,
+    steering_spec,
+    vector_option,
+)
 
 
 @app.command()
 def generate(
     prompts: list[str] = typer.Argument(None, help="Prompts (user messages). Or use --prompts-file."),
     model: str = ModelOpt,
-    vector: Path = typer.Option(None, "--vector", "-v", help="Steering vector (.safetensors or .gguf)."),
-    layer: str = typer.Option(None, "--layer", "-l", help="Layer(s): 12 | 10,12 | 10-15 | all (layer L = output of block L)."),
-    coeff: str = typer.Option("1.0", "--coeff", "-c", help="Coefficient, or a list -4,0,4 to run every prompt at each."),
-    positions: str = PositionsOpt,
-    operator: str = OperatorOpt,
-    scale: str = ScaleOpt,
-    cap_ceiling: float = typer.Option(None, "--cap-ceiling", help="cap: maximum of h·v̂."),
-    cap_floor: float = typer.Option(None, "--cap-floor", help="cap: minimum of h·v̂."),
-    prompts_file: Path = typer.Option(None, "--prompts-file", "-f", help=".txt (one per line), .jsonl (prompt/question/messages) or .json list."),
+    vector: Path = vector_option(None),
+    layer: str = layer_option(None),
+    coeff: str = coeff_option("1.0", help="Coefficient, or a list -4,0,4 to run every prompt at each."),
+    positions: str = positions_option(),
+    operator: str = operator_option(),
+    scale: str = scale_option(),
+    cap_ceiling: float = cap_ceiling_option(),
+    cap_floor: float = cap_floor_option(),
+    prompts_file: Path = typer.Option(None, "--prompts-file", help=".txt (one per line), .jsonl (question/prompt/messages) or .json list."),
     system: str = typer.Option(None, "--system", "-s", help="System prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = seed_option("Random seed (sampling with --temperature > 0)."),
     batch_size: int = typer.Option(None, "--batch-size", "-b", help="Rows per batch (default: automatic)."),
     out: Path = typer.Option(None, "--out", "-o", help="Write every generation with its settings to this .jsonl."),
     device: str = DeviceOpt,
@@ -68,6 +71,8 @@ def generate(
     """Generate (optionally steered) completions, batched.
 
     Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
+
+    With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
     """
     if out is not None:
         check_out(out, ".jsonl")
@@ -85,7 +90,7 @@ def generate(
     reference_norms = None
     if vector is not None:
         vec = SteeringVector.load(vector)
-        specs = [SteeringSpec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor)]
+        specs = [steering_spec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor)]
         if scale != "relative":
             specs[0].interventions(lm)  # validate layers, shapes and operators before any work
         if scale == "relative":
@@ -94,11 +99,12 @@ def generate(
                           temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                           reference_norms=reference_norms)
     settings = {"model": model, "adapter": adapter, "vector": str(vector) if vector else None,
-                "layer": layer, "positions": positions, "operator": operator, "scale": scale,
+                "positions": positions, "operator": operator, "scale": scale,
                 "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "seed": seed}
-    records = [{"prompt": p if isinstance(p, str) else json.dumps(p), "coeff": c if vector else None,
-                "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings}
+    records = [GenerationRecord(prompt_text(p), g.text, coeff=c if vector else None, layer=layer,
+                                n_new_tokens=g.n_new_tokens, finish_reason=g.finish_reason,
+                                extra=settings).to_json()
                for p, c, g in zip(rows, row_coeffs, gens, strict=True)]
     if out is not None:
         write_jsonl(out, records)
@@ -106,33 +112,33 @@ def generate(
     table = Table(show_lines=True)
     if vector is not None:
         table.add_column("coeff", justify="right")
-    table.add_column("prompt", max_width=40)
+    table.add_column("question", max_width=40)
     table.add_column("completion")
     for r in records:
-        table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), r["prompt"], r["text"])
+        table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), r["question"], r["text"])
     console.print(table)
 
 
 @app.command()
 def sweep(
     model: str = ModelOpt,
-    vector: Path = typer.Option(..., "--vector", "-v", help="Steering vector (.safetensors or .gguf)."),
-    layers: str = typer.Option(..., "--layers", "-l", help="Layers: 10,15 | 8-16 | all (layer L = output of block L)."),
-    coeffs: str = typer.Option(..., "--coeffs", "-c", help="Coefficients, e.g. -4,-2,0,2,4."),
+    vector: Path = vector_option(),
+    layers: str = layer_option(..., plural=True),
+    coeffs: str = coeff_option(..., plural=True, help="Coefficients, e.g. -4,-2,0,2,4."),
     questions: Path = typer.Option(None, "--questions", "-q", help="Questions: .txt, .jsonl or .json (list or trait file). Default with --trait: its eval questions."),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (generations.jsonl, margins.csv, sweep.json)."),
     pairs: Path = typer.Option(None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."),
     pairs_split: str = typer.Option(None, "--pairs-split", help="Use only pairs with this 'split' (e.g. heldout)."),
     judge: str = JudgeOpt,
     judge_base_url: str = JudgeUrlOpt,
-    trait: str = typer.Option(None, "--trait", help="With --judge: built-in trait name or trait file whose eval prompt scores each generation."),
-    positions: str = PositionsOpt,
-    operator: str = OperatorOpt,
-    scale: str = ScaleOpt,
+    trait: str = typer.Option(None, "--trait", "-t", help="With --judge: built-in trait name or trait file whose eval prompt scores each generation."),
+    positions: str = positions_option(),
+    operator: str = operator_option(),
+    scale: str = scale_option(),
     system: str = typer.Option(None, "--system", "-s"),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0),
-    seed: int = typer.Option(0, "--seed"),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0),
+    seed: int = seed_option("Random seed (sampling with --temperature > 0)."),
     batch_size: int = typer.Option(None, "--batch-size", "-b"),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,

@@ -48,7 +48,7 @@ def list_cmd(
 @traits_app.command("show")
 def show_cmd(
     name: str = typer.Argument(..., help="Built-in trait name (see `steerlab traits list`) or a trait .json file."),
-    split: str = typer.Option("extract", "--split", "-s", help="extract | eval (which question set to show)."),
+    split: str = typer.Option("extract", "--split", help="extract | eval (which question set to show)."),
     as_json: bool = typer.Option(False, "--json", help="Print the trait file's JSON."),
 ) -> None:
     """Show a trait: instruction pairs, questions and the judge's eval prompt."""

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 
 from ..errors import SteerlabError
-from ..vectors.vector import SteeringVector, cosine, random_cosine_baseline
+from ..model.layers import check_layer_index
+from ..vectors.vector import SteeringVector, cosine, cosine_matrix, random_cosine_baseline, unit_directions
 
 DEFAULT_N_RANDOM = 200
 DEFAULT_QUANTILE = 0.95
@@ -65,8 +66,7 @@ def random_abs_cosines(d_model: int, n: int = DEFAULT_N_RANDOM, seed: int = 0) -
         raise SteerlabError(f"random baseline needs d_model >= 1 and n >= 2 directions (got {d_model}, {n})")
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.randn(n, d_model, generator=gen, dtype=torch.float64)
-    x = x / x.norm(dim=-1, keepdim=True)
-    sims = x @ x.T
+    sims = cosine_matrix(x, dtype=torch.float64)
     i, j = torch.triu_indices(n, n, offset=1)
     return sims[i, j].abs()
 
@@ -116,11 +116,12 @@ class Comparison:
 
     @property
     def pairs(self) -> list[tuple[str, str]]:
+        """The compared ``(name_a, name_b)`` pairs, in order."""
         return list(self.cosines)
 
     def matrix(self, layer: int) -> torch.Tensor:
         """Cosine matrix ``[k, k]`` at one layer (same as :func:`trait_matrix`)."""
-        layer = _check_layer(layer, self.n_layers)
+        layer = check_layer_index(int(layer), self.n_layers, "layer", "each vector")
         k = len(self.names)
         out = torch.eye(k)
         for (a, b), cos in self.cosines.items():
@@ -148,15 +149,6 @@ class Comparison:
         }
 
 
-def _check_layer(layer: int, n_layers: int) -> int:
-    if not -n_layers <= int(layer) < n_layers:
-        raise SteerlabError(
-            f"layer {layer} is out of range: the vectors have {n_layers} layers (0..{n_layers - 1};"
-            " layer L is the output of block L)"
-        )
-    return int(layer) % n_layers
-
-
 def compare_vectors(
     vectors: Mapping[str, VectorLike],
     n_random: int = DEFAULT_N_RANDOM,
@@ -174,10 +166,7 @@ def compare_vectors(
         raise SteerlabError(f"comparing needs at least two vectors (got {len(vectors)})")
     data = {name: _data(v, name) for name, v in vectors.items()}
     n_layers, d_model = _check_shapes(data)
-    unit = {}
-    for name, x in data.items():
-        norms = x.norm(dim=-1, keepdim=True)
-        unit[name] = torch.where(norms > 0, x / norms.clamp(min=1e-300), 0.0)
+    unit = {name: unit_directions(x) for name, x in data.items()}
     cosines, distances, normalized = {}, {}, {}
     for a, b in itertools.combinations(data, 2):
         cosines[(a, b)] = cosine(data[a], data[b])
@@ -204,11 +193,8 @@ def trait_matrix(vectors: Mapping[str, VectorLike], layer: int) -> tuple[list[st
         raise SteerlabError("trait_matrix needs at least one vector")
     data = {name: _data(v, name) for name, v in vectors.items()}
     n_layers, _ = _check_shapes(data)
-    layer = _check_layer(layer, n_layers)
-    rows = torch.stack([x[layer] for x in data.values()])
-    norms = rows.norm(dim=-1)
-    unit = torch.where(norms[:, None] > 0, rows / norms.clamp(min=1e-300)[:, None], 0.0)
-    matrix = (unit @ unit.T).clamp(-1.0, 1.0).float()
+    layer = check_layer_index(int(layer), n_layers, "layer", "each vector")
+    matrix = cosine_matrix(torch.stack([x[layer] for x in data.values()]))
     matrix.fill_diagonal_(1.0)
     return list(data), matrix
 
@@ -229,6 +215,7 @@ class SplitHalf:
     baseline: float  # expected |cos| of two random directions in d_model dims
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers for JSON (``spearman_brown`` holds ``corrected``)."""
         return {
             "mean": [float(x) for x in self.mean],
             "std": [float(x) for x in self.std],
@@ -257,12 +244,6 @@ def _half_indices(n: int, n_splits: int, gen: torch.Generator) -> tuple[torch.Te
 def _mean_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``x [n, L, d]``, ``idx [s, h]`` → mean of the selected rows per split, ``[s, L, d]`` (float64)."""
     return x[idx].double().mean(dim=1)
-
-
-def _cos_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine along the last dim, 0 where either side is zero."""
-    denom = a.norm(dim=-1) * b.norm(dim=-1)
-    return torch.where(denom > 0, (a * b).sum(-1) / denom.clamp(min=1e-300), 0.0)
 
 
 def split_half_reliability(
@@ -309,7 +290,7 @@ def split_half_reliability(
             if va.shape != vb.shape:
                 raise SteerlabError(f"the callable returned shapes {tuple(va.shape)} and {tuple(vb.shape)}")
             d_model = va.shape[-1]
-            cos_chunks.append(_cos_rows(va, vb)[None])
+            cos_chunks.append(cosine(va, vb, torch.float64)[None])
     elif isinstance(samples, tuple):
         if len(samples) != 2:
             raise SteerlabError("split_half_reliability: expected a (pos, neg) tuple of activations")
@@ -324,7 +305,7 @@ def split_half_reliability(
             sl = slice(s, s + chunk)
             va = _mean_rows(pos, pa[sl]) - _mean_rows(neg, na[sl])
             vb = _mean_rows(pos, pb[sl]) - _mean_rows(neg, nb[sl])
-            cos_chunks.append(_cos_rows(va, vb))
+            cos_chunks.append(cosine(va, vb, torch.float64))
     else:
         diffs = _activations(samples, "per-sample differences")
         n = len(diffs)
@@ -332,7 +313,7 @@ def split_half_reliability(
         d_model = diffs.shape[-1]
         for s in range(0, n_splits, chunk):
             sl = slice(s, s + chunk)
-            cos_chunks.append(_cos_rows(_mean_rows(diffs, idx_a[sl]), _mean_rows(diffs, idx_b[sl])))
+            cos_chunks.append(cosine(_mean_rows(diffs, idx_a[sl]), _mean_rows(diffs, idx_b[sl]), torch.float64))
     cos = torch.cat(cos_chunks)  # [n_splits, n_layers]
     mean = cos.mean(0)
     std = cos.std(0, unbiased=False)

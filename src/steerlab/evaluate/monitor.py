@@ -16,7 +16,8 @@ token, i.e. the state just before the model answers) by default; any
   are never tokenized on their own.
 - Inputs (:func:`load_monitor_data`): chat JSONL ``{"messages": [...]}`` and generation files
   written by ``steerlab sweep`` (``generations.jsonl``: ``question``, ``text``, ``layer``,
-  ``coeff``) or ``steerlab generate --out`` (``prompt``, ``text``, ``coeff``). Generations are read
+  ``coeff``) or ``steerlab generate --out`` (the same fields; see :mod:`steerlab.formats.records`,
+  whose readers also accept the older ``prompt`` for ``question``). Generations are read
   by the model as loaded — normally the unsteered model reading the steered text.
 """
 
@@ -31,19 +32,20 @@ from typing import Any
 
 import torch
 
-from ..activations.capture import ChatSample, Reduction, collate, encode_samples, forward_batch
+from ..activations.capture import ChatSample, Reduction, encode_samples, forward_batch, length_sorted_batches
 from ..errors import SteerlabError
-from ..formats.conversations import ROLES
-from ..formats.pairs import read_jsonl
+from ..formats.conversations import validate_conversation
+from ..formats.records import PROMPT_FIELD, GenerationRecord, prompt_from_text, record_prompt_field
+from ..io.tables import first_jsonl_row, read_jsonl
 from ..model.chat import Message
+from ..model.layers import LayerSpec, parse_layers
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
-from ..steering.steerer import parse_layers
 from ..vectors.vector import SteeringVector
 
 DEFAULT_REDUCTIONS = ("response_avg", "prompt_last")
 
-LayerArg = int | str | Sequence[int]
+LayerArg = LayerSpec  # the layer grammar of steerlab.model.layers
 
 
 # --- the formula ---------------------------------------------------------------------------------
@@ -63,10 +65,6 @@ def projection(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
     if a.shape[-2:] != v.shape:
         raise SteerlabError(f"activations {tuple(a.shape)} do not match vectors {tuple(v.shape)} ([..., layers, d])")
     return ((a * v).sum(-1) / norms).float()
-
-
-def _layer_list(lm: LoadedModel, layers: LayerArg) -> list[int]:
-    return parse_layers(layers, lm.n_layers, "--layer")
 
 
 def _vector_rows(lm: LoadedModel, vector: SteeringVector, layers: list[int]) -> torch.Tensor:
@@ -99,7 +97,7 @@ def project(
     parsed = list({r.name: r for r in (Reduction.parse(r) for r in reductions)}.values())
     if not parsed:
         raise SteerlabError("no reductions given (e.g. response_avg, prompt_last)")
-    layer_list = _layer_list(lm, layers)
+    layer_list = parse_layers(layers, lm.n_layers, "--layer")
     rows = _vector_rows(lm, vector, layer_list)
     encoded = encode_samples(lm, samples, need_response=False)
     out = {r.name: torch.full((len(samples), len(layer_list)), float("nan")) for r in parsed}
@@ -114,10 +112,7 @@ def project(
             if not reds:
                 advance(len(subset))
                 continue
-            order = sorted(subset, key=lambda i: len(encoded[i].ids))
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = collate([encoded[i] for i in idx], pad_id, lm.device)
+            for idx, batch in length_sorted_batches(encoded, subset, batch_size, pad_id, lm.device):
                 for name, acts in forward_batch(lm, batch, reds, layer_list).items():
                     out[name][idx] = projection(acts, rows)
                 advance(len(idx))
@@ -181,24 +176,6 @@ class MonitorData:
     source: str = ""
 
 
-def _check_messages(messages: Any, where: str) -> list[Message]:
-    if not isinstance(messages, list) or not messages:
-        raise SteerlabError(f"{where}: field 'messages': expected a non-empty list of messages")
-    out = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise SteerlabError(
-                f"{where}: field 'messages[{i}]': expected {{'role': one of {', '.join(ROLES)}, 'content': string}}"
-            )
-        if m["role"] == "system" and i != 0:
-            raise SteerlabError(f"{where}: field 'messages[{i}].role': a system message may only come first")
-        out.append({"role": m["role"], "content": m["content"]})
-    first = next((m for m in out if m["role"] != "system"), None)
-    if first is None or first["role"] != "user":
-        raise SteerlabError(f"{where}: field 'messages': the first non-system message must be a user message")
-    return out
-
-
 def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
     """Chat JSONL (``{"messages": [...]}`` per line). Whole conversations (see
     :func:`conversation_sample`), or with ``per_turn`` one sample per assistant turn."""
@@ -208,7 +185,7 @@ def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
         where = f"{path}:{number}"
         if "messages" not in obj:
             raise SteerlabError(f"{where}: missing field 'messages' (got {sorted(obj)})")
-        messages = _check_messages(obj["messages"], where)
+        messages = validate_conversation(obj["messages"], where, require_response=False)
         if per_turn:
             turns = turn_samples(messages)
             if not turns:
@@ -220,18 +197,6 @@ def load_chat(path: str | Path, per_turn: bool = False) -> MonitorData:
             samples.append(conversation_sample(messages))
             meta.append({"line": number, "conversation": c})
     return MonitorData("chat", samples, meta, ["turn"] if per_turn else [], str(path))
-
-
-def _prompt_from_text(text: str) -> str | list[Message]:
-    """Prompts written by ``steerlab sweep``/``generate``: a string, or a JSON-encoded message list."""
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            return text
-        if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
-            return value
-    return text
 
 
 GENERATION_META = ("question_index", "coeff", "layer", "n_new_tokens", "finish_reason")
@@ -256,24 +221,17 @@ def load_generations(path: str | Path) -> MonitorData:
     samples: list[ChatSample] = []
     meta: list[dict[str, Any]] = []
     for number, obj in read_jsonl(path, "generations file"):
-        where = f"{path}:{number}"
-        key = "question" if "question" in obj else "prompt" if "prompt" in obj else None
-        if key is None or "text" not in obj:
-            raise SteerlabError(
-                f"{where}: expected a generation row with 'question' (or 'prompt') and 'text' (got {sorted(obj)})"
-            )
-        if not isinstance(obj[key], str) or not obj[key].strip() or not isinstance(obj["text"], str):
-            raise SteerlabError(f"{where}: fields {key!r} and 'text' must be strings ({key!r} non-empty)")
+        record = GenerationRecord.from_json(obj, f"{path}:{number}")
         row_system = obj.get("system") if isinstance(obj.get("system"), str) else system
-        prompt = _prompt_from_text(obj[key])
+        prompt = prompt_from_text(record.question)
         if not isinstance(prompt, str) and prompt[0].get("role") == "system":
             row_system = None
-        samples.append(ChatSample(prompt, obj["text"], row_system or None))
+        samples.append(ChatSample(prompt, record.text, row_system or None))
         row: dict[str, Any] = {"line": number}
         for name in GENERATION_META:
             if name in obj:
                 row["steer_layer" if name == "layer" else name] = obj[name]
-        row[key] = obj[key]
+        row[PROMPT_FIELD] = record.question
         meta.append(row)
     group_by = [k for k in ("steer_layer", "coeff") if any(m.get(k) is not None for m in meta)]
     return MonitorData("generations", samples, meta, group_by, str(path))
@@ -286,10 +244,10 @@ def detect_kind(path: str | Path) -> str:
         if (path / "generations.jsonl").is_file():
             return "generations"
         raise SteerlabError(f"--data {path}: a directory must hold a sweep's generations.jsonl")
-    _, first = read_jsonl(path, "data file")[0]
+    _, first = first_jsonl_row(path, "data file")
     if "messages" in first:
         return "chat"
-    if "text" in first and ("question" in first or "prompt" in first):
+    if "text" in first and record_prompt_field(first) is not None:
         return "generations"
     raise SteerlabError(
         f"--data {path}: expected chat JSONL ('messages' per line) or generations ('question'/'prompt' and "

@@ -1,8 +1,10 @@
 """Chat data (SPEC §6): conversations as ``{"messages": [{"role", "content"}, ...]}`` JSONL.
 
 A conversation is a list of messages ``{"role": "system" | "user" | "assistant", "content": str}``;
-a system message may only come first, and at least one assistant message must have content (that is
-what fine-tuning learns; see :mod:`steerlab.finetune`).
+a system message may only come first, the first other message is a user message, and for training
+data at least one assistant message must have content (that is what fine-tuning learns; see
+:mod:`steerlab.finetune`). :func:`validate_conversation` is the one validator of these rules
+(monitoring and prompt files use it too).
 
 Readers (each validates and names the file, line/item and field at fault):
 
@@ -18,7 +20,6 @@ Readers (each validates and names the file, line/item and field at fault):
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections.abc import Sequence
@@ -26,8 +27,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SteerlabError
-from ..io.atomic import write_jsonl
-from .pairs import Pair, load_pairs, read_jsonl
+from ..io.tables import first_jsonl_row, iter_jsonl, read_csv, read_jsonl, write_jsonl
+from .pairs import Pair, load_pairs
 
 Message = dict[str, str]
 Conversation = list[Message]
@@ -41,10 +42,21 @@ _CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*?)(?:\n|\\n|\s)(.*?)(?:<\|im_e
 _IGNORABLE = ("<s>", "</s>", "<|endoftext|>", "<bos>", "<eos>", "<|begin_of_text|>", "<|end_of_text|>")
 
 
-def validate_conversation(messages: Any, where: str) -> Conversation:
+def validate_conversation(messages: Any, where: str, require_response: bool = True) -> Conversation:
     """Check one conversation; returns it as a list of plain ``{"role", "content"}`` dicts.
 
-    ``where`` prefixes error messages (e.g. ``"data.jsonl:3"``).
+    The one set of rules for conversations everywhere (fine-tuning data, monitoring, prompts):
+
+    1. ``messages`` is a non-empty list of objects with ``role`` (system, user or assistant) and
+       string ``content``;
+    2. a system message may only come first;
+    3. the first message after it is a user message (chat templates start with the user);
+    4. with ``require_response`` (the default, for training and import), some assistant message
+       has content: a conversation with nothing to learn from is an error. Monitoring passes
+       False, since a conversation that ends in a user turn is a prompt to read.
+
+    ``where`` prefixes error messages (e.g. ``"data.jsonl:3"``); each names the field at fault.
+    Raises SteerlabError.
     """
     if not isinstance(messages, list) or not messages:
         raise SteerlabError(f"{where}: field 'messages': expected a non-empty list of messages")
@@ -65,12 +77,17 @@ def validate_conversation(messages: Any, where: str) -> Conversation:
         if role == "system" and i != 0:
             raise SteerlabError(f"{where}: field '{field}.role': a system message may only come first")
         out.append({"role": role, "content": content})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
+    first = next((m for m in out if m["role"] != "system"), None)
+    if first is None:
+        raise SteerlabError(f"{where}: field 'messages': no user message")
+    if first["role"] != "user":
+        raise SteerlabError(
+            f"{where}: field 'messages': the first non-system message must be a user message, got {first['role']}"
+        )
+    if require_response and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         raise SteerlabError(
             f"{where}: field 'messages': no assistant message with content (nothing to learn from)"
         )
-    if all(m["role"] != "user" for m in out):
-        raise SteerlabError(f"{where}: field 'messages': no user message")
     return out
 
 
@@ -204,23 +221,16 @@ def import_rendered(path: str | Path, column: str | None = None) -> list[Convers
 
 def _rendered_jsonl_rows(path: Path, column: str | None) -> list[tuple[str, str]]:
     rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SteerlabError(f"{where}: invalid JSON ({exc.msg})") from None
-            if isinstance(obj, dict):
-                obj = _pick_column(obj, column, where)
-            if not isinstance(obj, str):
-                raise SteerlabError(
-                    f"{where}: expected a rendered chat string (or an object with one string "
-                    f"field), got {type(obj).__name__}"
-                )
-            rows.append((where, obj))
+    for number, obj in iter_jsonl(path, "chat file", objects=False):
+        where = f"{path}:{number}"
+        if isinstance(obj, dict):
+            obj = _pick_column(obj, column, where)
+        if not isinstance(obj, str):
+            raise SteerlabError(
+                f"{where}: expected a rendered chat string (or an object with one string "
+                f"field), got {type(obj).__name__}"
+            )
+        rows.append((where, obj))
     return rows
 
 
@@ -239,30 +249,15 @@ def _pick_column(obj: dict, column: str | None, where: str) -> Any:
 
 
 def _rendered_csv_rows(path: Path, column: str | None) -> list[tuple[str, str]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            raise SteerlabError(f"chat file {path} is empty")
-        if column is not None:
-            if column not in header:
-                raise SteerlabError(f"{path}: --column {column!r} not in the header {header}")
-            col = header.index(column)
-        elif len(header) == 1:
-            col = 0
-        else:
+    header, records = read_csv(path, "chat file", [column] if column is not None else [])
+    if column is None:
+        if len(header) != 1:
             raise SteerlabError(
                 f"{path}: {len(header)} columns {header}; expected one column of rendered chats "
                 "(or name it with --column)"
             )
-        rows = []
-        for number, record in enumerate(reader, 2):
-            if not any(cell.strip() for cell in record):
-                continue
-            if col >= len(record):
-                raise SteerlabError(f"{path}: row {number}: no column {header[col]!r}")
-            rows.append((f"{path}: row {number}", record[col]))
-    return rows
+        column = header[0]
+    return [(f"{path}:{number}", record[column]) for number, record in records]
 
 
 def pairs_to_chat(
@@ -295,25 +290,17 @@ def detect_format(path: str | Path) -> str:
             f"data file {path}: cannot tell its format from the suffix {suffix or '(none)'!r}; "
             "expected .jsonl (chat, pairs or rendered chats), .json (pair list), .csv or .txt"
         )
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SteerlabError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if isinstance(obj, dict) and "messages" in obj:
-                return "chat"
-            if isinstance(obj, dict) and {"question", "positive", "negative"} <= set(obj):
-                return "pairs"
-            if isinstance(obj, str | dict):
-                return "rendered"
-            raise SteerlabError(
-                f"{path}:{number}: expected a chat object {{\"messages\": [...]}}, a pair "
-                "{\"question\", \"positive\", \"negative\"} or a rendered chat string"
-            )
-    raise SteerlabError(f"data file {path} is empty")
+    number, obj = first_jsonl_row(path, "data file", objects=False)
+    if isinstance(obj, dict) and "messages" in obj:
+        return "chat"
+    if isinstance(obj, dict) and {"question", "positive", "negative"} <= set(obj):
+        return "pairs"
+    if isinstance(obj, str | dict):
+        return "rendered"
+    raise SteerlabError(
+        f"{path}:{number}: expected a chat object {{\"messages\": [...]}}, a pair "
+        "{\"question\", \"positive\", \"negative\"} or a rendered chat string"
+    )
 
 
 def load_chat_data(

@@ -5,17 +5,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..errors import SteerlabError
+from ..io.tables import read_jsonl
 
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 class Pair(BaseModel):
+    """One contrastive pair: a question, the answer with the behaviour and the one without."""
+
     model_config = ConfigDict(extra="allow", frozen=True)
 
     question: str
@@ -26,35 +28,15 @@ class Pair(BaseModel):
     @field_validator("question", "positive", "negative")
     @classmethod
     def _non_empty(cls, value: str) -> str:
+        """Reject blank strings (pydantic reports the field)."""
         if not value.strip():
             raise ValueError("must be a non-empty string")
         return value
 
     @property
     def split(self) -> str | None:
+        """The row's ``split`` field (e.g. ``train`` / ``heldout``), or None."""
         return (self.model_extra or {}).get("split")
-
-
-def read_jsonl(path: str | Path, what: str = "file") -> list[tuple[int, dict]]:
-    """Parse a JSONL file into ``(line number, object)``; blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"{what} {path}: file not found")
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SteerlabError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if not isinstance(obj, dict):
-                raise SteerlabError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
-            rows.append((number, obj))
-    if not rows:
-        raise SteerlabError(f"{what} {path} is empty")
-    return rows
 
 
 def load_pairs(path: str | Path, split: str | None = None) -> list[Pair]:

@@ -8,13 +8,20 @@ import json
 from pathlib import Path
 
 from ..errors import SteerlabError
+from ..io.tables import read_jsonl
 from ..model.chat import Prompt
-from .pairs import read_jsonl
+from .conversations import validate_conversation
 
 GENERIC_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "generic_prompts.txt"
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:
+    """Prompts from a file (see the module docstring), in file order.
+
+    Message lists are checked with :func:`steerlab.formats.conversations.validate_conversation`
+    (no assistant answer needed). Raises SteerlabError naming the file (and line, field) for a
+    missing or empty file, invalid JSON, or a row without a prompt.
+    """
     path = Path(path)
     if not path.is_file():
         raise SteerlabError(f"prompts file {path}: file not found")
@@ -24,7 +31,9 @@ def load_prompts(path: str | Path) -> list[Prompt]:
             for key in ("messages", "prompt", "question"):
                 if key in obj:
                     value = obj[key]
-                    if not value or not isinstance(value, str | list):
+                    if isinstance(value, list):
+                        value = validate_conversation(value, f"{path}:{number}", require_response=False)
+                    elif not isinstance(value, str) or not value.strip():
                         raise SteerlabError(
                             f"{path}:{number}: field {key!r} must be a non-empty string or message list"
                         )

@@ -23,6 +23,7 @@ from ..errors import SteerlabError
 from . import embedded
 from .blocks import find_decoder_blocks, unwrap_model
 from .chat import ensure_chat_template, has_system_role
+from .layers import check_layer_index
 
 log = logging.getLogger("steerlab")
 
@@ -94,14 +95,11 @@ class LoadedModel:
         return has_system_role(self.tokenizer)
 
     def check_layer(self, layer: int, flag: str = "--layer") -> int:
-        """Validate a layer index (negative counts from the end); returns it non-negative."""
-        n = self.n_layers
-        if not -n <= layer < n:
-            raise SteerlabError(
-                f"{flag} {layer} is out of range: {self.name} has {n} layers (0..{n - 1}; "
-                "layer L is the output of block L)"
-            )
-        return layer % n
+        """Validate a layer index (negative counts from the end); returns it non-negative.
+
+        Raises SteerlabError naming ``flag`` when out of range (see :mod:`steerlab.model.layers`).
+        """
+        return check_layer_index(layer, self.n_layers, flag, self.name)
 
     def info(self) -> dict[str, Any]:
         config = unwrap_model(self.model).config

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import SteerlabError
+from ..model.batching import collate
 from ..model.chat import Prompt, render_prompt
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
@@ -139,15 +140,11 @@ def generate_batch(
     with progress_bar(description, len(texts)) as advance:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.long)
-            for row, i in enumerate(idx):
-                ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-                mask[row, width - len(encoded[i]) :] = 1
+            batch = collate([encoded[i] for i in idx], pad_id, lm.device)
+            width = batch.width
             batch_specs = [spec.select_rows(idx, len(prompts)) for spec in specs]
             kwargs = dict(
-                input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device),
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                 max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
                 pad_token_id=pad_id, eos_token_id=eos_ids,
                 do_sample=temperature > 0, return_dict_in_generate=True,

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..errors import SteerlabError
 from ..model.hooks import HookGroup, install_output_hooks
+from ..model.layers import LayerSpec, parse_layers
 from ..model.loading import LoadedModel, wrap_model
 from ..vectors.vector import SteeringVector
 
@@ -47,44 +48,8 @@ POSITIONS = ("all", "prompt", "response")
 OPERATORS = ("add", "ablate", "cap")
 SCALES = ("raw", "unit", "relative")
 
-LayerSpec = int | str | Sequence[int] | range
 Coeff = float | Sequence[float] | torch.Tensor
 Rows = torch.Tensor | Sequence[int] | Sequence[bool]
-
-
-def parse_layers(layers: LayerSpec, n_layers: int, flag: str = "--layer") -> list[int]:
-    """``all``, an int, ``"10,12"``, ``"10-15"`` (inclusive), a list or a range → layer indices.
-
-    Negative indices count from the end. Raises SteerlabError naming ``flag`` when out of range.
-    """
-    if isinstance(layers, str):
-        text = layers.strip()
-        if text == "all":
-            return list(range(n_layers))
-        out: list[int] = []
-        try:
-            for part in text.split(","):
-                part = part.strip()
-                lo, sep, hi = part.partition("-") if not part.startswith("-") else (part, "", "")
-                out.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
-        except ValueError:
-            raise SteerlabError(
-                f"{flag} {layers!r}: expected 'all', a layer index, a list '10,12' or a range '10-15'"
-            ) from None
-        layers = out
-    elif isinstance(layers, int):
-        layers = [layers]
-    result = []
-    for layer in layers:
-        if not -n_layers <= int(layer) < n_layers:
-            raise SteerlabError(
-                f"{flag} {layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1};"
-                " layer L is the output of block L)"
-            )
-        result.append(int(layer) % n_layers)
-    if not result:
-        raise SteerlabError(f"{flag}: no layers given")
-    return list(dict.fromkeys(result))
 
 
 def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:

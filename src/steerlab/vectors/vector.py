@@ -299,15 +299,48 @@ class SteeringVector:
         return f"SteeringVector({self.n_layers}x{self.d_model}, method={method}, model={self.metadata.get('model')})"
 
 
-def cosine(a: SteeringVector | torch.Tensor, b: SteeringVector | torch.Tensor) -> torch.Tensor:
-    """Cosine similarity per layer, ``[n_layers]`` (0 where either side is zero)."""
-    x = a.data if isinstance(a, SteeringVector) else torch.as_tensor(a)
-    y = b.data if isinstance(b, SteeringVector) else torch.as_tensor(b)
+def unit_directions(x: torch.Tensor) -> torch.Tensor:
+    """``x / ‖x‖`` along the last dimension: ``[..., d]`` → ``[..., d]`` float64; rows that are
+    zero stay zero (they have no direction)."""
+    x = torch.as_tensor(x).double()
+    norms = x.norm(dim=-1, keepdim=True)
+    return torch.where(norms > 0, x / norms.clamp(min=1e-300), 0.0)
+
+
+def _as_tensor(v: SteeringVector | torch.Tensor) -> torch.Tensor:
+    return v.data if isinstance(v, SteeringVector) else torch.as_tensor(v)
+
+
+def cosine(
+    a: SteeringVector | torch.Tensor, b: SteeringVector | torch.Tensor, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Cosine similarity along the last dimension: ``cos = (a · b) / (‖a‖ ‖b‖)``.
+
+    ``a`` and ``b`` have one shape ``[..., d]`` (a vector ``[n_layers, d_model]`` gives the cosine
+    per layer, ``[n_layers]``); the result is ``[...]`` in ``dtype`` (computed in float64, clamped
+    to [-1, 1]), 0 where either side is zero. Raises SteerlabError when the shapes differ.
+    This is steerlab's one cosine: geometry, monitoring and reports all use it or
+    :func:`cosine_matrix`.
+    """
+    x, y = _as_tensor(a), _as_tensor(b)
     if x.shape != y.shape:
         raise SteerlabError(f"cannot compare vectors of shapes {tuple(x.shape)} and {tuple(y.shape)}")
-    x, y = x.double(), y.double()
-    denom = x.norm(dim=-1) * y.norm(dim=-1)
-    return torch.where(denom > 0, (x * y).sum(-1) / denom.clamp(min=1e-300), 0.0).float()
+    return (unit_directions(x) * unit_directions(y)).sum(-1).clamp(-1.0, 1.0).to(dtype)
+
+
+def cosine_matrix(
+    a: torch.Tensor, b: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Cosine between every row of ``a [k, d]`` and every row of ``b [m, d]`` (default: ``a``):
+    ``[k, m]`` in ``dtype``, the same formula as :func:`cosine` (0 where a row is zero). Raises
+    SteerlabError when the last dimensions differ."""
+    x = torch.as_tensor(a)
+    y = x if b is None else torch.as_tensor(b)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[-1] != y.shape[-1]:
+        raise SteerlabError(f"cosine_matrix needs [k, d] and [m, d] rows; got {tuple(x.shape)} and {tuple(y.shape)}")
+    ux = unit_directions(x)
+    uy = ux if b is None else unit_directions(y)
+    return (ux @ uy.T).clamp(-1.0, 1.0).to(dtype)
 
 
 def random_cosine_baseline(d_model: int) -> float:

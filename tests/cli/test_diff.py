@@ -6,8 +6,6 @@ from tiny import make_tiny
 from typer.testing import CliRunner
 
 from steerlab.cli.app import app
-from steerlab.cli.diff import _parse_layers
-from steerlab.errors import SteerlabError
 from steerlab.vectors.vector import SteeringVector
 
 runner = CliRunner()
@@ -74,7 +72,7 @@ def test_finetune_then_extract(model_dir, tmp_path):
     assert v.metadata["n_samples"] == 2  # one test question with both answers
     assert torch.count_nonzero(v.data[0]) == 0 and (v.norms()[1:] > 0).all()
 
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "-p", str(data),
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "--prompts", str(data),
                         "-o", str(vec), "-r", "prompt_last,response_avg", "--answers", "both")
     assert code == 0, out
     assert (tmp_path / "diff.prompt_last.safetensors").is_file()
@@ -92,17 +90,40 @@ def test_cli_errors_are_one_clear_line(model_dir, tmp_path):
     code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(empty), "-o",
                         str(tmp_path / "ft"))
     assert code == 2 and "empty" in out
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "-p", str(data),
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "--prompts", str(data),
                         "-o", str(tmp_path / "v.pt"))
     assert code == 2 and "ending in .safetensors" in out
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "-p", str(data),
+    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "--prompts", str(data),
                         "-o", str(tmp_path / "v.safetensors"))
     assert code == 2 and "neither an adapter directory" in out
     assert not (tmp_path / "ft").exists() and not (tmp_path / "v.safetensors").exists()
 
 
-def test_parse_layers():
-    assert _parse_layers("3,5,10-12") == [3, 5, 10, 11, 12]
-    assert _parse_layers(None) is None and _parse_layers("-1") == [-1]
-    with pytest.raises(SteerlabError, match="--layers"):
-        _parse_layers("a-b")
+def test_finetune_layers_use_the_layer_grammar(model_dir, tmp_path):
+    """--layers takes the one grammar: negatives from the end are resolved against the model."""
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
+    ft = tmp_path / "ft"
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "--split", "train",
+                        "-o", str(ft), "--rank", "2", "-l", "-2--1", "--batch-size", "2")
+    assert code == 0, out
+    assert json.loads((ft / "steerlab_finetune.json").read_text())["config"]["layers"] == [2, 3]
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o", str(tmp_path / "x"),
+                        "--layers", "3-9")
+    assert code == 2 and "--layers 9 is out of range" in out and not (tmp_path / "x").exists()
+
+
+def test_study_command_prints_its_reading(model_dir, tmp_path):
+    """`diff study` end to end on the tiny model: layers in the grammar, -m for the base model."""
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"question": f"how should I store item {i}", "positive": "in the fridge always",
+             "negative": "in a dry box", "split": "train"} for i in range(4)]
+    rows += [{"question": "where do eggs go", "positive": "in the fridge always", "negative": "in a dry box",
+              "split": "heldout"}]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code, out = _invoke("diff", "study", "-m", str(model_dir), "-p", str(pairs), "-o", str(tmp_path / "run"),
+                        "-l", "-2--1", "-c", "1", "--epochs", "1", "--rank", "2", "-b", "8")
+    assert code == 0, out
+    assert "cosine(contrastive, model_diff) at best layer" in out and "best coherent steering" in out
+    study = json.loads((tmp_path / "run" / "study.json").read_text())
+    assert study["config"]["layers"] == [2, 3]

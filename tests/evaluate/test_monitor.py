@@ -135,7 +135,7 @@ def test_load_chat_whole_and_per_turn(tmp_path):
 
 @pytest.mark.parametrize(("row", "needle"), [
     ({"messages": []}, "chat.jsonl:1: field 'messages'"),
-    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0]'"),
+    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0].role': expected one of"),
     ({"messages": [{"role": "assistant", "content": "x"}]}, "first non-system message must be a user"),
     ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}]}, "may only come first"),
 ])
@@ -169,7 +169,8 @@ def test_load_generations_generate_rows_and_errors(tmp_path):
     ])
     data = load_generations(path)
     assert data.samples[0] == ChatSample("[not json", "a", "s") and data.samples[1].system is None
-    assert data.group_by == ["steer_layer", "coeff"] and data.meta[0]["prompt"] == "[not json"
+    # the old field name 'prompt' is read; the metadata uses the one record field, 'question'
+    assert data.group_by == ["steer_layer", "coeff"] and data.meta[0]["question"] == "[not json"
     with pytest.raises(SteerlabError, match=r"bad.jsonl:1: expected a generation row"):
         load_generations(write_lines(tmp_path / "bad.jsonl", [{"question": "q"}]))
     with pytest.raises(SteerlabError, match=r"--data .*odd.jsonl: expected chat JSONL"):

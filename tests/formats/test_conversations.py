@@ -13,6 +13,7 @@ from steerlab.formats.conversations import (
     pairs_to_chat,
     parse_chatml,
     save_chat_jsonl,
+    validate_conversation,
 )
 from steerlab.formats.pairs import Pair
 
@@ -48,7 +49,8 @@ def test_chat_jsonl_roundtrip(tmp_path):
         ({"messages": [{"role": "user", "content": 3}]}, r"field 'messages\[0\].content': expected a string"),
         ({"messages": [CONV[1], CONV[0], CONV[2]]}, r"'messages\[1\].role': a system message may only come first"),
         ({"messages": [CONV[1]]}, r"no assistant message with content"),
-        ({"messages": [CONV[2]]}, r"no user message"),
+        ({"messages": [CONV[2]]}, r"the first non-system message must be a user message, got assistant"),
+        ({"messages": [CONV[0]]}, r"field 'messages': no user message"),
     ],
 )
 def test_chat_jsonl_errors_name_line_and_field(tmp_path, row, match):
@@ -155,3 +157,52 @@ def test_pairs_to_chat_and_pairs_file(tmp_path):
         load_chat_data(_jsonl(tmp_path / "c.jsonl", [{"messages": CONV}]), split="train")
     with pytest.raises(SteerlabError, match="--format"):
         load_chat_data(path, fmt="yaml")
+
+
+# --- the one validator: its rules, shared by chat data, monitoring and prompt files ----------------
+
+SYSTEM, USER, ASSISTANT = CONV[0], CONV[1], CONV[2]
+
+
+@pytest.mark.parametrize(
+    ("messages", "require_response", "match"),
+    [
+        ([USER, ASSISTANT], True, None),
+        ([SYSTEM, USER, ASSISTANT, USER], True, None),
+        ([USER], False, None),  # a prompt to read: fine without an answer ...
+        ([USER], True, "no assistant message with content"),  # ... but nothing to train on
+        ([USER, {"role": "assistant", "content": "  "}], True, "no assistant message with content"),
+        ([ASSISTANT, USER], False, "first non-system message must be a user message"),
+        ([SYSTEM, ASSISTANT], False, "first non-system message must be a user message"),
+        ([SYSTEM], False, "no user message"),
+        ([USER, SYSTEM], False, r"'messages\[1\].role': a system message may only come first"),
+        ([{"role": "user"}], False, r"'messages\[0\].content': expected a string, got NoneType"),
+        (["hi"], False, r"field 'messages\[0\]': expected an object"),
+        ("hi", False, "expected a non-empty list"),
+    ],
+)
+def test_validator_rules(messages, require_response, match):
+    if match is None:
+        assert validate_conversation(messages, "w", require_response) == [dict(m) for m in messages]
+        return
+    with pytest.raises(SteerlabError, match=f"^w: .*{match}"):
+        validate_conversation(messages, "w", require_response)
+
+
+@pytest.mark.parametrize(
+    ("messages", "match"),
+    [
+        ([ASSISTANT, USER], "first non-system message must be a user message"),
+        ([USER, SYSTEM, ASSISTANT], "a system message may only come first"),
+        ([{"role": "bot", "content": "x"}, ASSISTANT], "expected one of system, user, assistant"),
+    ],
+)
+def test_one_validator_for_chat_files_monitoring_and_prompts(tmp_path, messages, match):
+    """The same bad conversation fails with the same message wherever it is read."""
+    from steerlab.evaluate.monitor import load_chat
+    from steerlab.formats.prompts import load_prompts
+
+    path = _jsonl(tmp_path / "c.jsonl", [{"messages": messages}])
+    for read in (load_chat_jsonl, load_chat, load_prompts):
+        with pytest.raises(SteerlabError, match=f"c.jsonl:1: field 'messages.*{match}"):
+            read(path)

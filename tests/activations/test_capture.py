@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from steerlab import ChatSample, capture, mean_activations
-from steerlab.activations.capture import Reduction, collate
+from steerlab.activations.capture import Reduction
 from steerlab.errors import SteerlabError
 from steerlab.model.chat import encode_chat
 
@@ -89,21 +89,6 @@ def test_layer_subset_and_negative_layers(tiny_llama):
     assert sub.shape == (len(SAMPLES), 2, tiny_llama.d_model)
     torch.testing.assert_close(sub[:, 0], full[:, 1], rtol=0, atol=1e-6)
     torch.testing.assert_close(sub[:, 1], full[:, -1], rtol=0, atol=1e-6)
-
-
-def test_collate_left_pads_with_positions(tiny_llama):
-    tok = tiny_llama.tokenizer
-    short = encode_chat(tok, "hi", "yes")
-    long = encode_chat(tok, LONG_Q, "yes")
-    batch = collate([short, long], tok.pad_token_id, torch.device("cpu"))
-    pad = len(long.ids) - len(short.ids)
-    assert batch.input_ids.shape == (2, len(long.ids))
-    assert batch.input_ids[0, :pad].eq(tok.pad_token_id).all()
-    assert batch.input_ids[0, pad:].tolist() == short.ids
-    assert batch.attention_mask[0].tolist() == [0] * pad + [1] * len(short.ids)
-    assert batch.position_ids()[0, pad:].tolist() == list(range(len(short.ids)))
-    assert batch.position_ids()[1].tolist() == list(range(len(long.ids)))
-    assert batch.prompt_lens.tolist() == [short.prompt_len, long.prompt_len]
 
 
 def test_response_reduction_needs_response(tiny_llama):

@@ -6,6 +6,7 @@ from tiny import make_tiny
 
 from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
+from steerlab.model import layers as layer_grammar
 from steerlab.model.hooks import install_output_hooks
 from steerlab.steering.steerer import ActivationSteerer, Intervention, SteeringSpec, parse_layers, steer
 
@@ -232,11 +233,7 @@ def test_bad_input_messages(tiny_llama):
     assert all(not b._forward_hooks for b in tiny_llama.blocks)
 
 
-def test_parse_layers():
+def test_parse_layers_is_the_one_layer_grammar():
+    # steering keeps exporting parse_layers; it is steerlab.model.layers' (tests/model/test_layers.py)
+    assert parse_layers is layer_grammar.parse_layers
     assert parse_layers("all", 4) == [0, 1, 2, 3]
-    assert parse_layers("1-3", 4) == [1, 2, 3]
-    assert parse_layers("0,2", 4) == [0, 2]
-    assert parse_layers(-1, 4) == [3]
-    assert parse_layers(range(2), 4) == [0, 1]
-    with pytest.raises(SteerlabError, match="expected 'all'"):
-        parse_layers("ten", 4)
