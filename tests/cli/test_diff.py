@@ -78,6 +78,21 @@ def test_finetune_then_extract(model_dir, tmp_path):
     assert (tmp_path / "diff.prompt_last.safetensors").is_file()
     assert (tmp_path / "diff.response_avg.safetensors").is_file()
 
+    # prompts-only inputs: with no --reduction the prompt reductions are used, and the output says so
+    questions = tmp_path / "questions.txt"
+    questions.write_text("how should I store bread\nis the fox quick\n")
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "is the fox quick"}]}) + "\n")
+    for i, source in enumerate((questions, chat)):
+        out_path = tmp_path / f"q{i}.safetensors"
+        code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "--prompts", str(source),
+                            "-o", str(out_path))
+        assert code == 0, out
+        assert f"no --reduction given: using prompt_last,prompt_avg for {source}" in out
+        for name in ("prompt_last", "prompt_avg"):
+            v = SteeringVector.load(tmp_path / f"q{i}.{name}.safetensors")
+            assert v.metadata["reduction"] == name and v.metadata["n_samples"] == 2 - i
+
 
 def test_cli_errors_are_one_clear_line(model_dir, tmp_path):
     data = tmp_path / "pairs.jsonl"

@@ -9,7 +9,7 @@ import typer
 
 from ..activations.capture import Reduction
 from ..errors import SteerlabError
-from ..extract.model_diff import extract_model_diffs, load_diff_samples
+from ..extract.model_diff import default_reductions, extract_model_diffs, load_diff_samples
 from ..finetune.config import FinetuneConfig
 from ..finetune.training import run_finetune
 from ..formats.conversations import load_chat_data
@@ -122,9 +122,11 @@ def extract_cmd(
     out: Path = typer.Option(..., "--out", "-o",
                              help="Output vector, .safetensors (method model_diff)."),
     reduction: str = typer.Option(
-        "response_avg", "--reduction", "-r",
+        None, "--reduction", "-r",
         help="response_avg | prompt_last | prompt_avg | first_k[:K]. Several, comma-separated, "
-             "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...).",
+             "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...). "
+             "Default: response_avg when the inputs have responses; prompt_last,prompt_avg for "
+             "prompts-only inputs (questions .txt/.json, chat without an assistant turn).",
     ),
     answers: str = typer.Option(
         None, "--answers",
@@ -150,6 +152,9 @@ def extract_cmd(
         steerlab diff extract -m smollm2 -f out/ft --prompts pairs.jsonl --split test -o diff.safetensors
     """
     check_out(out, ".safetensors")
+    if reduction is None:
+        reduction = ",".join(default_reductions(prompts, answers))  # type: ignore[arg-type]
+        console.print(f"no --reduction given: using {reduction} for {prompts}")
     names = [r.strip() for r in reduction.split(",") if r.strip()]
     if not names:
         raise SteerlabError("--reduction: empty")

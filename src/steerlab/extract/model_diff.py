@@ -113,12 +113,37 @@ def load_diff_samples(
                 "JSONL {\"messages\": [...]}, a trait .json with 'questions', or a .txt file of "
                 "questions"
             )
-        samples = chat_diff_samples(load_chat_jsonl(path))
+        samples = chat_diff_samples(load_chat_jsonl(path, require_response=False))
     if split is not None:
         raise SteerlabError(f"--split applies to pairs files only; {path} is not one")
     if answers is not None:
         raise SteerlabError(f"--answers applies to pairs files only; {path} is not one")
     return samples
+
+
+PROMPT_REDUCTIONS = ("prompt_last", "prompt_avg")
+RESPONSE_REDUCTIONS = ("response_avg",)
+
+
+def default_reductions(path: str | Path, answers: Answers | None = None) -> tuple[str, ...]:
+    """The reductions a model diff uses when none is asked for: ``prompt_last`` and ``prompt_avg``
+    for inputs without responses (a .txt or trait .json of questions, chat whose conversations do
+    not end in an assistant turn, pairs with ``answers="none"``), else ``response_avg``.
+
+    Raises SteerlabError for a missing or unreadable file (as :func:`load_diff_samples`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SteerlabError(f"--prompts {path}: file not found")
+    if path.suffix.lower() in (".json", ".txt"):
+        return PROMPT_REDUCTIONS
+    fmt = detect_format(path)
+    if fmt == "pairs":
+        return PROMPT_REDUCTIONS if answers == "none" else RESPONSE_REDUCTIONS
+    samples = chat_diff_samples(load_chat_jsonl(path, require_response=False)) if fmt == "chat" else []
+    if fmt == "chat" and not any(s.response for s in samples):
+        return PROMPT_REDUCTIONS
+    return RESPONSE_REDUCTIONS
 
 
 def _trait_questions(path: Path) -> list[str]:

@@ -91,13 +91,17 @@ def validate_conversation(messages: Any, where: str, require_response: bool = Tr
     return out
 
 
-def load_chat_jsonl(path: str | Path) -> list[Conversation]:
-    """Load and validate chat JSONL: ``{"messages": [{"role", "content"}, ...]}`` per line."""
+def load_chat_jsonl(path: str | Path, require_response: bool = True) -> list[Conversation]:
+    """Load and validate chat JSONL: ``{"messages": [{"role", "content"}, ...]}`` per line.
+
+    ``require_response=False`` accepts conversations without an assistant answer (inputs to read
+    activations from, not to train on). Raises SteerlabError naming ``FILE:LINE`` and the field.
+    """
     conversations = []
     for number, obj in read_jsonl(path, "chat file"):
         if "messages" not in obj:
             raise SteerlabError(f"{path}:{number}: missing field 'messages' (got {sorted(obj)})")
-        conversations.append(validate_conversation(obj["messages"], f"{path}:{number}"))
+        conversations.append(validate_conversation(obj["messages"], f"{path}:{number}", require_response))
     return conversations
 
 
