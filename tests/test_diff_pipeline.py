@@ -34,10 +34,32 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     stages = {r["stage"] for r in study["rows"]}
     assert stages == {"layer_scan", "sweep", "ablation"}
     sweep = [r for r in study["rows"] if r["stage"] == "sweep"]
+    pos = f"model_diff_pos{result.positions['best_position']}"
+    expected_scales = {"contrastive": ("raw", "normalized"), "model_diff": ("raw",), pos: ("normalized",)}
     assert {(r["vector"], r["model"], r["scale"], r["layers"]) for r in sweep} == {
-        (v, m, s, layer) for v in ("contrastive", "model_diff") for m in ("finetuned", "base")
-        for s in ("raw", "normalized") for layer in (str(study["best_layer"]), "all")
-        if not (v == "model_diff" and s == "normalized")}  # normalized model_diff == raw model_diff
+        (v, m, s, layer) for v, scales in expected_scales.items() for m in ("finetuned", "base")
+        for s in scales for layer in (str(study["best_layer"]), "all")}
+    # every steering row carries its evidence: interval, random-direction band with p, per-pair spread
+    for r in study["rows"]:
+        if r["stage"] == "layer_scan":
+            continue
+        assert set(r["random"]) == {"mean", "lo", "hi", "p", "k"} and r["random"]["k"] == 8
+        assert 0 < r["random"]["p"] <= 1 and r["random"]["lo"] <= r["random"]["mean"] <= r["random"]["hi"]
+        assert len(r["ci95"]) == 2 and len(r["margin_ci95"]) == 2 and len(r["per_pair"]) == len(HELDOUT)
+        assert r["steerable_fraction"] + r["anti_steerable_fraction"] <= 1
+        assert abs(r["margin"] - sum(r["per_pair"]) / len(r["per_pair"])) < 1e-4
+    comparison = json.loads((tmp_path / "compare.json").read_text())
+    ci = comparison["cosine_ci95"]["contrastive|model_diff"]
+    assert len(ci) == tiny_llama.n_layers and all(lo <= hi for lo, hi in ci)
+    # the position-resolved model diff equals the standalone extractor on the same prompts
+    from steerlab.extract.positions import extract_position_diffs
+
+    standalone = extract_position_diffs(tiny_llama, tmp_path / "adapter", k=5)
+    for i in range(5):
+        saved = SteeringVector.load(tmp_path / "vectors" / f"model_diff_pos{i}.safetensors")
+        torch.testing.assert_close(saved.data, standalone[i].data, atol=1e-5, rtol=1e-4)
+    positions = json.loads((tmp_path / "positions.json").read_text())
+    assert set(positions["positions"]) == {"0", "1", "2", "3", "4"} and positions["best_position"] != 0
     for r in sweep:
         if r["model"] == "finetuned":
             assert abs(r["undone"] - (ref["finetuned"] - r["margin"]) / (ref["finetuned"] - ref["base"])) < 1e-9

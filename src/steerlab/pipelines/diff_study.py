@@ -18,17 +18,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..activations.capture import capture
+from safetensors.torch import load_file, save_file
+
+from ..activations.capture import ChatSample, capture
 from ..evaluate.geometry import compare_vectors, split_half_reliability
+from ..evaluate.statistics import resampled_cosine_ci
 from ..extract.mean_difference import MeanDifference, vector_metadata
 from ..extract.model_diff import attached_adapter, pair_diff_samples
+from ..extract.positions import DEFAULT_POSITIONS
 from ..finetune.config import FinetuneConfig
 from ..finetune.training import run_finetune
 from ..formats.conversations import pairs_to_chat
 from ..formats.pairs import Pair
+from ..formats.prompts import generic_prompts
 from ..io.atomic import write_jsonl
 from ..model.loading import LoadedModel
-from ..vectors.vector import SteeringVector
+from ..vectors.vector import SteeringVector, cosine
 from .runs import RunDir
 from .study import StudyConfig, run_study
 from .sweep import write_csv
@@ -50,6 +55,7 @@ class DiffStudyConfig:
     seed: int = 0
     batch_size: int = 32
     n_splits: int = 20
+    positions: int = DEFAULT_POSITIONS  # position-resolved model diff at tokens 0..positions-1 (0: off)
     study: StudyConfig = field(default_factory=StudyConfig)
 
 
@@ -64,6 +70,7 @@ class DiffStudyResult:
     comparison: dict[str, Any]
     study: dict[str, Any]
     timings: dict[str, float]
+    positions: dict[str, Any] | None = None
 
 
 def _pairs_key(pairs: Sequence[Pair]) -> list[list[str]]:
@@ -100,6 +107,9 @@ def run_diff_study(
                                                               "finetune": finetune_hash,
                                                               "n_splits": config.n_splits, "seed": config.seed})
     paths = {name: run.path / "vectors" / f"{name}.safetensors" for name in ("contrastive", "model_diff")}
+    samples_path = run.path / "vectors" / "per_sample.safetensors"  # per-pair / per-sample differences
+    if vec_stage.done() and not samples_path.is_file():
+        vec_stage.path.unlink()  # an older run without the per-sample differences: recompute
     if vec_stage.done():
         manifest = vec_stage.load_json()
     else:
@@ -122,6 +132,7 @@ def run_diff_study(
         }
         for name, vec in vectors.items():
             vec.save(paths[name])
+        save_file({"contrastive": contrast.contiguous(), "model_diff": diffs.contiguous()}, str(samples_path))
         manifest = {
             "vectors": {name: path.name for name, path in paths.items()},
             "reliability": {
@@ -138,16 +149,76 @@ def run_diff_study(
     else:
         comparison = compare_vectors(vectors).to_dict()
         comparison["reliability"] = manifest["reliability"]
+        per_sample = load_file(str(samples_path))
+        ci = resampled_cosine_ci(per_sample["contrastive"], per_sample["model_diff"], config.study.n_bootstrap,
+                                 config.seed)
+        comparison["cosine_ci95"] = {"contrastive|model_diff": [[float(lo), float(hi)] for lo, hi in ci]}
         cmp_stage.save_json(comparison)
 
+    positions = _positions_stage(run, base, adapter_dir, vec_stage.hash, samples_path, comparison, config)
+    study_vectors = dict(vectors)
+    if positions:
+        best_position = positions["best_position"]
+        study_vectors[f"model_diff_pos{best_position}"] = SteeringVector.load(
+            run.path / "vectors" / f"model_diff_pos{best_position}.safetensors")
+
     study_cfg = asdict(config.study)
+    best_position = positions["best_position"] if positions else None
     study_stage = run.stage("study", "study.json", {"vectors": vec_stage.hash, "heldout": data["heldout"],
-                                                    "study": study_cfg})
+                                                    "study": study_cfg, "position_vector": best_position})
     if study_stage.done():
         study = study_stage.load_json()
     else:
-        study = run_study(base, adapter_dir, vectors, heldout, config.study)
+        study = run_study(base, adapter_dir, study_vectors, heldout, config.study)
         write_csv(run.path / "study_margins.csv", study["rows"])
         write_jsonl(run.path / "samples.jsonl", study["samples"])
         study_stage.save_json(study)
-    return DiffStudyResult(run.path, adapter_dir, paths, comparison, study, run.timings)
+    return DiffStudyResult(run.path, adapter_dir, paths, comparison, study, run.timings, positions)
+
+
+def _positions_stage(run: RunDir, base: LoadedModel, adapter_dir: Path, vectors_hash: str, samples_path: Path,
+                     comparison: dict[str, Any], config: DiffStudyConfig) -> dict[str, Any] | None:
+    """Position-resolved model diff (Minder et al. 2025): (fine-tuned − base) at tokens 0..k-1 of the
+    built-in generic prompts (plain text, unrelated to the behaviour), each position's cosine per
+    layer with the contrastive vector, with resampling intervals and the random band. Position 0
+    (the first token, an attention sink) is kept apart: the best position, which the study also
+    steers with, is the one among 1..k-1 with the largest mean |cosine| with the contrastive vector
+    over layers."""
+    k = config.positions
+    if k < 1:
+        return None
+    stage = run.stage("positions", "positions.json", {"vectors": vectors_hash, "k": k, "seed": config.seed,
+                                                      "n_bootstrap": config.study.n_bootstrap})
+    if stage.done():
+        return stage.load_json()
+    prompts = generic_prompts()
+    samples = [ChatSample(p, chat=False) for p in prompts]
+    names = [f"position:{i}" for i in range(k)]
+    plain = capture(base, samples, names, batch_size=config.batch_size)
+    with attached_adapter(base, adapter_dir) as tuned:
+        tuned_acts = capture(tuned, samples, names, batch_size=config.batch_size)
+    contrast = load_file(str(samples_path))["contrastive"]
+    contrastive = contrast.double().mean(0)
+    band = comparison["baseline"]["band"]
+    doc: dict[str, Any] = {"k": k, "n_prompts": len(prompts), "inputs": "plain text (no chat template)",
+                           "random_band": band, "positions": {}}
+    for i, name in enumerate(names):
+        aggregate = MeanDifference()
+        aggregate.add({name: tuned_acts[name]}, 1.0)
+        aggregate.add({name: plain[name]}, -1.0)
+        vector = aggregate.vectors(len(samples), vector_metadata(
+            base, "model_diff", len(samples), adapter=str(adapter_dir), position=i, inputs="plain text",
+            prompts="generic"))[name]
+        vector.save(run.path / "vectors" / f"model_diff_pos{i}.safetensors")
+        cos = cosine(vector.data.double(), contrastive)
+        ci = resampled_cosine_ci(tuned_acts[name] - plain[name], contrast, config.study.n_bootstrap, config.seed)
+        doc["positions"][str(i)] = {"cosine_with_contrastive": [float(c) for c in cos],
+                                    "ci95": [[float(lo), float(hi)] for lo, hi in ci],
+                                    "norms": [float(n) for n in vector.norms()]}
+    def mean_abs_cosine(i: int) -> float:
+        values = doc["positions"][str(i)]["cosine_with_contrastive"]
+        return sum(abs(c) for c in values) / len(values)
+
+    doc["best_position"] = max(list(range(1, k)) or [0], key=mean_abs_cosine)
+    stage.save_json(doc)
+    return doc

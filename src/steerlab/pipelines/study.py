@@ -135,6 +135,13 @@ def run_study(
                 for name in vectors}
     rows: list[dict[str, Any]] = []
 
+    def scales(name: str) -> tuple[str, ...]:
+        # model_diff rescaled to its own norms is itself; a position-resolved diff (read on unrelated
+        # text, another scale altogether) is compared at the model-diff vector's norms only.
+        if name == "model_diff":
+            return ("raw",)
+        return ("normalized",) if name.startswith("model_diff_pos") else ("raw", "normalized")
+
     with attached_adapter(base, adapter_dir) as tuned:
         models = {"base": base, "finetuned": tuned}
         contexts = {"base": tuned.model.disable_adapter, "finetuned": nullcontext}
@@ -161,18 +168,16 @@ def run_study(
 
         # Layer scan: every (vector, layer) subtracted at coefficient 1, as rows of one stream.
         scan_conditions = [(name, layer) for name in vectors for layer in layers]
-        results = margins("finetuned", [[SteeringSpec(variants[n]["raw"], layer)] for n, layer in scan_conditions],
-                          [-1.0])
-        scan = [dict(_row(condition("finetuned", n, "raw", layer), 1.0, r, 0, reference), stage="layer_scan")
+        results = margins("finetuned", [[SteeringSpec(variants[n][scales(n)[0]], layer)]
+                                        for n, layer in scan_conditions], [-1.0])
+        scan = [dict(_row(condition("finetuned", n, scales(n)[0], layer), 1.0, r, 0, reference), stage="layer_scan")
                 for (n, layer), r in zip(scan_conditions, results, strict=True)]
         rows += scan
         best = _best_layer(scan, "model_diff", config.max_fluency_drop)
         log.info("best layer (model_diff, coefficient 1): %d", best)
 
         for layer_set in (best, "all"):
-            # model_diff rescaled to its own norms is itself: "normalized" only differs for others
-            real = [(name, scale) for name in vectors for scale in (("raw",) if name == "model_diff"
-                                                                     else ("raw", "normalized"))]
+            real = [(name, scale) for name in vectors for scale in scales(name)]
             profiles = list(dict.fromkeys(norm_profile[c] for c in real))
             for model in ("finetuned", "base"):
                 sign = -1.0 if model == "finetuned" else 1.0
