@@ -22,13 +22,15 @@ def demo(
     judge_base_url: str = JudgeUrlOpt,
     size: str = typer.Option("small", "--size", help=f"{' | '.join(SIZES)}: ci (tests), small (≤ 10 min on CPU), full (paper scale, GPU)."),
     trait: str = typer.Option("optimistic", "--trait", help="Built-in trait for the persona part."),
+    controls: int = typer.Option(None, "--controls", min=0,
+                                 help="Random same-norm directions per steering condition (default 8; 0: off)."),
 ) -> None:
     """Contrastive vs fine-tuning directions on the built-in deception data, steering study, persona
     pipeline and monitoring; writes DIR/summary.json and DIR/report.html.
 
     GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
-    summary = run_demo(out, model, judge, size, trait, judge_base_url)
+    summary = run_demo(out, model, judge, size, trait, judge_base_url, controls)
     study = json.loads((out / "diff" / "study.json").read_text())
     comparison = json.loads((out / "diff" / "compare.json").read_text())
     print_study(study, comparison)

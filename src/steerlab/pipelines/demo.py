@@ -35,6 +35,7 @@ from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import SUMMARY
+from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
 from .diff_study import DiffStudyConfig, run_diff_study
 from .persona import NoEffectivePairsError, PersonaConfig, run_persona
 from .runs import RunDir
@@ -60,25 +61,38 @@ class DemoSize:
     temperature: float = 0.0
 
 
+# The prompting baseline of the deception study: the seed data's own system prompts.
+DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
+
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
-    "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8), 1, 1, 8,
-                   [0.0, 4.0], 1),
-    # the default: the whole study in ≤ 10 minutes on a laptop CPU with smollm2
-    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3), 4, 2, 32,
-                      [-4.0, 0.0, 4.0, 8.0], 4),
+    "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4,
+                                         prompts=DECEPTION_PROMPTS), 1, 1, 8, [0.0, 4.0], 1),
+    # the default: the whole study on a laptop CPU with smollm2
+    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3, prompts=DECEPTION_PROMPTS),
+                      4, 2, 32, [-4.0, 0.0, 4.0, 8.0], 4),
     # paper scale, for a GPU
-    "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6), 20, 5,
+    "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6,
+                                             prompts=DECEPTION_PROMPTS), 20, 5,
                      96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
 }
 
 
 def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: str = "local",
-             size: str = "small", trait: str = "optimistic", judge_base_url: str | None = None) -> dict[str, Any]:
-    """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json)."""
+             size: str = "small", trait: str = "optimistic", judge_base_url: str | None = None,
+             controls: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
+
+    ``controls``: random same-norm directions per steering condition (default: the size's, 8;
+    0 turns them off). Raises SteerlabError for an unknown size or a model/judge that cannot load.
+    """
     if size not in SIZES:
         raise SteerlabError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
     cfg = SIZES[size]
+    if controls is not None:
+        if controls < 0:
+            raise SteerlabError(f"--controls {controls}: expected 0 (off) or more random directions")
+        cfg = replace(cfg, study=replace(cfg.study, controls=controls))
     out = Path(out_dir)
     RunDir(out)
     timings: dict[str, float] = {}
@@ -206,11 +220,51 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "cosine_per_layer": cos, "best_layer": best, "cosine_at_best_layer": cos[best],
         "random_baseline": comparison["baseline"],
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
-        "best_steering": best_rows, "monitor": monitor["summary"], "persona": persona,
+        "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
+        "best_steering": best_rows, "prompting": study.get("prompting"),
+        "model_diff_positions": _positions_summary(diff.positions, best),
+        "monitor": monitor["summary"], "persona": persona,
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["reading"] = reading(summary, max_drop)
     return summary
+
+
+def _positions_summary(positions: dict[str, Any] | None, best: int) -> dict[str, Any] | None:
+    """The position-resolved model diff at the best layer: cosine with the contrastive vector (and its
+    interval) per token position, position 0 apart."""
+    if not positions:
+        return None
+    per = {i: {"cosine": doc["cosine_with_contrastive"][best], "ci95": doc["ci95"][best]}
+           for i, doc in positions["positions"].items()}
+    return {"layer": best, "random_band": positions["random_band"], "best_position": positions["best_position"],
+            "position_0": per.get("0"), "positions": {i: v for i, v in per.items() if i != "0"},
+            "n_prompts": positions["n_prompts"]}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0%}"
+
+
+def _interval(ci: list[float | None] | None) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "95% CI unbounded"
+    return f"95% CI {ci[0]:.0%} to {ci[1]:.0%}"
+
+
+def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | None) -> str:
+    """How a steering row's effect compares with its interval, its random band and prompting."""
+    parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))})"]
+    rnd = row.get("random")
+    if rnd:
+        parts.append(f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
+                     f"{_pct(rnd['hi'])}, p = {rnd['p']:.2g}) — {row['verdict']}")
+    if row.get("steerable_fraction") is not None:
+        parts.append(f"{row['steerable_fraction']:.0%} of pairs moved the intended way, "
+                     f"{row['anti_steerable_fraction']:.0%} the wrong way")
+    if row.get("vs_prompting") is not None and prompting:
+        parts.append(f"{row['vs_prompting']:.2g}× the effect of prompting")
+    return "; ".join(parts)
 
 
 def reading(s: dict[str, Any], max_drop: float) -> list[str]:
@@ -226,19 +280,36 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
         lines.append(f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
                      "comparisons below describe a fine-tune that did not take.")
     cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
-    verdict = ("well above" if abs(cos) > 3 * band else "above" if abs(cos) > 1.5 * band
-               else "just above" if abs(cos) > band else "within")
-    lines.append(f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}, {verdict} the "
-                 f"random-direction band (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
+    ci = s.get("cosine_ci95_at_best_layer")
+    ci_text = f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f} from resampling the pairs behind each vector)" if ci else ""
+    inside = ci and -band <= ci[0] and ci[1] <= band
+    verdict = ("inside the random band: not distinguishable from unrelated directions" if inside or abs(cos) <= band
+               else "outside the random band")
+    lines.append(f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}{ci_text}, "
+                 f"{verdict} (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
                  f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
                  "noisy estimates of the same direction could look.")
+    prompting = s.get("prompting")
+    if prompting:
+        ask = prompting.get("finetuned_asked_opposite", {})
+        induce = prompting.get("base_asked_behaviour", {})
+        lines.append(f"Prompting baseline: asking the fine-tuned model to be honest undoes {_pct(ask.get('effect'))} "
+                     f"of the gap ({_interval(ask.get('ci95'))}); asking the base model to deceive induces "
+                     f"{_pct(induce.get('effect'))} ({_interval(induce.get('ci95'))}).")
     for vector in ("model_diff", "contrastive"):
         row = s["best_steering"].get(f"{vector}|finetuned|{best}")
         if row:
             lines.append(f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
-                         f"undoes {row['undone']:.0%} of the margin gap at coefficient {row['coeff']:g} while the "
-                         f"answers' likelihood drops by {row['fluency_drop']:.2f} nats/token (coherence limit "
-                         f"{max_drop}).")
+                         f"(coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
+                         f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}.")
+    positions = s.get("model_diff_positions")
+    if positions:
+        best_pos = positions["positions"].get(str(positions["best_position"]), {})
+        p0 = positions.get("position_0") or {}
+        lines.append(f"Read on {positions['n_prompts']} unrelated prompts, the fine-tune's activation difference "
+                     f"at token position {positions['best_position']} has cosine {best_pos.get('cosine', 0):+.3f} "
+                     f"with the contrastive vector at layer {best} (position 0, an attention sink, "
+                     f"{p0.get('cosine', 0):+.3f}; random band ±{positions['random_band']:.3f}).")
     p = s["persona"]
     if not p.get("filtered", True):
         lines.append(f"The {p['judge']} judge could not score the {p['trait']} persona responses (it put too little "
