@@ -50,6 +50,9 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     path, missing = build_report(run_dir)
     assert missing == []
     html = path.read_text()
+    for title in ("effect vs coefficient at layer", "per-pair margins", "position-resolved model diff",
+                  "95% CI from resampling pairs", "Prompting baseline"):
+        assert title in html, title  # the evidence figures (rendered below with the others)
     assert "<script src=" not in html  # self-contained: no network needed
     url = path.resolve().as_uri()
     profile = tmp_path / "profile"

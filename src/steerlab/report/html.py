@@ -16,8 +16,10 @@ from typing import Any
 
 from ..io.atomic import write_text
 from ..pipelines.runs import read_jsonl_rows
-
-Section = tuple[str, str]  # (title, html)
+from .evidence import evidence_sections
+from .html_parts import Section
+from .html_parts import fig_html as _fig
+from .html_parts import table_html as _table
 
 
 def _load_json(path: Path) -> Any | None:
@@ -48,25 +50,6 @@ def _num(value: str) -> Any:
             return value
 
 
-def _fig(fig: Any) -> str:
-    return f'<div class="plot">{fig.to_html(full_html=False, include_plotlyjs=False)}</div>'
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str] | None = None, fmt: str = "{:.4g}") -> str:
-    if not rows:
-        return "<p class='muted'>no rows</p>"
-    columns = columns or list(rows[0])
-
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return fmt.format(v)
-        return html.escape("" if v is None else str(v))
-
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _esc(text: Any) -> str:
     return html.escape(str(text))
 
@@ -83,8 +66,14 @@ def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
     fig.add_trace(go.Scatter(x=layers + layers[::-1], y=[band] * n + [-band] * n, fill="toself",
                              fillcolor="rgba(128,128,128,0.2)", line={"width": 0}, hoverinfo="skip",
                              name=f"random directions (95% |cos| < {band:.3f})"))
+    intervals = comparison.get("cosine_ci95") or {}
     for pair, values in comparison["cosine"].items():
-        fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=pair.replace("|", " vs ")))
+        ci = intervals.get(pair)
+        error = None if not ci else {"type": "data", "visible": True,
+                                     "array": [hi - c for (_, hi), c in zip(ci, values, strict=True)],
+                                     "arrayminus": [c - lo for (lo, _), c in zip(ci, values, strict=True)]}
+        label = pair.replace("|", " vs ") + (" (95% CI from resampling pairs)" if ci else "")
+        fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=label, error_y=error))
     reliability = comparison.get("reliability") or {}
     for name, rel in reliability.items():
         fig.add_trace(go.Scatter(x=layers, y=rel["mean"], mode="lines", line={"dash": "dot"},
@@ -334,6 +323,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
         missing.append("vector comparison (compare.json)")
     if study:
         sections += study_sections(study)
+        sections += evidence_sections(study, _load_json(diff_dir / "positions.json"))
     else:
         missing.append("steering study (study.json)")
 
