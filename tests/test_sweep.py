@@ -86,12 +86,36 @@ def test_rerun_reuses_margins_and_writes_generations_once(tiny_llama, tmp_path, 
     config = SweepConfig("1", [-1, 1], max_new_tokens=2)
     first = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
     writes = []
-    monkeypatch.setattr(sweep_module, "behaviour_margin", lambda *a, **k: writes.append("margin"))
+    monkeypatch.setattr(sweep_module, "condition_margins", lambda *a, **k: writes.append("margin"))
     again = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
     assert writes == []  # the margins stage was skipped, not recomputed
     assert again.margins == first.margins and again.generations == first.generations
     # a changed pair set recomputes the margins
-    with pytest.raises(AttributeError):  # the stand-in returns None: proof it was called
+    with pytest.raises(TypeError):  # the stand-in returns None: proof it was called
         more = [*PAIRS, Pair(question="a", positive="b", negative="c")]
         run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=more)
     assert writes == ["margin"]
+
+
+def test_sweep_controls_run_as_rows_with_bands(tiny_llama, tmp_path):
+    from steerlab.evaluate.controls import random_directions
+    from steerlab.steering.generation import generate_batch
+    from steerlab.steering.steerer import SteeringSpec
+
+    torch.manual_seed(1)
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    config = SweepConfig("1", [-2.0, 2.0], max_new_tokens=3, controls=3)
+    result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
+    controls = [json.loads(x) for x in (tmp_path / "control_generations.jsonl").read_text().splitlines()]
+    assert len(result.generations) == 2 * len(QUESTIONS) and len(controls) == 3 * 2 * len(QUESTIONS)
+    assert all(r["control"] is None for r in result.generations)
+    # a control row equals generating with that random direction alone
+    direction = SteeringVector(random_directions(vec, 3, seed=0)[1])
+    alone = generate_batch(tiny_llama, QUESTIONS, steering=SteeringSpec(direction, 1, 2.0), max_new_tokens=3)
+    mine = [r["text"] for r in controls if r["control"] == 1 and r["coeff"] == 2.0]
+    assert mine == [g.text for g in alone]
+    for row in result.margins:
+        assert row["random_lo"] <= row["random_mean"] <= row["random_hi"] and 0 < row["random_p"] <= 1
+        assert row["steerable_fraction"] + row["anti_steerable_fraction"] <= 1
+    again = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
+    assert again.margins == result.margins  # deterministic, and read back from margins.csv

@@ -43,6 +43,8 @@ from .options import (
     vector_option,
 )
 
+_SWEEP = SweepConfig(layers="all", coeffs=[])  # defaults, written once on the dataclass
+
 
 @app.command()
 def generate(
@@ -140,6 +142,9 @@ def sweep(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     seed: int = seed_option("Random seed (sampling with --temperature > 0)."),
     batch_size: int = typer.Option(None, "--batch-size", "-b"),
+    controls: int = typer.Option(_SWEEP.controls, "--controls", min=0,
+                                 help="Random directions of the vector's norm per layer, run through the same "
+                                      "grid as extra rows: the null band and p of every cell (0: off)."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
@@ -161,7 +166,7 @@ def sweep(
     reference_norms = mean_residual_norms(lm, qs) if scale == "relative" else None
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
     config = SweepConfig(layers, coeff_values, positions, operator, scale, max_new_tokens, temperature, seed,
-                         system, batch_size)
+                         system, batch_size, controls)
     result = run_sweep(lm, vec, qs, out, config, pairs=pair_rows, reference_norms=reference_norms,
                        extra_config={"vector_path": str(vector), "questions": str(questions),
                                      "pairs": str(pairs) if pairs else None, "adapter": adapter,
@@ -169,11 +174,18 @@ def sweep(
                        judge=scorer, eval_prompt=trait_def.eval_prompt if trait_def else None)
     console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
     if result.margins:
-        table = Table(title="behaviour margin (positive - negative mean log-likelihood per token)")
-        for col in ("layer", "coeff", "margin", "std"):
+        table = Table(title="behaviour margin (positive - negative mean log-likelihood per token); change from "
+                            "unsteered with its 95% CI; random same-norm directions' band and p")
+        for col in ("layer", "coeff", "margin", "change [95% CI]", "random band (p)", "pairs moved +/-"):
             table.add_column(col, justify="right")
         for m in result.margins:
-            table.add_row(str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['std']:.4f}")
+            ci = "" if m.get("delta_ci95_lo") is None else f" [{m['delta_ci95_lo']:+.3f}, {m['delta_ci95_hi']:+.3f}]"
+            band = "—" if m.get("random_p") is None else (
+                f"{m['random_lo']:+.3f}..{m['random_hi']:+.3f} (p={m['random_p']:.2g})")
+            moved = "—" if m.get("steerable_fraction") is None else (
+                f"{m['steerable_fraction']:.0%} / {m['anti_steerable_fraction']:.0%}")
+            table.add_row(str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band,
+                          moved)
         console.print(table)
     if result.scores:
         table = Table(title=f"judged {trait} score and coherence (mean ± std, n)")

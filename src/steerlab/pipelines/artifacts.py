@@ -5,6 +5,7 @@ from __future__ import annotations
 
 # sweep
 GENERATIONS = "generations.jsonl"
+CONTROL_GENERATIONS = "control_generations.jsonl"
 MARGINS = "margins.csv"
 SCORES = "scores.csv"
 SWEEP = "sweep.json"

@@ -4,7 +4,11 @@ For each layer, every (coefficient, question) row is generated in one batch stre
 coefficients. Results go to a run directory:
 
 - ``generations.jsonl``  every generation with its layer, coefficient and settings;
-- ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given;
+- ``control_generations.jsonl``  the same grid steered by each of ``controls`` random directions of
+  the vector's norm (field ``control``), generated as extra rows of the same batches;
+- ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given, with its
+  change from unsteered (``delta``, bootstrap 95% interval over pairs), the random controls' band
+  and p, and the steerable / anti-steerable fractions of pairs;
 - ``scores.csv``         judged trait and coherence (mean, std, n) per (layer, coefficient), when a
   judge and a trait are given (``steerlab report DIR`` plots them);
 - ``sweep.json``         the config, steerlab version and timings.
@@ -29,9 +33,11 @@ from typing import Any
 
 import torch
 
-from ..evaluate.margin import behaviour_margin
+from ..evaluate.controls import control_summary, random_directions
+from ..evaluate.margin import condition_margins
+from ..evaluate.statistics import bootstrap_ci, steerable_fractions
 from ..formats.pairs import Pair
-from ..io.atomic import write_json, write_text
+from ..io.atomic import write_json, write_jsonl, write_text
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
@@ -39,8 +45,8 @@ from ..steering.generation import expand_grid, generate_batch
 from ..steering.steerer import SteeringSpec, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
-from .artifacts import GENERATIONS, MARGINS, SCORES, SWEEP
-from .runs import RunDir
+from .artifacts import CONTROL_GENERATIONS, GENERATIONS, MARGINS, SCORES, SWEEP
+from .runs import RunDir, read_jsonl_rows
 
 
 @dataclass
@@ -61,6 +67,8 @@ class SweepConfig:
     seed: int = 0
     system: str | None = None
     batch_size: int | None = None
+    controls: int = 8  # random directions of the vector's norm per layer, run as extra rows (0: off)
+    n_bootstrap: int = 1000
 
 
 @dataclass
@@ -119,27 +127,34 @@ def run_sweep(
         "model": lm.name, "vector": vector_hash,
         "questions": [_prompt_text(q) for q in questions], "coeffs": coeffs, "system": config.system,
         "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
-        "eval_prompt": eval_prompt if judged else None,
+        "eval_prompt": eval_prompt if judged else None, "controls": config.controls,
     })
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
-    def spec(layer: int, coeff: Any) -> SteeringSpec:
-        return SteeringSpec(vector, layer, coeff, config.operator, config.positions, config.scale)
+    controls = [SteeringVector(d) for d in random_directions(vector, config.controls, config.seed)]
+
+    def spec(layer: int, coeff: Any, direction: SteeringVector = vector, rows: Any = None) -> SteeringSpec:
+        return SteeringSpec(direction, layer, coeff, config.operator, config.positions, config.scale, rows=rows)
 
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
         start = time.perf_counter()
         prompts, row_coeffs = expand_grid(questions, coeffs)
+        n = len(prompts)
+        # The real vector and each random control are row blocks of the same batches.
+        specs = [spec(layer, row_coeffs * (1 + len(controls)), d, list(range(k * n, (k + 1) * n)))
+                 for k, d in enumerate([vector, *controls])]
         gens = generate_batch(
-            lm, prompts, system=config.system, steering=spec(layer, row_coeffs),
+            lm, prompts * (1 + len(controls)), system=config.system, steering=specs,
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
             batch_size=config.batch_size, reference_norms=reference_norms, description=f"layer {layer}: generating",
         )
         timings["generation_s"] += time.perf_counter() - start
         rows = [
-            {"layer": layer, "coeff": c, "question_index": i % len(questions), "question": _prompt_text(p),
-             "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings}
-            for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
+            {"layer": layer, "coeff": row_coeffs[i % n], "question_index": i % len(questions),
+             "question": _prompt_text(prompts[i % n]), "text": g.text, "n_new_tokens": g.n_new_tokens,
+             "finish_reason": g.finish_reason, "control": None if i < n else i // n - 1, **settings}
+            for i, g in enumerate(gens)
         ]
         if judged:
             start = time.perf_counter()
@@ -152,35 +167,35 @@ def run_sweep(
 
     if stage.done():
         rows_all = stage.load_rows()
+        control_rows = read_jsonl_rows(out / CONTROL_GENERATIONS) if (out / CONTROL_GENERATIONS).is_file() else []
     else:
         # One checkpoint per layer: a killed sweep resumes at the first unfinished layer.
         per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in layers],
                                     generate_layer, chunk=1)
-        rows_all = [row for item in per_layer for row in item["rows"]]
+        every = [row for item in per_layer for row in item["rows"]]
+        rows_all = [r for r in every if r["control"] is None]
+        control_rows = [r for r in every if r["control"] is not None]
+        write_jsonl(out / CONTROL_GENERATIONS, control_rows)  # before the stage's marker
         stage.save_rows(rows_all)
 
     margins: list[dict[str, Any]] = []
     if pairs:
         margin_stage = run.stage("margins", MARGINS, {
             "model": lm.name, "vector": vector_hash, "layers": layers, "coeffs": coeffs, "settings": settings,
-            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs],
+            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs], "controls": config.controls,
+            "seed": config.seed, "n_bootstrap": config.n_bootstrap,
         })
         if margin_stage.done():
-            margins = [{**r, "layer": int(r["layer"]), "coeff": float(r["coeff"]), "margin": float(r["margin"]),
-                        "std": float(r["std"]), "n_pairs": int(r["n_pairs"])} for r in read_csv(margin_stage.path)]
+            margins = [{k: _number(v) for k, v in r.items()} for r in read_csv(margin_stage.path)]
         else:
             start = time.perf_counter()
             for layer in layers:
-                result = behaviour_margin(lm, pairs, spec(layer, 1.0), coeffs, batch_size=config.batch_size or 16,
-                                          reference_norms=reference_norms)
-                margins.extend(
-                    {"layer": layer, "coeff": c, "margin": m, "std": sd, "n_pairs": len(pairs)}
-                    for c, m, sd in zip(result.coeffs, result.mean, result.std, strict=True)
-                )
+                margins += _layer_margins(lm, pairs, layer, coeffs, [vector, *controls], spec, config,
+                                          reference_norms)
             timings["margin_s"] += time.perf_counter() - start
             write_csv(margin_stage.path, margins)
             margin_stage.mark_done()
-    scores = score_table(rows_all) if judged else []
+    scores = score_table(rows_all + control_rows, config.n_bootstrap, config.seed) if judged else []
     if scores:
         write_csv(out / SCORES, scores)
     write_json(out / SWEEP, {
@@ -189,6 +204,42 @@ def run_sweep(
         "n_pairs": len(pairs or []), "timings": timings,
     })
     return SweepResult(rows_all, margins, timings, scores)
+
+
+def _layer_margins(lm: LoadedModel, pairs: Sequence[Pair], layer: int, coeffs: list[float],
+                   directions: list[SteeringVector], spec: Any, config: SweepConfig,
+                   reference_norms: torch.Tensor | None) -> list[dict[str, Any]]:
+    """Margins at one layer for the vector and its random controls (rows of one stream), with the
+    unsteered margins: per coefficient the margin, its change from unsteered with a bootstrap
+    interval over pairs, the controls' band and p, and the steerable / anti-steerable fractions."""
+    conditions = [[]] + [[spec(layer, 1.0, d)] for d in directions]
+    unsteered, real, *null = condition_margins(lm, pairs, conditions, coeffs, config.batch_size or 16,
+                                               reference_norms)
+    rows = []
+    for i, c in enumerate(coeffs):
+        base = unsteered.per_pair[i].double()
+        delta = real.per_pair[i].double() - base
+        row: dict[str, Any] = {"layer": layer, "coeff": c, "margin": real.mean[i], "std": real.std[i],
+                               "n_pairs": len(pairs), "delta": float(delta.mean())}
+        lo, hi = bootstrap_ci(delta, config.n_bootstrap, config.seed) if len(pairs) > 1 else (None, None)
+        row.update(delta_ci95_lo=lo, delta_ci95_hi=hi)
+        if c != 0:
+            spread = steerable_fractions(delta, 1.0 if c > 0 else -1.0)
+            row.update(steerable_fraction=spread["steerable"], anti_steerable_fraction=spread["anti_steerable"])
+        if null:
+            band = control_summary(row["delta"], [float((x.per_pair[i].double() - base).mean()) for x in null])
+            row.update(random_mean=band["mean"], random_lo=band["lo"], random_hi=band["hi"], random_p=band["p"])
+        rows.append(row)
+    return rows
+
+
+def _number(value: str) -> Any:
+    if value in ("", "None"):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return float(value)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -215,10 +266,17 @@ def _stats(values: list[float]) -> tuple[float | None, float | None]:
     return mean, var**0.5
 
 
-def score_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, std and n of trait and coherence scores per (layer, coeff); None scores are left out."""
+def score_table(rows: list[dict[str, Any]], n_bootstrap: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
+    """Mean, std and n of trait and coherence scores (0-100) per (layer, coeff), with a bootstrap
+    95% interval of the trait mean over questions and, when the sweep ran random controls, the band
+    and p of the controls' trait means. None scores are left out."""
     groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    null: dict[tuple[int, float], dict[int, list[float]]] = {}
     for r in rows:
+        if r.get("control") is not None:
+            if r.get("trait_score") is not None:
+                null.setdefault((r["layer"], r["coeff"]), {}).setdefault(r["control"], []).append(r["trait_score"])
+            continue
         groups.setdefault((r["layer"], r["coeff"]), []).append(r)
     table = []
     for (layer, coeff), items in sorted(groups.items()):
@@ -226,7 +284,13 @@ def score_table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         coherence = [r["coherence"] for r in items if r.get("coherence") is not None]
         t_mean, t_std = _stats(trait)
         c_mean, c_std = _stats(coherence)
-        table.append({"layer": layer, "coeff": coeff, "trait_mean": t_mean, "trait_std": t_std, "trait_n": len(trait),
-                      "coherence_mean": c_mean, "coherence_std": c_std, "coherence_n": len(coherence),
-                      "n": len(items)})
+        row = {"layer": layer, "coeff": coeff, "trait_mean": t_mean, "trait_std": t_std, "trait_n": len(trait),
+               "coherence_mean": c_mean, "coherence_std": c_std, "coherence_n": len(coherence), "n": len(items)}
+        if len(trait) > 1:
+            row["trait_ci95_lo"], row["trait_ci95_hi"] = bootstrap_ci(trait, n_bootstrap, seed)
+        control_means = [sum(v) / len(v) for v in null.get((layer, coeff), {}).values() if v]
+        if control_means and t_mean is not None:
+            band = control_summary(t_mean, control_means)
+            row.update(random_mean=band["mean"], random_lo=band["lo"], random_hi=band["hi"], random_p=band["p"])
+        table.append(row)
     return table
