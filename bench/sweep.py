@@ -18,7 +18,7 @@ import torch
 from steerlab import extract_contrastive, load_model, load_pairs
 from steerlab.formats.pairs import builtin_pairs_path
 from steerlab.model.chat import render_prompt
-from steerlab.steering.generation import expand_grid, generate_batch, stop_token_ids
+from steerlab.steering.generation import auto_batch_size, expand_grid, generate_batch, stop_token_ids
 from steerlab.steering.steerer import ActivationSteerer, SteeringSpec
 
 
@@ -78,6 +78,16 @@ def main() -> None:
         steer_runs.append(timed(lambda: generate_batch(lm, rows, steering=spec, **fixed)))
     plain_tokens, plain_s = min(plain_runs, key=lambda r: r[1])
     steer_tokens, steer_s = min(steer_runs, key=lambda r: r[1])
+    # steerlab's default batching (automatic batch size) against unsteered generation of every row in
+    # one batch, the machine's practical limit; alternated as above
+    one_runs, default_runs = [], []
+    for _ in range(args.repeats):
+        one_runs.append(timed(lambda: generate_batch(lm, rows, max_new_tokens=n, min_new_tokens=n,
+                                                     batch_size=len(rows))))
+        default_runs.append(timed(lambda: generate_batch(lm, rows, steering=spec, max_new_tokens=n,
+                                                         min_new_tokens=n)))
+    one_tokens, one_s = min(one_runs, key=lambda r: r[1])
+    default_tokens, default_s = min(default_runs, key=lambda r: r[1])
 
     result = {
         "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "threads": torch.get_num_threads(),
@@ -89,6 +99,10 @@ def main() -> None:
         "unsteered_tokens_per_s": plain_tokens / plain_s,
         "steered_tokens_per_s": steer_tokens / steer_s,
         "steered_vs_unsteered": (steer_tokens / steer_s) / (plain_tokens / plain_s),
+        "auto_batch_size": auto_batch_size(lm, len(rows), n + 64),
+        "unsteered_one_batch_tokens_per_s": one_tokens / one_s,
+        "steered_default_tokens_per_s": default_tokens / default_s,
+        "default_vs_one_batch": (default_tokens / default_s) / (one_tokens / one_s),
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -101,6 +115,10 @@ def main() -> None:
     print(f"  unsteered, same batch          {result['unsteered_tokens_per_s']:9.1f} tok/s")
     print(f"  steered, same batch            {result['steered_tokens_per_s']:9.1f} tok/s")
     print(f"  ratio steered / unsteered      {result['steered_vs_unsteered']:9.3f}x")
+    print(f"  unsteered, all rows one batch  {result['unsteered_one_batch_tokens_per_s']:9.1f} tok/s")
+    print(f"  steered, default batching      {result['steered_default_tokens_per_s']:9.1f} tok/s "
+          f"(automatic batch size {result['auto_batch_size']})")
+    print(f"  ratio default / one batch      {result['default_vs_one_batch']:9.3f}x  (target >= 0.95)")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,11 @@ def test_bad_input(tiny_llama, vec):
     with pytest.raises(SteerlabError, match="out of range"):
         generate(tiny_llama, PROMPTS, steering=SteeringSpec(vec, 17, 1.0))
     assert all(not b._forward_hooks for b in tiny_llama.blocks)
+
+
+def test_automatic_batch_size_fills_memory_not_a_fixed_32(tiny_llama):
+    from steerlab.steering.generation import auto_batch_size
+
+    assert auto_batch_size(tiny_llama, 72, 100) == 72  # a CPU sweep of 72 rows runs as one batch
+    assert auto_batch_size(tiny_llama, 5000, 100) == 512  # capped
+    assert auto_batch_size(tiny_llama, 3, 100) == 3

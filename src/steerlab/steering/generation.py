@@ -11,6 +11,7 @@ those prompts only, so several conditions run as rows of shared batches. Greedy 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,16 +57,24 @@ def stop_token_ids(lm: LoadedModel) -> list[int]:
 
 
 def auto_batch_size(lm: LoadedModel, n_rows: int, max_tokens: int) -> int:
-    """Rows per generate call: 32 on CPU; on CUDA as many as ~half the free memory's KV cache."""
+    """Rows per generate call: as many as about half the free memory holds as KV cache (plus a
+    logits row each), at most 512 — on CUDA the device's free memory, on CPU the machine's available
+    memory. On CPU one large batch keeps the matrix products wide (fewer, fuller calls); measured by
+    ``bench/sweep.py`` against one batch of all rows."""
     if lm.device.type != "cuda":
-        return max(1, min(n_rows, 32))
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return max(1, min(n_rows, 512, int(0.5 * free / _bytes_per_row(lm, max_tokens))))
     free, _ = torch.cuda.mem_get_info(lm.device)
+    return max(1, min(n_rows, 512, int(0.5 * free / _bytes_per_row(lm, max_tokens))))
+
+
+def _bytes_per_row(lm: LoadedModel, max_tokens: int) -> int:
+    """KV cache of one row of ``max_tokens`` tokens plus a float32 logits row, in bytes."""
     config = lm.model.config
     heads = getattr(config, "num_key_value_heads", None) or getattr(config, "num_attention_heads", 1)
     head_dim = getattr(config, "head_dim", None) or lm.d_model // getattr(config, "num_attention_heads", 1)
     bytes_per_token = 2 * lm.n_layers * heads * head_dim * torch.finfo(lm.dtype).bits // 8
-    per_row = max_tokens * bytes_per_token + 8 * len(lm.tokenizer)  # KV cache + a logits row
-    return max(1, min(n_rows, 512, int(0.5 * free / per_row)))
+    return max(1, max_tokens * bytes_per_token + 4 * len(lm.tokenizer))
 
 
 def _check_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[SteeringSpec]:
