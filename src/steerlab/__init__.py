@@ -27,6 +27,9 @@ _FACE: dict[str, str] = {
     # formats
     "Pair": "formats.pairs",
     "load_pairs": "formats.pairs",
+    "builtin_pairs_path": "formats.pairs",
+    "pairs_to_chat": "formats.conversations",
+    "generic_prompts": "formats.prompts",
     "Trait": "formats.traits",
     "list_traits": "formats.traits",
     "load_trait": "formats.traits",
@@ -61,6 +64,10 @@ _FACE: dict[str, str] = {
     "extract_contrastive": "extract.contrastive",
     "extract_model_diff": "extract.model_diff",
     "extract_model_diffs": "extract.model_diff",
+    "pair_diff_samples": "extract.model_diff",
+    "extract_position_diffs": "extract.positions",
+    "attached_adapter": "extract.adapters",
+    "persona_vectors": "extract.persona",
     # evaluation
     "behaviour_margin": "evaluate.margin",
     "project": "evaluate.monitor",
@@ -74,6 +81,7 @@ _FACE: dict[str, str] = {
     "run_persona": "pipelines.persona",
     "NoEffectivePairsError": "pipelines.persona",
     "DiffStudyConfig": "pipelines.diff_study",
+    "StudyConfig": "pipelines.study",
     "DiffStudyResult": "pipelines.diff_study",
     "run_diff_study": "pipelines.diff_study",
     "DemoSize": "pipelines.demo",
