@@ -85,14 +85,18 @@ class MarginResult:
 
     @property
     def fluency(self) -> list[float]:
+        """Per coefficient: mean over pairs of (positive + negative)/2 log-likelihood, nats/token (<= 0)."""
         return ((self.pos_logp + self.neg_logp) / 2).mean(-1).tolist()
 
     @property
     def mean(self) -> list[float]:
+        """Per coefficient: the behaviour margin, mean over pairs of ``per_pair``, nats/token."""
         return self.per_pair.mean(-1).tolist()
 
     @property
     def std(self) -> list[float]:
+        """Per coefficient: sample standard deviation (n - 1) of ``per_pair`` over pairs, nats/token;
+        0.0 with a single pair."""
         return (self.per_pair.std(-1) if self.per_pair.shape[-1] > 1 else torch.zeros(len(self.coeffs))).tolist()
 
 

@@ -163,6 +163,11 @@ def check_same_tokenizer(base: Any, other: Any, what: str = "the fine-tuned mode
 
 
 def check_same_shape(base: LoadedModel, other: LoadedModel) -> None:
+    """Check that two models can be diffed layer by layer: same number of decoder blocks and d_model.
+
+    Raises SteerlabError naming both shapes when they differ; logs a warning (and goes on) when the
+    architectures (``config.model_type``) differ but the shapes agree.
+    """
     kinds = [getattr(unwrap_model(m.model).config, "model_type", None) for m in (base, other)]
     if kinds[0] != kinds[1]:
         log.warning("the base model is a %s, the fine-tuned model a %s", *kinds)

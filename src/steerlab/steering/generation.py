@@ -38,6 +38,8 @@ class Generation:
 
     @property
     def n_new_tokens(self) -> int:
+        """Generated tokens kept, ``len(token_ids)``: up to, not including, the end-of-turn token (a stop
+        string cuts ``text``, not the tokens)."""
         return len(self.token_ids)
 
 

@@ -104,6 +104,7 @@ class Intervention:
 
     @property
     def unit(self) -> torch.Tensor:
+        """v̂ = v/‖v‖, ``[d_model]`` float32 (the direction ``ablate``, ``cap`` and scales other than raw use)."""
         return self.vector / self.vector.norm()
 
     def direction(self) -> torch.Tensor:
@@ -427,4 +428,5 @@ class ActivationSteerer:
         self._steerer.__exit__(*exc)
 
     def remove(self) -> None:
+        """Remove the hook now (as persona-vectors' ``remove``); idempotent, also done on exit."""
         self._steerer.remove()
