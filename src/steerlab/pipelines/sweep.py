@@ -22,8 +22,8 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.generation import expand_grid, generate_batch
-from ..steering.steerer import SteeringSpec, parse_layers
+from ..steering.steerer import SteeringSpec, check_cap_options, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import GENERATIONS, MARGINS, SCORES, SWEEP
@@ -49,6 +49,10 @@ class SweepConfig:
 
     ``layers``: a layer spec (``all``, ``12``, ``10,12``, ``8-16``; layer L = output of block L).
     ``coeffs``: coefficients, all generated as rows of one batch stream per layer.
+    ``cap_ceiling``/``cap_floor``: ``operator="cap"`` thresholds on h·v̂ (activation units), or
+    ``cap_percentile``/``cap_floor_percentile``: the same as percentiles (0-100) of h·v̂ at each layer
+    on the reference prompts (:func:`run_sweep`'s ``reference_prompts``, default the questions).
+    Raises SteerlabError for inconsistent cap options (see :func:`~steerlab.steering.steerer.check_cap_options`).
     """
 
     layers: str | list[int]
@@ -61,6 +65,15 @@ class SweepConfig:
     seed: int = 0
     system: str | None = None
     batch_size: int | None = None
+    cap_ceiling: float | None = None
+    cap_floor: float | None = None
+    cap_percentile: float | None = None
+    cap_floor_percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        """Raises SteerlabError for inconsistent cap options, before any model work."""
+        check_cap_options(self.operator, self.cap_ceiling, self.cap_floor,
+                          self.cap_percentile, self.cap_floor_percentile)
 
 
 @dataclass
@@ -89,6 +102,7 @@ def run_sweep(
     judge: Judge | None = None,
     eval_prompt: str | None = None,
     reference_norms: torch.Tensor | None = None,
+    reference_prompts: Sequence[Prompt] | None = None,
     extra_config: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
@@ -101,30 +115,46 @@ def run_sweep(
         judge, eval_prompt: with both, every generation gets ``trait_score`` and ``coherence`` (0-100,
             None where the judge gave no number).
         reference_norms: ``[n_layers]`` mean residual norms, needed for scale ``relative``.
+        reference_prompts: where ``config.cap_percentile``/``cap_floor_percentile`` are measured
+            (default: ``questions``). With ``operator="cap"`` every generation row records the
+            thresholds used at its layer (``cap_ceiling``, ``cap_floor``), and ``sweep.json`` all of them.
         extra_config: recorded in ``sweep.json`` (e.g. the CLI's file paths).
 
     Raises:
-        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale.
+        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale/cap options.
     """
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
+    base = SteeringSpec(
+        vector, layers, 1.0, config.operator, config.positions, config.scale, config.cap_ceiling, config.cap_floor,
+        ceiling_percentile=config.cap_percentile, floor_percentile=config.cap_floor_percentile,
+    ).calibrated(lm, questions if reference_prompts is None else reference_prompts, config.batch_size or 16)
     coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
     run = RunDir(out)
     judged = judge is not None and eval_prompt is not None
     settings = {"positions": config.positions, "operator": config.operator, "scale": config.scale,
                 "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "seed": config.seed}
+    # cap: the thresholds used at each layer (given, or resolved from percentiles), in rows and hashes
+    thresholds: dict[int, dict[str, float | None]] = {}
+    if config.operator == "cap":
+        settings.update(cap_percentile=config.cap_percentile, cap_floor_percentile=config.cap_floor_percentile)
+        thresholds = {layer: {"cap_ceiling": _at(base.ceiling, layer), "cap_floor": _at(base.floor, layer)}
+                      for layer in layers}
+    calibration = {"cap": {str(layer): t for layer, t in thresholds.items()}} if thresholds else {}
+    if reference_norms is not None and config.scale == "relative":  # they may come from other prompts
+        calibration["reference_norms"] = [round(float(reference_norms[layer]), 6) for layer in layers]
     vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
     stage = run.stage(GENERATIONS.removesuffix(".jsonl"), GENERATIONS, {
         "model": lm.name, "vector": vector_hash,
         "questions": [_prompt_text(q) for q in questions], "coeffs": coeffs, "system": config.system,
         "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
-        "eval_prompt": eval_prompt if judged else None,
+        "eval_prompt": eval_prompt if judged else None, **calibration,
     })
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
     def spec(layer: int, coeff: Any) -> SteeringSpec:
-        return SteeringSpec(vector, layer, coeff, config.operator, config.positions, config.scale)
+        return replace(base, layers=layer, coeff=coeff)
 
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
@@ -138,7 +168,8 @@ def run_sweep(
         timings["generation_s"] += time.perf_counter() - start
         rows = [
             {"layer": layer, "coeff": c, "question_index": i % len(questions), "question": _prompt_text(p),
-             "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings}
+             "text": g.text, "n_new_tokens": g.n_new_tokens, "finish_reason": g.finish_reason, **settings,
+             **thresholds.get(layer, {})}
             for i, (p, c, g) in enumerate(zip(prompts, row_coeffs, gens, strict=True))
         ]
         if judged:
@@ -163,7 +194,7 @@ def run_sweep(
     if pairs:
         margin_stage = run.stage("margins", MARGINS, {
             "model": lm.name, "vector": vector_hash, "layers": layers, "coeffs": coeffs, "settings": settings,
-            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs],
+            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs], **calibration,
         })
         if margin_stage.done():
             margins = [{**r, "layer": int(r["layer"]), "coeff": float(r["coeff"]), "margin": float(r["margin"]),
@@ -185,10 +216,16 @@ def run_sweep(
         write_csv(out / SCORES, scores)
     write_json(out / SWEEP, {
         "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
-        "config": {**asdict(config), "layers": layers, **(extra_config or {})}, "n_questions": len(questions),
+        "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
+        "n_questions": len(questions),
         "n_pairs": len(pairs or []), "timings": timings,
     })
     return SweepResult(rows_all, margins, timings, scores)
+
+
+def _at(threshold: float | Mapping[int, float] | None, layer: int) -> float | None:
+    """A cap threshold at ``layer``: the value itself, or its entry in a ``{layer: τ}`` mapping."""
+    return threshold.get(layer) if isinstance(threshold, Mapping) else threshold
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
