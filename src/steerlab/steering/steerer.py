@@ -94,7 +94,7 @@ def check_cap_options(
                                       ("--cap-floor-percentile", floor_percentile)) if value is not None]
     if operator != "cap":
         if given:
-            raise SteerlabError(f"{'/'.join(given)} apply to --operator cap only, not {operator!r}")
+            raise SteerlabError(f"{'/'.join(given)}: for --operator cap only, not {operator!r}")
         return
     if not given:
         raise SteerlabError(
