@@ -123,7 +123,7 @@ def operator_option() -> Any:
 def scale_option() -> Any:
     """``--scale``: how the coefficient is read (checked at parsing)."""
     return typer.Option("raw", "--scale", callback=_choice("SCALES"),
-                        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on the prompts).")
+                        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on --reference-prompts, default: the run's prompts).")
 
 
 def cap_ceiling_option() -> Any:
