@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+from tiny import make_tiny
 
 from steerlab import SteeringSpec, SteeringVector, cap_threshold, mean_residual_norms, steer
 from steerlab.activations.capture import ChatSample
@@ -21,6 +22,13 @@ PROMPTS = [
     [{"role": "system", "content": "answer briefly"}, {"role": "user", "content": "is the stove off"}],
     "the quick brown fox",
 ]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    """A tiny llama of this module's own: ``output_hidden_states`` makes transformers install its
+    recording hooks on the blocks for good, which other modules' tests on ``lm`` rule out."""
+    return make_tiny("llama")
 
 
 def block_outputs(lm, prompt) -> torch.Tensor:
@@ -62,24 +70,24 @@ def hand_projections(lm, direction: torch.Tensor, layer: int) -> list[float]:
     return [float(x) for p in PROMPTS for x in block_outputs(lm, p)[layer].double() @ unit]
 
 
-def test_mean_residual_norms_equal_the_mean_token_norm_per_layer(tiny_llama):
-    norms = mean_residual_norms(tiny_llama, PROMPTS, batch_size=2)
-    outs = [block_outputs(tiny_llama, p) for p in PROMPTS]
+def test_mean_residual_norms_equal_the_mean_token_norm_per_layer(lm):
+    norms = mean_residual_norms(lm, PROMPTS, batch_size=2)
+    outs = [block_outputs(lm, p) for p in PROMPTS]
     n_tokens = sum(o.shape[1] for o in outs)
     expected = torch.stack([o.double().norm(dim=-1).sum(-1) for o in outs]).sum(0) / n_tokens
-    assert norms.shape == (tiny_llama.n_layers,) and norms.dtype == torch.float32
+    assert norms.shape == (lm.n_layers,) and norms.dtype == torch.float32
     torch.testing.assert_close(norms.double(), expected, rtol=1e-5, atol=0)
     # batched (left padding) equals one prompt at a time
-    torch.testing.assert_close(mean_residual_norms(tiny_llama, PROMPTS, batch_size=1), norms, rtol=1e-6, atol=0)
+    torch.testing.assert_close(mean_residual_norms(lm, PROMPTS, batch_size=1), norms, rtol=1e-6, atol=0)
 
 
-def test_layer_projections_are_every_token_along_the_unit_direction(tiny_llama):
+def test_layer_projections_are_every_token_along_the_unit_direction(lm):
     torch.manual_seed(0)
     directions = {1: torch.randn(64) * 3, 3: torch.randn(64)}
-    got = layer_projections(tiny_llama, PROMPTS, directions, batch_size=2)
+    got = layer_projections(lm, PROMPTS, directions, batch_size=2)
     assert sorted(got) == [1, 3]
     for layer, direction in directions.items():
-        expected = sorted(hand_projections(tiny_llama, direction, layer))
+        expected = sorted(hand_projections(lm, direction, layer))
         assert got[layer].shape == (len(expected),)  # one value per non-pad token, no padding
         torch.testing.assert_close(got[layer].sort().values.double(), torch.tensor(expected, dtype=torch.float64),
                                    rtol=1e-5, atol=1e-5)
@@ -91,50 +99,50 @@ def test_percentile_of_interpolates_linearly_between_order_statistics(q):
     assert percentile_of(torch.tensor(values), q) == pytest.approx(hand_percentile(values, q), abs=1e-12)
 
 
-def test_cap_threshold_is_the_percentile_of_projections_by_hand(tiny_llama):
+def test_cap_threshold_is_the_percentile_of_projections_by_hand(lm):
     torch.manual_seed(1)
     vec = SteeringVector(torch.randn(4, 64))
     for layer in (0, 2, 3):
-        expected = hand_percentile(hand_projections(tiny_llama, vec[layer], layer), 90)
-        got = cap_threshold(tiny_llama, vec, layer, PROMPTS, 90, batch_size=2)
+        expected = hand_percentile(hand_projections(lm, vec[layer], layer), 90)
+        got = cap_threshold(lm, vec, layer, PROMPTS, 90, batch_size=2)
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-5), layer
     # a 1-D direction is used as given, at the layer asked (negative layers count from the end)
     direction = torch.randn(64)
-    expected = hand_percentile(hand_projections(tiny_llama, direction, 3), 25)
-    assert cap_threshold(tiny_llama, direction, -1, PROMPTS, 25) == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    expected = hand_percentile(hand_projections(lm, direction, 3), 25)
+    assert cap_threshold(lm, direction, -1, PROMPTS, 25) == pytest.approx(expected, rel=1e-5, abs=1e-5)
 
 
-def test_calibrated_spec_caps_each_layer_at_its_own_percentile(tiny_llama):
+def test_calibrated_spec_caps_each_layer_at_its_own_percentile(lm):
     torch.manual_seed(2)
     vec = SteeringVector(torch.randn(4, 64))
     spec = SteeringSpec(vec, "1-2", operator="cap", ceiling_percentile=90, floor_percentile=5)
-    resolved = spec.calibrated(tiny_llama, [ChatSample(p) for p in PROMPTS], batch_size=2)
+    resolved = spec.calibrated(lm, [ChatSample(p) for p in PROMPTS], batch_size=2)
     assert resolved.ceiling_percentile is None and resolved.floor_percentile is None
     assert sorted(resolved.ceiling) == [1, 2] and sorted(resolved.floor) == [1, 2]
     for layer in (1, 2):
-        values = hand_projections(tiny_llama, vec[layer], layer)
+        values = hand_projections(lm, vec[layer], layer)
         assert resolved.ceiling[layer] == pytest.approx(hand_percentile(values, 90), rel=1e-5, abs=1e-5)
         assert resolved.floor[layer] == pytest.approx(hand_percentile(values, 5), rel=1e-5, abs=1e-5)
     assert spec.ceiling is None  # the original spec is left as it was
 
     unit = vec[2] / vec[2].norm()
-    before = torch.cat([block_outputs(tiny_llama, p)[2] @ unit for p in PROMPTS])
-    with steer(tiny_llama, resolved):
-        after = torch.cat([block_outputs(tiny_llama, p)[2] @ unit for p in PROMPTS])
+    before = torch.cat([block_outputs(lm, p)[2] @ unit for p in PROMPTS])
+    with steer(lm, resolved):
+        after = torch.cat([block_outputs(lm, p)[2] @ unit for p in PROMPTS])
     assert bool((before > resolved.ceiling[2] + 1e-4).any())  # the cap had something to clamp
     assert bool((after <= resolved.ceiling[2] + 1e-4).all()) and bool((after >= resolved.floor[2] - 1e-4).all())
     # a spec without percentiles is returned as is
     plain = SteeringSpec(vec, 1, operator="cap", ceiling=0.5)
-    assert plain.calibrated(tiny_llama, PROMPTS) is plain
+    assert plain.calibrated(lm, PROMPTS) is plain
 
 
-def test_per_layer_thresholds_apply_at_their_layer_only(tiny_llama):
+def test_per_layer_thresholds_apply_at_their_layer_only(lm):
     vec = SteeringVector(torch.randn(4, 64))
     spec = SteeringSpec(vec, [1, 3], operator="cap", ceiling={1: -0.5, 3: 2.0})
-    ivs = spec.interventions(tiny_llama)
+    ivs = spec.interventions(lm)
     assert [(iv.layer, iv.ceiling, iv.floor) for iv in ivs] == [(1, -0.5, None), (3, 2.0, None)]
     with pytest.raises(SteerlabError, match=r"ceiling has values for layers \[1\], not for layer 3"):
-        SteeringSpec(vec, [1, 3], operator="cap", ceiling={1: -0.5}).interventions(tiny_llama)
+        SteeringSpec(vec, [1, 3], operator="cap", ceiling={1: -0.5}).interventions(lm)
 
 
 @pytest.mark.parametrize(
@@ -156,15 +164,15 @@ def test_bad_cap_options_fail_at_construction(kwargs, message):
         SteeringSpec(torch.ones(64), 1, **kwargs)
 
 
-def test_unresolved_percentile_cannot_steer_and_bad_references_fail(tiny_llama):
+def test_unresolved_percentile_cannot_steer_and_bad_references_fail(lm):
     spec = SteeringSpec(torch.ones(64), 1, operator="cap", ceiling_percentile=90)
     with pytest.raises(SteerlabError, match=r"call spec.calibrated\(lm, prompts\)"):
-        steer(tiny_llama, spec)
+        steer(lm, spec)
     with pytest.raises(SteerlabError, match="no samples given"):
-        spec.calibrated(tiny_llama, [])
+        spec.calibrated(lm, [])
     with pytest.raises(SteerlabError, match="zero vector has no direction"):
-        SteeringSpec(torch.zeros(64), 1, operator="cap", ceiling_percentile=90).calibrated(tiny_llama, PROMPTS)
+        SteeringSpec(torch.zeros(64), 1, operator="cap", ceiling_percentile=90).calibrated(lm, PROMPTS)
     with pytest.raises(SteerlabError, match="--layer 7 is out of range"):
-        cap_threshold(tiny_llama, torch.ones(64), 7, PROMPTS, 90)
+        cap_threshold(lm, torch.ones(64), 7, PROMPTS, 90)
     with pytest.raises(SteerlabError, match="d_model 8 does not match"):
-        cap_threshold(tiny_llama, torch.ones(8), 1, PROMPTS, 90)
+        cap_threshold(lm, torch.ones(8), 1, PROMPTS, 90)
