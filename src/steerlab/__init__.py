@@ -50,6 +50,8 @@ _FACE: dict[str, str] = {
     "steer": "steering.steerer",
     "generate": "steering.generation",
     "generate_batch": "steering.generation",
+    "cap_threshold": "steering.calibration",
+    "mean_residual_norms": "steering.calibration",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",

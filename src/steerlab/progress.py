@@ -50,11 +50,13 @@ class OutputConsole(Console):
 
     @property
     def size(self) -> ConsoleDimensions:
+        """rich's size on a terminal; off a terminal, an unbounded width (nothing wraps), same height."""
         size = super().size
         return size if self.writes_to_terminal() else ConsoleDimensions(UNWRAPPED_WIDTH, size.height)
 
     @size.setter
     def size(self, new_size: tuple[int, int]) -> None:
+        """Set (width, height) as rich's Console does."""
         Console.size.fset(self, new_size)
 
     def natural_width(self, objects: tuple[Any, ...], sep: str = " ", markup: bool | None = None) -> int:
@@ -87,6 +89,8 @@ console = OutputConsole(stderr=True)
 
 
 def progress_enabled() -> bool:
+    """Whether progress bars show: ``$STEERLAB_PROGRESS`` decides when set (``0``, ``false`` or ``no``
+    turn them off, anything else on); otherwise only when stderr is a terminal."""
     env = os.environ.get("STEERLAB_PROGRESS")
     if env is not None:
         return env not in ("0", "false", "no")

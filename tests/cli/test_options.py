@@ -100,6 +100,35 @@ def test_steering_options_checked_before_loading(args, needles, files):
     assert_user_error(result, *[n.replace("--coeff ", "--coeffs ") for n in needles])
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--operator", "cap", "--cap-percentile", "120"], ["--cap-percentile 120: expected a number in 0..100"]),
+        (["--operator", "cap", "--cap-floor-percentile", "-5"], ["--cap-floor-percentile -5"]),
+        (["--cap-percentile", "90"], ["--cap-percentile: for --operator cap only, not 'add'"]),
+        (["--operator", "ablate", "--cap-ceiling", "1"], ["--cap-ceiling: for --operator cap only, not 'ablate'"]),
+        (["--operator", "cap"], ["--operator cap needs a ceiling and/or a floor", "--cap-percentile"]),
+        (["--operator", "cap", "--cap-ceiling", "1", "--cap-percentile", "90"],
+         ["give --cap-ceiling or --cap-percentile, not both"]),
+        (["--operator", "cap", "--cap-ceiling", "1", "--reference-prompts", "Q"],
+         ["--reference-prompts is used by --scale relative and --cap-percentile"]),
+    ],
+)
+def test_cap_flags_checked_before_loading(args, needles, files):
+    args = [files["questions"] if a == "Q" else a for a in args]
+    result = invoke("generate", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", *args, "hi")
+    assert_user_error(result, *needles)
+    result = invoke("sweep", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", "-c", "1", "-q", files["questions"],
+                    "-o", files["out"], *args)
+    assert_user_error(result, *needles)
+    assert not files["out"].exists()
+
+
+def test_steering_flags_without_a_vector_fail(files):
+    result = invoke("generate", "-m", NO_MODEL, "--operator", "cap", "--cap-percentile", "90", "hi")
+    assert_user_error(result, "--cap-percentile: steering flags need --vector")
+
+
 # --- one meaning per short flag ------------------------------------------------------------------
 
 SHORT = {

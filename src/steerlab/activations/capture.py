@@ -250,7 +250,18 @@ def capture(
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
-    """Per-sample activations: ``{reduction: [n_samples, n_layers_selected, d_model]}``."""
+    """Per-sample activations: ``{reduction name: [n_samples, len(layers), d_model]}`` float32.
+
+    Row i is ``samples[i]`` (batches run in length order and are put back); column j is
+    ``layers[j]`` (default: every layer, 0..n_layers-1), the output of decoder block ``layers[j]``
+    (``hidden_states[layers[j] + 1]``). Reductions as in the module docstring; names are
+    :attr:`Reduction.name` (``first_k:5``, ``position:0``). Batched results equal per-sample results
+    (fp32, 1e-5). Memory holds the result plus one batch: ``batch x len(layers) x d_model`` per
+    reduction.
+
+    Raises SteerlabError for no samples, an empty prompt, an empty response with a response
+    reduction, an unknown reduction, a layer out of range, or ``position:I`` beyond a sequence.
+    """
     result: dict[str, torch.Tensor] = {}
     for idx, acts in iter_activations(lm, samples, reductions, layers, batch_size):
         for name, a in acts.items():

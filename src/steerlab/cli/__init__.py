@@ -7,6 +7,11 @@ from .app import app
 
 
 def main() -> None:
+    """The ``steerlab`` console script (``[project.scripts]``): run the typer app on ``sys.argv``.
+
+    A SteerlabError in any command ends it with one ``error:`` line on stderr and exit status 2
+    (see :class:`steerlab.cli.app.SteerlabGroup`).
+    """
     app()
 
 

@@ -15,9 +15,13 @@ from ..progress import console
 
 
 class UserError(click.ClickException):
+    """A command-line mistake found by the CLI itself (not by the library): shown as one ``error:``
+    line, exit status 2, the same as a :class:`~steerlab.errors.SteerlabError`."""
+
     exit_code = 2
 
     def show(self, file=None) -> None:  # click's signature
+        """Print the message as one ``error:`` line on stderr (``file`` is ignored: steerlab's console)."""
         show_error(self.message)
 
 
@@ -33,6 +37,7 @@ class SteerlabGroup(TyperGroup):
     ``typer.Exit(2)`` (handled by every typer version) ends the command."""
 
     def invoke(self, ctx: click.Context):
+        """Run the subcommand; SteerlabError/UserError become one message and ``typer.Exit(2)``."""
         try:
             return super().invoke(ctx)
         except SteerlabError as exc:
@@ -44,6 +49,8 @@ class SteerlabGroup(TyperGroup):
 
 
 def new_group(help_text: str) -> typer.Typer:
+    """A command group (e.g. ``steerlab diff``) that handles errors like the root app (one line, exit 2)
+    and shows its help when called without a subcommand."""
     return typer.Typer(help=help_text, no_args_is_help=True, cls=SteerlabGroup,
                        rich_markup_mode="rich", pretty_exceptions_enable=False)
 

@@ -10,8 +10,17 @@ Layer flags (``--layer``/``--layers``, either spelling, ``-l``) all take the gra
 grammar is checked while the command line is parsed, before any model loads; the range is checked
 once the model (or vector) is known. Coefficient flags (``--coeff``/``--coeffs``, ``-c``) take one
 number or a comma-separated list. Steering flags (``--vector``, ``--operator``, ``--positions``,
-``--scale``, ``--cap-ceiling``, ``--cap-floor``) are built here and turned into a
+``--scale``, ``--cap-ceiling``, ``--cap-floor``, ``--cap-percentile``, ``--cap-floor-percentile``,
+``--reference-prompts``) are built here and turned into a
 :class:`~steerlab.steering.steerer.SteeringSpec` by :func:`steering_spec`.
+
+Reference prompts: ``--scale relative`` (mean residual norm at the layer) and the cap percentiles
+(percentiles of h·v̂ at each steered layer) are measured on the prompts of ``--reference-prompts
+FILE`` when given, else on the run's own prompts (``generate``: its prompts; ``sweep``: its
+questions). The run's own prompts are the default because they are always at hand and are the
+distribution being steered; pass a separate file to calibrate once on a fixed, neutral set and
+reuse the same thresholds across runs. Either way the prompts go through the chat template without
+a system prompt (see :mod:`steerlab.steering.calibration`).
 """
 
 from __future__ import annotations
@@ -114,7 +123,7 @@ def operator_option() -> Any:
 def scale_option() -> Any:
     """``--scale``: how the coefficient is read (checked at parsing)."""
     return typer.Option("raw", "--scale", callback=_choice("SCALES"),
-                        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on the prompts).")
+                        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on --reference-prompts, default: the run's prompts).")
 
 
 def cap_ceiling_option() -> Any:
@@ -127,15 +136,60 @@ def cap_floor_option() -> Any:
     return typer.Option(None, "--cap-floor", help="cap: minimum of h·v̂.")
 
 
+def _check_percentile(_ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+    if value is not None and not 0 <= value <= 100:
+        raise SteerlabError(f"{_flag(param)} {value:g}: expected a number in 0..100")
+    return value
+
+
+def cap_percentile_option() -> Any:
+    """``--cap-percentile P``: the cap ceiling at each steered layer is the P-th percentile (0-100) of
+    h·v̂ on the reference prompts (checked at parsing)."""
+    return typer.Option(None, "--cap-percentile", callback=_check_percentile,
+                        help="cap: ceiling = this percentile (0-100) of h·v̂ at each steered layer, measured on "
+                             "--reference-prompts (default: the run's prompts). E.g. 90.")
+
+
+def cap_floor_percentile_option() -> Any:
+    """``--cap-floor-percentile P``: the cap floor from a percentile, as ``--cap-percentile``."""
+    return typer.Option(None, "--cap-floor-percentile", callback=_check_percentile,
+                        help="cap: floor = this percentile (0-100) of h·v̂ at each steered layer, on the reference prompts.")
+
+
+def reference_prompts_option() -> Any:
+    """``--reference-prompts FILE``: prompts to measure ``--scale relative`` and cap percentiles on."""
+    return typer.Option(None, "--reference-prompts",
+                        help="Prompts (.txt, .jsonl or .json) on which --scale relative's mean residual norm and the "
+                             "--cap-*percentile thresholds are measured (default: the run's own prompts).")
+
+
+def check_reference_prompts(
+    reference_prompts: Path | None, scale: str, cap_percentile: float | None, cap_floor_percentile: float | None
+) -> None:
+    """Raise SteerlabError when ``--reference-prompts`` is given but nothing measures on it (it serves
+    ``--scale relative`` and the cap percentiles only)."""
+    if reference_prompts is not None and scale != "relative" and cap_percentile is None and cap_floor_percentile is None:
+        raise SteerlabError(
+            "--reference-prompts is used by --scale relative and --cap-percentile/--cap-floor-percentile only"
+        )
+
+
 def steering_spec(
     vector: Any, layers: str, coeff: Any, operator: str = "add", positions: str = "all", scale: str = "raw",
     ceiling: float | None = None, floor: float | None = None,
+    ceiling_percentile: float | None = None, floor_percentile: float | None = None,
 ) -> Any:
     """The :class:`~steerlab.steering.steerer.SteeringSpec` the steering flags describe (the same
-    object a Python user builds); layers are range-checked when it is applied to a model."""
+    object a Python user builds); layers are range-checked, and cap percentiles resolved
+    (:meth:`~steerlab.steering.steerer.SteeringSpec.calibrated`), once a model is loaded.
+
+    Raises SteerlabError naming the flags for inconsistent cap flags (e.g. ``--cap-percentile``
+    without ``--operator cap``, or with ``--cap-ceiling``).
+    """
     from ..steering.steerer import SteeringSpec
 
-    return SteeringSpec(vector, layers, coeff, operator, positions, scale, ceiling, floor)
+    return SteeringSpec(vector, layers, coeff, operator, positions, scale, ceiling, floor,
+                        ceiling_percentile=ceiling_percentile, floor_percentile=floor_percentile)
 
 
 def seed_option(help: str = "Random seed.") -> Any:

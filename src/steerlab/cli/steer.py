@@ -31,12 +31,16 @@ from .options import (
     ModelOpt,
     cap_ceiling_option,
     cap_floor_option,
+    cap_floor_percentile_option,
+    cap_percentile_option,
     check_out,
+    check_reference_prompts,
     coeff_option,
     layer_option,
     operator_option,
     parse_floats,
     positions_option,
+    reference_prompts_option,
     scale_option,
     seed_option,
     steering_spec,
@@ -58,6 +62,9 @@ def generate(
     scale: str = scale_option(),
     cap_ceiling: float = cap_ceiling_option(),
     cap_floor: float = cap_floor_option(),
+    cap_percentile: float = cap_percentile_option(),
+    cap_floor_percentile: float = cap_floor_percentile_option(),
+    reference_prompts: Path = reference_prompts_option(),
     prompts_file: Path = typer.Option(None, "--prompts-file", help=".txt (one per line), .jsonl (question/prompt/messages) or .json list."),
     system: str = typer.Option(None, "--system", "-s", help="System prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
@@ -75,6 +82,8 @@ def generate(
     Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
 
     With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
+    --operator cap clamps h·v̂ at each steered layer to --cap-ceiling/--cap-floor, or to a percentile
+    of h·v̂ measured on --reference-prompts (default: these prompts): --cap-percentile 90.
     """
     if out is not None:
         check_out(out, ".jsonl")
@@ -82,26 +91,41 @@ def generate(
     if not items:
         raise SteerlabError("no prompts: pass them as arguments or with --prompts-file")
     coeffs = parse_floats(coeff, "--coeff")
-    if vector is None and (layer is not None or coeff != "1.0"):
-        raise SteerlabError("--layer/--coeff need --vector")
+    steering_only = [flag for flag, value in (
+        ("--layer", layer), ("--cap-ceiling", cap_ceiling), ("--cap-floor", cap_floor),
+        ("--cap-percentile", cap_percentile), ("--cap-floor-percentile", cap_floor_percentile),
+        ("--reference-prompts", reference_prompts)) if value is not None]
+    if vector is None and (steering_only or coeff != "1.0" or operator != "add" or scale != "raw"):
+        raise SteerlabError(f"{'/'.join(steering_only) or '--coeff/--operator/--scale'}: steering flags need --vector")
+    check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
     if vector is not None and layer is None:
         raise SteerlabError("--vector needs --layer (e.g. --layer 12, 10-15 or all)")
-    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     rows, row_coeffs = expand_grid(items, coeffs) if vector is not None else (items, [0.0] * len(items))
     specs = []
     reference_norms = None
+    cap_settings = {}
     if vector is not None:
         vec = SteeringVector.load(vector)
-        specs = [steering_spec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor)]
-        if scale != "relative":
-            specs[0].interventions(lm)  # validate layers, shapes and operators before any work
+        spec = steering_spec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor,
+                             cap_percentile, cap_floor_percentile)  # checks the cap flags before loading
+        reference = load_prompts(reference_prompts) if reference_prompts else items
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    if vector is not None:
+        spec.layer_vectors(lm)  # layers and shapes checked before any forward pass
         if scale == "relative":
-            reference_norms = mean_residual_norms(lm, items)
+            reference_norms = mean_residual_norms(lm, reference)
+        spec = spec.calibrated(lm, reference)
+        spec.interventions(lm, reference_norms)  # validate operators before any work
+        specs = [spec]
+        if operator == "cap":
+            cap_settings = {"cap_percentile": cap_percentile, "cap_floor_percentile": cap_floor_percentile,
+                            "cap_ceiling": _per_layer(spec.ceiling), "cap_floor": _per_layer(spec.floor)}
     gens = generate_batch(lm, rows, system=system, steering=specs, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
                           reference_norms=reference_norms)
     settings = {"model": model, "adapter": adapter, "vector": str(vector) if vector else None,
-                "positions": positions, "operator": operator, "scale": scale,
+                "positions": positions, "operator": operator, "scale": scale, **cap_settings,
+                "reference_prompts": str(reference_prompts) if reference_prompts else None,
                 "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "seed": seed}
     records = [GenerationRecord(prompt_text(p), g.text, coeff=c if vector else None, layer=layer,
@@ -121,6 +145,11 @@ def generate(
     console.print(table)
 
 
+def _per_layer(threshold):
+    """A cap threshold as recorded in JSON: a number, ``{"layer": τ}`` (keys as strings), or None."""
+    return {str(k): v for k, v in threshold.items()} if isinstance(threshold, dict) else threshold
+
+
 @app.command()
 def sweep(
     model: str = ModelOpt,
@@ -137,6 +166,11 @@ def sweep(
     positions: str = positions_option(),
     operator: str = operator_option(),
     scale: str = scale_option(),
+    cap_ceiling: float = cap_ceiling_option(),
+    cap_floor: float = cap_floor_option(),
+    cap_percentile: float = cap_percentile_option(),
+    cap_floor_percentile: float = cap_floor_percentile_option(),
+    reference_prompts: Path = reference_prompts_option(),
     system: str = typer.Option(None, "--system", "-s"),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
@@ -152,8 +186,13 @@ def sweep(
     """Generate every (layer, coefficient, question) cell, coefficients packed per batch.
 
     Rerunning with the same --out resumes: finished layers are not generated again.
+    --scale relative and --cap-percentile are measured on --reference-prompts (default: the questions).
     """
     coeff_values = parse_floats(coeffs, "--coeffs")
+    check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
+    config = SweepConfig(layers, coeff_values, positions, operator, scale, max_new_tokens, temperature, seed,
+                         system, batch_size, controls=controls, cap_ceiling=cap_ceiling, cap_floor=cap_floor,
+                         cap_percentile=cap_percentile, cap_floor_percentile=cap_floor_percentile)
     if (judge is None) != (trait is None):
         raise SteerlabError("--judge and --trait go together (the trait's eval prompt is what the judge scores)")
     trait_def = load_trait(trait, "eval") if trait else None
@@ -161,16 +200,17 @@ def sweep(
         raise SteerlabError("--questions is required (or give --trait to use its eval questions)")
     qs = load_prompts(questions) if questions is not None else list(trait_def.questions)
     pair_rows = load_pairs(pairs, split=pairs_split) if pairs else None
+    reference = load_prompts(reference_prompts) if reference_prompts else qs
     vec = SteeringVector.load(vector)
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
-    reference_norms = mean_residual_norms(lm, qs) if scale == "relative" else None
+    reference_norms = mean_residual_norms(lm, reference) if scale == "relative" else None
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
-    config = SweepConfig(layers, coeff_values, positions, operator, scale, max_new_tokens, temperature, seed,
-                         system, batch_size, controls)
     result = run_sweep(lm, vec, qs, out, config, pairs=pair_rows, reference_norms=reference_norms,
+                       reference_prompts=reference,
                        extra_config={"vector_path": str(vector), "questions": str(questions),
                                      "pairs": str(pairs) if pairs else None, "adapter": adapter,
-                                     "judge": judge, "trait": trait},
+                                     "judge": judge, "trait": trait,
+                                     "reference_prompts": str(reference_prompts) if reference_prompts else None},
                        judge=scorer, eval_prompt=trait_def.eval_prompt if trait_def else None)
     console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
     if result.margins:

@@ -160,7 +160,12 @@ def compare_vectors(
     For every unordered pair (in the order of ``vectors``): per-layer cosine, L2 distance
     ``‖a - b‖`` and distance between per-layer unit vectors ``‖â - b̂‖`` (= sqrt(2 - 2 cos); 0 where
     a layer is zero). Per vector: per-layer norms. Baseline: :func:`random_cosine_band` for
-    d_model (``n_random`` random directions, ``seed``, ``quantile``).
+    d_model (``n_random`` random directions, ``seed``, ``quantile``): |cos| of random directions in
+    d dimensions is about sqrt(2 / (π d)), the level an unrelated pair of vectors reaches.
+
+    Returns a :class:`Comparison` whose per-pair and per-vector values are ``[n_layers]`` float32
+    (cosines unitless in [-1, 1], norms and distances in activation units). Raises SteerlabError
+    for fewer than two vectors or vectors of different shapes.
     """
     if len(vectors) < 2:
         raise SteerlabError(f"comparing needs at least two vectors (got {len(vectors)})")

@@ -85,14 +85,18 @@ class MarginResult:
 
     @property
     def fluency(self) -> list[float]:
+        """Per coefficient: mean over pairs of (positive + negative)/2 log-likelihood, nats/token (<= 0)."""
         return ((self.pos_logp + self.neg_logp) / 2).mean(-1).tolist()
 
     @property
     def mean(self) -> list[float]:
+        """Per coefficient: the behaviour margin, mean over pairs of ``per_pair``, nats/token."""
         return self.per_pair.mean(-1).tolist()
 
     @property
     def std(self) -> list[float]:
+        """Per coefficient: sample standard deviation (n - 1) of ``per_pair`` over pairs, nats/token;
+        0.0 with a single pair."""
         return (self.per_pair.std(-1) if self.per_pair.shape[-1] > 1 else torch.zeros(len(self.coeffs))).tolist()
 
 
@@ -106,7 +110,17 @@ def behaviour_margin(
 ) -> MarginResult:
     """Behaviour margin of ``pairs`` under ``steering`` at each coefficient (one batch stream).
 
-    Without ``coeffs`` the specs' own coefficients are used (a single row of results).
+    For pair j, ``margin = mean log p(positive tokens | question) - mean log p(negative tokens |
+    question)``, each the mean over the answer's tokens, teacher-forced, in nats/token (SPEC §5); > 0
+    means the model prefers the behaviour. Returns a :class:`MarginResult`: ``per_pair``, ``pos_logp``
+    and ``neg_logp`` are ``[n_coeffs, n_pairs]`` float32; ``mean``/``std``/``fluency`` are per
+    coefficient. Rows are (coefficient, side, pair) with per-row coefficients, so a sweep of k
+    coefficients is one pass over 2·k·n_pairs sequences.
+
+    Without ``coeffs`` the specs' own coefficients are used (a single row of results; no steering
+    reports coefficient 0). ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``.
+    Raises SteerlabError for no pairs, an empty answer, or steering that does not fit the model
+    (layers, d_model, operator options).
     """
     specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
     pos, neg = pair_samples(pairs)

@@ -90,8 +90,13 @@ def project(
 ) -> dict[str, torch.Tensor]:
     """Projections ``{reduction name: [n_samples, len(layers)]}`` of each sample's activations at
     ``layers`` (layer L = output of block L; an int, a list, ``"10,12"``, ``"10-15"`` or ``"all"``)
-    on ``vector``: ``(a · v_L) / ‖v_L‖``. NaN for response reductions of samples with no response
-    tokens. Batched results equal per-sample results."""
+    on ``vector``: ``(a · v_L) / ‖v_L‖``, in activation units (the length of ``a`` along v_L). NaN
+    for response reductions of samples with no response tokens. Batched results equal per-sample
+    results.
+
+    Raises SteerlabError for no samples or reductions, a layer out of range, a vector that does not
+    fit the model or is zero at a requested layer, or an empty prompt.
+    """
     if not samples:
         raise SteerlabError("no samples to project")
     parsed = list({r.name: r for r in (Reduction.parse(r) for r in reductions)}.values())

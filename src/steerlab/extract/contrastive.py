@@ -25,7 +25,16 @@ def extract_contrastive(
     reduction: str = "response_avg",
     batch_size: int = 16,
 ) -> SteeringVector:
-    """Contrastive steering vector ``[n_layers, d_model]`` from pairs (SPEC §6 pairs)."""
+    """Contrastive steering vector ``[n_layers, d_model]`` from pairs (SPEC §6 pairs), method
+    ``contrastive``: ``v_L = mean_j r(h_L(q_j + positive_j)) - mean_j r(h_L(q_j + negative_j))``,
+    where ``h_L`` is the output of decoder block L and ``r`` the ``reduction`` (default
+    ``response_avg``, the mean over the answer's tokens), in activation units. This is the
+    mean-difference direction of activation addition / CAA (Turner et al. 2023, arXiv:2308.10248;
+    Rimsky et al. 2024, arXiv:2312.06681), computed by :class:`~steerlab.extract.mean_difference.MeanDifference`.
+
+    Raises SteerlabError for no pairs, an unknown reduction, a prompt reduction when both sides share
+    their prompt (the vector would be exactly zero), or an empty question/answer.
+    """
     if not pairs:
         raise SteerlabError("contrastive extraction needs at least one pair")
     red = Reduction.parse(reduction)

@@ -188,6 +188,11 @@ def check_same_tokenizer(base: Any, other: Any, what: str = "the fine-tuned mode
 
 
 def check_same_shape(base: LoadedModel, other: LoadedModel) -> None:
+    """Check that two models can be diffed layer by layer: same number of decoder blocks and d_model.
+
+    Raises SteerlabError naming both shapes when they differ; logs a warning (and goes on) when the
+    architectures (``config.model_type``) differ but the shapes agree.
+    """
     kinds = [getattr(unwrap_model(m.model).config, "model_type", None) for m in (base, other)]
     if kinds[0] != kinds[1]:
         log.warning("the base model is a %s, the fine-tuned model a %s", *kinds)
@@ -240,7 +245,13 @@ def extract_model_diffs(
     batch_size: int = 16,
     check_base: bool = True,
 ) -> dict[str, SteeringVector]:
-    """Like :func:`extract_model_diff` for several reductions in one pass: ``{name: vector}``."""
+    """Like :func:`extract_model_diff` for several reductions in one pass: ``{reduction name:
+    vector [n_layers, d_model]}``, each ``mean_i (h_L^finetuned(x_i) - h_L^base(x_i))``.
+
+    Raises SteerlabError for no samples, ``batch_size < 1``, a directory that is neither an adapter
+    nor a model, the base model passed as its own fine-tune, models of different shape or
+    tokenizer, or (``check_base``) an adapter trained on another base model.
+    """
     if not samples:
         raise SteerlabError("model diff needs at least one sample (the prompts are empty)")
     if batch_size < 1:
@@ -301,6 +312,11 @@ def extract_model_diff(
         reduction: ``prompt_last``, ``prompt_avg``, ``response_avg`` or ``first_k[:K]``.
         batch_size: sequences per forward pass.
         check_base: for steerlab adapters, check that ``base`` is the model it was trained on.
+
+    Returns ``v_L = mean_i (r(h_L^finetuned(x_i)) - r(h_L^base(x_i)))`` over the samples x_i, ``r``
+    the reduction, in activation units (the fine-tune's shift of the residual stream on identical
+    inputs, computed by :class:`~steerlab.extract.mean_difference.MeanDifference`); metadata records
+    the fine-tuned model or adapter. Raises SteerlabError as :func:`extract_model_diffs` does.
     """
     red = Reduction.parse(reduction)
     return extract_model_diffs(base, finetuned, samples, [red], batch_size, check_base)[red.name]

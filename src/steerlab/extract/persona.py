@@ -61,7 +61,13 @@ def effective_pairs(judged: list[dict[str, Any]], threshold: float, min_coherenc
 
 
 def persona_vectors(lm: LoadedModel, pairs: list[dict[str, Any]], batch_size: int = 16) -> dict[str, SteeringVector]:
-    """Mean (positive - negative) activations over effective pairs for the three persona reductions."""
+    """Persona vectors (Chen et al. 2025, arXiv:2507.21509), method ``persona``: for each of
+    ``response_avg``, ``prompt_avg`` and ``prompt_last``, ``v_L = mean over effective pairs of
+    (r(h_L(positive)) - r(h_L(negative)))``, each side run with its own system prompt and answer
+    (pairs as :func:`effective_pairs` returns them). ``{reduction: [n_layers, d_model]}``, activation
+    units, layer L = output of block L. Raises SteerlabError for no pairs or an empty question or
+    answer.
+    """
     pos = [ChatSample(p["question"], p["positive"], p["pos_system"]) for p in pairs]
     neg = [ChatSample(p["question"], p["negative"], p["neg_system"]) for p in pairs]
     aggregate = MeanDifference()

@@ -1,6 +1,10 @@
 """Reading prompts/questions from files: ``.txt`` (one per line), ``.jsonl`` (``prompt``,
 ``question`` or ``messages`` per line) or ``.json`` (a list of strings, or a trait file's
-``questions``); and the built-in generic prompts (:func:`generic_prompts`)."""
+``questions``); and the built-in generic prompts (:func:`generic_prompts`).
+
+A prompt is a string (one user message) or a message list ``[{"role", "content"}, ...]`` (see
+:mod:`steerlab.model.chat`). Files of any other suffix are read as ``.txt``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,12 @@ GENERIC_PROMPTS_PATH = Path(__file__).resolve().parent.parent / "data" / "generi
 
 def load_prompts(path: str | Path) -> list[Prompt]:
     """Prompts from a file (see the module docstring), in file order.
+
+    - ``.txt``: one prompt per non-blank line, stripped of surrounding whitespace.
+    - ``.jsonl``: one JSON object per non-blank line; the first of ``messages``, ``prompt``,
+      ``question`` present is the prompt (a message list or a non-empty string); other fields are
+      ignored.
+    - ``.json``: a list of non-empty strings, or an object whose ``questions`` is one (a trait file).
 
     Message lists are checked with :func:`steerlab.formats.conversations.validate_conversation`
     (no assistant answer needed). Raises SteerlabError naming the file (and line, field) for a
@@ -41,6 +51,8 @@ def load_prompts(path: str | Path) -> list[Prompt]:
                     break
             else:
                 raise SteerlabError(f"{path}:{number}: expected a 'prompt', 'question' or 'messages' field")
+        if not prompts:
+            raise SteerlabError(f"prompts file {path} is empty")
         return prompts
     text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":

@@ -124,10 +124,12 @@ class Trait(BaseModel):
 
     @property
     def pos_instructions(self) -> list[str]:
+        """The ``pos`` side of every instruction pair (system instructions that elicit the trait), in file order."""
         return [p.pos for p in self.instruction]
 
     @property
     def neg_instructions(self) -> list[str]:
+        """The ``neg`` side of every instruction pair (instructions that suppress the trait), in file order."""
         return [p.neg for p in self.instruction]
 
     def system_prompts(self, kind: Literal["pos", "neg"], assistant_name: str | None = None) -> list[str]:

@@ -102,6 +102,7 @@ class EncodedChat:
 
     @property
     def response_len(self) -> int:
+        """Number of response tokens: ``len(ids) - prompt_len`` (0 for a prompt alone)."""
         return len(self.ids) - self.prompt_len
 
 

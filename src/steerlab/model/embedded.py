@@ -45,6 +45,8 @@ def embedded_gguf_path() -> Path:
 
 
 def converted_dir() -> Path:
+    """Where the dequantized smollm2 lives as a safetensors model directory, under :func:`cache_dir`
+    (it may not exist yet: :func:`ensure_converted` writes it)."""
     return cache_dir() / "models" / "smollm2-135m-instruct"
 
 

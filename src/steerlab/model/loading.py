@@ -38,6 +38,12 @@ _DTYPES = {
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """The torch dtype for a ``--dtype`` value: a torch dtype as is; ``None``/``auto`` bfloat16 on
+    CUDA (or ``device="auto"``) and float32 otherwise (SPEC §2); else one of float32/fp32,
+    bfloat16/bf16, float16/fp16.
+
+    Raises SteerlabError naming ``--dtype`` for any other string.
+    """
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
@@ -49,6 +55,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
 
 
 def resolve_device(device: str | None) -> str:
+    """The device for a ``--device`` value: ``None`` is ``auto`` (``device_map="auto"``) when CUDA is
+    available, else ``cpu``; other values are returned as given.
+
+    Raises SteerlabError naming ``--device`` for a ``cuda`` device on a machine without CUDA.
+    """
     if device is None:
         return "auto" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -72,26 +83,32 @@ class LoadedModel:
 
     @property
     def blocks(self) -> nn.ModuleList:
+        """The decoder blocks (``nn.ModuleList``) found at ``blocks_path``; block L's output is layer L."""
         return find_decoder_blocks(self.model, self.blocks_path)[0]
 
     @property
     def n_layers(self) -> int:
+        """Number of decoder blocks; valid layers are ``0 .. n_layers - 1``."""
         return len(self.blocks)
 
     @property
     def d_model(self) -> int:
+        """Width of the residual stream (the input embeddings' size); a vector holds ``[d_model]`` per layer."""
         return unwrap_model(self.model).get_input_embeddings().weight.shape[-1]
 
     @property
     def device(self) -> torch.device:
+        """Device of the input embeddings, where inputs go (with ``device_map="auto"`` blocks may sit elsewhere)."""
         return unwrap_model(self.model).get_input_embeddings().weight.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """Dtype of the weights (of the input embeddings): float32 on CPU, bfloat16 on CUDA by default."""
         return unwrap_model(self.model).get_input_embeddings().weight.dtype
 
     @property
     def has_system_role(self) -> bool:
+        """Whether the chat template renders a ``system`` message (else it is merged into the first user turn)."""
         return has_system_role(self.tokenizer)
 
     def check_layer(self, layer: int, flag: str = "--layer") -> int:
@@ -102,6 +119,9 @@ class LoadedModel:
         return check_layer_index(layer, self.n_layers, flag, self.name)
 
     def info(self) -> dict[str, Any]:
+        """What was loaded, as a JSON-able dict (``steerlab info`` prints it): name, architecture,
+        model_type, n_layers, d_model, dtype, device, blocks_path, chat_template (False when the
+        fallback template is used), system_role, adapter, vocab_size."""
         config = unwrap_model(self.model).config
         return {
             "name": self.name,

@@ -26,8 +26,8 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.generation import expand_grid, generate_batch
-from ..steering.steerer import SteeringSpec, parse_layers
+from ..steering.steerer import SteeringSpec, check_cap_options, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import CONTROL_GENERATIONS, GENERATIONS, MARGINS, SCORES, SWEEP
@@ -55,6 +55,10 @@ class SweepConfig:
 
     ``layers``: a layer spec (``all``, ``12``, ``10,12``, ``8-16``; layer L = output of block L).
     ``coeffs``: coefficients, all generated as rows of one batch stream per layer.
+    ``cap_ceiling``/``cap_floor``: ``operator="cap"`` thresholds on h·v̂ (activation units), or
+    ``cap_percentile``/``cap_floor_percentile``: the same as percentiles (0-100) of h·v̂ at each layer
+    on the reference prompts (:func:`run_sweep`'s ``reference_prompts``, default the questions).
+    Raises SteerlabError for inconsistent cap options (see :func:`~steerlab.steering.steerer.check_cap_options`).
     """
 
     layers: str | list[int]
@@ -69,6 +73,15 @@ class SweepConfig:
     batch_size: int | None = None
     controls: int = 8  # random directions of the vector's norm per layer, run as extra rows (0: off)
     n_bootstrap: int = 1000
+    cap_ceiling: float | None = None
+    cap_floor: float | None = None
+    cap_percentile: float | None = None
+    cap_floor_percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        """Raises SteerlabError for inconsistent cap options, before any model work."""
+        check_cap_options(self.operator, self.cap_ceiling, self.cap_floor,
+                          self.cap_percentile, self.cap_floor_percentile)
 
 
 @dataclass
@@ -97,6 +110,7 @@ def run_sweep(
     judge: Judge | None = None,
     eval_prompt: str | None = None,
     reference_norms: torch.Tensor | None = None,
+    reference_prompts: Sequence[Prompt] | None = None,
     extra_config: dict[str, Any] | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
@@ -109,32 +123,58 @@ def run_sweep(
         judge, eval_prompt: with both, every generation gets ``trait_score`` and ``coherence`` (0-100,
             None where the judge gave no number).
         reference_norms: ``[n_layers]`` mean residual norms, needed for scale ``relative``.
+        reference_prompts: where ``config.cap_percentile``/``cap_floor_percentile`` are measured
+            (default: ``questions``). With ``operator="cap"`` every generation row records the
+            thresholds used at its layer (``cap_ceiling``, ``cap_floor``), and ``sweep.json`` all of them.
         extra_config: recorded in ``sweep.json`` (e.g. the CLI's file paths).
 
     Raises:
-        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale.
+        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale/cap options.
     """
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
+    uncalibrated = SteeringSpec(
+        vector, layers, 1.0, config.operator, config.positions, config.scale, config.cap_ceiling, config.cap_floor,
+        ceiling_percentile=config.cap_percentile, floor_percentile=config.cap_floor_percentile,
+    )
+    base = uncalibrated.calibrated(lm, questions if reference_prompts is None else reference_prompts,
+                                   config.batch_size or 16)
     coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
     run = RunDir(out)
     judged = judge is not None and eval_prompt is not None
     settings = {"positions": config.positions, "operator": config.operator, "scale": config.scale,
                 "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "seed": config.seed}
+    # cap: the thresholds used at each layer (given, or resolved from percentiles), in rows and hashes
+    thresholds: dict[int, dict[str, float | None]] = {}
+    if config.operator == "cap":
+        settings.update(cap_percentile=config.cap_percentile, cap_floor_percentile=config.cap_floor_percentile)
+        thresholds = {layer: {"cap_ceiling": _at(base.ceiling, layer), "cap_floor": _at(base.floor, layer)}
+                      for layer in layers}
+    calibration = {"cap": {str(layer): t for layer, t in thresholds.items()}} if thresholds else {}
+    if reference_norms is not None and config.scale == "relative":  # they may come from other prompts
+        calibration["reference_norms"] = [round(float(reference_norms[layer]), 6) for layer in layers]
     vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
     stage = run.stage(GENERATIONS.removesuffix(".jsonl"), GENERATIONS, {
         "model": lm.name, "vector": vector_hash,
         "questions": [_prompt_text(q) for q in questions], "coeffs": coeffs, "system": config.system,
         "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
-        "eval_prompt": eval_prompt if judged else None, "controls": config.controls,
+        "eval_prompt": eval_prompt if judged else None, "controls": config.controls, **calibration,
     })
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
+    # Random directions of the vector's norm; with percentile caps each is calibrated on its own direction.
     controls = [SteeringVector(d) for d in random_directions(vector, config.controls, config.seed)]
+    reference = questions if reference_prompts is None else reference_prompts
+    percentile_cap = config.cap_percentile is not None or config.cap_floor_percentile is not None
+    bases = {id(vector): base}
+    for d in controls:
+        own = replace(uncalibrated, vector=d)
+        bases[id(d)] = (own.calibrated(lm, reference, config.batch_size or 16) if percentile_cap
+                        else replace(base, vector=d))
 
     def spec(layer: int, coeff: Any, direction: SteeringVector = vector, rows: Any = None) -> SteeringSpec:
-        return SteeringSpec(direction, layer, coeff, config.operator, config.positions, config.scale, rows=rows)
+        return replace(bases[id(direction)], layers=layer, coeff=coeff, rows=rows)
 
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
@@ -153,7 +193,8 @@ def run_sweep(
         rows = [
             {"layer": layer, "coeff": row_coeffs[i % n], "question_index": i % len(questions),
              "question": _prompt_text(prompts[i % n]), "text": g.text, "n_new_tokens": g.n_new_tokens,
-             "finish_reason": g.finish_reason, "control": None if i < n else i // n - 1, **settings}
+             "finish_reason": g.finish_reason, "control": None if i < n else i // n - 1, **settings,
+             **thresholds.get(layer, {})}
             for i, g in enumerate(gens)
         ]
         if judged:
@@ -183,7 +224,7 @@ def run_sweep(
         margin_stage = run.stage("margins", MARGINS, {
             "model": lm.name, "vector": vector_hash, "layers": layers, "coeffs": coeffs, "settings": settings,
             "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs], "controls": config.controls,
-            "seed": config.seed, "n_bootstrap": config.n_bootstrap,
+            "seed": config.seed, "n_bootstrap": config.n_bootstrap, **calibration,
         })
         if margin_stage.done():
             margins = [{k: _number(v) for k, v in r.items()} for r in read_csv(margin_stage.path)]
@@ -200,7 +241,8 @@ def run_sweep(
         write_csv(out / SCORES, scores)
     write_json(out / SWEEP, {
         "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
-        "config": {**asdict(config), "layers": layers, **(extra_config or {})}, "n_questions": len(questions),
+        "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
+        "n_questions": len(questions),
         "n_pairs": len(pairs or []), "timings": timings,
     })
     return SweepResult(rows_all, margins, timings, scores)
@@ -240,6 +282,11 @@ def _number(value: str) -> Any:
         return int(value)
     except ValueError:
         return float(value)
+
+
+def _at(threshold: float | Mapping[int, float] | None, layer: int) -> float | None:
+    """A cap threshold at ``layer``: the value itself, or its entry in a ``{layer: τ}`` mapping."""
+    return threshold.get(layer) if isinstance(threshold, Mapping) else threshold
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

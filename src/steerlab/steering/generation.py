@@ -39,6 +39,8 @@ class Generation:
 
     @property
     def n_new_tokens(self) -> int:
+        """Generated tokens kept, ``len(token_ids)``: up to, not including, the end-of-turn token (a stop
+        string cuts ``text``, not the tokens)."""
         return len(self.token_ids)
 
 
@@ -124,6 +126,16 @@ def generate_batch(
     given, is called for every model batch with the prompt indices of its rows (in batch row order)
     and returns extra keyword arguments for ``model.generate`` (e.g. ``stopping_criteria``, a
     ``streamer``); ``steerlab.serve`` uses it for per-row limits and token streaming.
+
+    Prompts are rendered through the chat template (with ``system``), left-padded and generated in
+    batches of similar length (``batch_size``, default :func:`auto_batch_size`); a spec's per-row
+    ``coeff``/``rows`` are given per prompt (``[len(prompts)]``), so a coefficient sweep is one call
+    (see :func:`expand_grid`). ``temperature`` 0 is greedy; ``seed`` seeds sampling.
+    ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``.
+
+    Raises SteerlabError for no prompts, ``max_new_tokens < 1``, a negative temperature or ``top_p``
+    outside (0, 1], per-row coefficients whose count is not ``len(prompts)``, or steering that does
+    not fit the model.
     """
     if not prompts:
         raise SteerlabError("no prompts given")

@@ -20,8 +20,16 @@ Operators (v̂ = v/‖v‖, c = coefficient):
   ``add``     h + c·s, where s = v (scale ``raw``), v̂ (``unit``: c is the norm added) or
               ‖h‖_ref·v̂ (``relative``: c times the mean residual norm at that layer);
   ``ablate``  h − c·(h·v̂)v̂ (c = 1 removes the component entirely);
-  ``cap``     clamp h·v̂ to at most ``ceiling`` and/or at least ``floor``, other components untouched.
+  ``cap``     clamp h·v̂ to at most ``ceiling`` and/or at least ``floor``, other components untouched
+              (the coefficient is not used). A threshold τ is in activation units (a projection
+              h·v̂); it may be given per layer, or as a percentile (0-100) of the projections seen on
+              reference prompts at each steered layer, resolved by :meth:`SteeringSpec.calibrated`
+              (:mod:`steerlab.steering.calibration`).
 Coefficients may be a tensor with one value per batch row (per-row sweeps in one batch).
+Sources: activation addition (Turner et al. 2023, arXiv:2308.10248; Rimsky et al. 2024 "CAA",
+arXiv:2312.06681); directional ablation (Arditi et al. 2024, arXiv:2406.11717); activation capping
+(Lu et al. 2026 "The Assistant Axis", arXiv:2601.10387); positions and the seed-compatible
+:class:`ActivationSteerer` follow persona-vectors (Chen et al. 2025, github.com/safety-research/persona_vectors).
 
 Rows: an intervention with ``rows`` (a bool mask ``[batch]`` or a list of row indices) acts on those
 rows of the batch only; the other rows' hidden states are returned exactly as they came. Several
@@ -32,8 +40,10 @@ beside the real vector) as rows of one batch instead of separate passes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -44,12 +54,17 @@ from ..model.layers import LayerSpec, parse_layers
 from ..model.loading import LoadedModel, wrap_model
 from ..vectors.vector import SteeringVector
 
+if TYPE_CHECKING:
+    from ..activations.capture import ChatSample
+    from ..model.chat import Prompt
+
 POSITIONS = ("all", "prompt", "response")
 OPERATORS = ("add", "ablate", "cap")
 SCALES = ("raw", "unit", "relative")
 
 Coeff = float | Sequence[float] | torch.Tensor
 Rows = torch.Tensor | Sequence[int] | Sequence[bool]
+Threshold = float | Mapping[int, float]  # one τ for every layer, or τ per layer ({layer: τ})
 
 
 def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
@@ -58,10 +73,71 @@ def _check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
     return value
 
 
+def check_cap_options(
+    operator: str,
+    ceiling: Threshold | None = None,
+    floor: Threshold | None = None,
+    ceiling_percentile: float | None = None,
+    floor_percentile: float | None = None,
+) -> None:
+    """Check the cap thresholds a steering condition is given, before any model is loaded.
+
+    ``cap`` needs a ceiling and/or a floor, each either a value (``--cap-ceiling``/``--cap-floor``)
+    or a percentile 0-100 of reference projections (``--cap-percentile``/``--cap-floor-percentile``),
+    not both; other operators take none of them. Raises SteerlabError naming the flags otherwise.
+    """
+    for flag, value in (("--cap-percentile", ceiling_percentile), ("--cap-floor-percentile", floor_percentile)):
+        if value is not None and not (isinstance(value, int | float) and 0 <= value <= 100):
+            raise SteerlabError(f"{flag} {value!r}: expected a number in 0..100")
+    given = [flag for flag, value in (("--cap-ceiling", ceiling), ("--cap-floor", floor),
+                                      ("--cap-percentile", ceiling_percentile),
+                                      ("--cap-floor-percentile", floor_percentile)) if value is not None]
+    if operator != "cap":
+        if given:
+            raise SteerlabError(f"{'/'.join(given)}: for --operator cap only, not {operator!r}")
+        return
+    if not given:
+        raise SteerlabError(
+            "--operator cap needs a ceiling and/or a floor on h·v̂: --cap-ceiling/--cap-floor (values) or "
+            "--cap-percentile/--cap-floor-percentile (percentiles of projections on reference prompts)"
+        )
+    if ceiling is not None and ceiling_percentile is not None:
+        raise SteerlabError("give --cap-ceiling or --cap-percentile, not both")
+    if floor is not None and floor_percentile is not None:
+        raise SteerlabError("give --cap-floor or --cap-floor-percentile, not both")
+
+
+def _threshold(value: Threshold | None, what: str) -> Threshold | None:
+    """A checked cap threshold: a finite float, or ``{layer: finite float}``; raises SteerlabError."""
+
+    def finite(v: object, where: str) -> float:
+        try:
+            out = float(v)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            out = math.nan
+        if not math.isfinite(out):
+            raise SteerlabError(f"{what}{where}: expected a finite number, got {v!r}")
+        return out
+
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {int(layer): finite(v, f" at layer {layer}") for layer, v in value.items()}
+    return finite(value, "")
+
+
 @dataclass
 class Intervention:
     """One operator at one layer with a 1-D direction ``vector`` ``[d_model]``, on every batch row
-    or only on ``rows`` (a bool mask ``[batch]`` or row indices of the batch the hook sees)."""
+    or only on ``rows`` (a bool mask ``[batch]`` or row indices of the batch the hook sees).
+
+    ``coeff``: a number or ``[batch]`` per-row values (units: see the module docstring's operators).
+    ``ceiling``/``floor``: ``cap`` thresholds on h·v̂ in activation units, for this layer.
+    ``reference_norm``: mean ‖h‖ at this layer on reference prompts, for scale ``relative``.
+    Raises SteerlabError at construction for an unknown operator/positions/scale, a NaN/inf or (where
+    a direction is needed) zero vector, ``relative`` without ``reference_norm``, ``cap`` without a
+    bound, or non-finite coefficients.
+    """
 
     layer: int
     vector: torch.Tensor
@@ -92,8 +168,8 @@ class Intervention:
             )
         if self.scale == "relative" and self.reference_norm is None:
             raise SteerlabError(
-                "scale 'relative' needs the mean residual norm at the layer: pass reference "
-                "prompts (steerlab.calibration.mean_residual_norms)"
+                "scale 'relative' needs the mean residual norm at the layer: pass reference_norms "
+                "measured on reference prompts (steerlab.steering.calibration.mean_residual_norms)"
             )
         if self.operator == "cap" and self.ceiling is None and self.floor is None:
             raise SteerlabError("operator 'cap' needs a ceiling and/or a floor on h·v̂")
@@ -104,6 +180,7 @@ class Intervention:
 
     @property
     def unit(self) -> torch.Tensor:
+        """v̂ = v/‖v‖, ``[d_model]`` float32 (the direction ``ablate``, ``cap`` and scales other than raw use)."""
         return self.vector / self.vector.norm()
 
     def direction(self) -> torch.Tensor:
@@ -282,11 +359,32 @@ class Steerer:
 class SteeringSpec:
     """What to do, model-independent: a vector, the layers, coefficient(s), operator, positions.
 
-    ``vector`` is a SteeringVector ``[n_layers, d]`` (its row L is used at layer L) or a 1-D tensor
-    used at every listed layer. ``coeff`` is a number or one value per batch row. ``rows`` (a bool
-    mask or row indices) restricts it to those batch rows; with :func:`generate_batch` both
-    ``coeff`` and ``rows`` are given per prompt (see :meth:`select_rows`). A partial vector (a
-    control vector file holding only some layers) steers only the layers it holds.
+    Fields (layer L = output of decoder block L, SPEC §2):
+
+    - ``vector``: a :class:`SteeringVector` ``[n_layers, d_model]`` (its row L is used at layer L) or
+      a 1-D tensor ``[d_model]`` used at every listed layer. A partial vector (a control vector file
+      holding only some layers) steers only the layers it holds.
+    - ``layers``: the layer grammar of :mod:`steerlab.model.layers` (``12``, ``"10-15"``, ``"all"``,
+      a list or range).
+    - ``coeff``: a number or one value per batch row ``[batch]``; its unit depends on ``scale``:
+      ``raw`` multiplies v, ``unit`` is the norm added (activation units), ``relative`` is a
+      multiple of the mean residual norm ‖h‖ at the layer (``reference_norms``). ``cap`` ignores it.
+    - ``operator``, ``positions``, ``scale``: see the module docstring.
+    - ``ceiling``/``floor``: ``cap`` thresholds τ on h·v̂ (activation units): one number for every
+      layer, or ``{layer: τ}``.
+    - ``rows``: a bool mask ``[batch]`` or row indices restricting the spec to those batch rows;
+      with :func:`generate_batch` both ``coeff`` and ``rows`` are given per prompt (see
+      :meth:`select_rows`).
+    - ``ceiling_percentile``/``floor_percentile``: ``cap`` thresholds as percentiles (0-100) of the
+      projections h·v̂ on reference prompts at each layer; :meth:`calibrated` turns them into
+      per-layer ``ceiling``/``floor`` values before the spec is applied.
+
+    Raises SteerlabError at construction for inconsistent cap options (:func:`check_cap_options`) or
+    non-finite thresholds; model-dependent checks happen in :meth:`interventions`.
+
+        spec = SteeringSpec(vec, "10-12", operator="cap", ceiling_percentile=90).calibrated(lm, prompts)
+        with steer(lm, spec):
+            texts = generate(lm, prompts)
     """
 
     vector: SteeringVector | torch.Tensor
@@ -295,9 +393,16 @@ class SteeringSpec:
     operator: str = "add"
     positions: str = "all"
     scale: str = "raw"
-    ceiling: float | None = None
-    floor: float | None = None
+    ceiling: Threshold | None = None
+    floor: Threshold | None = None
     rows: Rows | None = None
+    ceiling_percentile: float | None = None
+    floor_percentile: float | None = None
+
+    def __post_init__(self) -> None:
+        check_cap_options(self.operator, self.ceiling, self.floor, self.ceiling_percentile, self.floor_percentile)
+        self.ceiling = _threshold(self.ceiling, "ceiling")
+        self.floor = _threshold(self.floor, "floor")
 
     def with_coeff(self, coeff: Coeff) -> SteeringSpec:
         """A copy with another coefficient (a number or one value per batch row)."""
@@ -322,38 +427,84 @@ class SteeringSpec:
             spec = replace(spec, rows=row_mask(self.rows, n_rows)[idx])
         return spec
 
+    def layer_vectors(self, lm: LoadedModel) -> dict[int, torch.Tensor]:
+        """``{layer: direction [d_model]}`` for the spec's layers on ``lm``, in layer-spec order.
+
+        Raises SteerlabError for layers out of range or a vector that does not fit ``lm`` (d_model,
+        layer count; for a partial vector, a layer it does not hold).
+        """
+        layers = parse_layers(self.layers, lm.n_layers)
+        if isinstance(self.vector, SteeringVector):
+            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
+            return {layer: self.vector[layer] for layer in layers}
+        vec = torch.as_tensor(self.vector).float()
+        if vec.ndim == 2:
+            vec = SteeringVector(vec)
+            vec.check_compatible(lm.n_layers, lm.d_model, lm.name)
+            return {layer: vec[layer] for layer in layers}
+        if vec.shape[-1] != lm.d_model:
+            raise SteerlabError(f"vector d_model {vec.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}")
+        return dict.fromkeys(layers, vec)
+
+    def calibrated(
+        self, lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16
+    ) -> SteeringSpec:
+        """This spec with ``ceiling_percentile``/``floor_percentile`` resolved on reference ``prompts``
+        (strings, message lists or :class:`~steerlab.activations.capture.ChatSample`): a copy whose
+        ``ceiling``/``floor`` is ``{layer: τ_L}``, τ_L the percentile of h·v̂_L over every token of
+        the prompts at layer L (:func:`steerlab.steering.calibration.layer_projections`, linear
+        interpolation between order statistics as ``torch.quantile``), and whose percentile fields
+        are None. A spec without percentiles is returned as is.
+
+        Raises SteerlabError as :meth:`layer_vectors` does, for no prompts, or a zero direction.
+        """
+        if self.ceiling_percentile is None and self.floor_percentile is None:
+            return self
+        from .calibration import layer_projections, percentile_of
+
+        values = layer_projections(lm, prompts, self.layer_vectors(lm), batch_size)
+
+        def resolve(q: float | None, given: Threshold | None, flag: str) -> Threshold | None:
+            return given if q is None else {layer: percentile_of(v, q, flag) for layer, v in values.items()}
+
+        return replace(
+            self, ceiling=resolve(self.ceiling_percentile, self.ceiling, "--cap-percentile"),
+            floor=resolve(self.floor_percentile, self.floor, "--cap-floor-percentile"),
+            ceiling_percentile=None, floor_percentile=None,
+        )
+
     def interventions(
         self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
     ) -> list[Intervention]:
         """The spec resolved on ``lm``: one :class:`Intervention` per layer, in layer order.
 
-        ``reference_norms[L]`` (mean residual norm at layer L) is needed for scale ``relative``.
-        Raises SteerlabError for layers out of range, a vector that does not fit ``lm`` (d_model,
-        layer count; for a partial vector, a layer it does not hold), or invalid operator options.
+        ``reference_norms[L]`` (mean residual norm at layer L, ``[n_layers]``) is needed for scale
+        ``relative``. Raises SteerlabError for layers out of range, a vector that does not fit ``lm``
+        (d_model, layer count; for a partial vector, a layer it does not hold), cap percentiles not
+        yet resolved by :meth:`calibrated`, a per-layer threshold missing a steered layer, or invalid
+        operator options.
         """
-        layers = parse_layers(self.layers, lm.n_layers)
-        if isinstance(self.vector, SteeringVector):
-            self.vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
-            rows = {layer: self.vector[layer] for layer in layers}
-        else:
-            vec = torch.as_tensor(self.vector).float()
-            if vec.ndim == 2:
-                vec = SteeringVector(vec)
-                vec.check_compatible(lm.n_layers, lm.d_model, lm.name)
-                rows = {layer: vec[layer] for layer in layers}
-            else:
-                if vec.shape[-1] != lm.d_model:
-                    raise SteerlabError(
-                        f"vector d_model {vec.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}"
-                    )
-                rows = dict.fromkeys(layers, vec)
+        if self.ceiling_percentile is not None or self.floor_percentile is not None:
+            raise SteerlabError(
+                "cap percentiles are measured on reference prompts: call spec.calibrated(lm, prompts) "
+                "before steering (CLI: --cap-percentile with --reference-prompts)"
+            )
+        rows = self.layer_vectors(lm)
+
+        def at(threshold: Threshold | None, layer: int, what: str) -> float | None:
+            if not isinstance(threshold, Mapping):
+                return threshold
+            if layer not in threshold:
+                raise SteerlabError(f"{what} has values for layers {sorted(threshold)}, not for layer {layer}")
+            return threshold[layer]
+
         return [
             Intervention(
                 layer, rows[layer], self.coeff, self.operator, self.positions, self.scale,
-                self.ceiling, self.floor,
+                at(self.ceiling, layer, "ceiling"), at(self.floor, layer, "floor"),
                 None if reference_norms is None else float(reference_norms[layer]), self.rows,
             )
-            for layer in layers
+            for layer in rows
         ]
 
 
@@ -364,7 +515,16 @@ def steer(
 ) -> Steerer:
     """Context manager steering ``model`` with the given specs/interventions.
 
-    ``reference_norms[L]`` (mean residual norm at layer L) is needed for scale ``relative``.
+    ``model`` is a :class:`LoadedModel` or a plain transformers model (wrapped). Specs are resolved
+    now (one :class:`Intervention` per layer); the hooks are installed on ``__enter__`` and removed
+    on every exit path. Inside the block, every forward pass of ``model`` sees the block outputs
+    ``[batch, seq, d_model]`` changed as the module docstring says; coefficient 0 (``add``) is
+    exactly the identity. ``reference_norms[L]`` (``[n_layers]``, mean residual norm at layer L,
+    :func:`steerlab.steering.calibration.mean_residual_norms`) is needed for scale ``relative``.
+
+    Raises SteerlabError (before any hook is installed) for layers out of range, a vector whose
+    d_model or layer count does not fit the model, unresolved cap percentiles (see
+    :meth:`SteeringSpec.calibrated`) or invalid operator options.
 
         with steer(lm, SteeringSpec(vec, layers=12, coeff=4.0)):
             texts = generate(lm, prompts)
@@ -427,4 +587,5 @@ class ActivationSteerer:
         self._steerer.__exit__(*exc)
 
     def remove(self) -> None:
+        """Remove the hook now (as persona-vectors' ``remove``); idempotent, also done on exit."""
         self._steerer.remove()

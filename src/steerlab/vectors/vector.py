@@ -76,6 +76,21 @@ def _union_present(vectors: Sequence[Any]) -> list[int] | None:
 class SteeringVector:
     """A ``[n_layers, d_model]`` float32 tensor plus metadata (model, method, reduction, ...).
 
+    ``data[L]`` is the direction for layer L, the output of decoder block L (``hidden_states[L + 1]``;
+    SPEC §2), in activation units (a steering coefficient multiplies it as is). ``data`` may be given
+    as ``[n_layers, d_model]`` or ``[d_model]`` (one layer); it is stored as float32 on the CPU.
+    ``metadata`` is JSON-able: ``model``, ``model_type``, ``method`` (``contrastive``, ``persona``,
+    ``model_diff``, ``blend``, ``imported``, ...), ``reduction``, ``n_samples`` and what the method
+    adds; ``steerlab_version`` and ``created`` (ISO 8601, UTC) are filled in when absent, and
+    :meth:`save` adds the per-layer ``norms``.
+
+    Algebra (the result's metadata records ``derived``): ``a + b``, ``a - b`` (same shape),
+    ``c * a``, ``-a``, :meth:`normalized` (unit norm per layer), :meth:`blend` (Σ w_i v_i), in the
+    manner of repeng's ``ControlVector`` (github.com/vgel/repeng).
+
+    Raises SteerlabError at construction for a shape other than 1-D/2-D, an empty dimension, NaN/inf
+    values (naming the layers), or an invalid ``layers_present``.
+
     **Partial vectors.** A vector read from a file that holds directions for only some layers (a
     llama.cpp control vector written by repeng or llama.cpp's generator) records them in
     ``metadata["layers_present"]`` (sorted layer indices); its other rows are zero, as llama.cpp

@@ -6,7 +6,7 @@ into one aggregator (float64 signed sums, one rounding to float32) changed the c
 float32 rounding only (max 3e-9 on values ~2e-2), which the second test bounds; persona and model-diff
 stayed bit-identical, and the diff study's vectors now equal the standalone extractors'.
 ``extraction_paths.safetensors`` is the current golden. Regenerate it only on purpose, after a change
-meant to alter the numbers: ``STEERLAB_UPDATE_GOLDEN=1 pytest tests/test_extract_golden.py``.
+meant to alter the numbers: ``STEERLAB_UPDATE_GOLDEN=1 pytest tests/extract/test_extract_golden.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tiny import make_tiny
 
 from steerlab import Pair, SteeringVector, extract_contrastive, extract_model_diff
 
-GOLDEN = Path(__file__).parent / "golden" / "extraction_paths.safetensors"
+GOLDEN = Path(__file__).parents[1] / "golden" / "extraction_paths.safetensors"  # tests/golden/
 BEFORE_MERGE = GOLDEN.with_name("extraction_paths_before_merge.safetensors")
 PAIRS = [
     Pair(question="how should I store bread", positive="in the fridge always", negative="in a dry box"),
