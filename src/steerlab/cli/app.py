@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 
 import click
@@ -55,6 +56,40 @@ def new_group(help_text: str) -> typer.Typer:
                        rich_markup_mode="rich", pretty_exceptions_enable=False)
 
 
+class LazyRootGroup(SteerlabGroup):
+    """The root command group: lists commands from ``steerlab.cli.COMMANDS`` without importing them,
+    and imports a command's modules only when it is looked up to run (or to show its own help)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Every command name, from the registry (no imports)."""
+        from . import COMMANDS
+
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        """The real command (importing its modules), or a light stand-in while listing commands."""
+        from . import COMMANDS
+
+        if cmd_name not in COMMANDS:
+            return None
+        modules, summary = COMMANDS[cmd_name]
+        if getattr(self, "_listing", False):  # root --help: name and summary only
+            return click.Command(cmd_name, help=summary, short_help=summary)
+        if cmd_name not in self.commands:
+            for module in modules:
+                importlib.import_module(f"{__package__}.{module}")
+            self.commands.update(typer.main.get_group(app).commands)
+        return self.commands.get(cmd_name)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Root help: command names and summaries from the registry, nothing imported."""
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
 app = typer.Typer(
     name="steerlab",
     help=(
@@ -65,14 +100,14 @@ app = typer.Typer(
         "a .gguf file, or BASE+ADAPTER_DIR."
     ),
     no_args_is_help=True,
-    cls=SteerlabGroup,
+    cls=LazyRootGroup,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
 
 
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", help="Debug logging.")) -> None:
     logging.basicConfig(
         level=logging.WARNING, format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True,
