@@ -31,7 +31,7 @@ import torch
 
 from ..errors import SteerlabError
 from ..io.atomic import atomic_path
-from ..io.files import input_file, parse_json
+from ..io.files import file_problem, parse_json
 from .vector import SteeringVector
 
 ARCH = "controlvector"
@@ -122,14 +122,13 @@ def import_gguf(path: str | Path) -> SteeringVector:
     readable GGUF file``), another architecture, tensors other than ``direction.N`` (N >= 1,
     F32/F16, one length) or inconsistent steerlab keys.
     """
-    path = input_file(path, "GGUF file")
+    problem = file_problem(path)
     try:
-        return _import(path)
+        if problem is None:
+            return _import(Path(path))
     except _READ_ERRORS as exc:  # the reader parses lazily: a corrupt file fails anywhere in here
-        raise SteerlabError(
-            f"{path}: not a readable GGUF file ({type(exc).__name__}: {exc}); expected a llama.cpp control "
-            "vector (.gguf)"
-        ) from None
+        problem = f"{type(exc).__name__}: {exc}"
+    raise SteerlabError(f"{path}: not a readable GGUF file ({problem}); expected a llama.cpp control vector (.gguf)")
 
 
 def _import(path: Path) -> SteeringVector:
@@ -146,7 +145,8 @@ def _import(path: Path) -> SteeringVector:
     count = count_field.contents() if count_field is not None else None
     if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_LAYERS):
         raise SteerlabError(
-            f"{path}: {ARCH}.layer_count is {str(count)[:60]!r}, expected a number of layers (0..{MAX_LAYERS})"
+            f"{path}: {ARCH}.layer_count is {str(count)[:60]!r}, expected a non-negative integer "
+            f"(a number of layers, at most {MAX_LAYERS})"
         )
     meta_field = reader.get_field("steerlab.metadata")
     layer0 = reader.get_field("steerlab.layer0")
