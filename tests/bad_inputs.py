@@ -41,13 +41,18 @@ LONG_NAME = "x" * 300  # one path component over the 255-byte limit of common fi
 
 def corruptions(valid: bytes) -> st.SearchStrategy[bytes]:
     """Bytes made from a valid file: truncated at any byte (empty included), blank, non-UTF-8 bytes
-    spliced in anywhere, the text re-encoded as UTF-16, or arbitrary binary."""
+    spliced in anywhere, the text re-encoded as UTF-16 (binary files: byte-swapped), or arbitrary
+    binary."""
+    try:
+        reencoded = valid.decode("utf-8").encode("utf-16")
+    except UnicodeDecodeError:
+        reencoded = bytes(reversed(valid))
     return st.one_of(
         st.integers(0, max(len(valid) - 1, 0)).map(lambda k: valid[:k]),
         st.sampled_from([b"", b"\n", b"  \n\n\t\n", b"\x00" * 16]),
         st.tuples(st.integers(0, len(valid)), st.sampled_from(NOT_UTF8)).map(
             lambda t: valid[: t[0]] + t[1] + valid[t[0] :]),
-        st.just(valid.decode("utf-8").encode("utf-16")),
+        st.just(reencoded),
         st.binary(max_size=200),
     )
 
