@@ -16,6 +16,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +40,45 @@ NOT_UTF8 = (b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe9t\xe9", b"\x80")
 LONG_NAME = "x" * 300  # one path component over the 255-byte limit of common file systems
 
 
-def corruptions(valid: bytes) -> st.SearchStrategy[bytes]:
-    """Bytes made from a valid file: truncated at any byte (empty included), blank, non-UTF-8 bytes
-    spliced in anywhere, the text re-encoded as UTF-16 (binary files: byte-swapped), or arbitrary
-    binary."""
-    try:
-        reencoded = valid.decode("utf-8").encode("utf-16")
-    except UnicodeDecodeError:
-        reencoded = bytes(reversed(valid))
+@dataclass(frozen=True)
+class Damage:
+    """One way to damage a file's bytes, independent of the bytes (so a file whose content varies
+    from run to run, such as a stage marker holding timings, is damaged reproducibly)."""
+
+    kind: str  # "truncate" | "replace" | "insert" | "reencode"
+    at: float = 0.0  # where, as a fraction of the length
+    data: bytes = b""
+
+    def __call__(self, valid: bytes) -> bytes:
+        cut = int(len(valid) * self.at)
+        if self.kind == "truncate":
+            return valid[:cut]
+        if self.kind == "insert":
+            return valid[:cut] + self.data + valid[cut:]
+        if self.kind == "reencode":
+            try:
+                return valid.decode("utf-8").encode("utf-16")
+            except UnicodeDecodeError:
+                return bytes(reversed(valid))
+        return self.data
+
+
+def damages() -> st.SearchStrategy[Damage]:
+    """Truncated at any point (empty included), replaced by blank or binary content, non-UTF-8
+    bytes spliced in anywhere, re-encoded as UTF-16 (binary files: byte-reversed)."""
+    where = st.floats(0, 1, exclude_max=True)
     return st.one_of(
-        st.integers(0, max(len(valid) - 1, 0)).map(lambda k: valid[:k]),
-        st.sampled_from([b"", b"\n", b"  \n\n\t\n", b"\x00" * 16]),
-        st.tuples(st.integers(0, len(valid)), st.sampled_from(NOT_UTF8)).map(
-            lambda t: valid[: t[0]] + t[1] + valid[t[0] :]),
-        st.just(reencoded),
-        st.binary(max_size=200),
+        st.builds(Damage, st.just("truncate"), where),
+        st.builds(Damage, st.just("replace"), st.just(0.0), st.sampled_from([b"", b"\n", b"  \n\n\t\n", b"\x00" * 16])),
+        st.builds(Damage, st.just("insert"), st.floats(0, 1), st.sampled_from(NOT_UTF8)),
+        st.just(Damage("reencode")),
+        st.builds(Damage, st.just("replace"), st.just(0.0), st.binary(max_size=200)),
     )
+
+
+def corruptions(valid: bytes) -> st.SearchStrategy[bytes]:
+    """``valid`` damaged in every way of :func:`damages`."""
+    return damages().map(lambda damage: damage(valid))
 
 
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:

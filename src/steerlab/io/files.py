@@ -41,17 +41,25 @@ _CHUNK = 1 << 20
 _ESCAPED = re.compile("[\udc80-\udcff]")  # bytes that are not UTF-8, as errors="surrogateescape" keeps them
 
 
+def name_problem(path: PathLike) -> str | None:
+    """What no file system accepts in ``path`` (checked without touching the disk): a NUL byte, or a
+    name (path component) over :data:`NAME_MAX` bytes; None otherwise."""
+    text = os.fspath(path)
+    if "\0" in text:
+        return "invalid path (it contains a NUL byte)"
+    longest = max((len(os.fsencode(part)) for part in Path(text).parts), default=0)
+    if longest > NAME_MAX:
+        return f"file name too long ({longest} bytes in one name; file systems allow {NAME_MAX})"
+    return None
+
+
 def os_error_reason(exc: BaseException, path: PathLike) -> str:
     """A short reason for an ``OSError`` (or the ``ValueError`` of a NUL byte) raised on ``path``."""
     if isinstance(exc, ValueError):
         return "invalid path (it contains a NUL byte)"
     number = getattr(exc, "errno", None)
     if number == errno.ENAMETOOLONG:
-        parts = Path(path).parts
-        longest = max((len(os.fsencode(part)) for part in parts), default=0)
-        if longest > NAME_MAX:
-            return f"file name too long ({longest} bytes in one name; file systems allow {NAME_MAX})"
-        return f"path too long ({len(os.fsencode(path))} bytes)"
+        return name_problem(path) or f"path too long ({len(os.fsencode(path))} bytes)"
     if number in (errno.ENOENT, errno.ENOTDIR):
         return FILE_NOT_FOUND + (" (a parent is not a directory)" if number == errno.ENOTDIR else "")
     if number == errno.ELOOP:
@@ -211,4 +219,4 @@ def read_json(path: PathLike, what: str = "file") -> Any:
 
 
 __all__ = ["FILE_NOT_FOUND", "IS_DIRECTORY", "check_utf8", "file_problem", "input_file", "iter_lines", "json_type",
-           "os_error_reason", "parse_json", "read_json", "read_text"]
+           "name_problem", "os_error_reason", "parse_json", "read_json", "read_text"]

@@ -27,7 +27,17 @@ from typing import Any
 from ..errors import SteerlabError
 from ..version import __version__
 from .atomic import write_json, write_jsonl
-from .files import IS_DIRECTORY, file_problem, input_file, iter_lines, json_type, os_error_reason, parse_json, read_json
+from .files import (
+    IS_DIRECTORY,
+    file_problem,
+    input_file,
+    iter_lines,
+    json_type,
+    name_problem,
+    os_error_reason,
+    parse_json,
+    read_json,
+)
 
 DIR_META = "stage.meta.json"
 log = logging.getLogger("steerlab")
@@ -280,6 +290,9 @@ class RunDir:
         if problem is None or problem == "not a regular file":
             raise SteerlabError(f"--out {self.path}: exists and is not a directory")
         if problem != IS_DIRECTORY:
+            unusable = name_problem(self.path)
+            if unusable:  # refused before creating any parent
+                raise SteerlabError(f"--out {self.path}: cannot create the run directory ({unusable})")
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
             except (OSError, ValueError) as exc:
