@@ -101,14 +101,15 @@ SHAPES = [(), (6,), (0, 6), (4, 0), (2, 3, 4), (4, 6)]
 def test_tensors_of_any_dtype_and_shape(dtype, shape, suffix):
     with scratch() as tmp:
         path = tmp / f"v{suffix}"
-        shape = (shape[0] + 1, *shape[1:]) if suffix == ".pt" and len(shape) == 2 else shape
+        good_shape = (len(shape) == 2 and 0 not in shape) or (suffix == ".safetensors" and shape == (6,))
+        if suffix == ".pt" and len(shape) == 2:  # persona-vectors files carry one more row (embeddings)
+            shape = (shape[0] + 1, shape[1])
         tensor = torch.ones(shape).to(dtype)
         if suffix == ".pt":
             torch.save(tensor, path)
         else:
             save_file({"vector": tensor}, str(path))
         message = read_or_clear_error(load, path)
-        good_shape = (len(shape) == 2 and 0 not in shape) or (suffix == ".safetensors" and shape == (6,))
         assert (message is None) == (dtype.is_floating_point and good_shape), message
 
 
