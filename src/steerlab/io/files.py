@@ -60,8 +60,10 @@ def os_error_reason(exc: BaseException, path: PathLike) -> str:
     number = getattr(exc, "errno", None)
     if number == errno.ENAMETOOLONG:
         return name_problem(path) or f"path too long ({len(os.fsencode(path))} bytes)"
-    if number in (errno.ENOENT, errno.ENOTDIR):
-        return FILE_NOT_FOUND + (" (a parent is not a directory)" if number == errno.ENOTDIR else "")
+    if number == errno.ENOENT:
+        return FILE_NOT_FOUND
+    if number in (errno.ENOTDIR, errno.EEXIST):  # EEXIST: mkdir where a file is in the way
+        return "a parent folder in the path is a file, not a directory"
     if number == errno.ELOOP:
         return "too many levels of symbolic links"
     return f"cannot access it ({getattr(exc, 'strerror', None) or exc})"
