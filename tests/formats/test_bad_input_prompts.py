@@ -5,9 +5,11 @@ non-UTF-8, huge, oddly named. Each read works or fails with one clear SteerlabEr
 
 import json
 
+import pytest
 from bad_inputs import (
     BAD_INPUT,
     LONG_NAME,
+    check_message,
     clear_error,
     corruptions,
     huge_json_texts,
@@ -135,3 +137,15 @@ def test_messages_name_the_file_and_what_was_expected(tmp_path):
     clear_error(diff_samples, numbers, "expected a JSON object with a 'questions' list (a trait file), got list")
     long = tmp_path / (LONG_NAME + ".txt")
     clear_error(diff_samples, long, f"--prompts {long}: file name too long (304 bytes in one name")
+
+
+def test_finetuned_paths_no_file_system_accepts(tiny_llama, tmp_path):
+    """Before: OSError [Errno 36] from Path.is_file() on --finetuned; after: one SteerlabError."""
+    from steerlab.activations.capture import ChatSample
+    from steerlab.errors import SteerlabError
+    from steerlab.extract.model_diff import extract_model_diff
+
+    long = tmp_path / LONG_NAME
+    with pytest.raises(SteerlabError) as exc:
+        extract_model_diff(tiny_llama, long, [ChatSample("q", "a")])
+    check_message(str(exc.value), long, "--finetuned", "file name too long (300 bytes in one name")

@@ -255,3 +255,18 @@ def test_report_on_a_damaged_run_file(tmp_path, name, damage):
     else:
         write(path, WRONG_TYPE[path.suffix])
     report_or_clear_error(run)
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b'{"base_model": "\xe9"}', "not UTF-8 text: byte 0xe9 at line 1"),
+    (b"[1, 2]", "expected a JSON object, got list"),
+    (b"[" * 50_000, "nested deeper than the parser allows"),
+])
+def test_a_damaged_fine_tune_record(tmp_path, content, needle):
+    """An adapter directory's steerlab_finetune.json (read back by diff extract and the diff study)."""
+    from steerlab.finetune.fingerprint import INFO_FILE, read_finetune_info
+
+    path = write(tmp_path / INFO_FILE, content)
+    with pytest.raises(SteerlabError) as exc:
+        read_finetune_info(tmp_path)
+    check_message(str(exc.value), path, "fine-tune record", needle)

@@ -36,7 +36,7 @@ from ..errors import SteerlabError
 from ..finetune.fingerprint import fingerprint_mismatch, model_fingerprint, read_finetune_info
 from ..formats.conversations import detect_format, load_chat_jsonl
 from ..formats.pairs import Pair, load_pairs
-from ..io.files import input_file, json_type, read_json, read_text
+from ..io.files import file_problem, input_file, json_type, name_problem, read_json, read_text
 from ..model.blocks import unwrap_model
 from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
@@ -222,7 +222,9 @@ def extract_model_diffs(
     meta = vector_metadata(base, "model_diff", len(samples))
     if isinstance(finetuned, str) and "+" in finetuned and finetuned.split("+", 1)[0] == base.name:
         finetuned = finetuned.split("+", 1)[1]  # BASE+ADAPTER on this very base: apply it unmerged
-    if isinstance(finetuned, str | Path) and (Path(finetuned) / "adapter_config.json").is_file():
+    if isinstance(finetuned, str | Path) and (unusable := name_problem(finetuned)):
+        raise SteerlabError(f"--finetuned {finetuned}: {unusable}")
+    if isinstance(finetuned, str | Path) and file_problem(Path(finetuned) / "adapter_config.json") is None:
         info = check_adapter_base(base, finetuned) if check_base else read_finetune_info(finetuned)
         meta["finetuned"] = f"{base.name}+{finetuned}"
         meta["adapter"] = str(finetuned)
