@@ -2,8 +2,12 @@
 
 A run is a directory; each :class:`Stage` produces one artifact in it, written atomically, and
 records its completion in a meta file holding the stage's config hash (the config itself: inputs and
-settings), the steerlab version and timings. A stage whose recorded hash equals the current one is
-done and is skipped; any other config recomputes it. Where the meta file lives:
+settings), the steerlab version, timings and, for a file artifact, the artifact's SHA-256. A stage
+whose recorded hash equals the current one (and whose file artifact still has the recorded digest)
+is done and is skipped; any other config, or a truncated or edited artifact, recomputes it. A marker
+or partial file that cannot be read counts as absent; a finished artifact that cannot be parsed
+(possible only under a marker written before digests were recorded) is a SteerlabError naming it.
+Where the meta file lives:
 
 - a file artifact ``A`` (``.json``/``.jsonl``...): ``A.meta.json`` beside it;
 - a directory artifact ``D`` (``directory=True``): ``D/stage.meta.json`` inside it, so replacing the
