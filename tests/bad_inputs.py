@@ -7,12 +7,15 @@ was. Any other exception type (``UnicodeDecodeError``, ``OSError``, ``RecursionE
 ``KeyError``...) escapes and fails the test with its traceback.
 
 Runs are bounded and reproducible (:data:`BAD_INPUT`): a modest number of examples, no deadline,
-derandomized (the same examples on every run and in CI), no example database written to disk.
+derandomized (the same examples on every run and in CI), no example database. Hypothesis's other
+cache (constants read from the source, in ``.hypothesis/``) goes to the temp directory, not the
+checkout, unless ``HYPOTHESIS_STORAGE_DIRECTORY`` says otherwise.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +25,12 @@ from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from steerlab.errors import SteerlabError
+
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "steerlab-hypothesis")
 
 BAD_INPUT = settings(
     max_examples=25,
