@@ -23,7 +23,6 @@ token, i.e. the state just before the model answers) by default; any
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from ..activations.capture import ChatSample, Reduction, encode_samples, forward
 from ..errors import SteerlabError
 from ..formats.conversations import validate_conversation
 from ..formats.records import PROMPT_FIELD, GenerationRecord, prompt_from_text, record_prompt_field
+from ..io.files import IS_DIRECTORY, file_problem, read_json
 from ..io.tables import first_jsonl_row, read_jsonl
 from ..model.chat import Message
 from ..model.layers import LayerSpec, parse_layers
@@ -214,15 +214,16 @@ def load_generations(path: str | Path) -> MonitorData:
     ``generations.jsonl``, ``sweep.json``'s ``config.system``. The generation's steering layer is
     kept as ``steer_layer``; rows are grouped by (``steer_layer``, ``coeff``) where present."""
     path = Path(path)
-    if path.is_dir():
+    if file_problem(path) == IS_DIRECTORY:
         path = path / "generations.jsonl"
     system = None
     sweep_json = path.parent / "sweep.json"
     if sweep_json.is_file():
-        try:
-            system = (json.loads(sweep_json.read_text(encoding="utf-8")).get("config") or {}).get("system")
-        except (json.JSONDecodeError, AttributeError):
-            raise SteerlabError(f"{sweep_json}: not a valid sweep.json (expected a JSON object)") from None
+        doc = read_json(sweep_json, "sweep file")
+        config = doc.get("config") or {} if isinstance(doc, dict) else None
+        if not isinstance(config, dict):
+            raise SteerlabError(f"{sweep_json}: not a valid sweep.json (expected a JSON object)")
+        system = config.get("system")
     samples: list[ChatSample] = []
     meta: list[dict[str, Any]] = []
     for number, obj in read_jsonl(path, "generations file"):
@@ -245,7 +246,7 @@ def load_generations(path: str | Path) -> MonitorData:
 def detect_kind(path: str | Path) -> str:
     """``"chat"`` or ``"generations"`` from the first row of a JSONL file (or a sweep directory)."""
     path = Path(path)
-    if path.is_dir():
+    if file_problem(path) == IS_DIRECTORY:  # (Path.is_dir raises OSError on a name over 255 bytes)
         if (path / "generations.jsonl").is_file():
             return "generations"
         raise SteerlabError(f"--data {path}: a directory must hold a sweep's generations.jsonl")

@@ -25,7 +25,6 @@ research question (does the fine-tune direction match the contrastive direction?
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -37,6 +36,7 @@ from ..errors import SteerlabError
 from ..finetune.fingerprint import fingerprint_mismatch, model_fingerprint, read_finetune_info
 from ..formats.conversations import detect_format, load_chat_jsonl
 from ..formats.pairs import Pair, load_pairs
+from ..io.files import file_problem, input_file, json_type, name_problem, read_json, read_text
 from ..model.blocks import unwrap_model
 from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
@@ -87,20 +87,18 @@ def load_diff_samples(
     split: str | None = None,
 ) -> list[ChatSample]:
     """Samples from a prompts file: pairs JSONL, chat JSONL, a trait JSON (its ``questions``) or a
-    text file with one question per line.
+    text file with one question per line (UTF-8).
 
     ``answers`` (pairs only) defaults to ``both`` for response reductions and ``none`` for prompt
     reductions; questions-only files work with prompt reductions only.
     """
-    path = Path(path)
     red = Reduction.parse(reduction)
-    if not path.is_file():
-        raise SteerlabError(f"--prompts {path}: file not found")
+    path = input_file(path, "--prompts")
     suffix = path.suffix.lower()
     if suffix == ".json":
         samples = _question_samples(_trait_questions(path), path, red)
     elif suffix == ".txt":
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in read_text(path, "--prompts").splitlines() if ln.strip()]
         samples = _question_samples(lines, path, red)
     else:
         fmt = detect_format(path)
@@ -147,13 +145,13 @@ def default_reductions(path: str | Path, answers: Answers | None = None) -> tupl
 
 
 def _trait_questions(path: Path) -> list[str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SteerlabError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    questions = data.get("questions") if isinstance(data, dict) else None
+    data = read_json(path, "--prompts")
+    if not isinstance(data, dict):
+        raise SteerlabError(f"--prompts {path}: expected a JSON object with a 'questions' list (a trait file), "
+                            f"got {json_type(data)}")
+    questions = data.get("questions")
     if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
-        raise SteerlabError(f"{path}: field 'questions': expected a list of non-empty strings")
+        raise SteerlabError(f"--prompts {path}: field 'questions': expected a list of non-empty strings")
     return questions
 
 
@@ -260,7 +258,9 @@ def extract_model_diffs(
     meta = vector_metadata(base, "model_diff", len(samples))
     if isinstance(finetuned, str) and "+" in finetuned and finetuned.split("+", 1)[0] == base.name:
         finetuned = finetuned.split("+", 1)[1]  # BASE+ADAPTER on this very base: apply it unmerged
-    if isinstance(finetuned, str | Path) and (Path(finetuned) / "adapter_config.json").is_file():
+    if isinstance(finetuned, str | Path) and (unusable := name_problem(finetuned)):
+        raise SteerlabError(f"--finetuned {finetuned}: {unusable}")
+    if isinstance(finetuned, str | Path) and file_problem(Path(finetuned) / "adapter_config.json") is None:
         info = check_adapter_base(base, finetuned) if check_base else read_finetune_info(finetuned)
         meta["finetuned"] = f"{base.name}+{finetuned}"
         meta["adapter"] = str(finetuned)

@@ -7,13 +7,13 @@ the model it is given, so an adapter is not applied to a base it was not trained
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import SteerlabError
+from ..io.files import file_problem, json_type, read_json
 from ..model.blocks import unwrap_model
 from ..model.loading import LoadedModel
 
@@ -57,12 +57,12 @@ def read_finetune_info(adapter_dir: str | Path) -> dict[str, Any] | None:
     """The ``steerlab_finetune.json`` record of an adapter directory (None if absent).
 
     Raises:
-        SteerlabError: the file is not valid JSON.
+        SteerlabError: the file is not UTF-8 JSON holding an object.
     """
     path = Path(adapter_dir) / INFO_FILE
-    if not path.is_file():
+    if file_problem(path) is not None:
         return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise SteerlabError(f"{path}: not valid JSON") from None
+    info = read_json(path, "fine-tune record")
+    if not isinstance(info, dict):
+        raise SteerlabError(f"fine-tune record {path}: expected a JSON object, got {json_type(info)}")
+    return info

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import SteerlabError
+from ..io.files import input_file, iter_lines, read_json
 from ..io.tables import first_jsonl_row, iter_jsonl, read_csv, read_jsonl, write_jsonl
 from .pairs import Pair, load_pairs
 
@@ -114,12 +115,7 @@ def save_chat_jsonl(path: str | Path, conversations: Sequence[Conversation]) -> 
 def import_pair_list(path: str | Path) -> list[Conversation]:
     """A JSON file holding a list of ``[user_message, assistant_message]`` pairs."""
     path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"pair-list file {path}: file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise SteerlabError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    data = read_json(path, "pair-list file")
     if not isinstance(data, list):
         raise SteerlabError(
             f"{path}: expected a JSON list of [user_message, assistant_message] pairs, "
@@ -200,9 +196,7 @@ def import_rendered(path: str | Path, column: str | None = None) -> list[Convers
     ``column``). ``.txt``: one chat per line, newlines inside a chat written as the two characters
     ``\\n``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"chat file {path}: file not found")
+    path = input_file(path, "chat file")
     suffix = path.suffix.lower()
     rows: list[tuple[str, str]] = []  # (where, text)
     if suffix == ".jsonl":
@@ -210,10 +204,9 @@ def import_rendered(path: str | Path, column: str | None = None) -> list[Convers
     elif suffix == ".csv":
         rows = _rendered_csv_rows(path, column)
     elif suffix == ".txt":
-        with path.open(encoding="utf-8") as fh:
-            for number, line in enumerate(fh, 1):
-                if line.strip():
-                    rows.append((f"{path}:{number}", line.rstrip("\n").replace("\\n", "\n")))
+        for number, line in iter_lines(path, "chat file"):
+            if line.strip():
+                rows.append((f"{path}:{number}", line.rstrip("\n").replace("\\n", "\n")))
     else:
         raise SteerlabError(
             f"{path}: rendered chats must be a .jsonl, .csv or .txt file, got {suffix or 'no suffix'!r}"
@@ -281,9 +274,7 @@ def pairs_to_chat(
 
 def detect_format(path: str | Path) -> str:
     """Guess a chat data file's format: chat | pairs | pair-list | rendered."""
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"data file {path}: file not found")
+    path = input_file(path, "data file")
     suffix = path.suffix.lower()
     if suffix == ".json":
         return "pair-list"

@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from ..errors import SteerlabError
+from ..io.files import file_problem
 from ..io.tables import read_jsonl
 
 BUILTIN_DATA = Path(__file__).resolve().parent.parent / "data"
@@ -40,7 +41,12 @@ class Pair(BaseModel):
 
 
 def load_pairs(path: str | Path, split: str | None = None) -> list[Pair]:
-    """Load and validate a pairs JSONL file (optionally only rows whose ``split`` matches)."""
+    """Load and validate a pairs JSONL file (UTF-8; optionally only rows whose ``split`` matches).
+
+    Raises SteerlabError naming the file (and ``FILE:LINE`` and field) for a path that is not a
+    readable regular file, text that is not UTF-8, a line that is not a JSON object, a missing,
+    wrongly typed or blank field, no rows, or no rows of ``split``.
+    """
     pairs = []
     for number, obj in read_jsonl(path, "pairs file"):
         try:
@@ -59,6 +65,6 @@ def load_pairs(path: str | Path, split: str | None = None) -> list[Pair]:
 def builtin_pairs_path(name: str = "deception") -> Path:
     """Path of a pairs file shipped with steerlab (``deception``: data/deception/pairs.jsonl)."""
     path = BUILTIN_DATA / name / "pairs.jsonl"
-    if not path.is_file():
+    if file_problem(path) is not None:
         raise SteerlabError(f"no built-in pairs named {name!r}")
     return path

@@ -8,10 +8,10 @@ A prompt is a string (one user message) or a message list ``[{"role", "content"}
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import SteerlabError
+from ..io.files import input_file, json_type, parse_json, read_text
 from ..io.tables import read_jsonl
 from ..model.chat import Prompt
 from .conversations import validate_conversation
@@ -30,11 +30,9 @@ def load_prompts(path: str | Path) -> list[Prompt]:
 
     Message lists are checked with :func:`steerlab.formats.conversations.validate_conversation`
     (no assistant answer needed). Raises SteerlabError naming the file (and line, field) for a
-    missing or empty file, invalid JSON, or a row without a prompt.
+    missing, unreadable, non-UTF-8 or empty file, invalid JSON, or a row without a prompt.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"prompts file {path}: file not found")
+    path = input_file(path, "prompts file")
     if path.suffix == ".jsonl":
         prompts: list[Prompt] = []
         for number, obj in read_jsonl(path, "prompts file"):
@@ -54,15 +52,24 @@ def load_prompts(path: str | Path) -> list[Prompt]:
         if not prompts:
             raise SteerlabError(f"prompts file {path} is empty")
         return prompts
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "prompts file")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SteerlabError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = parse_json(text, f"prompts file {path}")
         items = data.get("questions") if isinstance(data, dict) else data
-        if not isinstance(items, list) or not all(isinstance(q, str) and q.strip() for q in items):
-            raise SteerlabError(f"{path}: expected a list of non-empty strings (or a 'questions' list)")
+        field = "field 'questions'" if isinstance(data, dict) else "the list"
+        if not isinstance(items, list):
+            if not isinstance(data, dict):
+                got = json_type(data)
+            else:
+                got = f"'questions' holding {json_type(items)}" if "questions" in data else "an object without it"
+            raise SteerlabError(
+                f"prompts file {path}: expected a JSON list of prompt strings (or an object with a "
+                f"'questions' list), got {got}"
+            )
+        for i, q in enumerate(items):
+            if not isinstance(q, str) or not q.strip():
+                raise SteerlabError(f"prompts file {path}: {field}, item {i}: expected a non-empty string, "
+                                    f"got {'a blank string' if isinstance(q, str) else json_type(q)}")
         prompts = list(items)
     else:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]

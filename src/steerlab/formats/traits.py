@@ -18,7 +18,6 @@ instructions and eval prompt in both splits and disjoint questions.
 
 from __future__ import annotations
 
-import json
 import string
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import SteerlabError
+from ..io.files import file_problem, input_file, json_type, read_json
 
 TRAITS_DIR = Path(__file__).resolve().parent.parent / "data" / "traits"
 SPLITS = ("extract", "eval")
@@ -181,7 +181,7 @@ def list_traits() -> list[str]:
 def builtin_trait_path(name: str, split: str = "extract") -> Path:
     """The path of a built-in trait file."""
     path = TRAITS_DIR / _split(split) / f"{name}.json"
-    if not path.is_file():
+    if file_problem(path) is not None:
         raise SteerlabError(
             f"unknown trait {name!r}: not a built-in trait ({', '.join(list_traits())}) "
             "and not an existing .json file"
@@ -192,7 +192,7 @@ def builtin_trait_path(name: str, split: str = "extract") -> Path:
 def _looks_like_path(value: str | Path) -> bool:
     if isinstance(value, Path):
         return True
-    return value.endswith(".json") or "/" in value or "\\" in value or Path(value).is_file()
+    return value.endswith(".json") or "/" in value or "\\" in value or file_problem(value) is None
 
 
 def load_trait(name_or_path: str | Path, split: str = "extract") -> Trait:
@@ -203,9 +203,7 @@ def load_trait(name_or_path: str | Path, split: str = "extract") -> Trait:
     """
     _split(split)
     if _looks_like_path(name_or_path):
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise SteerlabError(f"trait file {path}: file not found")
+        path = input_file(name_or_path, "trait file")
         name = path.stem
     else:
         name = str(name_or_path)
@@ -214,20 +212,13 @@ def load_trait(name_or_path: str | Path, split: str = "extract") -> Trait:
 
 
 def parse_trait_file(path: str | Path, name: str | None = None) -> Trait:
-    """Read and validate one trait JSON file."""
+    """Read and validate one trait JSON file (UTF-8).
+
+    Raises SteerlabError ``"trait file PATH: ..."`` for a file that is missing, unreadable, not
+    UTF-8 or not JSON (:mod:`steerlab.io.files`) and for every schema problem (the field named).
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SteerlabError(f"trait file {path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise SteerlabError(f"trait file {path}: not UTF-8 text") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SteerlabError(
-            f"trait file {path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
-        ) from None
+    data = read_json(path, "trait file")
     return trait_from_dict(data, name=name or path.stem, source=str(path))
 
 
@@ -237,7 +228,7 @@ def trait_from_dict(data: Any, name: str = "", source: str | None = None) -> Tra
     if not isinstance(data, dict):
         raise SteerlabError(
             f"{where}: expected a JSON object with keys instruction, questions, eval_prompt; "
-            f"got {type(data).__name__}"
+            f"got {json_type(data)}"
         )
     data = {k: v for k, v in data.items() if k not in ("name", "source")}
     try:

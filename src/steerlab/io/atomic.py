@@ -3,7 +3,9 @@
 A crash or an error mid-write never leaves a partial file or directory at the target path. Temp
 names start with ``.NAME.`` and end in ``.tmp``; they are removed on any exception (including
 ``KeyboardInterrupt``, and SIGTERM under :func:`steerlab.signals.sigterm_as_interrupt`). Only a
-SIGKILL or a power cut can leave one behind.
+SIGKILL or a power cut can leave one behind. A target whose name no file system accepts (a NUL
+byte, a name over 255 bytes) or whose folder cannot be created is a SteerlabError before anything is
+written (a long NAME is shortened in the temp name).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SteerlabError
+from .files import name_problem, os_error_reason
 
 
 @contextlib.contextmanager
@@ -27,9 +30,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     The temp file exists (empty) when yielded; on any exception it is removed and ``target`` is
     left as it was.
     """
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    target = _usable(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise SteerlabError(f"cannot write {target}: {os_error_reason(exc, target)}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -54,16 +60,19 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     Raises:
         SteerlabError: ``target`` exists and is not a directory.
     """
-    target = Path(target)
+    target = _usable(target)
     if target.exists() and not target.is_dir():
         raise SteerlabError(f"{target}: exists and is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise SteerlabError(f"cannot write {target}: {os_error_reason(exc, target)}") from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; use the usual mode
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=".old", dir=target.parent))
             os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
@@ -72,6 +81,23 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _usable(target: str | os.PathLike[str]) -> Path:
+    """``target`` as a Path, refused before anything is created when no file system accepts its name."""
+    problem = name_problem(target)
+    if problem is not None:
+        raise SteerlabError(f"cannot write {target}: {problem}")
+    return Path(target)
+
+
+def _temp_prefix(target: Path) -> str:
+    """``.NAME.`` for the temp file beside ``target``; a long NAME is shortened so that the temp name
+    (prefix, random part, suffix) stays within the 255-byte limit of a file name."""
+    name = target.name
+    while len(os.fsencode(name)) > 200:
+        name = name[: len(name) - 8]
+    return f".{name}."
 
 
 def _umask() -> int:

@@ -2,8 +2,12 @@
 
 A run is a directory; each :class:`Stage` produces one artifact in it, written atomically, and
 records its completion in a meta file holding the stage's config hash (the config itself: inputs and
-settings), the steerlab version and timings. A stage whose recorded hash equals the current one is
-done and is skipped; any other config recomputes it. Where the meta file lives:
+settings), the steerlab version, timings and, for a file artifact, the artifact's SHA-256. A stage
+whose recorded hash equals the current one (and whose file artifact still has the recorded digest)
+is done and is skipped; any other config, or a truncated or edited artifact, recomputes it. A marker
+or partial file that cannot be read counts as absent; a finished artifact that cannot be parsed
+(possible only under a marker written before digests were recorded) is a SteerlabError naming it.
+Where the meta file lives:
 
 - a file artifact ``A`` (``.json``/``.jsonl``...): ``A.meta.json`` beside it;
 - a directory artifact ``D`` (``directory=True``): ``D/stage.meta.json`` inside it, so replacing the
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -26,8 +31,23 @@ from typing import Any
 from ..errors import SteerlabError
 from ..version import __version__
 from .atomic import write_json, write_jsonl
+from .files import (
+    IS_DIRECTORY,
+    file_problem,
+    input_file,
+    iter_lines,
+    json_type,
+    name_problem,
+    os_error_reason,
+    parse_json,
+    read_json,
+)
 
 DIR_META = "stage.meta.json"
+log = logging.getLogger("steerlab")
+
+
+_RECOMPUTE = "; delete it (or the run directory) to recompute it"
 
 
 def json_sha256(obj: Any) -> str:
@@ -42,16 +62,40 @@ def config_hash(config: Any) -> str:
 
 
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON Lines file, blank lines skipped, up to the first line that does
-    not parse (a torn last line from a kill: everything before it is intact)."""
+    """The JSON objects of a JSON Lines file, blank lines skipped, up to the first line that is not
+    one (a torn last line from a kill, which may end inside a UTF-8 character: everything before it
+    is intact). Lenient by design, for partial results and reports; see :meth:`Stage.load_rows` for
+    finished artifacts.
+
+    Raises:
+        SteerlabError: ``path`` is not a readable regular file.
+    """
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
+    try:
+        data = input_file(path, "run file").read_bytes()
+    except OSError as exc:
+        raise SteerlabError(f"run file {path}: cannot read it ({exc.strerror or exc})") from None
+    for raw in data.split(b"\n"):
+        try:
+            line = raw.decode("utf-8")
+            if not line.strip():
+                continue
+            row = parse_json(line, str(path), 1)
+        except (UnicodeDecodeError, SteerlabError):
+            break
+        if not isinstance(row, dict):
+            break
+        rows.append(row)
     return rows
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class Stage:
@@ -75,41 +119,103 @@ class Stage:
         self.reused = 0
 
     def done(self) -> bool:
-        """Whether the artifact exists and was made with this config (recorded hash == ``hash``).
+        """Whether the artifact exists and was made with this config (recorded hash == ``hash``)
+        and, for a file artifact, is byte for byte what the stage wrote (its recorded SHA-256: a
+        truncated or edited artifact is recomputed, with a warning).
 
-        For a file artifact, a marker recorded for another config is deleted here: the caller is
+        A marker that cannot be read (not UTF-8, not JSON, not an object) counts as absent. For a
+        file artifact, a marker that does not vouch for the artifact is deleted here: the caller is
         about to replace the artifact (and maybe files beside it), and a kill half-way must not leave
         new contents under the old config's marker. A directory artifact's marker lives inside it
         and goes with the old contents when the directory is replaced, so it is kept.
         """
-        if not self.meta_path.is_file():
-            return False
-        try:
-            recorded = json.loads(self.meta_path.read_text(encoding="utf-8")).get("config_hash")
-        except (json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded == self.hash and self.path.exists():
+        self._check_paths()
+        meta = self._recorded()
+        if meta is not None and meta.get("config_hash") == self.hash and self._artifact_intact(meta):
             return True
         if not self.directory:
             self.meta_path.unlink(missing_ok=True)
         return False
 
+    def _check_paths(self) -> None:
+        """Refuse a run directory where the artifact or its marker is the wrong kind of thing (a
+        directory where a file belongs, or the reverse): it cannot be replaced atomically."""
+        for path, want_dir in ((self.path, self.directory), (self.meta_path, False)):
+            problem = file_problem(path)
+            is_dir, is_file = problem == IS_DIRECTORY, problem is None
+            if (is_dir and not want_dir) or (is_file and want_dir) or problem == "not a regular file":
+                kind = "a directory" if want_dir else "a file"
+                raise SteerlabError(f"stage {self.name}: {path} should be {kind} but is not; remove it to recompute")
+
+    def _recorded(self) -> dict[str, Any] | None:
+        """The completion marker's content, or None when it is absent or unreadable."""
+        try:
+            meta = read_json(self.meta_path, "stage marker")
+        except SteerlabError:
+            return None
+        return meta if isinstance(meta, dict) else None
+
+    def _artifact_intact(self, meta: dict[str, Any]) -> bool:
+        if self.directory:
+            return self.path.is_dir()
+        if not self.path.is_file():
+            return False
+        recorded = meta.get("artifact_sha256")
+        if recorded is None:  # a marker written before digests were recorded
+            return True
+        try:
+            if file_digest(self.path) == recorded:
+                return True
+        except OSError:
+            pass
+        log.warning("%s does not match what stage %s wrote (changed or truncated since); recomputing it",
+                    self.path, self.name)
+        return False
+
     def load_rows(self) -> list[dict[str, Any]]:
-        """The rows of a finished JSON Lines artifact."""
-        return read_jsonl_rows(self.path)
+        """The rows of a finished JSON Lines artifact.
+
+        Raises:
+            SteerlabError: naming the file, when it is not UTF-8 JSON Lines of objects (delete it,
+                or the run directory, to recompute).
+        """
+        rows = []
+        try:
+            for number, line in iter_lines(self.path, f"stage {self.name}: artifact"):
+                if line.strip():
+                    row = parse_json(line, str(self.path), number)
+                    if not isinstance(row, dict):
+                        raise SteerlabError(f"{self.path}:{number}: expected a JSON object, got {json_type(row)}")
+                    rows.append(row)
+        except SteerlabError as exc:
+            raise SteerlabError(f"{exc}{_RECOMPUTE}") from None
+        return rows
 
     def load_json(self) -> Any:
-        """The content of a finished JSON artifact."""
-        return json.loads(self.path.read_text(encoding="utf-8"))
+        """The content of a finished JSON artifact.
+
+        Raises:
+            SteerlabError: naming the file, when it is not UTF-8 JSON (delete it, or the run
+                directory, to recompute).
+        """
+        try:
+            return read_json(self.path, f"stage {self.name}: artifact")
+        except SteerlabError as exc:
+            raise SteerlabError(f"{exc}{_RECOMPUTE}") from None
 
     def finished_items(self) -> dict[str, dict[str, Any]]:
-        """Items finished by an earlier, interrupted attempt with the same config (by ``key``)."""
-        if not self.partial_path.is_file():
+        """Items finished by an earlier, interrupted attempt with the same config (by ``key``).
+
+        The partial file is a cache: when it cannot be read, or was written for another config,
+        nothing is reused; rows without a ``key`` (a string or number) are dropped.
+        """
+        try:
+            rows = read_jsonl_rows(self.partial_path)
+        except SteerlabError:
             return {}
-        rows = read_jsonl_rows(self.partial_path)
         if not rows or rows[0].get("config_hash") != self.hash:
             return {}
-        return {r["key"]: r for r in rows[1:]}
+        return {r["key"]: r for r in rows[1:] if isinstance(r.get("key"), str | int | float)}
 
     def run_items(
         self,
@@ -167,6 +273,8 @@ class Stage:
         self._finish(extra)
 
     def _finish(self, extra: dict[str, Any]) -> None:
+        if not self.directory:
+            extra = {**extra, "artifact_sha256": file_digest(self.path)}
         write_json(self.meta_path, self._meta(extra))
         self.partial_path.unlink(missing_ok=True)
         self.run.timings[self.name] = round(time.perf_counter() - self.started, 3)
@@ -182,9 +290,19 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
+        problem = file_problem(self.path)
+        if problem is None or problem == "not a regular file":
             raise SteerlabError(f"--out {self.path}: exists and is not a directory")
-        self.path.mkdir(parents=True, exist_ok=True)
+        if problem != IS_DIRECTORY:
+            unusable = name_problem(self.path)
+            if unusable:  # refused before creating any parent
+                raise SteerlabError(f"--out {self.path}: cannot create the run directory ({unusable})")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except (OSError, ValueError) as exc:
+                raise SteerlabError(
+                    f"--out {self.path}: cannot create the run directory ({os_error_reason(exc, self.path)})"
+                ) from None
         self.timings: dict[str, float] = {}
 
     def stage(self, name: str, artifact: str, config: dict[str, Any], *, directory: bool = False) -> Stage:

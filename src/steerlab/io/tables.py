@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,36 +22,26 @@ from typing import Any
 
 from ..errors import SteerlabError
 from .atomic import write_jsonl, write_text
+from .files import iter_lines, parse_json
 
 PathLike = str | os.PathLike[str]
-
-
-def _existing_file(path: PathLike, what: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"{what} {path}: file not found")
-    return path
+_CELL_LIMIT = 2**31 - 1
 
 
 def iter_jsonl(path: PathLike, what: str = "file", objects: bool = True) -> Iterator[tuple[int, Any]]:
     """Yield ``(line number, parsed value)`` for each non-blank line of a JSONL file, lazily.
 
-    With ``objects`` (default) every value must be a JSON object. Raises SteerlabError
-    ``"{what} FILE: file not found"``, ``"FILE:LINE: invalid JSON (...)"`` or
-    ``"FILE:LINE: expected a JSON object, got ..."``.
+    With ``objects`` (default) every value must be a JSON object. Raises SteerlabError naming the
+    file: not a readable regular file or not UTF-8 (:mod:`steerlab.io.files`),
+    ``"FILE:LINE: invalid JSON (...)"`` or ``"FILE:LINE: expected a JSON object, got ..."``.
     """
-    path = _existing_file(path, what)
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SteerlabError(f"{path}:{number}: invalid JSON ({exc.msg})") from None
-            if objects and not isinstance(value, dict):
-                raise SteerlabError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-            yield number, value
+    for number, line in iter_lines(path, what):
+        if not line.strip():
+            continue
+        value = parse_json(line, str(path), number)
+        if objects and not isinstance(value, dict):
+            raise SteerlabError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
 
 
 def read_jsonl(path: PathLike, what: str = "file", objects: bool = True) -> list[tuple[int, Any]]:
@@ -79,13 +68,16 @@ def read_csv(
 ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
     """``(header, [(line number, {column: text}), ...])`` of a CSV file with a header row.
 
-    Rows whose cells are all blank are skipped. ``columns`` must all be in the header. Raises
-    SteerlabError naming the file (and line) for a missing or empty file, a missing column, or a
-    row with more cells than the header.
+    Rows whose cells are all blank are skipped; cells may be of any size. ``columns`` must all be in
+    the header. Raises SteerlabError naming the file (and line) for a file that is missing, not
+    UTF-8 (:mod:`steerlab.io.files`), empty or not CSV, a missing column, or a row with more cells
+    than the header.
     """
-    path = _existing_file(path, what)
-    with path.open(encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
+    lines = iter_lines(path, what, newline="")
+    reader = csv.reader(line for _, line in lines)
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, _CELL_LIMIT))  # rendered chats can be long: cells of any size
+    try:
         header = next(reader, None)
         if header is None:
             raise SteerlabError(f"{what} {path} is empty")
@@ -101,6 +93,11 @@ def read_csv(
             if len(record) > len(header):
                 raise SteerlabError(f"{path}:{number}: {len(record)} cells for {len(header)} columns {header}")
             rows.append((number, dict(zip(header, record + [""] * (len(header) - len(record)), strict=True))))
+    except csv.Error as exc:
+        raise SteerlabError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
+    finally:
+        csv.field_size_limit(limit)
+        lines.close()
     return header, rows
 
 

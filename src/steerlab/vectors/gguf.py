@@ -21,6 +21,7 @@ d_model with more than ``max N`` layers, and steering a layer it does not hold i
 from __future__ import annotations
 
 import json
+import struct
 import warnings
 from pathlib import Path
 
@@ -30,10 +31,15 @@ import torch
 
 from ..errors import SteerlabError
 from ..io.atomic import atomic_path
+from ..io.files import file_problem, parse_json
 from .vector import SteeringVector
 
 ARCH = "controlvector"
 _FLOAT_TYPES = (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16)
+MAX_LAYERS = 4096  # bounds the rows a file can ask for (the largest models have a few hundred blocks)
+# What gguf.GGUFReader and its lazily decoded fields raise on truncated or corrupt files (numpy
+# reshapes and views, struct reads, string decoding, out-of-range enum values).
+_READ_ERRORS = (ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, OSError)
 
 
 def export_gguf(vector: SteeringVector, path: str | Path, model_hint: str | None = None) -> Path:
@@ -83,12 +89,18 @@ def _read_directions(path: Path, reader: gguf.GGUFReader) -> dict[int, np.ndarra
     directions: dict[int, np.ndarray] = {}
     for tensor in reader.tensors:
         prefix, _, index = tensor.name.partition(".")
-        if prefix != "direction" or not index.isdigit() or int(index) < 1:
+        if prefix != "direction" or not (index.isascii() and index.isdigit()) or int(index) < 1:
             raise SteerlabError(f"{path}: unexpected tensor {tensor.name!r} (want direction.N, N >= 1)")
+        if int(index) > MAX_LAYERS:
+            raise SteerlabError(f"{path}: tensor {tensor.name!r} is for layer {index}; expected a layer of a model "
+                                f"(at most {MAX_LAYERS})")
         if tensor.tensor_type not in _FLOAT_TYPES:
             raise SteerlabError(
                 f"{path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, expected F32 or F16"
             )
+        if sum(int(n) > 1 for n in tensor.shape) > 1:
+            raise SteerlabError(f"{path}: tensor {tensor.name!r} has shape {[int(n) for n in tensor.shape]}, "
+                                "expected one dimension (d_model)")
         values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
         if directions and len(values) != len(next(iter(directions.values()))):
             raise SteerlabError(
@@ -106,14 +118,21 @@ def import_gguf(path: str | Path) -> SteeringVector:
 
     Returns a ``[n_rows, d_model]`` SteeringVector: exactly what steerlab exported for its own files;
     for files written elsewhere a partial vector (see the module docstring). Raises SteerlabError
-    naming ``path`` for unreadable files, another architecture, tensors other than ``direction.N``
-    (N >= 1, F32/F16, one length) or inconsistent steerlab keys.
+    naming ``path`` for a path that is not a regular file, unreadable or truncated files (``not a
+    readable GGUF file``), another architecture, tensors other than ``direction.N`` (N >= 1,
+    F32/F16, one length) or inconsistent steerlab keys.
     """
-    path = Path(path)
+    problem = file_problem(path)
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # the reader raises ValueError/struct errors on bad files
-        raise SteerlabError(f"{path}: not a readable GGUF file ({exc})") from None
+        if problem is None:
+            return _import(Path(path))
+    except _READ_ERRORS as exc:  # the reader parses lazily: a corrupt file fails anywhere in here
+        problem = f"{type(exc).__name__}: {exc}"
+    raise SteerlabError(f"{path}: not a readable GGUF file ({problem}); expected a llama.cpp control vector (.gguf)")
+
+
+def _import(path: Path) -> SteeringVector:
+    reader = gguf.GGUFReader(str(path))
     arch = reader.get_field("general.architecture")
     if arch is None or arch.contents() != ARCH:
         raise SteerlabError(
@@ -124,14 +143,18 @@ def import_gguf(path: str | Path) -> SteeringVector:
     d_model = len(next(iter(directions.values())))
     count_field = reader.get_field(f"{ARCH}.layer_count")
     count = count_field.contents() if count_field is not None else None
-    if count is not None and (not isinstance(count, int) or count < 0):
-        raise SteerlabError(f"{path}: {ARCH}.layer_count is {count!r}, expected a non-negative integer")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= MAX_LAYERS):
+        raise SteerlabError(
+            f"{path}: {ARCH}.layer_count is {str(count)[:60]!r}, expected a non-negative integer "
+            f"(a number of layers, at most {MAX_LAYERS})"
+        )
     meta_field = reader.get_field("steerlab.metadata")
     layer0 = reader.get_field("steerlab.layer0")
     if meta_field is not None:  # steerlab's own export: rows = layer_count + 1
+        text = meta_field.contents()
         try:
-            meta = json.loads(meta_field.contents())
-        except json.JSONDecodeError:
+            meta = parse_json(text, "") if isinstance(text, str) else None
+        except SteerlabError:
             meta = None
         if not isinstance(meta, dict):
             raise SteerlabError(f"{path}: key 'steerlab.metadata' is not a JSON object")
@@ -151,7 +174,10 @@ def import_gguf(path: str | Path) -> SteeringVector:
         data[layer] = torch.from_numpy(values.copy())
     present = sorted(directions)
     if layer0 is not None:
-        values = np.asarray(layer0.contents(), dtype=np.float32).reshape(-1)
+        contents = layer0.contents()
+        if not isinstance(contents, list) or not all(isinstance(x, int | float) for x in contents):
+            raise SteerlabError(f"{path}: key 'steerlab.layer0' must be an array of {d_model} numbers")
+        values = np.asarray(contents, dtype=np.float32).reshape(-1)
         if len(values) != d_model:
             raise SteerlabError(f"{path}: key 'steerlab.layer0' has length {len(values)}, expected {d_model}")
         data[0] = torch.from_numpy(values)
@@ -162,7 +188,7 @@ def import_gguf(path: str | Path) -> SteeringVector:
         meta["source"] = str(path)
     hint = reader.get_field(f"{ARCH}.model_hint")
     if hint is not None:
-        meta.setdefault("model_hint", hint.contents())
+        meta.setdefault("model_hint", str(hint.contents()))
     try:
         return SteeringVector(data, meta)
     except SteerlabError as exc:

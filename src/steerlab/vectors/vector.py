@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..errors import SteerlabError
 from ..io.atomic import atomic_path
+from ..io.files import FILE_NOT_FOUND, file_problem, json_type, parse_json
 
 FORMAT = "steerlab.steering_vector/1"
 
@@ -105,14 +106,19 @@ class SteeringVector:
 
     def __post_init__(self) -> None:
         data = torch.as_tensor(self.data).detach()
+        if data.is_complex():
+            raise SteerlabError(f"a steering vector must be real, got dtype {str(data.dtype).removeprefix('torch.')}")
         if data.ndim == 1:
             data = data[None, :]
         if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] == 0:
             raise SteerlabError(f"a steering vector must be [n_layers, d_model], got {tuple(data.shape)}")
+        wide = data.dtype == torch.float64
+        data = data.to(torch.float32).cpu().contiguous()  # values beyond float32's range become inf: refused
         if not torch.isfinite(data).all():
             bad = sorted({int(i) for i in (~torch.isfinite(data)).nonzero()[:, 0]})
-            raise SteerlabError(f"steering vector has NaN/inf values at layers {bad[:10]}")
-        self.data = data.to(torch.float32).cpu().contiguous()
+            raise SteerlabError(f"steering vector has NaN/inf values at layers {bad[:10]}"
+                                + (" (float64 values beyond float32's range count as inf)" if wide else ""))
+        self.data = data
         self.metadata = dict(self.metadata)
         self.metadata.setdefault("steerlab_version", steerlab_version())
         self.metadata.setdefault("created", _now())
@@ -258,35 +264,68 @@ class SteeringVector:
     @classmethod
     def load(cls, path: str | Path) -> SteeringVector:
         """Load a steerlab ``.safetensors`` vector, a llama.cpp ``.gguf`` control vector, or a
-        persona-vectors ``.pt`` tensor ``[n_layers + 1, d]`` (row 0 = embeddings, dropped)."""
-        path = Path(path)
-        if not path.is_file():
+        persona-vectors ``.pt`` tensor ``[n_layers + 1, d]`` (row 0 = embeddings, dropped).
+
+        Raises:
+            SteerlabError: naming the file and what was expected, for a path that is not a regular
+                file (missing, a directory, a name too long...), a file that is not of its format
+                (truncated, another format), a tensor that is not a floating-point
+                ``[n_layers, d_model]`` matrix of finite values, or unusable metadata.
+        """
+        problem = file_problem(path)
+        if problem == FILE_NOT_FOUND:
             raise SteerlabError(f"vector file not found: {path}")
-        if path.suffix == ".gguf":
+        if problem is not None:
+            raise SteerlabError(f"vector file {path}: {problem}")
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".gguf":
             from .gguf import import_gguf
 
             return import_gguf(path)
-        if path.suffix == ".pt":
+        if suffix == ".pt":
             return cls._load_persona_vectors_pt(path)
-        try:
-            tensors = load_file(str(path))
-            from safetensors import safe_open
+        return cls._load_safetensors(path)
 
+    @classmethod
+    def _load_safetensors(cls, path: Path) -> SteeringVector:
+        try:
             with safe_open(str(path), "pt") as f:
                 header = f.metadata() or {}
-        except (SafetensorError, OSError) as exc:
-            raise SteerlabError(f"{path}: not a readable .safetensors file ({exc})") from None
-        if "vector" not in tensors:
-            raise SteerlabError(f"{path}: no tensor named 'vector' (found {sorted(tensors)})")
+                names = list(f.keys())
+                if "vector" not in names:
+                    shown = ", ".join(repr(n) for n in sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+                    raise SteerlabError(
+                        f"{path}: no tensor named 'vector' (found {len(names)} tensor(s): {shown or 'none'}); "
+                        "expected a steering vector saved by steerlab"
+                    )
+                tensor = f.get_tensor("vector")
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:
+            raise SteerlabError(
+                f"{path}: not a readable .safetensors file ({exc}); expected a steerlab .safetensors vector, "
+                "a llama.cpp .gguf control vector or a persona-vectors .pt tensor"
+            ) from None
+        text = header.get("steerlab", "{}")
         try:
-            meta = json.loads(header.get("steerlab", "{}"))
-        except json.JSONDecodeError:
+            meta = parse_json(text, "")
+        except SteerlabError:
             raise SteerlabError(f"{path}: header field 'steerlab' is not valid JSON") from None
+        if not isinstance(meta, dict):
+            raise SteerlabError(f"{path}: header field 'steerlab' must be a JSON object, got {json_type(meta)}")
         meta.pop("norms", None)
         if "layers_present" in meta:
             meta["source"] = str(path)
+        return cls._from_file(path, tensor, meta)
+
+    @classmethod
+    def _from_file(cls, path: Path, tensor: Any, meta: dict[str, Any]) -> SteeringVector:
+        """A vector from a file's tensor; every problem a SteerlabError naming ``path``."""
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            got = f"dtype {str(tensor.dtype).removeprefix('torch.')}" if isinstance(tensor, torch.Tensor) else (
+                type(tensor).__name__)
+            raise SteerlabError(f"{path}: expected a floating-point tensor, got {got}")
         try:
-            return cls(tensors["vector"], meta)
+            return cls(tensor, meta)
         except SteerlabError as exc:
             raise SteerlabError(f"{path}: {exc}") from None
 
@@ -296,18 +335,18 @@ class SteeringVector:
             data = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # unpickling errors of many types on corrupt files
             raise SteerlabError(
-                f"{path}: not a readable torch .pt file ({type(exc).__name__})"
+                f"{path}: not a readable torch .pt file ({type(exc).__name__}); expected a persona-vectors "
+                "tensor [n_layers + 1, d_model] saved with torch.save"
             ) from None
         if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.shape[0] < 2:
-            raise SteerlabError(f"{path}: expected a [n_layers + 1, d_model] tensor")
+            got = f"a tensor of shape {list(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
+            raise SteerlabError(f"{path}: expected a [n_layers + 1, d_model] tensor (persona-vectors layout), "
+                                f"got {got}")
         warnings.warn(
             f"{path}: persona-vectors layout assumed (row 0 = embedding output, dropped)",
-            stacklevel=2,
+            stacklevel=3,
         )
-        try:
-            return cls(data[1:], {"method": "imported", "source": str(path)})
-        except SteerlabError as exc:
-            raise SteerlabError(f"{path}: {exc}") from None
+        return cls._from_file(path, data[1:], {"method": "imported", "source": str(path)})
 
     def __repr__(self) -> str:
         method = self.metadata.get("method", "?")
