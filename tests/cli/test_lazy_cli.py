@@ -49,3 +49,11 @@ def test_running_a_command_imports_only_its_modules():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     exit_code, loaded = out.splitlines()[:2]
     assert exit_code == "0" and loaded == "['traits']", out
+
+
+def test_a_group_spread_over_modules_is_complete_whatever_was_imported_first():
+    code = ("import steerlab.cli.diff; from typer.testing import CliRunner; from steerlab.cli.app import app; "
+            "r = CliRunner().invoke(app, ['diff', '--help']); print(r.exit_code, 'study' in r.output)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"COLUMNS": "200", "PATH": ""}).stdout
+    assert out.split() == ["0", "True"], out

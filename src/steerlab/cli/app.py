@@ -75,11 +75,12 @@ class LazyRootGroup(SteerlabGroup):
         modules, summary = COMMANDS[cmd_name]
         if getattr(self, "_listing", False):  # root --help: name and summary only
             return click.Command(cmd_name, help=summary, short_help=summary)
-        if cmd_name not in self.commands:
-            for module in modules:
-                importlib.import_module(f"{__package__}.{module}")
-            self.commands.update(typer.main.get_group(app).commands)
-        return self.commands.get(cmd_name)
+        for module in modules:  # every module that adds to this command, even if one was imported before
+            importlib.import_module(f"{__package__}.{module}")
+        command = typer.main.get_group(app).commands.get(cmd_name)
+        if command is not None:
+            self.commands[cmd_name] = command
+        return command
 
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """Root help: command names and summaries from the registry, nothing imported."""

@@ -130,9 +130,7 @@ def default_reductions(path: str | Path, answers: Answers | None = None) -> tupl
 
     Raises SteerlabError for a missing or unreadable file (as :func:`load_diff_samples`).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SteerlabError(f"--prompts {path}: file not found")
+    path = input_file(path, "--prompts")
     if path.suffix.lower() in (".json", ".txt"):
         return PROMPT_REDUCTIONS
     fmt = detect_format(path)
