@@ -240,9 +240,15 @@ def trait_reading(name: str, entry: dict[str, Any], max_drop: float) -> str:
             + f", {r['verdict']}; {r['steerable_fraction']:.0%} of {len(r['per_pair'])} eval pairs moved towards "
             f"the trait and {r['anti_steerable_fraction']:.0%} away")
     pos = entry["prompting"]["pos"]
-    if r["prompting_fraction"] is not None:
-        text += (f"; asking for the trait in the system prompt moves it by {pos['effect']:+.3f}, so steering "
-                 f"reaches {r['prompting_fraction']:.0%} of prompting")
+    pci = pos["effect_ci95"]
+    text += f"; asking for the trait in the system prompt moves it by {pos['effect']:+.3f}" + (
+        f" (95% CI {pci[0]:+.3f} to {pci[1]:+.3f})" if pci else "")
+    fci = r["prompting_fraction_ci95"]
+    if fci:
+        text += (f", so steering reaches {r['prompting_fraction']:.0%} of prompting "
+                 f"(95% CI {fci[0]:.0%} to {fci[1]:.0%})")
+    else:
+        text += ", an effect the pairs cannot tell from 0, so steering is not read as a fraction of it"
     return text + "."
 
 
@@ -264,4 +270,7 @@ def table_row(name: str, entry: dict[str, Any], max_drop: float) -> dict[str, An
             "random_hi": rnd.get("hi"), "p": rnd.get("p"), "effect": r.get("effect"),
             "steerable_fraction": r.get("steerable_fraction"),
             "anti_steerable_fraction": r.get("anti_steerable_fraction"),
-            "prompting_fraction": r.get("prompting_fraction"), "score_mean": r.get("score_mean")}
+            "prompting_fraction": r.get("prompting_fraction"),
+            "prompting_fraction_lo": (r.get("prompting_fraction_ci95") or [None, None])[0],
+            "prompting_fraction_hi": (r.get("prompting_fraction_ci95") or [None, None])[1],
+            "score_mean": r.get("score_mean")}
