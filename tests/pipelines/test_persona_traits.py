@@ -267,4 +267,8 @@ def test_bad_config_fails_before_model_work(tiny_llama, judge, tmp_path):
         run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "x", replace(CONFIG, layers=[9]))
     with pytest.raises(SteerlabError, match="--controls -1"):
         run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "x", replace(CONFIG, controls=-1))
+    with pytest.raises(SteerlabError, match="reduction 'mean': expected one of response_avg, prompt_avg, prompt_last"):
+        run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "x", replace(CONFIG, reduction="mean"))
+    with pytest.raises(SteerlabError, match="--positions 'last': expected one of all, prompt, response"):
+        run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "x", replace(CONFIG, positions="last"))
     assert not (tmp_path / "x").exists()

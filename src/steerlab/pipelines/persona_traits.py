@@ -36,11 +36,13 @@ from typing import Any
 
 from ..errors import SteerlabError
 from ..evaluate.controls import random_directions
+from ..extract.persona import PERSONA_REDUCTIONS
 from ..formats.traits import Trait, list_traits, load_trait
 from ..io.atomic import write_json
 from ..judge import Judge
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
+from ..steering.steerer import POSITIONS
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from . import trait_steering as ts
@@ -190,6 +192,10 @@ def run_persona_traits(
         raise SteerlabError(f"--controls {config.controls}: expected 0 (off) or more random directions")
     if not config.coeffs:
         raise SteerlabError("--coeffs: no coefficients given")
+    if config.reduction not in PERSONA_REDUCTIONS:
+        raise SteerlabError(f"reduction {config.reduction!r}: expected one of {', '.join(PERSONA_REDUCTIONS)}")
+    if config.positions not in POSITIONS:
+        raise SteerlabError(f"--positions {config.positions!r}: expected one of {', '.join(POSITIONS)}")
     run = RunDir(out_dir)
     runs = {s.name: RunDir(run.path / s.name) for s in specs}
     judge_id = judge_name or type(judge).__name__

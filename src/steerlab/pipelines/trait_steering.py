@@ -120,7 +120,9 @@ def choose_layer(scan: dict[str, Any], max_drop: float) -> tuple[int, list[dict[
     Each row: ``layer``, ``margin`` and ``effect`` (margin increase over unsteered, nats/token),
     ``fluency_drop`` (unsteered minus steered fluency, nats/token) and ``coherent`` (drop <=
     ``max_drop``). The best layer has the largest effect among coherent rows; when no row is
-    coherent, the smallest fluency drop.
+    coherent, the smallest fluency drop. The layer is chosen on the same eval pairs the sweep then
+    measures, so the sweep's intervals at that layer do not account for the choice (a mild winner's
+    curse among the few candidate layers); the random controls run at the chosen layer too.
     """
     base = scan["unsteered"]
     base_margin = sum(base["per_pair"]) / len(base["per_pair"])
