@@ -67,7 +67,7 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert expected_plots >= 8
     # the multi-trait figures are among those that must render
     for title in ("Trait × trait cosine per layer", "cosine at layer", "random directions (d=64): 95% of |cos|",
-                  "evil: steering at layer", "humorous: steering at layer", "per-pair margins", "judged trait score"):
+                  "evil: steering at layer", "humorous: steering at layer", "per-pair change", "judged trait score"):
         assert title in html, title
     assert int(attrs["plots"]) == expected_plots
     assert int(attrs["rendered"]) == expected_plots  # every plot drew its SVG

@@ -37,7 +37,7 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
         entry = doc[name]
         assert entry["status"] == "ok" and entry["filter"] == "none" and entry["best_layer"] in (1, 2)
         assert [r["coeff"] for r in entry["rows"]] == [-2.0, 2.0]
-        assert all(r["ci95"] is None or r["ci95"][0] <= r["margin"] <= r["ci95"][1] for r in entry["rows"])
+        assert all(r["ci95"][0] <= r["effect"] <= r["ci95"][1] for r in entry["rows"])  # 2 eval pairs
         assert all(r["random"]["k"] == 2 for r in entry["rows"])
         # the judge scored none of the answers: no judged steering, and it says why
         assert entry["scores"] == {"skipped": "the judge could not score any of the 2 extraction answers"}

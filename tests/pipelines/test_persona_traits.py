@@ -87,18 +87,21 @@ def test_every_trait_gets_its_evidence_and_the_schema(study, tiny_llama):
         assert entry["status"] == "ok" and entry["effective_pairs"] == entry["pairs_averaged"] > 0
         assert entry["best_layer"] in {r["layer"] for r in entry["layer_scan"]["rows"]}
         assert [r["coeff"] for r in entry["rows"]] == config.coeffs
-        lo, hi = entry["unsteered"]["ci95"]
+        lo, hi = entry["unsteered"]["margin_ci95"]
         assert lo <= entry["unsteered"]["margin"] <= hi
         for row in entry["rows"]:
-            lo, hi = row["ci95"]
-            assert lo <= row["margin"] <= hi and len(row["per_pair"]) == entry["n_eval_pairs"]
+            # every number with its interval: the effect (change from unsteered) and the margin itself
+            assert row["ci95"][0] <= row["effect"] <= row["ci95"][1]
+            assert row["margin_ci95"][0] <= row["margin"] <= row["margin_ci95"][1]
+            assert len(row["per_pair"]) == entry["n_eval_pairs"]
             assert set(row["random"]) == {"mean", "lo", "hi", "p", "k"} and row["random"]["k"] == 3
             assert row["random"]["lo"] <= row["random"]["mean"] <= row["random"]["hi"]
-            assert 1 / 4 <= row["random"]["p"] <= 1 and len(row["random_margins"]) == 3
+            assert 1 / 4 <= row["random"]["p"] <= 1 and len(row["random_effects"]) == 3
             assert row["steerable_fraction"] + row["anti_steerable_fraction"] <= 1
             assert row["effect"] == pytest.approx(row["margin"] - entry["unsteered"]["margin"], abs=1e-9)
-            assert row["verdict"] in ("not distinguishable from random directions",
-                                      f"beyond the random band (p = {row['random']['p']:.2g})")
+            inside = row["random"]["lo"] <= row["effect"] <= row["random"]["hi"]
+            assert row["verdict"] == ("not distinguishable from random directions" if inside
+                                      else f"beyond the random band (p = {row['random']['p']:.2g})")
             # judged: the mean of the real condition's scores at this coefficient, with an interval
             judged = [json.loads(x) for x in (result.run_dir / trait / "steered_judged.jsonl").read_text().splitlines()]
             scores = [r["trait_score"] for r in judged if r["condition"] == "real" and r["coeff"] == row["coeff"]]
@@ -137,7 +140,9 @@ def test_numbers_equal_independent_computations(study, tiny_llama):
         # control 0, run on its own, equals the control run as extra rows
         control = random_directions(vector, config.controls, config.seed)[0]
         alone = behaviour_margin(tiny_llama, pairs, SteeringSpec(control[best], best), config.coeffs)
-        assert [r["random_margins"][0] for r in entry["rows"]] == pytest.approx(alone.mean, abs=1e-5)
+        unsteered = entry["unsteered"]["margin"]
+        assert [r["random_effects"][0] for r in entry["rows"]] == pytest.approx(
+            [m - unsteered for m in alone.mean], abs=1e-5)
         # steered answers, generated for every condition and both traits as rows of shared batches, equal
         # answers generated for one condition alone
         path = result.run_dir / trait / "steered_generations.jsonl"
@@ -237,9 +242,9 @@ def test_controls_are_deterministic_under_the_seed(tiny_llama, judge, tmp_path):
     b = run_persona_traits(tiny_llama, ["evil"], judge, tmp_path / "b", CONFIG)
     c = run_persona_traits(tiny_llama, ["evil"], judge, tmp_path / "a", replace(CONFIG, seed=1))
     rows_a, rows_b, rows_c = (r.traits["evil"]["rows"] for r in (a, b, c))
-    assert [r["random_margins"] for r in rows_a] == [r["random_margins"] for r in rows_b]
+    assert [r["random_effects"] for r in rows_a] == [r["random_effects"] for r in rows_b]
     assert [r["random"] for r in rows_a] == [r["random"] for r in rows_b]
-    assert [r["random_margins"] for r in rows_a] != [r["random_margins"] for r in rows_c]
+    assert [r["random_effects"] for r in rows_a] != [r["random_effects"] for r in rows_c]
     assert_close([r["per_pair"] for r in rows_a], [r["per_pair"] for r in rows_c])  # the vector's own margins
     off = run_persona_traits(tiny_llama, ["evil"], judge, tmp_path / "a", replace(CONFIG, controls=0))
     assert all(r["random"] is None and r["verdict"] == "no random-direction controls run"

@@ -122,8 +122,8 @@ def _floats(text: str, flag: str) -> list[float]:
 
 def _print_study(result: PersonaTraitsResult, out: Path) -> None:
     """The multi-trait table (one row per trait), the readings, and an error naming failed traits."""
-    table = Table(title="persona extract: traits (margin in nats/token at the largest coherent coefficient)")
-    for col in ("trait", "pairs", "best layer", "coeff", "margin [95% CI]", "random band", "p", "steerable",
+    table = Table(title="persona extract: traits (change in margin, nats/token, at the largest coherent coefficient)")
+    for col in ("trait", "pairs", "best layer", "coeff", "effect [95% CI]", "random band", "p", "steerable",
                 "anti", "vs prompting [95% CI]"):
         table.add_column(col)
 
@@ -136,11 +136,11 @@ def _print_study(result: PersonaTraitsResult, out: Path) -> None:
             continue
         pairs = f"{row['pairs_averaged']}" + (" (unfiltered)" if row["filter"] == "none" else " effective")
         table.add_row(row["trait"], pairs, str(row["best_layer"]), num(row["coeff"], "{:g}"),
-                      f"{num(row['margin'])} [{num(row['margin_lo'])}, {num(row['margin_hi'])}]",
+                      f"{num(row['effect'])} [{num(row['effect_lo'])}, {num(row['effect_hi'])}]",
                       f"[{num(row['random_lo'])}, {num(row['random_hi'])}]", num(row["p"], "{:.2g}"),
                       num(row["steerable_fraction"], "{:.0%}"), num(row["anti_steerable_fraction"], "{:.0%}"),
-                      f"{num(row['prompting_fraction'], '{:.0%}')} [{num(row['prompting_fraction_lo'], '{:.0%}')}, "
-                      f"{num(row['prompting_fraction_hi'], '{:.0%}')}]")
+                      f"{num(row['vs_prompting'], '{:.0%}')} [{num(row['vs_prompting_lo'], '{:.0%}')}, "
+                      f"{num(row['vs_prompting_hi'], '{:.0%}')}]")
     console.print(table)
     for name, entry in result.traits.items():
         console.print(entry["reading"] if entry["status"] == "ok" else f"{name}: failed: {entry['error']}",

@@ -167,16 +167,21 @@ def _sign(c: float) -> float:
 
 def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, seed: int) -> list[dict[str, Any]]:
     """One row per coefficient of a :func:`sweep_margins`, read against the scan's unsteered and
-    prompted margins (same pairs).
+    prompted margins (same pairs). Field names and meanings follow
+    :func:`steerlab.evaluate.evidence.steering_evidence` (the diff study's rows), with the effect
+    measured as a change in margin rather than a fraction of a fine-tuning gap.
 
-    Row fields (margins in nats/token): ``coeff``; ``margin`` and ``ci95`` (bootstrap over pairs);
-    ``effect`` (minus unsteered) and ``effect_ci95`` (paired); ``random`` — ``{mean, lo, hi}`` of the
-    controls' margins (2.5-97.5 percentiles), ``p`` (two-sided empirical p of the effect among the
-    controls' effects, Phipson & Smyth 2010) and ``k``; ``verdict``; ``steerable_fraction`` /
-    ``anti_steerable_fraction`` (pairs moved the way the coefficient's sign intends / the other way;
-    None at 0); ``fluency``, ``fluency_drop``; ``prompting_fraction`` (effect over the effect of the
-    positive persona prompt for c > 0, of the negative one for c < 0) with ``prompting_fraction_ci95``
-    (None where unbounded); ``per_pair`` margins; ``random_margins`` (one per control).
+    Row fields (nats/token unless said): ``coeff``; ``effect`` (steered minus unsteered margin, mean
+    over pairs) and ``ci95`` (its seeded bootstrap 95% interval over pairs, paired); ``margin`` and
+    ``margin_ci95``; ``random`` — ``{mean, lo, hi}`` of the controls' effects (2.5-97.5
+    percentiles), ``p`` (two-sided empirical p of the effect among them, Phipson & Smyth 2010) and
+    ``k`` — or None without controls; ``verdict`` (:func:`~steerlab.evaluate.controls.control_verdict`);
+    ``steerable_fraction`` / ``anti_steerable_fraction`` (pairs moved the way the coefficient's sign
+    intends / the other way; None at 0); ``fluency`` and ``fluency_drop`` (unsteered minus steered);
+    ``vs_prompting`` (effect over the effect of the positive persona prompt for c > 0, of the
+    negative one for c < 0) with ``vs_prompting_ci95`` (None where the prompting effect's interval
+    holds 0); ``per_pair`` (steered margins) and ``random_effects`` (one per control). Intervals are
+    None with fewer than 2 pairs.
     """
     base = scan["unsteered"]["per_pair"]
     base_t = torch.tensor(base, dtype=torch.float64)
@@ -186,15 +191,13 @@ def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, s
     for i, coeff in enumerate(sweep["coeffs"]):
         per_pair = sweep["real"]["per_pair"][i]
         deltas = torch.tensor(per_pair, dtype=torch.float64) - base_t
-        margin, effect = _mean(per_pair), float(deltas.mean())
-        row: dict[str, Any] = {"coeff": coeff, "margin": margin, "ci95": interval(per_pair, n_resamples, seed),
-                               "effect": effect, "effect_ci95": interval(deltas.tolist(), n_resamples, seed)}
-        controls = [c["margin"][i] for c in sweep["controls"]]
+        effect = float(deltas.mean())
+        row: dict[str, Any] = {"coeff": coeff, "effect": effect, "ci95": interval(deltas.tolist(), n_resamples, seed),
+                               "margin": _mean(per_pair), "margin_ci95": interval(per_pair, n_resamples, seed)}
+        controls = [c["margin"][i] - base_mean for c in sweep["controls"]]
         if controls:
-            band = control_summary(effect, [m - base_mean for m in controls])
-            random = {"mean": base_mean + band["mean"], "lo": base_mean + band["lo"], "hi": base_mean + band["hi"],
-                      "p": band["p"], "k": band["k"]}
-            row.update(random=random, verdict=control_verdict(margin, random))
+            band = control_summary(effect, controls)
+            row.update(random=band, verdict=control_verdict(effect, band))
         else:
             row.update(random=None, verdict="no random-direction controls run")
         fractions = steerable_fractions(deltas, _sign(coeff)) if coeff != 0 else None
@@ -204,25 +207,27 @@ def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, s
         row["fluency_drop"] = scan["unsteered"]["fluency"] - row["fluency"]
         side = prompted["pos" if coeff > 0 else "neg"]
         gap = float(side.mean())
-        row["prompting_fraction"] = finite(effect / gap) if coeff != 0 and gap != 0 else None
+        row["vs_prompting"] = finite(effect / gap) if coeff != 0 and gap != 0 else None
         ci = ratio_of_means_ci(deltas, side, n_resamples, seed) if coeff != 0 and len(base) >= 2 else None
-        row["prompting_fraction_ci95"] = [finite(ci[0]), finite(ci[1])] if ci and math.isfinite(ci[0]) else None
-        row["per_pair"], row["random_margins"] = per_pair, controls
+        row["vs_prompting_ci95"] = [finite(ci[0]), finite(ci[1])] if ci and math.isfinite(ci[0]) else None
+        row["per_pair"], row["random_effects"] = per_pair, controls
         rows.append(row)
     return rows
 
 
 def reference_summary(scan: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
-    """The unsteered and prompted margins of a scan: ``{"unsteered": {margin, ci95, fluency,
-    per_pair}, "prompting": {"systems", "pos"|"neg": {margin, ci95, effect, effect_ci95}}}``."""
+    """The unsteered and prompted margins of a scan (nats/token): ``{"unsteered": {margin,
+    margin_ci95, fluency, per_pair}, "prompting": {"systems", "pos"|"neg": {margin, margin_ci95,
+    effect, ci95}}}`` where a prompted ``effect`` is its change from unsteered (``ci95`` paired)."""
     base = scan["unsteered"]["per_pair"]
-    out: dict[str, Any] = {"unsteered": {"margin": _mean(base), "ci95": interval(base, n_resamples, seed),
+    out: dict[str, Any] = {"unsteered": {"margin": _mean(base), "margin_ci95": interval(base, n_resamples, seed),
                                          "fluency": scan["unsteered"]["fluency"], "per_pair": base}}
     prompting: dict[str, Any] = {"systems": scan["systems"]}
     for kind, doc in scan["prompted"].items():
         deltas = [a - b for a, b in zip(doc["per_pair"], base, strict=True)]
-        prompting[kind] = {"margin": _mean(doc["per_pair"]), "ci95": interval(doc["per_pair"], n_resamples, seed),
-                           "effect": _mean(deltas), "effect_ci95": interval(deltas, n_resamples, seed)}
+        prompting[kind] = {"margin": _mean(doc["per_pair"]),
+                           "margin_ci95": interval(doc["per_pair"], n_resamples, seed),
+                           "effect": _mean(deltas), "ci95": interval(deltas, n_resamples, seed)}
     out["prompting"] = prompting
     return out
 
@@ -236,18 +241,18 @@ def trait_reading(name: str, entry: dict[str, Any], max_drop: float) -> str:
         return (f"{name}: no positive coefficient at layer {entry['best_layer']} kept the answers' likelihood within "
                 f"{max_drop:g} nats/token of the unsteered model, so no steering effect is read.")
     r = max(rows, key=lambda r: r["coeff"])
-    ci = r["effect_ci95"]
+    ci = r["ci95"]
     text = (f"{name}: adding the persona vector at layer {entry['best_layer']} with coefficient {r['coeff']:g} changes "
             f"the margin by {r['effect']:+.3f} nats/token" + (f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
             + f", {r['verdict']}; {r['steerable_fraction']:.0%} of {len(r['per_pair'])} eval pairs moved towards "
             f"the trait and {r['anti_steerable_fraction']:.0%} away")
     pos = entry["prompting"]["pos"]
-    pci = pos["effect_ci95"]
+    pci = pos["ci95"]
     text += f"; asking for the trait in the system prompt moves it by {pos['effect']:+.3f}" + (
         f" (95% CI {pci[0]:+.3f} to {pci[1]:+.3f})" if pci else "")
-    fci = r["prompting_fraction_ci95"]
+    fci = r["vs_prompting_ci95"]
     if fci:
-        text += (f", so steering reaches {r['prompting_fraction']:.0%} of prompting "
+        text += (f", so steering reaches {r['vs_prompting']:.0%} of prompting "
                  f"(95% CI {fci[0]:.0%} to {fci[1]:.0%})")
     else:
         text += ", an effect the pairs cannot tell from 0, so steering is not read as a fraction of it"
@@ -265,14 +270,12 @@ def table_row(name: str, entry: dict[str, Any], max_drop: float) -> dict[str, An
     rows = [r for r in entry["rows"] if r["coeff"] > 0 and r["fluency_drop"] <= max_drop]
     r = max(rows, key=lambda r: r["coeff"]) if rows else {}
     rnd, ci = r.get("random") or {}, r.get("ci95") or [None, None]
+    vs = r.get("vs_prompting_ci95") or [None, None]
     return {"trait": name, "status": "ok", "filter": entry["filter"], "effective_pairs": entry["effective_pairs"],
             "pairs_averaged": entry["pairs_averaged"], "eval_pairs": entry["n_eval_pairs"],
             "best_layer": entry["best_layer"], "unsteered": entry["unsteered"]["margin"], "coeff": r.get("coeff"),
-            "margin": r.get("margin"), "margin_lo": ci[0], "margin_hi": ci[1], "random_lo": rnd.get("lo"),
-            "random_hi": rnd.get("hi"), "p": rnd.get("p"), "effect": r.get("effect"),
+            "margin": r.get("margin"), "effect": r.get("effect"), "effect_lo": ci[0], "effect_hi": ci[1],
+            "random_lo": rnd.get("lo"), "random_hi": rnd.get("hi"), "p": rnd.get("p"),
             "steerable_fraction": r.get("steerable_fraction"),
-            "anti_steerable_fraction": r.get("anti_steerable_fraction"),
-            "prompting_fraction": r.get("prompting_fraction"),
-            "prompting_fraction_lo": (r.get("prompting_fraction_ci95") or [None, None])[0],
-            "prompting_fraction_hi": (r.get("prompting_fraction_ci95") or [None, None])[1],
-            "score_mean": r.get("score_mean")}
+            "anti_steerable_fraction": r.get("anti_steerable_fraction"), "vs_prompting": r.get("vs_prompting"),
+            "vs_prompting_lo": vs[0], "vs_prompting_hi": vs[1], "score_mean": r.get("score_mean")}

@@ -296,10 +296,12 @@ def traits_sections(doc: dict[str, Any]) -> list[Section]:
         summary.append({"trait": name, "status": "ok", "pairs": e["pairs_averaged"],
                         "filter": e["filter"], "eval pairs": e["n_eval_pairs"], "best layer": e["best_layer"],
                         "reading": e.get("reading", "")})
-    note = ("<p class='muted'>Margins: judge-free behaviour margin (nats/token) on eval pairs, the model's own answers "
-            "to held-out questions under the positive and negative persona prompts. Each coefficient carries a "
-            "bootstrap 95% interval over pairs, the band of same-norm random directions under the same condition "
-            "(2.5-97.5%, empirical p) and the fractions of pairs moved towards / away from the trait.</p>")
+    note = ("<p class='muted'>Effect: change in the judge-free behaviour margin (nats/token) from the unsteered model, "
+            "on eval pairs (the model's own answers to held-out questions under the positive and negative persona "
+            "prompts). Each coefficient carries a bootstrap 95% interval over pairs, the band of same-norm random "
+            "directions under the same condition (2.5-97.5%, empirical p), the fractions of pairs moved towards / "
+            "away from the trait, and the effect as a fraction of asking for the trait (or its opposite) in the "
+            "system prompt.</p>")
     out.append(("Multi-trait study", note + _table(summary)))
     cosine = doc.get("cosine")
     if cosine:
@@ -309,8 +311,8 @@ def traits_sections(doc: dict[str, Any]) -> list[Section]:
                 "it are not distinguishable from unrelated directions. Move the slider to change layer; hover for "
                 "each cell's resampling interval.</p>")
         out.append(("Trait × trait cosine per layer", text + _fig(trait_cosine_figure(cosine))))
-    cols = ["coeff", "margin", "ci95", "effect", "random", "verdict", "steerable_fraction", "anti_steerable_fraction",
-            "prompting_fraction", "score_mean", "score_ci95"]
+    cols = ["coeff", "effect", "ci95", "random", "verdict", "margin", "steerable_fraction", "anti_steerable_fraction",
+            "vs_prompting", "vs_prompting_ci95", "score_mean", "score_ci95", "score_random"]
     for name, e in entries.items():
         if e["status"] != "ok":
             continue
@@ -321,7 +323,8 @@ def traits_sections(doc: dict[str, Any]) -> list[Section]:
                 f"increase; fluency drop &le; {e['layer_scan']['max_fluency_drop']:g} nats/token): {_esc(scan)}.</p>")
         if e.get("filter") == "none":
             head += "<p class='warning'>Unfiltered persona vector (--no-filter): every pair averaged.</p>"
-        out.append((f"Trait: {name}", head + _fig(trait_steering_figure(name, e)) + _table(rows)))
+        table = f"<div class='scroll'>{_table(rows)}</div>"
+        out.append((f"Trait: {name}", head + _fig(trait_steering_figure(name, e)) + table))
     return out
 
 

@@ -136,20 +136,21 @@ def _ci_text(ci: dict[str, Any], a: str, b: str, layer: int) -> str:
 
 
 def trait_steering_figure(name: str, entry: dict[str, Any]):
-    """One trait's steering evidence: margin vs coefficient (95% interval band, random-control band,
-    unsteered and prompted margins), the per-pair margins per coefficient (violins with every pair),
-    and, when judged, the trait score vs coefficient (interval bars, random band).
+    """One trait's steering evidence: the change in margin vs coefficient (95% interval band, band of
+    random same-norm directions, the prompting baselines' changes as dashed lines), the per-pair
+    changes per coefficient (violins with every pair; above 0 = moved towards the trait), and, when
+    judged, the trait score vs coefficient (interval bars, random band).
 
-    ``entry``: a ``traits.json`` trait entry (``rows``, ``unsteered``, ``prompting``, ``best_layer``).
+    ``entry``: a ``traits.json`` trait entry (``rows``, ``unsteered``, ``prompting``, ``best_layer``);
+    changes are in nats/token against the unsteered model.
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     rows = sorted(entry["rows"], key=lambda r: r["coeff"])
     scored = any(r.get("score_mean") is not None for r in rows)
-    titles = ["margin vs coefficient", "per-pair margins"] + (["judged trait score"] if scored else [])
+    titles = ["change in margin vs coefficient", "per-pair change"] + (["judged trait score"] if scored else [])
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles)
-    base = entry["unsteered"]
     coeffs = [r["coeff"] for r in rows]
     with_ci = [r for r in rows if r.get("ci95")]
     if with_ci:
@@ -161,17 +162,20 @@ def trait_steering_figure(name: str, entry: dict[str, Any]):
         fig.add_trace(_band_trace(go, [r["coeff"] for r in with_random], [r["random"]["lo"] for r in with_random],
                                   [r["random"]["hi"] for r in with_random], "rgba(128,128,128,0.25)",
                                   f"random directions ({with_random[0]['random']['k']}, 2.5-97.5%)"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=coeffs, y=[r["margin"] for r in rows], mode="lines+markers", name="persona vector",
+    fig.add_trace(go.Scatter(x=coeffs, y=[r["effect"] for r in rows], mode="lines+markers", name="persona vector",
                              line={"color": "#d62728"}), row=1, col=1)
-    fig.add_hline(y=base["margin"], line_dash="dot", line_color="black", annotation_text="unsteered", row=1, col=1)
+    fig.add_hline(y=0, line_dash="dot", line_color="black", annotation_text="unsteered", row=1, col=1)
     for kind, color in (("pos", "#2ca02c"), ("neg", "#1f77b4")):
         prompted = (entry.get("prompting") or {}).get(kind)
         if prompted:
-            fig.add_hline(y=prompted["margin"], line_dash="dash", line_color=color,
+            fig.add_hline(y=prompted["effect"], line_dash="dash", line_color=color,
                           annotation_text=f"{'positive' if kind == 'pos' else 'negative'} system prompt", row=1, col=1)
-    for label, values in [("0 (unsteered)", base["per_pair"])] + [(f"{r['coeff']:g}", r["per_pair"]) for r in rows]:
-        fig.add_trace(go.Violin(y=values, name=label, points="all", box_visible=True, showlegend=False,
-                                line_color="#555", pointpos=0, jitter=0.3), row=1, col=2)
+    base = entry["unsteered"]["per_pair"]
+    for r in rows:
+        fig.add_trace(go.Violin(y=[m - b for m, b in zip(r["per_pair"], base, strict=True)], name=f"{r['coeff']:g}",
+                                points="all", box_visible=True, showlegend=False, line_color="#555", pointpos=0,
+                                jitter=0.3), row=1, col=2)
+    fig.add_hline(y=0, line_dash="dot", line_color="black", row=1, col=2)
     if scored:
         srows = [r for r in rows if r.get("score_mean") is not None]
         rand = [r for r in srows if r.get("score_random")]
@@ -189,6 +193,6 @@ def trait_steering_figure(name: str, entry: dict[str, Any]):
         fig.update_yaxes(title_text="trait score (0-100)", row=1, col=3)
     fig.update_xaxes(title_text="coefficient", row=1, col=1)
     fig.update_xaxes(title_text="coefficient", type="category", row=1, col=2)
-    fig.update_yaxes(title_text="margin (nats/token)", row=1, col=1)
+    fig.update_yaxes(title_text="change in margin (nats/token)", row=1, col=1)
     fig.update_layout(title=f"{name}: steering at layer {entry['best_layer']}", template="plotly_white", height=440)
     return fig
