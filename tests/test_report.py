@@ -14,6 +14,7 @@ from steerlab.formats.traits import load_trait
 from steerlab.judge import make_judge
 from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
 from steerlab.pipelines.persona import PersonaConfig, run_persona
+from steerlab.pipelines.persona_traits import PersonaTraitsConfig, run_persona_traits
 from steerlab.pipelines.study import StudyConfig
 from steerlab.report.html import build_report
 
@@ -29,8 +30,13 @@ def run_dir(tiny_llama, tmp_path_factory):
     config = DiffStudyConfig(epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3,
                                 study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3))
     run_diff_study(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
-    run_persona(tiny_llama, load_trait("evil"), make_judge(make_number_judge()), out / "persona",
+    judge = make_judge(make_number_judge())
+    run_persona(tiny_llama, load_trait("evil"), judge, out / "persona",
                 PersonaConfig(max_questions=1, max_instructions=1, max_new_tokens=3, threshold=0, min_coherence=0))
+    # the multi-trait study (traits/traits.json): cosine heatmap with slider, per-trait margin and score figures
+    run_persona_traits(tiny_llama, ["evil", "humorous"], judge, out / "traits", PersonaTraitsConfig(
+        persona=PersonaConfig(max_questions=1, max_instructions=2, max_new_tokens=3, threshold=0, min_coherence=0),
+        coeffs=[-2.0, 2.0], eval_questions=3, eval_new_tokens=3, controls=2, n_resamples=100))
     (out / "monitor.json").write_text(json.dumps({"title": "t", "groups": {"a": [0.1, 0.2], "b": [0.5, 0.7]},
                                                   "summary": [{"group": "a", "mean": 0.15, "n": 2}]}))
     (out / "summary.json").write_text(json.dumps({"model": "tiny", "judge": "local", "reading": ["a reading"],
@@ -61,7 +67,11 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert status, result.stderr[-2000:]
     attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', status.group(0)))
     expected_plots = html.count('<div class="plot">')
-    assert expected_plots >= 5
+    assert expected_plots >= 8
+    # the multi-trait figures are among those that must render
+    for title in ("Trait × trait cosine per layer", "cosine at layer", "random directions (d=64): 95% of |cos|",
+                  "evil: steering at layer", "humorous: steering at layer", "per-pair change", "judged trait score"):
+        assert title in html, title
     assert int(attrs["plots"]) == expected_plots
     assert int(attrs["rendered"]) == expected_plots  # every plot drew its SVG
     assert json.loads(attrs["errors"].replace("&quot;", '"')) == []

@@ -31,7 +31,7 @@ from ..formats.traits import Trait
 from ..judge import MIN_NUMBER_MASS, Judge, evaluate_coherence, evaluate_trait
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
-from .runs import RunDir
+from .runs import RunDir, Stage
 
 
 @dataclass
@@ -104,7 +104,9 @@ class NoEffectivePairsError(SteerlabError):
         return self.answer_counts["unscored"]
 
 
-def _response_items(trait: Trait, config: PersonaConfig) -> list[dict[str, Any]]:
+def response_items(trait: Trait, config: PersonaConfig) -> list[dict[str, Any]]:
+    """The answers to generate for ``trait``: one item per (instruction, question, sample, pos/neg),
+    keyed ``"{kind}/{instruction}/{question}/{sample}"``, each with its system prompt."""
     questions = trait.questions[: config.max_questions]
     n_instr = len(trait.instruction) if config.max_instructions is None else config.max_instructions
     pos, neg = trait.system_prompts("pos")[:n_instr], trait.system_prompts("neg")[:n_instr]
@@ -137,18 +139,14 @@ def run_persona(
     name = trait.name or "trait"
     base = {"model": lm.name, "trait": trait.to_json(), "trait_name": name}
 
-    gen_cfg = {k: v for k, v in asdict(config).items()
-               if k not in ("threshold", "min_coherence", "judge_chunk", "filter")}
-    responses = run.stage("responses", "responses.jsonl", {**base, **gen_cfg})
+    responses = responses_stage(run, lm, trait, config)
     if responses.done():
         rows = responses.load_rows()
     else:
         def generate_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            gens = _generate_with_systems(lm, items, config, name)
-            return [{**it, "response": g.text, "n_new_tokens": g.n_new_tokens}
-                    for it, g in zip(items, gens, strict=True)]
+            return response_rows(items, generate_with_systems(lm, items, config, f"{name}: generating"))
 
-        rows = responses.run_items(_response_items(trait, config), generate_chunk, chunk=_gen_chunk(config))
+        rows = responses.run_items(response_items(trait, config), generate_chunk, chunk=generation_chunk(config))
         responses.save_rows(rows, reused_items=responses.reused)
 
     judged_stage = run.stage("judged", "judged.jsonl", {**base, "responses": responses.hash,
@@ -256,14 +254,32 @@ def _no_pairs_message(name: str, counts: dict[str, Any], answers: dict[str, Any]
             f"Responses and scores are kept in {run_dir}")
 
 
-def _gen_chunk(config: PersonaConfig) -> int:
+def responses_stage(run: RunDir, lm: LoadedModel, trait: Trait, config: PersonaConfig) -> Stage:
+    """The ``responses.jsonl`` stage of ``trait``'s run directory ``run``: its config is the model,
+    the trait and the generation settings, so answers generated elsewhere (e.g. for several traits
+    as rows of shared batches, :mod:`steerlab.pipelines.persona_traits`) and saved through it with
+    :func:`response_rows` are the ones :func:`run_persona` reuses."""
+    base = {"model": lm.name, "trait": trait.to_json(), "trait_name": trait.name or "trait"}
+    gen_cfg = {k: v for k, v in asdict(config).items()
+               if k not in ("threshold", "min_coherence", "judge_chunk", "filter")}
+    return run.stage("responses", "responses.jsonl", {**base, **gen_cfg})
+
+
+def response_rows(items: list[dict[str, Any]], gens: list[Any]) -> list[dict[str, Any]]:
+    """The ``responses.jsonl`` rows of :func:`response_items` and their generations (same order)."""
+    return [{**it, "response": g.text, "n_new_tokens": g.n_new_tokens} for it, g in zip(items, gens, strict=True)]
+
+
+def generation_chunk(config: PersonaConfig) -> int:
     """Items generated between checkpoints (one batch)."""
     return config.batch_size or 32
 
 
-def _generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config: PersonaConfig, name: str):
-    """Generate for items that each carry their own system prompt (one batch stream)."""
+def generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config: PersonaConfig, description: str):
+    """Generate for items that each carry their own system prompt (``system``, ``question``) as one
+    batch stream with ``config``'s generation settings; one :class:`~steerlab.steering.generation.Generation`
+    per item, in item order."""
     prompts = [[{"role": "system", "content": it["system"]}, {"role": "user", "content": it["question"]}]
                for it in items]
     return generate_batch(lm, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                          seed=config.seed, batch_size=config.batch_size, description=f"{name}: generating")
+                          seed=config.seed, batch_size=config.batch_size, description=description)

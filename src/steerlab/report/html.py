@@ -268,6 +268,64 @@ def monitor_section(doc: dict[str, Any]) -> str:
     return _fig(fig) + _table(doc.get("summary", []))
 
 
+def traits_sections(doc: dict[str, Any]) -> list[Section]:
+    """The multi-trait study (``traits.json``, or a summary's ``traits``): a summary table with each
+    trait's reading, the trait × trait cosine heatmap per layer (slider) with the random band, and per
+    trait the margin vs coefficient with its interval and random-control bands, the per-pair margins
+    and the judged score when there is one."""
+    from .plots import trait_cosine_figure, trait_steering_figure
+
+    entries = {k: v for k, v in doc.items() if isinstance(v, dict) and "status" in v}
+    out: list[Section] = []
+    summary = []
+    for name, e in entries.items():
+        if e["status"] != "ok":
+            summary.append({"trait": name, "status": "failed", "reading": e.get("error")})
+            continue
+        summary.append({"trait": name, "status": "ok", "pairs": e["pairs_averaged"],
+                        "filter": e["filter"], "eval pairs": e["n_eval_pairs"], "best layer": e["best_layer"],
+                        "reading": e.get("reading", "")})
+    note = ("<p class='muted'>Effect: change in the judge-free behaviour margin (nats/token) from the unsteered model, "
+            "on eval pairs (the model's own answers to held-out questions under the positive and negative persona "
+            "prompts). Each coefficient carries a bootstrap 95% interval over pairs, the band of same-norm random "
+            "directions under the same condition (2.5-97.5%, empirical p), the fractions of pairs moved towards / "
+            "away from the trait, and the effect as a fraction of asking for the trait (or its opposite) in the "
+            "system prompt.</p>")
+    out.append(("Multi-trait study", note + _table(summary)))
+    cosine = doc.get("cosine")
+    if cosine:
+        band = cosine["random_band"]
+        text = (f"<p>Random band: |cos| of two unrelated directions in {band['d_model']} dimensions lies below "
+                f"<b>{band['band']:.3f}</b> in 95% of draws (expected {band['expected_abs_cos']:.3f}); cosines inside "
+                "it are not distinguishable from unrelated directions. Move the slider to change layer; hover for "
+                "each cell's resampling interval.</p>")
+        out.append(("Trait × trait cosine per layer", text + _fig(trait_cosine_figure(cosine))))
+    cols = ["coeff", "effect", "ci95", "random", "verdict", "margin", "steerable_fraction", "anti_steerable_fraction",
+            "vs_prompting", "vs_prompting_ci95", "score_mean", "score_ci95", "score_random"]
+    for name, e in entries.items():
+        if e["status"] != "ok":
+            continue
+        rows = [{c: _short(r.get(c)) for c in cols} for r in e["rows"]]
+        scan = ", ".join(f"L{r['layer']}: {r['effect']:+.3f}" + ("" if r["coherent"] else " (incoherent)")
+                         for r in e["layer_scan"]["rows"])
+        head = (f"<p>Best layer {e['best_layer']} from a scan at coefficient {e['layer_scan']['coeff']:g} (margin "
+                f"increase; fluency drop &le; {e['layer_scan']['max_fluency_drop']:g} nats/token): {_esc(scan)}.</p>")
+        if e.get("filter") == "none":
+            head += "<p class='warning'>Unfiltered persona vector (--no-filter): every pair averaged.</p>"
+        table = f"<div class='scroll'>{_table(rows)}</div>"
+        out.append((f"Trait: {name}", head + _fig(trait_steering_figure(name, e)) + table))
+    return out
+
+
+def _short(value: Any) -> Any:
+    """Table cell text for lists and dicts of numbers (intervals, random bands)."""
+    if isinstance(value, list):
+        return "[" + ", ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+    return value
+
+
 # --- page -----------------------------------------------------------------------------------------
 STATUS_SCRIPT = """
 <script>
@@ -330,7 +388,10 @@ def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
     persona_dir = run / "persona" if (run / "persona").is_dir() else run
     persona = persona_sections(persona_dir)
     sections += persona
-    if not persona:
+    traits = _load_json(run / "traits.json") or _load_json(run / "traits" / "traits.json") or summary.get("traits")
+    if traits:
+        sections += traits_sections(traits)
+    if not persona and not traits:
         missing.append("persona pipeline (judged.jsonl, pairs.json)")
 
     monitor = _load_json(run / "monitor.json")
