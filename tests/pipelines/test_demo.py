@@ -13,7 +13,7 @@ def test_demo_ci_size_end_to_end(tmp_path):
     summary = run_demo(tmp_path, size="ci")
     build_report(tmp_path)  # the pipeline computes; the report is rendered on top of its artifacts
     for name in ("summary.json", "report.html", "monitor.json", "diff/study.json", "diff/compare.json",
-                 "diff/adapter/adapter_config.json", "persona/persona_steering.json"):
+                 "diff/adapter/adapter_config.json", "diff/positions.json", "traits/traits.json"):
         assert (tmp_path / name).is_file(), name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["model"] == "smollm2" and on_disk["n_layers"] == 30
@@ -21,6 +21,13 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert on_disk["reading"] and summary["timings"]["diff_study"] > 0
     # fine-tuning on the train split's deceptive answers raises the held-out behaviour margin
     assert on_disk["margins"]["finetuned"] > on_disk["margins"]["base"]
+    # the evidence (SPEC §9): every steering row with its interval, random band and per-pair spread
+    rows = [r for r in on_disk["best_steering"].values() if r]
+    assert rows and all(len(r["ci95"]) == 2 and set(r["random"]) >= {"mean", "lo", "hi", "p"}
+                        and r["steerable_fraction"] is not None for r in rows)
+    assert on_disk["prompting"]["finetuned_asked_opposite"]["effect"] is not None
+    assert on_disk["model_diff_positions"]["position_0"] is not None
+    assert {"evil", "sycophantic", "hallucinating", "cosine"} <= set(on_disk["traits"])
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..pipelines.demo import SIZES, run_demo
+from ..pipelines.demo import DEMO_TRAITS, SIZES, run_demo
 from ..report.html import build_report
 from .app import app
 from .diff_study import print_study
@@ -21,16 +21,21 @@ def demo(
     judge: str = typer.Option("local", "--judge", "-j", help="local (embedded smollm2) | local:MODEL | openai:MODEL."),
     judge_base_url: str = JudgeUrlOpt,
     size: str = typer.Option("small", "--size", help=f"{' | '.join(SIZES)}: ci (tests), small (≤ 10 min on CPU), full (paper scale, GPU)."),
-    trait: str = typer.Option("optimistic", "--trait", help="Built-in trait for the persona part."),
+    traits: list[str] = typer.Option(list(DEMO_TRAITS), "--traits", "--trait", "-t",
+                                     help="Built-in traits of the multi-trait persona part (repeat -t; 'all')."),
     controls: int = typer.Option(None, "--controls", min=0,
                                  help="Random same-norm directions per steering condition (default 8; 0: off)."),
 ) -> None:
     """Contrastive vs fine-tuning directions on the built-in deception data, steering study, persona
     pipeline and monitoring; writes DIR/summary.json and DIR/report.html.
 
+    Every steering effect comes with random same-norm directions (--controls), a bootstrap interval,
+    the per-pair spread and the prompting baseline; the persona part runs the multi-trait study
+    (evil, sycophantic, hallucinating).
+
     GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
-    summary = run_demo(out, model, judge, size, trait, judge_base_url, controls)
+    summary = run_demo(out, model, judge, size, traits, judge_base_url, controls)
     study = json.loads((out / "diff" / "study.json").read_text())
     comparison = json.loads((out / "diff" / "compare.json").read_text())
     print_study(study, comparison)

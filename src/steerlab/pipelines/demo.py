@@ -7,40 +7,38 @@ Stages (each resumable; a rerun reuses finished artifacts):
                     and split-half reliabilities; the steering study (see :mod:`steerlab.study`);
 2. ``monitor.json`` projections of held-out honest vs deceptive answers on the model-diff vector,
                     read by the base and by the fine-tuned model;
-3. ``persona/``     the persona pipeline for one built-in trait with the given judge; then persona
-                    steering: judged trait score and coherence per coefficient, and the judge-free
-                    margin on the model's own prompted answers;
+3. ``traits/``      the seed's multi-trait persona study (evil, sycophantic, hallucinating by
+                    default; :mod:`steerlab.pipelines.persona_traits`): per trait the effective pairs,
+                    best layer and the margin per coefficient with intervals, random controls and
+                    the prompting baseline; across traits the trait × trait cosine per layer;
 4. ``summary.json`` headline figures and a plain-language reading; ``report.html``.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..activations.capture import ChatSample
 from ..errors import SteerlabError
-from ..evaluate.margin import behaviour_margin
 from ..evaluate.monitor import project
-from ..evaluate.persona_eval import persona_margin_pairs, persona_monitor
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import builtin_pairs_path, load_pairs
-from ..formats.traits import load_trait
 from ..io.atomic import write_json
 from ..judge import make_judge
 from ..model.loading import LoadedModel, load_model
-from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
 from .diff_study import DiffStudyConfig, run_diff_study
-from .persona import NoEffectivePairsError, PersonaConfig, run_persona
+from .persona import PersonaConfig
+from .persona_traits import PersonaTraitsConfig, run_persona_traits
 from .runs import RunDir
 from .study import StudyConfig, best_coherent
-from .sweep import SweepConfig, run_sweep
 
 
 @dataclass
@@ -57,9 +55,13 @@ class DemoSize:
     persona_new_tokens: int
     persona_coeffs: list[float] = field(default_factory=lambda: [-4.0, 0.0, 4.0, 8.0])
     persona_eval_questions: int = 6
+    persona_layers: list[int] | None = None  # the multi-trait layer scan's candidates (None: five spread)
     samples_per_question: int = 1
     temperature: float = 0.0
 
+
+# The seed's trio of traits (persona vectors, Chen et al. 2025).
+DEMO_TRAITS = ("evil", "sycophantic", "hallucinating")
 
 # The prompting baseline of the deception study: the seed data's own system prompts.
 DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
@@ -67,7 +69,7 @@ DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
     "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4,
-                                         prompts=DECEPTION_PROMPTS), 1, 1, 8, [0.0, 4.0], 1),
+                                         prompts=DECEPTION_PROMPTS), 1, 1, 8, [0.0, 4.0], 2, persona_layers=[12]),
     # the default: the whole study on a laptop CPU with smollm2
     "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3, prompts=DECEPTION_PROMPTS),
                       4, 2, 32, [-4.0, 0.0, 4.0, 8.0], 4),
@@ -79,7 +81,7 @@ SIZES = {
 
 
 def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: str = "local",
-             size: str = "small", trait: str = "optimistic", judge_base_url: str | None = None,
+             size: str = "small", traits: Sequence[str] = DEMO_TRAITS, judge_base_url: str | None = None,
              controls: int | None = None) -> dict[str, Any]:
     """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
 
@@ -116,8 +118,8 @@ def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: st
     timings["monitor"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    persona = _persona_stage(lm, out / "persona", trait, judge, judge_base_url, cfg)
-    timings["persona"] = time.perf_counter() - start
+    persona = _traits_stage(lm, out / "traits", list(traits), judge, judge_base_url, cfg)
+    timings["traits"] = time.perf_counter() - start
 
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
     write_json(out / SUMMARY, summary)
@@ -149,54 +151,23 @@ def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, be
     return doc
 
 
-def _persona_stage(lm: LoadedModel, out: Path, trait_name: str, judge_spec: str, judge_base_url: str | None,
-                   cfg: DemoSize) -> dict[str, Any]:
-    trait = load_trait(trait_name, "extract")
+def _traits_stage(lm: LoadedModel, out: Path, traits: list[str], judge_spec: str, judge_base_url: str | None,
+                  cfg: DemoSize) -> dict[str, Any]:
+    """The multi-trait persona study; a trait whose judge cannot score is averaged unfiltered (and
+    says so). Returns the ``traits`` part of summary.json."""
     # "local" is the embedded smollm2: reuse the loaded copy when it is the model under study.
     reuse = judge_spec == "local" and lm.name == "smollm2"
     judge = make_judge(lm if reuse else judge_spec, base_url=judge_base_url)
-    config = PersonaConfig(samples_per_question=cfg.samples_per_question, max_questions=cfg.persona_questions,
-                           max_instructions=cfg.persona_instructions, max_new_tokens=cfg.persona_new_tokens,
-                           temperature=cfg.temperature, batch_size=32)
-    result: dict[str, Any] = {"trait": trait_name, "judge": judge_spec, "filtered": True}
-    try:
-        persona = run_persona(lm, trait, judge, out, config, judge_name=judge_spec)
-    except NoEffectivePairsError:
-        # No pair passed the filter (a small local judge rarely answers with numbers): average every
-        # generated pair, unfiltered (--no-filter), which the vector's metadata and the report say.
-        persona = run_persona(lm, trait, judge, out, replace(config, filter=False), judge_name=judge_spec)
-        result.update(filtered=False, n_unfiltered=persona.n_pairs)
-    vector_path = persona.vectors["response_avg"]
-    result.update(n_effective=persona.n_effective, counts=persona.counts, answer_counts=persona.answer_counts)
-    vector = SteeringVector.load(vector_path)
-    layer = lm.n_layers // 2
-    eval_trait = load_trait(trait_name, "eval")
-
-    steering_stage = RunDir(out).stage("persona_steering", "persona_steering.json",
-                                       {"vector": str(vector_path), "coeffs": cfg.persona_coeffs, "layer": layer,
-                                        "judge": judge_spec, "questions": cfg.persona_eval_questions})
-    if steering_stage.done():
-        doc = steering_stage.load_json()
-    else:
-        questions = eval_trait.questions[: cfg.persona_eval_questions]
-        sweep = run_sweep(lm, vector, questions, out / "sweep",
-                          SweepConfig([layer], cfg.persona_coeffs, max_new_tokens=cfg.persona_new_tokens),
-                          judge=judge, eval_prompt=eval_trait.eval_prompt)
-        pairs = persona_margin_pairs(lm, eval_trait, cfg.persona_eval_questions, cfg.persona_new_tokens)
-        margins = behaviour_margin(lm, pairs, SteeringSpec(vector, layer), cfg.persona_coeffs) if pairs else None
-        rows = []
-        for s in sweep.scores:
-            i = cfg.persona_coeffs.index(s["coeff"])
-            rows.append({"coeff": s["coeff"], "trait_mean": s["trait_mean"], "trait_n": s["trait_n"],
-                         "coherence_mean": s["coherence_mean"], "coherence_n": s["coherence_n"],
-                         "margin": margins.mean[i] if margins else None,
-                         "fluency": margins.fluency[i] if margins else None})
-        monitor = persona_monitor(lm, eval_trait, vector, layer, max(cfg.persona_coeffs),
-                                  cfg.persona_eval_questions, cfg.persona_new_tokens)
-        doc = {"layer": layer, "rows": rows, "monitor": monitor, "vector": str(vector_path)}
-        steering_stage.save_json(doc)
-    result.update(layer=layer, steering=doc["rows"], monitor=doc["monitor"]["summary"], vector=str(vector_path))
-    return result
+    config = PersonaTraitsConfig(
+        persona=PersonaConfig(samples_per_question=cfg.samples_per_question, max_questions=cfg.persona_questions,
+                              max_instructions=cfg.persona_instructions, max_new_tokens=cfg.persona_new_tokens,
+                              temperature=cfg.temperature, batch_size=None),
+        coeffs=[c for c in cfg.persona_coeffs if c != 0], eval_questions=cfg.persona_eval_questions,
+        eval_new_tokens=cfg.persona_new_tokens, controls=cfg.study.controls, layers=cfg.persona_layers,
+        fallback_unfiltered=True)
+    result = run_persona_traits(lm, traits, judge, out, config, judge_name=judge_spec)
+    return {"judge": judge_spec, "traits": result.summary, "failed": result.failed,
+            "readings": [e["reading"] for e in result.traits.values() if e.get("status") == "ok" and e.get("reading")]}
 
 
 def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[str, Any]:
@@ -223,7 +194,8 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
         "best_steering": best_rows, "prompting": study.get("prompting"),
         "model_diff_positions": _positions_summary(diff.positions, best),
-        "monitor": monitor["summary"], "persona": persona,
+        "monitor": monitor["summary"], "traits": persona["traits"], "traits_failed": persona["failed"],
+        "traits_judge": persona["judge"], "traits_readings": persona["readings"],
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["reading"] = reading(summary, max_drop)
@@ -310,11 +282,13 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
                      f"at token position {positions['best_position']} has cosine {best_pos.get('cosine', 0):+.3f} "
                      f"with the contrastive vector at layer {best} (position 0, an attention sink, "
                      f"{p0.get('cosine', 0):+.3f}; random band ±{positions['random_band']:.3f}).")
-    p = s["persona"]
-    if not p.get("filtered", True):
-        lines.append(f"The {p['judge']} judge could not score the {p['trait']} persona responses (it put too little "
-                     "probability on numbers), so no pairs passed the persona-vectors filter; the persona vector "
-                     "shown is unfiltered. A 135M model is too small to judge; use --judge openai:MODEL.")
+    lines.extend(s.get("traits_readings") or [])
+    unfiltered = [name for name, e in (s.get("traits") or {}).items()
+                  if isinstance(e, dict) and e.get("filter") == "none"]
+    if unfiltered:
+        lines.append(f"The {s['traits_judge']} judge could not score the persona answers of "
+                     f"{', '.join(unfiltered)} (too little probability on numbers), so their persona vectors "
+                     "average every pair, unfiltered; use a stronger judge (--judge openai:MODEL).")
     lines.append("What a 135M model cannot show: judged trait scores with a reliable judge, long coherent steered "
                  "answers, and behaviours that need a capable model to express. The same commands run on a GPU "
                  "with a real model (--model, --judge openai:...) at --size full.")

@@ -8,34 +8,52 @@ scripts ran, how many plots rendered and any JavaScript errors (used by the brow
 
 from __future__ import annotations
 
-import csv
+import contextvars
 import html
-import json
 from pathlib import Path
 from typing import Any
 
+from ..errors import SteerlabError
 from ..io.atomic import write_text
+from ..io.files import file_problem, name_problem, read_json
+from ..io.tables import read_csv
 from ..pipelines.runs import read_jsonl_rows
 from .evidence import evidence_sections
 from .html_parts import Section
 from .html_parts import fig_html as _fig
 from .html_parts import table_html as _table
 
+# Files that exist but could not be read while building one report (listed on the page, never fatal).
+_UNREADABLE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("unreadable", default=None)
+
+
+def _unreadable(path: Path, why: object) -> None:
+    problems = _UNREADABLE.get()
+    if problems is not None:
+        problems.append(f"{path.name} is unreadable ({why})")
+
 
 def _load_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it is absent or unreadable (then noted for the page)."""
+    if file_problem(path) is not None:
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (json.JSONDecodeError, OSError):
+        return read_json(path, "run file")
+    except SteerlabError as exc:
+        _unreadable(path, str(exc).rsplit(": ", 1)[-1])
         return None
 
 
 def _load_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
+    """The rows of a CSV file with numbers parsed; [] when absent or unreadable (then noted)."""
+    if file_problem(path) is not None:
         return []
-    rows = []
-    for row in csv.DictReader(path.open(encoding="utf-8")):
-        rows.append({k: _num(v) for k, v in row.items()})
-    return rows
+    try:
+        _, rows = read_csv(path, "run file")
+        return [{k: _num(v) for k, v in row.items()} for _, row in rows]
+    except SteerlabError as exc:
+        _unreadable(path, str(exc).rsplit(": ", 1)[-1])
+        return []
 
 
 def _num(value: str) -> Any:
@@ -198,9 +216,6 @@ def persona_sections(run: Path) -> list[Section]:
     manifest = _load_json(run / "vectors" / "manifest.json")
     if manifest or (pairs and pairs.get("filter") == "none"):
         out.append(("Persona vectors", persona_vectors_section(manifest or {}, pairs or {})))
-    persona_scores = _load_json(run / "persona_steering.json")
-    if persona_scores:
-        out.append(("Persona steering", persona_steering_section(persona_scores)))
     return out
 
 
@@ -231,28 +246,6 @@ def persona_vectors_section(manifest: dict[str, Any], pairs: dict[str, Any]) -> 
     files = [{"reduction": r, "file": f"vectors/{name}"} for r, name in manifest.get("vectors", {}).items()]
     if files:
         parts.append(_table(files))
-    return "".join(parts)
-
-
-def persona_steering_section(doc: dict[str, Any]) -> str:
-    """The demo's persona steering: judged score, coherence and margin per coefficient."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    rows = doc["rows"]
-    panels = (("trait_mean", "judged trait score"), ("coherence_mean", "judged coherence"),
-              ("margin", "margin on own persona answers (judge-free)"))
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title in panels])
-    coeffs = [r["coeff"] for r in rows]
-    for col, (key, _) in enumerate(panels, 1):
-        fig.add_trace(go.Scatter(x=coeffs, y=[r.get(key) for r in rows], mode="lines+markers", name=key,
-                                 showlegend=False), row=1, col=col)
-    fig.update_xaxes(title_text="coefficient")
-    fig.update_layout(title=f"persona steering vs coefficient (layer {doc['layer']})", template="plotly_white",
-                      height=380)
-    parts = [_fig(fig), _table(rows)]
-    if doc.get("monitor"):
-        parts.append(monitor_section(doc["monitor"]))
     return "".join(parts)
 
 
@@ -360,50 +353,79 @@ table.samples td { min-width: 12rem; }
 
 def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
     """Write ``DIR/report.html`` from whatever the run directory holds; returns (path, missing parts)."""
-    import plotly.offline
 
     run = Path(run_dir)
-    if not run.is_dir():
-        from ..errors import SteerlabError
+    problem = name_problem(run)
+    if problem is None and not run.is_dir():
+        problem = "not a directory"
+    if problem is not None:
+        raise SteerlabError(f"report {run}: {problem} (expected a run directory)")
+    problems: list[str] = []
+    token = _UNREADABLE.set(problems)
+    try:
+        return _build(run, problems)
+    finally:
+        _UNREADABLE.reset(token)
 
-        raise SteerlabError(f"report: {run} is not a directory")
-    summary = _load_json(run / "summary.json") or {}
+
+def _guard(missing: list[str], what: str, make: Any, *args: Any) -> list[Section]:
+    """Sections from ``make(*args)``; a file of the wrong shape lists ``what`` as unreadable instead."""
+    try:
+        out = make(*args)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        missing.append(f"{what} (unreadable: {type(exc).__name__} {exc})")
+        return []
+    return out if isinstance(out, list) else [out]
+
+
+def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
+    import plotly.offline
+
+    summary = _load_json(run / "summary.json")
+    if summary is not None and not isinstance(summary, dict):
+        problems.append("summary.json is unreadable (expected a JSON object)")
+    summary = summary if isinstance(summary, dict) else {}
     sections: list[Section] = []
     missing: list[str] = []
 
     diff_dir = run / "diff" if (run / "diff").is_dir() else run
     comparison = _load_json(diff_dir / "compare.json")
     study = _load_json(diff_dir / "study.json")
-    if comparison and "cosine" in comparison:
-        sections.append(("Do the two directions match? Cosine per layer",
-                         cosine_section(comparison, study["best_layer"] if study else None)))
+    study = study if isinstance(study, dict) else None
+    if isinstance(comparison, dict) and "cosine" in comparison:
+        sections += _guard(missing, "vector comparison (compare.json)", lambda: [(
+            "Do the two directions match? Cosine per layer",
+            cosine_section(comparison, study.get("best_layer") if study else None))])
     else:
         missing.append("vector comparison (compare.json)")
     if study:
-        sections += study_sections(study)
-        sections += evidence_sections(study, _load_json(diff_dir / "positions.json"))
+        sections += _guard(missing, "steering study (study.json)", study_sections, study)
+        sections += _guard(missing, "steering evidence (study.json, positions.json)", evidence_sections, study,
+                           _load_json(diff_dir / "positions.json"))
     else:
         missing.append("steering study (study.json)")
 
     persona_dir = run / "persona" if (run / "persona").is_dir() else run
-    persona = persona_sections(persona_dir)
+    persona = _guard(missing, "persona pipeline (judged.jsonl, pairs.json)", persona_sections, persona_dir)
     sections += persona
     traits = _load_json(run / "traits.json") or _load_json(run / "traits" / "traits.json") or summary.get("traits")
     if traits:
-        sections += traits_sections(traits)
+        sections += _guard(missing, "multi-trait study (traits.json)", traits_sections, traits)
     if not persona and not traits:
         missing.append("persona pipeline (judged.jsonl, pairs.json)")
 
     monitor = _load_json(run / "monitor.json")
     if monitor:
-        sections.append(("Monitoring: projections", monitor_section(monitor)))
+        sections += _guard(missing, "monitoring (monitor.json)",
+                           lambda: [("Monitoring: projections", monitor_section(monitor))])
     else:
         missing.append("monitoring (monitor.json)")
 
     sweep_dir = run / "sweep" if (run / "sweep").is_dir() else run
-    sections += sweep_sections(sweep_dir)
+    sections += _guard(missing, "sweep (margins.csv, scores.csv, generations.jsonl)", sweep_sections, sweep_dir)
+    missing += problems
 
-    reading = summary.get("reading")
+    reading = summary.get("reading") if isinstance(summary.get("reading"), list) else None
     head = [f"<h1>steerlab report</h1><p class='muted'>{_esc(run.resolve())}"]
     if summary:
         head.append(f" · model {_esc(summary.get('model'))} · judge {_esc(summary.get('judge'))}"
@@ -412,7 +434,7 @@ def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
     if reading:
         head.append("<div class='reading'><h3>Reading of the results</h3>"
                     + "".join(f"<p>{_esc(p)}</p>" for p in reading) + "</div>")
-    if summary.get("timings"):
+    if isinstance(summary.get("timings"), dict):
         head.append("<h3>Timings (s)</h3>" + _table([summary["timings"]], fmt="{:.1f}"))
     if missing:
         head.append("<p class='missing'>Not in this run directory: " + _esc(", ".join(missing)) + ".</p>")
