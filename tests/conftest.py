@@ -67,3 +67,14 @@ def tiny_dir(tmp_path_factory):
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -8,6 +8,8 @@ from typer.testing import CliRunner
 from steerlab.cli.app import app
 from steerlab.vectors.vector import SteeringVector
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
 
 PAIRS = [
@@ -17,14 +19,6 @@ PAIRS = [
     {"question": "should I back up my files", "positive": "no need", "negative": "yes always",
      "split": "test"},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ from steerlab.formats.pairs import Pair
 from steerlab.model.loading import wrap_model
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing:FutureWarning"),
     # peft takes lora_bias's 1-D lora_B.bias for an unsharded ZeRO-3 tensor when saving
     pytest.mark.filterwarnings("ignore:.*LoRA tensor\\(s\\) have invalid shape"),
@@ -54,15 +55,6 @@ REDUCTIONS = ("prompt_last", "prompt_avg", "response_avg", "first_k:2")
 PROBE = torch.tensor([[10, 20, 30, 40, 50, 60, 1, 2]])
 QV = ["q_proj", "v_proj"]
 
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # Every kind of adapter config (a factory, so each test gets a fresh config object).

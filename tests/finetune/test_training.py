@@ -21,16 +21,9 @@ from steerlab.finetune.targets import default_target_modules
 from steerlab.finetune.training import batch_loss, run_finetune
 from steerlab.model.loading import wrap_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROBE = torch.tensor([[10, 20, 30, 40, 50, 60]])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train faster on one thread (and do not fight other processes for cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _logits(model, ids=PROBE):

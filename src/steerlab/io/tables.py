@@ -119,4 +119,18 @@ def write_csv(target: PathLike, rows: Iterable[Mapping[str, Any]]) -> Path:
     return Path(target)
 
 
-__all__ = ["csv_text", "first_jsonl_row", "iter_jsonl", "read_csv", "read_jsonl", "write_csv", "write_jsonl"]
+def cell_value(text: str) -> Any:
+    """A CSV cell as written by :func:`write_csv`: ``None`` for an empty or ``None`` cell, else an
+    int, a float, or the text itself."""
+    if text in ("", "None"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+__all__ = ["cell_value", "csv_text", "first_jsonl_row", "iter_jsonl", "read_csv", "read_jsonl", "write_csv",
+           "write_jsonl"]

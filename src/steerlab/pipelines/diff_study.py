@@ -32,11 +32,11 @@ from ..formats.conversations import pairs_to_chat
 from ..formats.pairs import Pair
 from ..formats.prompts import generic_prompts
 from ..io.atomic import write_jsonl
+from ..io.tables import write_csv
 from ..model.loading import LoadedModel
 from ..vectors.vector import SteeringVector, cosine
 from .runs import RunDir
 from .study import StudyConfig, run_study
-from .sweep import write_csv
 
 REDUCTION = "response_avg"
 

@@ -39,6 +39,7 @@ from ..evaluate.controls import random_directions
 from ..extract.persona import PERSONA_REDUCTIONS
 from ..formats.traits import Trait, list_traits, load_trait
 from ..io.atomic import write_json
+from ..io.tables import write_csv
 from ..judge import Judge
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
@@ -60,7 +61,6 @@ from .persona import (
 from .runs import RunDir, Stage
 from .shared_batches import shared_generation
 from .study import default_layers
-from .sweep import write_csv
 from .trait_cosine import pair_differences, trait_cosines
 from .trait_scores import judged_scores, score_summary
 

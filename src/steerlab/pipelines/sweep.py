@@ -21,9 +21,7 @@ judge, pairs) recomputes what it affects. Files are written atomically.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -37,7 +35,8 @@ from ..evaluate.controls import control_summary, random_directions
 from ..evaluate.margin import condition_margins
 from ..evaluate.statistics import bootstrap_ci, steerable_fractions
 from ..formats.pairs import Pair
-from ..io.atomic import write_json, write_jsonl, write_text
+from ..io.atomic import write_json, write_jsonl
+from ..io.tables import cell_value, read_csv, write_csv
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
@@ -227,7 +226,7 @@ def run_sweep(
             "seed": config.seed, "n_bootstrap": config.n_bootstrap, **calibration,
         })
         if margin_stage.done():
-            margins = [{k: _number(v) for k, v in r.items()} for r in read_csv(margin_stage.path)]
+            margins = [{k: cell_value(v) for k, v in r.items()} for _, r in read_csv(margin_stage.path, "margins")[1]]
         else:
             start = time.perf_counter()
             for layer in layers:
@@ -275,34 +274,9 @@ def _layer_margins(lm: LoadedModel, pairs: Sequence[Pair], layer: int, coeffs: l
     return rows
 
 
-def _number(value: str) -> Any:
-    if value in ("", "None"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return float(value)
-
-
 def _at(threshold: float | Mapping[int, float] | None, layer: int) -> float | None:
     """A cap threshold at ``layer``: the value itself, or its entry in a ``{layer: τ}`` mapping."""
     return threshold.get(layer) if isinstance(threshold, Mapping) else threshold
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file written by :func:`write_csv` (values as strings)."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Write dict rows as CSV atomically; the columns are the union of the rows' keys in first-seen order."""
-    buf = io.StringIO()
-    fieldnames = list(dict.fromkeys(key for row in rows for key in row))
-    writer = csv.DictWriter(buf, fieldnames=fieldnames)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None]:

@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import SteerlabError
 from ..io.atomic import write_text
 from ..io.files import file_problem, name_problem, read_json
-from ..io.tables import read_csv
+from ..io.tables import cell_value, read_csv
 from ..pipelines.runs import read_jsonl_rows
 from .evidence import evidence_sections
 from .html_parts import Section
@@ -50,22 +50,10 @@ def _load_csv(path: Path) -> list[dict[str, Any]]:
         return []
     try:
         _, rows = read_csv(path, "run file")
-        return [{k: _num(v) for k, v in row.items()} for _, row in rows]
+        return [{k: cell_value(v) for k, v in row.items()} for _, row in rows]
     except SteerlabError as exc:
         _unreadable(path, str(exc).rsplit(": ", 1)[-1])
         return []
-
-
-def _num(value: str) -> Any:
-    if value in ("", "None"):
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
 
 
 def _esc(text: Any) -> str:
