@@ -18,8 +18,9 @@ import torch
 from steerlab import extract_contrastive, load_model, load_pairs
 from steerlab.formats.pairs import builtin_pairs_path
 from steerlab.model.chat import render_prompt
+from steerlab.steering.compat import ActivationSteerer
 from steerlab.steering.generation import auto_batch_size, expand_grid, generate_batch, stop_token_ids
-from steerlab.steering.steerer import ActivationSteerer, SteeringSpec
+from steerlab.steering.steerer import SteeringSpec
 
 
 def naive_loop(lm, vector, layer, questions, coeffs, max_new_tokens):

@@ -45,7 +45,7 @@ _FACE: dict[str, str] = {
     "export_gguf": "vectors.gguf",
     "import_gguf": "vectors.gguf",
     # steering
-    "ActivationSteerer": "steering.steerer",
+    "ActivationSteerer": "steering.compat",
     "SteeringSpec": "steering.steerer",
     "steer": "steering.steerer",
     "generate": "steering.generation",

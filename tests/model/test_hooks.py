@@ -12,7 +12,9 @@ from tiny import make_tiny
 
 from steerlab.activations.capture import ChatSample, iter_batches, run_block_hooks
 from steerlab.model.hooks import install_output_hooks, installed_hooks, output_hooks
-from steerlab.steering.steerer import ActivationSteerer, Intervention, steer
+from steerlab.steering.compat import ActivationSteerer
+from steerlab.steering.operators import Intervention
+from steerlab.steering.steerer import steer
 
 ARCHS = ("llama", "qwen2", "gpt2", "gemma2")
 LAYER = 2

@@ -7,7 +7,8 @@ from steerlab.activations.capture import ChatSample, collate, encode_samples
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.controls import random_directions
 from steerlab.steering.generation import generate_batch
-from steerlab.steering.steerer import Intervention, SteeringSpec, apply_intervention, row_mask, steer
+from steerlab.steering.operators import Intervention, apply_intervention, row_mask
+from steerlab.steering.steerer import SteeringSpec, steer
 from steerlab.vectors.vector import SteeringVector
 
 OPERATORS = ("add", "ablate", "cap")

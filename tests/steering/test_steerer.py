@@ -8,7 +8,9 @@ from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
 from steerlab.model import layers as layer_grammar
 from steerlab.model.hooks import install_output_hooks
-from steerlab.steering.steerer import ActivationSteerer, Intervention, SteeringSpec, parse_layers, steer
+from steerlab.steering.compat import ActivationSteerer
+from steerlab.steering.operators import Intervention
+from steerlab.steering.steerer import SteeringSpec, parse_layers, steer
 
 LAYER = 2
 

@@ -63,12 +63,12 @@ def _check_floats(_ctx: typer.Context, param: typer.CallbackParam, value: str | 
 
 
 def _choice(kind: str) -> Callable[[typer.Context, typer.CallbackParam, str], str]:
-    """A parse-time check against ``steerlab.steering.steerer``'s POSITIONS, OPERATORS or SCALES."""
+    """A parse-time check against ``steerlab.steering.operators``' POSITIONS, OPERATORS or SCALES."""
 
     def check(_ctx: typer.Context, param: typer.CallbackParam, value: str) -> str:
-        from ..steering import steerer  # imported when a command runs, not for --help
+        from ..steering import operators  # imported when a command runs, not for --help
 
-        choices = getattr(steerer, kind)
+        choices = getattr(operators, kind)
         if value is not None and value not in choices:
             raise SteerlabError(f"{_flag(param)} {value!r}: expected one of {', '.join(choices)}")
         return value

@@ -43,7 +43,7 @@ from ..io.tables import write_csv
 from ..judge import Judge
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
-from ..steering.steerer import POSITIONS
+from ..steering.operators import POSITIONS
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from . import trait_steering as ts

@@ -41,7 +41,8 @@ from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.generation import expand_grid, generate_batch
-from ..steering.steerer import SteeringSpec, check_cap_options, parse_layers
+from ..steering.operators import check_cap_options
+from ..steering.steerer import SteeringSpec, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import CONTROL_GENERATIONS, GENERATIONS, MARGINS, SCORES, SWEEP
@@ -57,7 +58,7 @@ class SweepConfig:
     ``cap_ceiling``/``cap_floor``: ``operator="cap"`` thresholds on h·v̂ (activation units), or
     ``cap_percentile``/``cap_floor_percentile``: the same as percentiles (0-100) of h·v̂ at each layer
     on the reference prompts (:func:`run_sweep`'s ``reference_prompts``, default the questions).
-    Raises SteerlabError for inconsistent cap options (see :func:`~steerlab.steering.steerer.check_cap_options`).
+    Raises SteerlabError for inconsistent cap options (see :func:`~steerlab.steering.operators.check_cap_options`).
     """
 
     layers: str | list[int]
