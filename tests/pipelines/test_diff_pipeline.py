@@ -48,6 +48,12 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
         assert len(r["ci95"]) == 2 and len(r["margin_ci95"]) == 2 and len(r["per_pair"]) == len(HELDOUT)
         assert r["steerable_fraction"] + r["anti_steerable_fraction"] <= 1
         assert abs(r["margin"] - sum(r["per_pair"]) / len(r["per_pair"])) < 1e-4
+    # model-diff vs contrastive on the same pairs: a paired interval per (model, layers, coefficient)
+    assert {(c["model"], c["layers"], c["coeff"]) for c in study["comparisons"]} == {
+        (m, layer, c) for m in ("finetuned", "base") for layer in (str(study["best_layer"]), "all") for c in (1.0, 4.0)}
+    for c in study["comparisons"]:
+        lo, hi = c["ci95"]
+        assert lo <= hi and c["distinguishable"] == (not lo <= 0 <= hi)
     comparison = json.loads((tmp_path / "compare.json").read_text())
     ci = comparison["cosine_ci95"]["contrastive|model_diff"]
     assert len(ci) == tiny_llama.n_layers and all(lo <= hi for lo, hi in ci)

@@ -44,6 +44,7 @@ import torch
 from ..evaluate.controls import random_directions
 from ..evaluate.evidence import steering_evidence
 from ..evaluate.margin import MarginResult, condition_margins
+from ..evaluate.statistics import paired_bootstrap_ci
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
@@ -205,7 +206,29 @@ def run_study(
 
         samples = _samples(models, contexts, variants, heldout, best, rows, config)
     return {"reference": reference, "prompting": prompting_doc, "rows": rows, "best_layer": best,
-            "samples": samples, "layers_scanned": layers, "config": asdict(config)}
+            "samples": samples, "layers_scanned": layers, "comparisons": paired_comparisons(rows, config),
+            "config": asdict(config)}
+
+
+def paired_comparisons(rows: list[dict[str, Any]], config: StudyConfig) -> list[dict[str, Any]]:
+    """Model-diff vs contrastive on the same held-out pairs, at equal-size interventions: for each
+    model, layer set and coefficient, the difference of their margins (model-diff minus contrastive
+    at the model-diff vector's norms, nats/token) with a paired bootstrap 95% interval (the two share
+    pairs, so what the pairs share cancels)."""
+    out = []
+    index = {(r["model"], r["layers"], r["coeff"], r["vector"], r["scale"]): r for r in rows
+             if r["stage"] == "sweep" and r.get("per_pair")}
+    for (model, layer_set, coeff, vector, scale), a in index.items():
+        if vector != "model_diff" or scale != "raw":
+            continue
+        b = index.get((model, layer_set, coeff, "contrastive", "normalized"))
+        if b is None or len(a["per_pair"]) < 2:
+            continue
+        lo, hi = paired_bootstrap_ci(a["per_pair"], b["per_pair"], config.n_bootstrap, config.seed)
+        out.append({"model": model, "layers": layer_set, "coeff": coeff, "a": "model_diff",
+                    "b": "contrastive (normalized)", "margin_difference": a["margin"] - b["margin"],
+                    "ci95": [lo, hi], "distinguishable": not lo <= 0.0 <= hi})
+    return out
 
 
 def _prompting(margins: Any, heldout: Sequence[Pair], per_pair: dict[str, torch.Tensor],
