@@ -193,6 +193,7 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
         "best_steering": best_rows, "prompting": study.get("prompting"),
+        "model_diff_vs_contrastive": [c for c in study.get("comparisons", []) if c["layers"] == str(best)],
         "model_diff_positions": _positions_summary(diff.positions, best),
         "monitor": monitor["summary"], "traits": persona["traits"], "traits_failed": persona["failed"],
         "traits_judge": persona["judge"], "traits_readings": persona["readings"],
@@ -274,6 +275,13 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
             lines.append(f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
                          f"(coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
                          f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}.")
+    paired = [c for c in s.get("model_diff_vs_contrastive") or [] if c["model"] == "finetuned"]
+    if paired:
+        sure = [c for c in paired if c["distinguishable"]]
+        lines.append(f"Model-diff vs contrastive at equal size (layer {best}, same pairs, paired bootstrap): the two "
+                     f"steer distinguishably at {len(sure)} of {len(paired)} coefficients"
+                     + (f" (e.g. c={sure[0]['coeff']:g}: margin difference {sure[0]['margin_difference']:+.3f}, 95% CI "
+                        f"{sure[0]['ci95'][0]:+.3f} to {sure[0]['ci95'][1]:+.3f})." if sure else "."))
     positions = s.get("model_diff_positions")
     if positions:
         best_pos = positions["positions"].get(str(positions["best_position"]), {})

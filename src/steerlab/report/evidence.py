@@ -175,6 +175,10 @@ def evidence_sections(study: dict[str, Any], positions: dict[str, Any] | None) -
         ("Prompting baseline", prompting_table(study)),
         ("Evidence: every condition", "<div class='scroll'>" + evidence_table(study) + "</div>"),
     ]
+    if study.get("comparisons"):
+        out.append(("Model-diff vs contrastive, paired on the same pairs",
+                    "<p class='muted'>Margin difference (model-diff minus contrastive at the model-diff vector's "
+                    "norms, nats/token) with a paired bootstrap 95% interval.</p>" + table_html(study["comparisons"])))
     if positions:
         out.append(("Position-resolved model diff", positions_section(positions)))
     return out
