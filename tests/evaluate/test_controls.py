@@ -86,3 +86,22 @@ def test_within_band_and_verdicts():
     assert control_verdict(1.5, band, p=1 / 9) == "beyond the random band (p = 0.11)"
     summary = control_summary(1.5, [0.1, -0.1, 0.05, 0.0, 0.2, -0.05, 0.02, 0.01])
     assert control_verdict(1.5, summary) == "beyond the random band (p = 0.11)"
+
+
+def test_steering_evidence_is_one_sided_and_bounded():
+    import torch
+
+    from steerlab.evaluate.evidence import steering_evidence
+
+    origin = torch.tensor([0.5, 0.6, 0.4, 0.5])  # fine-tuned margins
+    target = torch.tensor([0.0, 0.1, -0.1, 0.0])  # base margins: the gap is -0.5
+    steered = origin - 0.4  # undoes 80%
+    wild = [origin + 2.0, origin - 0.1, origin - 0.05]  # one control moves far the WRONG way
+    ev = steering_evidence(origin, target, steered, wild, prompting=0.4)
+    assert abs(ev["effect"] - 0.8) < 1e-6 and abs(ev["delta"] + 0.4) < 1e-6
+    assert ev["delta_ci95"][0] - 1e-6 <= -0.4 <= ev["delta_ci95"][1] + 1e-6
+    assert ev["random"]["p"] == 0.25  # (1 + 0) / (3 + 1): the wrong-way control does not count
+    assert ev["verdict"].startswith("beyond the random band") and abs(ev["vs_prompting"] - 2.0) < 1e-6
+    assert ev["steerable_fraction"] == 1.0 and ev["anti_steerable_fraction"] == 0.0
+    backwards = steering_evidence(origin, target, origin + 1.0, [origin - 0.1, origin, origin + 0.1])
+    assert backwards["verdict"].startswith("below the random band")

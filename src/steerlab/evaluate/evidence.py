@@ -6,8 +6,9 @@ fine-tuned gap: *undone* on the fine-tuned model, *induced* on the base), togeth
 
 - a seeded bootstrap 95% interval over pairs (:func:`steerlab.evaluate.statistics.gap_fraction_ci`);
 - the same fraction for K random directions of the vector's norm through the identical condition:
-  the null band and the empirical p (Soligo et al. 2025 report random same-norm directions moving a
-  behaviour by < 10% where the real direction moves it by 78-90%);
+  the null band and the one-sided empirical p of moving the behaviour at least as far the intended
+  way (Soligo et al. 2025 report random same-norm directions moving a behaviour by < 10% where the
+  real direction moves it by 78-90%); with K controls the smallest p is 1/(K+1);
 - the per-pair spread: the fraction of pairs moved the intended way and the anti-steerable fraction
   (Tan et al. 2024);
 - where a prompting baseline exists, the effect as a fraction of the prompting effect (AxBench,
@@ -59,20 +60,25 @@ def steering_evidence(
         n_resamples, seed: the bootstrap.
 
     Returns:
-        ``{"effect", "ci95", "margin", "margin_ci95", "per_pair", "steerable_fraction",
-        "anti_steerable_fraction", "random": {mean, lo, hi, p, k} | None, "verdict",
-        "vs_prompting"}``: ``effect`` is the fraction of the origin → target gap covered.
+        ``{"effect", "ci95", "delta", "delta_ci95", "margin", "margin_ci95", "per_pair",
+        "steerable_fraction", "anti_steerable_fraction", "random": {mean, lo, hi, p, k} | None,
+        "verdict", "vs_prompting"}``: ``effect`` is the fraction of the origin → target gap covered
+        (its interval is unbounded, ``[None, None]``, when the gap's own interval contains 0);
+        ``delta`` the mean change in margin from the origin model (nats/token, always bounded).
     """
     effect = gap_fraction(origin, target, steered)
+    change = steered - origin
     if steered.numel() >= 2:
         lo, hi = gap_fraction_ci(origin, target, steered, n_resamples, seed)
         m_lo, m_hi = bootstrap_ci(steered, n_resamples, seed)
+        d_lo, d_hi = bootstrap_ci(change, n_resamples, seed)
     else:  # one pair: no interval can be drawn
-        lo = hi = m_lo = m_hi = math.nan
+        lo = hi = m_lo = m_hi = d_lo = d_hi = math.nan
     intended = 1.0 if float(target.mean() - origin.mean()) >= 0 else -1.0
-    spread = steerable_fractions(steered - origin, intended)
+    spread = steerable_fractions(change, intended)
     out: dict[str, Any] = {
         "effect": _finite(effect), "ci95": interval(lo, hi),
+        "delta": float(change.mean()), "delta_ci95": interval(d_lo, d_hi),
         "margin": float(steered.mean()), "margin_ci95": interval(m_lo, m_hi),
         "per_pair": [round(float(v), 5) for v in steered],
         "steerable_fraction": spread["steerable"], "anti_steerable_fraction": spread["anti_steerable"],
@@ -81,7 +87,9 @@ def steering_evidence(
     }
     if len(controls) and math.isfinite(effect):
         control_effects = torch.tensor([gap_fraction(origin, target, c) for c in controls])
-        band = control_summary(effect, control_effects)
+        # one-sided: fractions are oriented so that positive is the intended way
+        band = control_summary(effect, control_effects, alternative="greater")
         out["random"] = {k: float(v) if k != "k" else int(v) for k, v in band.items()}
-        out["verdict"] = control_verdict(effect, band)
+        out["verdict"] = (control_verdict(effect, band) if effect >= band["lo"]
+                          else "below the random band (the wrong way, more than random directions)")
     return out

@@ -71,7 +71,8 @@ SIZES = {
     "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4,
                                          prompts=DECEPTION_PROMPTS), 1, 1, 8, [0.0, 4.0], 2, persona_layers=[12]),
     # the default: the whole study on a laptop CPU with smollm2
-    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0, 8.0], n_samples=3, prompts=DECEPTION_PROMPTS),
+    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64,
+                                              prompts=DECEPTION_PROMPTS),
                       4, 2, 32, [-4.0, 0.0, 4.0, 8.0], 4),
     # paper scale, for a GPU
     "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6,
@@ -227,7 +228,10 @@ def _interval(ci: list[float | None] | None) -> str:
 
 def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | None) -> str:
     """How a steering row's effect compares with its interval, its random band and prompting."""
-    parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))})"]
+    delta = row.get("delta_ci95") or [None, None]
+    change = ("" if None in delta else f", margin change {row['delta']:+.3f} nats/token, 95% CI "
+              f"{delta[0]:+.3f} to {delta[1]:+.3f}")
+    parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))}{change})"]
     rnd = row.get("random")
     if rnd:
         parts.append(f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
