@@ -174,16 +174,21 @@ def test_filtered_vectors_record_the_filter(tiny_llama, judge, tmp_path):
     assert "Filtered as persona-vectors" in page and "Unfiltered persona vectors" not in page
 
 
-def test_demo_falls_back_to_unfiltered_on_the_typed_error(tiny_llama, tiny_dir, tmp_path):
-    # the demo's persona stage with a judge that cannot score: it catches NoEffectivePairsError (not the
-    # message text) and reruns the pipeline with filter=False, reusing the generated and judged answers
-    from steerlab.pipelines.demo import SIZES, _persona_stage
+def test_demo_traits_fall_back_to_unfiltered_when_the_judge_cannot_score(tiny_llama, tiny_dir, tmp_path):
+    # the demo's multi-trait stage with a judge that cannot score: every trait is averaged unfiltered
+    # (recorded as filter "none" with the unscored counts), nothing fails, and the summary says so
+    from dataclasses import replace
 
-    result = _persona_stage(tiny_llama, tmp_path, "optimistic", f"local:{tiny_dir}", None, SIZES["ci"])
-    assert result["filtered"] is False and result["n_unfiltered"] == 1 and result["n_effective"] == 0
-    assert result["answer_counts"]["unscored"] == result["answer_counts"]["answers"] == 2
-    vector = SteeringVector.load(result["vector"])
-    assert vector.metadata["filter"] == "none" and vector.metadata["n_unscored_answers"] == 2
+    from steerlab.pipelines.demo import SIZES, _traits_stage
+
+    size = replace(SIZES["ci"], persona_layers=[1], study=replace(SIZES["ci"].study, controls=2))
+    result = _traits_stage(tiny_llama, tmp_path, ["evil", "optimistic"], f"local:{tiny_dir}", None, size)
+    assert result["failed"] == {}
+    for name in ("evil", "optimistic"):
+        entry = result["traits"][name]
+        assert entry["status"] == "ok" and entry["filter"] == "none" and entry["effective_pairs"] == 0
+        assert entry["answer_counts"]["unscored"] == entry["answer_counts"]["answers"] == 2
+    assert result["traits"]["cosine"] is not None
 
 
 def test_judge_answer_counts_and_the_mixed_message(tmp_path):
