@@ -81,6 +81,8 @@ _FACE: dict[str, str] = {
     "run_sweep": "pipelines.sweep",
     "PersonaConfig": "pipelines.persona",
     "run_persona": "pipelines.persona",
+    "PersonaTraitsConfig": "pipelines.persona_traits",
+    "run_persona_traits": "pipelines.persona_traits",
     "NoEffectivePairsError": "pipelines.persona",
     "DiffStudyConfig": "pipelines.diff_study",
     "StudyConfig": "pipelines.study",
