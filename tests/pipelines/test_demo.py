@@ -31,3 +31,19 @@ def test_demo_ci_size_end_to_end(tmp_path):
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]
+
+
+@pytest.mark.parametrize(("ci", "expected"), [
+    ([-0.145, -0.011], "its interval overlaps the random band"),
+    ([-0.30, -0.20], "outside the random band"),
+    ([-0.05, 0.04], "inside the random band"),
+])
+def test_the_reading_derives_the_cosine_verdict_from_the_interval(ci, expected):
+    from steerlab.pipelines.demo import reading
+
+    summary = {"margins": {"base": -0.07, "finetuned": 0.03, "gap": 0.1}, "best_layer": 24,
+               "random_baseline": {"band": 0.082}, "cosine_at_best_layer": sum(ci) / 2,
+               "cosine_ci95_at_best_layer": ci, "reliability_at_best_layer": {"contrastive": 0.6, "model_diff": 0.99},
+               "d_model": 576, "best_steering": {}, "traits": {}}
+    lines = reading(summary, 1.0)
+    assert any(expected in line for line in lines), lines
