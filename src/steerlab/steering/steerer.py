@@ -6,37 +6,13 @@ the block (so transformers' ``output_hidden_states`` shows the steering), and st
 compose (steerlab hooks on one block run in the order they were installed). Coefficient 0 is exactly
 the identity.
 
-The operators themselves are pure tensor functions in :mod:`steerlab.steering.operators`; this
-module resolves a model-independent :class:`SteeringSpec` into interventions on a model and installs
-them. Positions (SPEC §4), summarised (details in :mod:`steerlab.steering.operators`):
-  ``all``       every position, at prefill and at each decode step;
-  ``prompt``    prefill only (forwards with sequence length > 1);
-  ``response``  the last position of every forward: the last prompt token at prefill, then each
-                generated token.
-With teacher forcing (one forward over prompt + response, e.g. the behaviour margin), pass
-``response_start`` (first response index per row, in padded coordinates): ``prompt`` then means
-positions before it and ``response`` the last prompt token and every response token, which is what
-generation would steer.
-
-Operators (v̂ = v/‖v‖, c = coefficient):
-  ``add``     h + c·s, where s = v (scale ``raw``), v̂ (``unit``: c is the norm added) or
-              ‖h‖_ref·v̂ (``relative``: c times the mean residual norm at that layer);
-  ``ablate``  h − c·(h·v̂)v̂ (c = 1 removes the component entirely);
-  ``cap``     clamp h·v̂ to at most ``ceiling`` and/or at least ``floor``, other components untouched
-              (the coefficient is not used). A threshold τ is in activation units (a projection
-              h·v̂); it may be given per layer, or as a percentile (0-100) of the projections seen on
-              reference prompts at each steered layer, resolved by :meth:`SteeringSpec.calibrated`
-              (:mod:`steerlab.steering.calibration`).
-Coefficients may be a tensor with one value per batch row (per-row sweeps in one batch).
-Sources: activation addition (Turner et al. 2023, arXiv:2308.10248; Rimsky et al. 2024 "CAA",
-arXiv:2312.06681); directional ablation (Arditi et al. 2024, arXiv:2406.11717); activation capping
-(Lu et al. 2026 "The Assistant Axis", arXiv:2601.10387); positions and the seed-compatible
-:class:`ActivationSteerer` follow persona-vectors (Chen et al. 2025, github.com/safety-research/persona_vectors).
-
-Rows: an intervention with ``rows`` (a bool mask ``[batch]`` or a list of row indices) acts on those
-rows of the batch only; the other rows' hidden states are returned exactly as they came. Several
-specs, each active on its own rows, run different conditions (e.g. random-direction controls
-beside the real vector) as rows of one batch instead of separate passes.
+The operators (``add``, ``ablate``, ``cap``), positions (``all``, ``prompt``, ``response``), scales,
+per-row coefficients and ``rows`` are pure tensor functions documented, with their sources, in
+:mod:`steerlab.steering.operators`. This module resolves a model-independent :class:`SteeringSpec`
+(a vector, layers, coefficient(s), operator, positions, scale, cap thresholds or percentiles, rows)
+into :class:`~steerlab.steering.operators.Intervention` objects on a model and installs them
+(:func:`steer`); with teacher forcing, :meth:`Steerer.teacher_forcing` tells the ``prompt`` and
+``response`` positions where each row's response starts.
 """
 
 from __future__ import annotations
