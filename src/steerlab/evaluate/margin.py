@@ -10,64 +10,16 @@ coefficients.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
-from ..activations.capture import ChatSample, iter_batches
 from ..activations.samples import pair_samples
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
-from ..steering.steerer import SteeringSpec, steer
-
-
-def response_logprobs(
-    lm: LoadedModel,
-    samples: Sequence[ChatSample],
-    steering: Sequence[SteeringSpec] = (),
-    row_coeffs: Sequence[float] | None = None,
-    batch_size: int = 16,
-    reference_norms: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Mean log p(response token | prefix) per sample, ``[n_samples]`` (teacher-forced, nats/token).
-
-    With ``row_coeffs`` (one per sample), every steering spec uses that sample's coefficient. A spec's
-    own per-row coefficients and ``rows`` (a mask over, or indices into, ``samples``) are honoured,
-    so several conditions run as rows of shared batches.
-    """
-    out = torch.empty(len(samples), dtype=torch.float64)
-    if row_coeffs is not None:
-        coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
-        steering = [s.with_coeff(coeffs) for s in steering]
-    for idx, batch in iter_batches(lm, samples, batch_size, need_response=True, description="log-likelihoods"):
-        specs = [s.select_rows(idx, len(samples)) for s in steering]
-        response_start = batch.pads + batch.prompt_lens
-        steerer = steer(lm, specs, reference_norms)
-        # Left padding right-aligns every response: only the last k positions' logits are needed.
-        width = batch.input_ids.shape[1]
-        keep = int((batch.lengths - batch.prompt_lens).max()) + 1
-        kwargs = {"logits_to_keep": keep} if _accepts_logits_to_keep(lm) else {}
-        with steerer, steerer.teacher_forcing(response_start), torch.inference_mode():
-            logits = lm.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids(), use_cache=False, **kwargs,
-            ).logits[:, -keep:]
-        logp = torch.log_softmax(logits[:, :-1].float(), -1)  # predicts positions width-keep+1 .. width-1
-        target = batch.input_ids[:, width - keep + 1 :]
-        token_logp = logp.gather(-1, target[..., None])[..., 0]
-        pos = torch.arange(width - keep + 1, width, device=target.device)[None, :]
-        mask = pos >= response_start[:, None]
-        mean = (token_logp * mask).sum(-1) / mask.sum(-1)
-        out[idx] = mean.double().cpu()
-    return out
-
-
-def _accepts_logits_to_keep(lm: LoadedModel) -> bool:
-    from ..model.blocks import unwrap_model
-
-    return "logits_to_keep" in inspect.signature(unwrap_model(lm.model).forward).parameters
+from ..steering.steerer import SteeringSpec
+from .logprobs import response_logprobs
 
 
 @dataclass

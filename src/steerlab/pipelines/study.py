@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ..errors import SteerlabError
 from ..evaluate.controls import random_directions
 from ..evaluate.evidence import steering_evidence
 from ..evaluate.margin import MarginResult, condition_margins
@@ -49,6 +50,7 @@ from ..extract.model_diff import attached_adapter
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch
+from ..steering.operators import POSITIONS
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 
@@ -70,6 +72,7 @@ class StudyConfig:
     seed: int = 0  # of the random directions and the bootstrap
     n_bootstrap: int = 1000
     prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
+    positions: str = "response"  # where every condition steers (SPEC §4): the seed's evaluation default
 
 
 def default_layers(n_layers: int) -> list[int]:
@@ -124,6 +127,8 @@ def run_study(
     nats/token; fractions are of the base → fine-tuned gap. See the module docstring for the rows.
     """
     config = config or StudyConfig()
+    if config.positions not in POSITIONS:
+        raise SteerlabError(f"--steering-positions {config.positions!r}: expected one of {', '.join(POSITIONS)}")
     layers = config.layers or default_layers(base.n_layers)
     for layer in layers:
         base.check_layer(layer, "--layers")
@@ -135,6 +140,9 @@ def run_study(
     controls = {name: [SteeringVector(d) for d in random_directions(vectors[name], config.controls, config.seed)]
                 for name in vectors}
     rows: list[dict[str, Any]] = []
+
+    def spec(vector: SteeringVector, layer_set: Any, operator: str = "add") -> SteeringSpec:
+        return SteeringSpec(vector, layer_set, operator=operator, positions=config.positions)
 
     def scales(name: str) -> tuple[str, ...]:
         # model_diff rescaled to its own norms is itself; a position-resolved diff (read on unrelated
@@ -169,7 +177,7 @@ def run_study(
 
         # Layer scan: every (vector, layer) subtracted at coefficient 1, as rows of one stream.
         scan_conditions = [(name, layer) for name in vectors for layer in layers]
-        results = margins("finetuned", [[SteeringSpec(variants[n][scales(n)[0]], layer)]
+        results = margins("finetuned", [[spec(variants[n][scales(n)[0]], layer)]
                                         for n, layer in scan_conditions], [-1.0])
         scan = [dict(_row(condition("finetuned", n, scales(n)[0], layer), 1.0, r, 0, reference), stage="layer_scan")
                 for (n, layer), r in zip(scan_conditions, results, strict=True)]
@@ -182,8 +190,8 @@ def run_study(
             profiles = list(dict.fromkeys(norm_profile[c] for c in real))
             for model in ("finetuned", "base"):
                 sign = -1.0 if model == "finetuned" else 1.0
-                conditions = [[SteeringSpec(variants[n][s], layer_set)] for n, s in real]
-                conditions += [[SteeringSpec(c, layer_set)] for prof in profiles for c in controls[prof]]
+                conditions = [[spec(variants[n][s], layer_set)] for n, s in real]
+                conditions += [[spec(c, layer_set)] for prof in profiles for c in controls[prof]]
                 results = margins(model, conditions, [sign * c for c in config.coeffs])
                 ctrl = {prof: results[len(real) + i * config.controls: len(real) + (i + 1) * config.controls]
                         for i, prof in enumerate(profiles)}
@@ -194,8 +202,8 @@ def run_study(
                         _evidence(row, r.per_pair[i].double(), null, per_pair, prompting, config)
                         rows.append(row)
             # Projection ablation of each direction and of random directions (a direction's norm is moot).
-            conditions = [[SteeringSpec(variants[n]["raw"], layer_set, operator="ablate")] for n in vectors]
-            conditions += [[SteeringSpec(c, layer_set, operator="ablate")] for c in controls["model_diff"]]
+            conditions = [[spec(variants[n]["raw"], layer_set, operator="ablate")] for n in vectors]
+            conditions += [[spec(c, layer_set, operator="ablate")] for c in controls["model_diff"]]
             results = margins("finetuned", conditions, [1.0])
             for n, r in zip(vectors, results, strict=False):
                 row = dict(_row(condition("finetuned", n, "raw", layer_set, "ablate"), 1.0, r, 0, reference),
@@ -278,7 +286,7 @@ def _samples(models, contexts, variants, heldout, best, rows, config) -> list[di
             if row:
                 conditions.append((model, name, (-1 if model == "finetuned" else 1) * row["coeff"]))
     for model, vector, coeff in conditions:
-        spec = SteeringSpec(variants[vector]["raw"], best, coeff) if vector else ()
+        spec = SteeringSpec(variants[vector]["raw"], best, coeff, positions=config.positions) if vector else ()
         with contexts[model]():
             gens = generate_batch(models[model], questions, steering=spec, max_new_tokens=config.max_new_tokens,
                                   description=f"samples: {model} {vector or ''} {coeff:+g}")

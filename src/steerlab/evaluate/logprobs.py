@@ -1,0 +1,208 @@
+"""Teacher-forced response log-likelihoods, under steering, as rows of shared batches.
+
+:func:`response_logprobs` is the one place steerlab scores given answers: the behaviour margin, its
+sweeps, the random-direction controls and the prompting baseline all call it. Two ways, one result:
+
+- **Shared prompt** (every steering spec acts at ``response`` positions, or there is none): the
+  prompt tokens before the last one are unsteered at every layer, so their keys and values are
+  computed once per distinct prompt (:class:`steerlab.model.prefix_cache.PrefixCache`) and each row
+  runs only its last prompt token and its answer. Both answers of a pair, every coefficient and
+  every condition of a study share one prompt pass.
+- **Full sequences** (``all`` or ``prompt`` positions steer the prompt itself, or a model without a
+  selectable KV cache): left-padded batches of whole sequences, only the response's logits kept.
+
+The two agree to float rounding (tests compare them on every tiny architecture, steered and not).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+
+from ..activations.capture import ChatSample, encode_samples
+from ..errors import SteerlabError
+from ..model.batching import Batch, collate, pad_sequences
+from ..model.chat import EncodedChat
+from ..model.hooks import output_hooks
+from ..model.loading import LoadedModel
+from ..model.prefix_cache import PrefixCache, returns_hidden_only, skipped_blocks
+from ..progress import progress_bar
+from ..steering.operators import row_mask
+from ..steering.steerer import SteeringSpec, steer
+
+# Distinct prompts whose KV caches are held at once (rows are scored prompt group by prompt group).
+PREFIX_GROUP = 256
+
+
+def response_logprobs(
+    lm: LoadedModel,
+    samples: Sequence[ChatSample],
+    steering: Sequence[SteeringSpec] = (),
+    row_coeffs: Sequence[float] | None = None,
+    batch_size: int = 16,
+    reference_norms: torch.Tensor | None = None,
+    share_prompts: bool = True,
+) -> torch.Tensor:
+    """Mean log p(response token | prefix) per sample, ``[n_samples]`` float64 (teacher-forced,
+    nats/token).
+
+    With ``row_coeffs`` (one per sample), every steering spec uses that sample's coefficient. A spec's
+    own per-row coefficients and ``rows`` (a mask over, or indices into, ``samples``) are honoured,
+    so several conditions run as rows of shared batches. ``share_prompts`` (default) computes each
+    distinct prompt once when no spec steers the prompt (module docstring); False forces full
+    sequences. ``batch_size`` is rows per forward pass. Raises SteerlabError for no samples, an
+    empty prompt or response, or steering that does not fit the model.
+    """
+    if row_coeffs is not None:
+        coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
+        steering = [s.with_coeff(coeffs) for s in steering]
+    encoded = encode_samples(lm, samples, need_response=True)
+    if share_prompts and all(s.positions == "response" for s in steering) and min(e.prompt_len for e in encoded) > 1:
+        out = _shared_prompt_logprobs(lm, encoded, steering, batch_size, reference_norms)
+        if out is not None:
+            return out
+    return _full_logprobs(lm, encoded, steering, batch_size, reference_norms)
+
+
+def _full_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequence[SteeringSpec],
+                   batch_size: int, reference_norms: torch.Tensor | None) -> torch.Tensor:
+    out = torch.empty(len(encoded), dtype=torch.float64)
+    with progress_bar("log-likelihoods", len(encoded)) as advance:
+        for idx, batch in _condition_batches(encoded, steering, batch_size, lm):
+            specs = _active_specs(steering, idx, len(encoded))
+            response_start = batch.pads + batch.prompt_lens
+            # Left padding right-aligns every response: only the last k positions' logits are needed.
+            width = batch.width
+            keep = int((batch.lengths - batch.prompt_lens).max()) + 1
+            kwargs = {"logits_to_keep": keep} if lm.accepts_logits_to_keep else {}
+            steerer = steer(lm, specs, reference_norms)
+            with steerer, steerer.teacher_forcing(response_start), torch.inference_mode():
+                logits = lm.model(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids(), use_cache=False, **kwargs,
+                ).logits[:, -keep:]
+            target = batch.input_ids[:, width - keep + 1 :]
+            pos = torch.arange(width - keep + 1, width, device=target.device)[None, :]
+            out[idx] = _mean_logp(logits[:, :-1], target, pos >= response_start[:, None])
+            advance(len(idx))
+    return out
+
+
+def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequence[SteeringSpec],
+                            batch_size: int, reference_norms: torch.Tensor | None) -> torch.Tensor | None:
+    """Rows continue from the KV cache of their prompt minus its last token, and a batch whose rows
+    are all steered at layer L or later starts at block L from the unsteered block outputs (computed
+    once per distinct sequence). None when the model has no selectable cache (the caller then runs
+    full sequences)."""
+    out = torch.empty(len(encoded), dtype=torch.float64)
+    prompt_of: dict[tuple[int, ...], int] = {}
+    which = [prompt_of.setdefault(tuple(e.ids[: e.prompt_len - 1]), len(prompt_of)) for e in encoded]
+    prompts = list(prompt_of)
+    tails = [e.ids[e.prompt_len - 1 :] for e in encoded]  # the last prompt token, then the response
+    signatures = _signatures(steering, len(encoded))
+    with progress_bar("log-likelihoods", len(encoded)) as advance:
+        for first in range(0, len(prompts), PREFIX_GROUP):
+            cache = PrefixCache.build(lm, prompts[first : first + PREFIX_GROUP])
+            if cache is None:
+                return None
+            rows = [i for i, w in enumerate(which) if first <= w < first + PREFIX_GROUP]
+            batches = []
+            for idx in _ordered_chunks(rows, signatures, [len(t) for t in tails], batch_size):
+                steerer = steer(lm, _active_specs(steering, idx, len(encoded)), reference_norms)
+                batches.append((idx, steerer, min((iv.layer for iv in steerer.interventions), default=0)))
+            needed = {layer - 1 for _, _, layer in batches if layer > 0}
+            states = _block_outputs(lm, cache, [which[i] - first for i in rows], [tails[i] for i in rows],
+                                    needed, batch_size)
+            for idx, steerer, layer in batches:
+                rows_of = torch.tensor([which[i] for i in idx]) - first
+                skip = layer if states is not None and layer > 0 else 0
+                skipping = (skipped_blocks(lm, skip, _stack([states[(which[i] - first, tuple(tails[i]))][skip - 1]
+                                                             for i in idx]))
+                            if skip else contextlib.nullcontext())
+                # Continuation coordinates: column 0 is the last prompt token, so the response starts at 1.
+                starts = torch.ones(len(idx), dtype=torch.long, device=lm.device)
+                with skipping, steerer, steerer.teacher_forcing(starts):
+                    logits, mask = cache.continue_rows(lm, rows_of, [tails[i] for i in idx])
+                # Position j predicts token j + 1 of its row; padding is masked out.
+                target = pad_sequences([tails[i][1:] for i in idx], 0, "right", logits.shape[1] - 1).to(lm.device)
+                out[idx] = _mean_logp(logits[:, :-1], target, mask[:, 1:].bool())
+                advance(len(idx))
+    return out
+
+
+Sequences = dict[tuple[int, tuple[int, ...]], dict[int, torch.Tensor]]  # (prompt, tail) -> {layer: [len, d]}
+
+
+def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], tails: Sequence[Sequence[int]],
+                   layers: set[int], batch_size: int) -> Sequences | None:
+    """Unsteered outputs of blocks ``layers`` over each distinct continuation: ``{(prompt, tail):
+    {layer: [len(tail), d_model]}}``; None when blocks do not return a plain hidden state (no
+    block is skipped then) or nothing is needed."""
+    if not layers:
+        return None
+    distinct = list(dict.fromkeys(zip(which, map(tuple, tails), strict=True)))
+    states: Sequences = {key: {} for key in distinct}
+    outputs: dict[int, Any] = {}
+
+    def record(layer: int):
+        def hook(_module: Any, _inputs: Any, output: Any) -> None:
+            outputs[layer] = output
+        return hook
+
+    for start in range(0, len(distinct), batch_size):
+        keys = distinct[start : start + batch_size]
+        with output_hooks((lm.blocks[layer], record(layer)) for layer in sorted(layers)):
+            cache.continue_rows(lm, torch.tensor([k[0] for k in keys]), [list(k[1]) for k in keys])
+        for layer, output in outputs.items():
+            if not returns_hidden_only(output):
+                return None
+            for row, key in enumerate(keys):
+                states[key][layer] = output[row, : len(key[1])]
+    return states
+
+
+def _stack(states: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Right-pad ``[len_i, d]`` block outputs into ``[b, max len, d]`` (zeros on padding)."""
+    return torch.nn.utils.rnn.pad_sequence(list(states), batch_first=True)
+
+
+def _signatures(steering: Sequence[SteeringSpec], n_rows: int) -> list[tuple[int, ...]]:
+    """Per row, the indices of the specs acting on it (a spec without ``rows`` acts on every row)."""
+    if not steering:
+        return [()] * n_rows
+    masks = torch.stack([torch.ones(n_rows, dtype=torch.bool) if s.rows is None else row_mask(s.rows, n_rows)
+                         for s in steering])
+    return [tuple(torch.nonzero(column).flatten().tolist()) for column in masks.T]
+
+
+def _ordered_chunks(rows: Sequence[int], signatures: Sequence[tuple[int, ...]], lengths: Sequence[int],
+                    batch_size: int) -> list[list[int]]:
+    """``rows`` in batches of ``batch_size``, ordered by the specs acting on them, then by length:
+    a batch then holds few conditions (few hooks to run) and little padding."""
+    if batch_size < 1:
+        raise SteerlabError(f"--batch-size {batch_size}: expected at least 1")
+    order = sorted(rows, key=lambda i: (signatures[i], lengths[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def _condition_batches(encoded: list[EncodedChat], steering: Sequence[SteeringSpec], batch_size: int,
+                       lm: LoadedModel) -> Iterator[tuple[list[int], Batch]]:
+    for idx in _ordered_chunks(range(len(encoded)), _signatures(steering, len(encoded)),
+                               [len(e.ids) for e in encoded], batch_size):
+        yield idx, collate([encoded[i] for i in idx], lm.tokenizer.pad_token_id, lm.device)
+
+
+def _active_specs(steering: Sequence[SteeringSpec], idx: Sequence[int], n_rows: int) -> list[SteeringSpec]:
+    """The specs for a batch of rows ``idx``, leaving out those acting on none of them."""
+    specs = [s.select_rows(idx, n_rows) for s in steering]
+    return [s for s in specs if s.rows is None or bool(row_mask(s.rows, len(idx)).any())]
+
+
+def _mean_logp(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``mask`` of log p(target) per row; logits ``[b, k, V]``, target and mask ``[b, k]``."""
+    logp = torch.log_softmax(logits.float(), -1)
+    token_logp = logp.gather(-1, target[..., None])[..., 0]
+    return ((token_logp * mask).sum(-1) / mask.sum(-1)).double().cpu()

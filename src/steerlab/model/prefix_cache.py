@@ -1,0 +1,132 @@
+"""Shared prompt prefixes: run each distinct prefix once, continue many rows from its KV cache.
+
+Teacher-forced scoring asks the same question many times: both answers of a pair, every
+coefficient of a sweep, every steering condition and random control. When nothing changes the
+prompt's tokens before its last one (steering at ``response`` positions, SPEC §4, or none), their
+keys and values are the same in every row, so :class:`PrefixCache` computes them once per distinct
+prefix (one forward pass, left-padded, ``use_cache=True``) and :meth:`PrefixCache.continue_rows`
+runs only each row's continuation — the last prompt token and the response — attending to the
+cached prefix. Results equal a full forward of the whole sequence to float rounding (tested on
+every tiny architecture).
+
+Layout of one continuation batch of ``b`` rows, prefix width ``P`` and continuation width ``S``::
+
+    attention_mask = [prefix mask (left-padded) | continuation mask (right-padded)]   [b, P + S]
+    position_ids   = prefix length of the row + 0..S-1                                 [b, S]
+
+so every token keeps the position it has in the unpadded sequence (SPEC §3).
+
+Steering at layer L leaves blocks 0..L-1 as they are, so when every row of a batch is steered at
+layer L or later, :func:`skipped_blocks` replaces blocks 0..L-1 by the hidden state they would
+produce (computed once per sequence, unsteered): the batch runs blocks L..end only. Their KV cache
+entries for the continuation are not needed, since later blocks attend through their own caches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .batching import attention_mask, pad_sequences
+from .loading import LoadedModel
+
+
+@dataclass
+class PrefixCache:
+    """The KV cache of ``U`` distinct prefixes, built by :meth:`build`.
+
+    ``cache``: transformers ``Cache`` with batch ``U``; ``mask``: ``[U, P]`` long, left-padded;
+    ``lengths``: ``[U]`` tokens per prefix (each >= 1).
+    """
+
+    cache: Any
+    mask: torch.Tensor
+    lengths: torch.Tensor
+
+    @classmethod
+    def build(cls, lm: LoadedModel, prefixes: Sequence[Sequence[int]]) -> PrefixCache | None:
+        """One forward pass over the left-padded ``prefixes`` (token ids, each non-empty) with
+        ``use_cache=True``. Returns None for a model whose forward returns no transformers ``Cache``
+        with selectable rows (``batch_select_indices``): such models are scored by full passes."""
+        lengths = [len(p) for p in prefixes]
+        ids = pad_sequences(prefixes, lm.tokenizer.pad_token_id or 0, "left").to(lm.device)
+        mask = attention_mask(lengths).to(lm.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"logits_to_keep": 1} if lm.accepts_logits_to_keep else {}
+        with torch.inference_mode():
+            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        cache = getattr(out, "cache", None)
+        if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
+            return None
+        return cls(cache, mask, torch.tensor(lengths, device=lm.device))
+
+    def continue_rows(self, lm: LoadedModel, which: torch.Tensor, continuations: Sequence[Sequence[int]],
+                      **model_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run ``continuations[i]`` (token ids) after prefix ``which[i]``; returns ``(logits, mask)``:
+        logits ``[b, S, vocab]`` at every continuation position and the continuation mask ``[b, S]``
+        (right-padded: 1 on tokens). The shared cache is not modified (rows are selected into a copy).
+        Extra ``model_kwargs`` go to the model's forward."""
+        which = torch.as_tensor(which, dtype=torch.long, device=self.mask.device)
+        cache = _rows_of(self.cache, which)
+        ids = pad_sequences(continuations, lm.tokenizer.pad_token_id or 0, "right").to(lm.device)
+        tail = attention_mask([len(c) for c in continuations], side="right").to(lm.device)
+        full_mask = torch.cat([self.mask[which], tail], dim=1)
+        positions = self.lengths[which][:, None] + torch.arange(ids.shape[1], device=lm.device)[None, :]
+        with torch.inference_mode():
+            logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                              cache=cache, use_cache=True, **model_kwargs).logits
+        return logits, tail
+
+
+def _rows_of(cache: Any, which: torch.Tensor) -> Any:
+    """A cache holding rows ``which`` of ``cache`` (repeats allowed), leaving ``cache`` untouched:
+    the per-layer objects are copied (selection assigns new tensors to them), not their tensors."""
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, list):
+        rows = copy.copy(cache)
+        rows.layers = [copy.copy(layer) for layer in layers]
+    else:  # another Cache layout: copy it whole
+        rows = copy.deepcopy(cache)
+    rows.batch_select_indices(which)
+    return rows
+
+
+@contextlib.contextmanager
+def skipped_blocks(lm: LoadedModel, n_blocks: int, hidden: torch.Tensor) -> Iterator[None]:
+    """Within this block, forward passes of ``lm`` skip decoder blocks ``0..n_blocks-1``: block 0
+    returns ``hidden`` (``[batch, seq, d_model]``, the output of block ``n_blocks - 1`` for the batch
+    that will run) and the others pass their input through. Restored on every exit path.
+
+    Only for blocks that return the hidden state itself (transformers >= 5 decoder layers); callers
+    check :func:`returns_hidden_only` on a real pass first. ``n_blocks`` 0 changes nothing.
+    """
+    blocks = list(lm.blocks)[:n_blocks]
+    saved = [block.__dict__.get("forward") for block in blocks]
+
+    def first(*_args: Any, **_kwargs: Any) -> torch.Tensor:
+        return hidden
+
+    def through(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return args[0] if args else kwargs["hidden_states"]
+
+    try:
+        for i, block in enumerate(blocks):
+            block.forward = first if i == 0 else through
+        yield
+    finally:
+        for block, forward in zip(blocks, saved, strict=True):
+            if forward is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = forward
+
+
+def returns_hidden_only(output: Any) -> bool:
+    """Whether a decoder block's output is the hidden state tensor itself (not a tuple), which
+    :func:`skipped_blocks` needs."""
+    return isinstance(output, torch.Tensor)
