@@ -24,11 +24,11 @@ import torch
 
 from ..activations.capture import ChatSample, encode_samples
 from ..errors import SteerlabError
-from ..model.batching import Batch, collate, pad_sequences
+from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat
 from ..model.hooks import output_hooks
 from ..model.loading import LoadedModel
-from ..model.prefix_cache import PrefixCache, returns_hidden_only, skipped_blocks
+from ..model.prefix_cache import PrefixCache, packed_logits, returns_hidden_only, skipped_blocks
 from ..progress import progress_bar
 from ..steering.operators import row_mask
 from ..steering.steerer import SteeringSpec, steer
@@ -74,19 +74,16 @@ def _full_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequen
         for idx, batch in _condition_batches(encoded, steering, batch_size, lm):
             specs = _active_specs(steering, idx, len(encoded))
             response_start = batch.pads + batch.prompt_lens
-            # Left padding right-aligns every response: only the last k positions' logits are needed.
-            width = batch.width
-            keep = int((batch.lengths - batch.prompt_lens).max()) + 1
-            kwargs = {"logits_to_keep": keep} if lm.accepts_logits_to_keep else {}
+            # The LM head reads only the positions that predict a response token (from the last prompt token on).
+            pos = torch.arange(batch.width, device=batch.input_ids.device)[None, :]
+            keep = (pos >= response_start[:, None] - 1) & (pos < batch.width - 1)
             steerer = steer(lm, specs, reference_norms)
-            with steerer, steerer.teacher_forcing(response_start), torch.inference_mode():
+            with steerer, steerer.teacher_forcing(response_start), packed_logits(lm, keep), torch.inference_mode():
                 logits = lm.model(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids(), use_cache=False, **kwargs,
-                ).logits[:, -keep:]
-            target = batch.input_ids[:, width - keep + 1 :]
-            pos = torch.arange(width - keep + 1, width, device=target.device)[None, :]
-            out[idx] = _mean_logp(logits[:, :-1], target, pos >= response_start[:, None])
+                    position_ids=batch.position_ids(), use_cache=False,
+                ).logits[0]
+            out[idx] = _mean_logp(logits, batch.input_ids[:, 1:][keep[:, :-1]], keep)
             advance(len(idx))
     return out
 
@@ -124,11 +121,13 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
                             if skip else contextlib.nullcontext())
                 # Continuation coordinates: column 0 is the last prompt token, so the response starts at 1.
                 starts = torch.ones(len(idx), dtype=torch.long, device=lm.device)
+                # Position j predicts token j + 1 of its row: the head reads positions 0 .. len - 2 only.
+                lengths = torch.tensor([len(tails[i]) for i in idx], device=lm.device)
+                keep = torch.arange(int(lengths.max()), device=lm.device)[None, :] < lengths[:, None] - 1
                 with skipping, steerer, steerer.teacher_forcing(starts):
-                    logits, mask = cache.continue_rows(lm, rows_of, [tails[i] for i in idx])
-                # Position j predicts token j + 1 of its row; padding is masked out.
-                target = pad_sequences([tails[i][1:] for i in idx], 0, "right", logits.shape[1] - 1).to(lm.device)
-                out[idx] = _mean_logp(logits[:, :-1], target, mask[:, 1:].bool())
+                    logits, _ = cache.continue_rows(lm, rows_of, [tails[i] for i in idx], keep)
+                target = torch.tensor([t for i in idx for t in tails[i][1:]], device=lm.device)
+                out[idx] = _mean_logp(logits, target, keep)
                 advance(len(idx))
     return out
 
@@ -201,8 +200,11 @@ def _active_specs(steering: Sequence[SteeringSpec], idx: Sequence[int], n_rows: 
     return [s for s in specs if s.rows is None or bool(row_mask(s.rows, len(idx)).any())]
 
 
-def _mean_logp(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over ``mask`` of log p(target) per row; logits ``[b, k, V]``, target and mask ``[b, k]``."""
-    logp = torch.log_softmax(logits.float(), -1)
-    token_logp = logp.gather(-1, target[..., None])[..., 0]
-    return ((token_logp * mask).sum(-1) / mask.sum(-1)).double().cpu()
+def _mean_logp(logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per row, the mean log p(target) over its kept positions: ``logits`` ``[n, V]`` and ``target``
+    ``[n]`` are packed in row-major order of ``keep`` (``[b, T]`` bool); returns ``[b]`` float64."""
+    token_logp = -torch.nn.functional.cross_entropy(logits.float(), target, reduction="none")
+    rows = keep.nonzero()[:, 0]
+    sums = torch.zeros(keep.shape[0], dtype=torch.float64, device=logits.device)
+    sums.index_add_(0, rows, token_logp.double())
+    return (sums / keep.sum(-1)).cpu()

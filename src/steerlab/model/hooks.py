@@ -2,7 +2,8 @@
 
 Every steerlab intervention (steering) and every read (activation capture) is a forward hook on a
 module's output, usually a decoder block (layer L = output of block L = ``hidden_states[L + 1]``).
-This module owns their registration; nothing else in steerlab calls ``register_forward_hook``.
+This module owns their registration; nothing else in steerlab calls ``register_forward_hook`` (nor
+``register_forward_pre_hook``: :func:`input_hook`).
 
 Hook lifecycle
 --------------
@@ -142,6 +143,17 @@ def output_hooks(pairs: Iterable[tuple[nn.Module, OutputHook]]) -> Iterator[Hook
         yield group
     finally:
         group.remove()
+
+
+@contextlib.contextmanager
+def input_hook(module: nn.Module, hook: Callable[[nn.Module, tuple[Any, ...]], Any]) -> Iterator[None]:
+    """Context manager: a forward pre-hook ``hook(module, inputs) -> new inputs | None`` on ``module``,
+    removed on every exit path (for reshaping what a module reads, e.g. the LM head)."""
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def installed_hooks(model: nn.Module) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
 import logging
 import os
 from collections.abc import Iterator
@@ -111,11 +110,6 @@ class LoadedModel:
     def has_system_role(self) -> bool:
         """Whether the chat template renders a ``system`` message (else it is merged into the first user turn)."""
         return has_system_role(self.tokenizer)
-
-    @property
-    def accepts_logits_to_keep(self) -> bool:
-        """Whether the model's forward takes ``logits_to_keep`` (compute logits only at the last k positions)."""
-        return "logits_to_keep" in inspect.signature(unwrap_model(self.model).forward).parameters
 
     def check_layer(self, layer: int, flag: str = "--layer") -> int:
         """Validate a layer index (negative counts from the end); returns it non-negative.

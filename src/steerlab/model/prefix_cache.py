@@ -33,6 +33,8 @@ from typing import Any
 import torch
 
 from .batching import attention_mask, pad_sequences
+from .blocks import unwrap_model
+from .hooks import input_hook
 from .loading import LoadedModel
 
 
@@ -57,30 +59,46 @@ class PrefixCache:
         ids = pad_sequences(prefixes, lm.tokenizer.pad_token_id or 0, "left").to(lm.device)
         mask = attention_mask(lengths).to(lm.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        kwargs = {"logits_to_keep": 1} if lm.accepts_logits_to_keep else {}
-        with torch.inference_mode():
-            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **kwargs)
+        with packed_logits(lm, torch.zeros_like(mask, dtype=torch.bool)), torch.inference_mode():
+            out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = getattr(out, "cache", None)
         if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
             return None
         return cls(cache, mask, torch.tensor(lengths, device=lm.device))
 
     def continue_rows(self, lm: LoadedModel, which: torch.Tensor, continuations: Sequence[Sequence[int]],
-                      **model_kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``continuations[i]`` (token ids) after prefix ``which[i]``; returns ``(logits, mask)``:
-        logits ``[b, S, vocab]`` at every continuation position and the continuation mask ``[b, S]``
-        (right-padded: 1 on tokens). The shared cache is not modified (rows are selected into a copy).
-        Extra ``model_kwargs`` go to the model's forward."""
+        logits ``[b, S, vocab]`` at every continuation position (or, with ``keep`` ``[b, S]`` bool,
+        ``[n_kept, vocab]`` at the kept positions in row-major order, see :func:`packed_logits`) and
+        the continuation mask ``[b, S]`` (right-padded: 1 on tokens). The shared cache is not
+        modified (rows are selected into a copy)."""
         which = torch.as_tensor(which, dtype=torch.long, device=self.mask.device)
         cache = _rows_of(self.cache, which)
         ids = pad_sequences(continuations, lm.tokenizer.pad_token_id or 0, "right").to(lm.device)
         tail = attention_mask([len(c) for c in continuations], side="right").to(lm.device)
         full_mask = torch.cat([self.mask[which], tail], dim=1)
         positions = self.lengths[which][:, None] + torch.arange(ids.shape[1], device=lm.device)[None, :]
-        with torch.inference_mode():
+        packing = packed_logits(lm, keep) if keep is not None else contextlib.nullcontext()
+        with packing, torch.inference_mode():
             logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                              cache=cache, use_cache=True, **model_kwargs).logits
-        return logits, tail
+                              cache=cache, use_cache=True).logits
+        return (logits[0] if keep is not None else logits), tail
+
+
+def packed_logits(lm: LoadedModel, keep: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """Context manager: the LM head of ``lm`` reads only the positions where ``keep`` (``[b, T]`` bool,
+    for a forward over ``[b, T]`` tokens) is True, packed into one row, so the forward returns
+    logits ``[1, keep.sum(), vocab]`` and no head work is spent on padding or unneeded positions.
+    What the model does after its head (e.g. Gemma 2's logit soft-capping) is elementwise and
+    unchanged."""
+    head = unwrap_model(lm.model).get_output_embeddings()
+
+    def pack(_module: Any, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+        hidden = inputs[0]
+        return (hidden[keep.to(hidden.device)][None], *inputs[1:])
+
+    return input_hook(head, pack)
 
 
 def _rows_of(cache: Any, which: torch.Tensor) -> Any:

@@ -285,11 +285,16 @@ def _samples(models, contexts, variants, heldout, best, rows, config) -> list[di
                                 scale="raw", layers=str(best))
             if row:
                 conditions.append((model, name, (-1 if model == "finetuned" else 1) * row["coeff"]))
-    for model, vector, coeff in conditions:
-        spec = SteeringSpec(variants[vector]["raw"], best, coeff, positions=config.positions) if vector else ()
+    # One generation call per model: every condition's questions are rows, each spec acting on its own.
+    for model in ("base", "finetuned"):
+        chosen = [(vector, coeff) for m, vector, coeff in conditions if m == model]
+        grid = [(vector, coeff, q) for vector, coeff in chosen for q in questions]
+        specs = [SteeringSpec(variants[vector]["raw"], best, coeff, positions=config.positions,
+                              rows=[i * len(questions) + j for j in range(len(questions))])
+                 for i, (vector, coeff) in enumerate(chosen) if vector]
         with contexts[model]():
-            gens = generate_batch(models[model], questions, steering=spec, max_new_tokens=config.max_new_tokens,
-                                  description=f"samples: {model} {vector or ''} {coeff:+g}")
+            gens = generate_batch(models[model], [q for _, _, q in grid], steering=specs,
+                                  max_new_tokens=config.max_new_tokens, description=f"samples: {model}")
         out += [{"model": model, "vector": vector, "layer": best if vector else None, "coeff": coeff,
-                 "question": q, "text": g.text} for q, g in zip(questions, gens, strict=True)]
+                 "question": q, "text": g.text} for (vector, coeff, q), g in zip(grid, gens, strict=True)]
     return out
