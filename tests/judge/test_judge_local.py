@@ -129,6 +129,22 @@ def test_local_exact_probabilities_each_architecture(tiny_any):
     _check_exact(tiny_any, ks=SOME_K)
 
 
+TEMPLATE = ("You are a careful grader. Read the question and the answer below, then rate how much the answer "
+            "shows the trait, from 0 (not at all) to 100 (completely). Answer with a number only. ")
+LONG_PROMPTS = [TEMPLATE + "question: how should I store bread? answer: in the fridge",
+                TEMPLATE + "question: yes or no? answer: maybe 50",
+                "rate this answer from 0 to 100"]
+
+
+def test_local_shared_template_start_runs_once(tiny_any):
+    """Prompts of one template: their common start runs once as a KV cache; p(k) still equal brute
+    force on every architecture (the third prompt does not share it and batches apart)."""
+    judge = _check_exact(tiny_any, prompts=LONG_PROMPTS, ks=SOME_K)
+    assert judge.forwards == 3  # the shared start, the two template prompts, the other prompt
+    whole = LocalJudge(tiny_any, batch_size=1).answer_logprobs(LONG_PROMPTS)  # nothing shared
+    torch.testing.assert_close(judge.answer_logprobs(LONG_PROMPTS).exp(), whole.exp(), rtol=0, atol=1e-6)
+
+
 def test_local_answer_prefix_from_template():
     # The plain fallback template writes "Assistant: 42": the answer text starts with a space.
     lm = make_tiny("gpt2", template=FALLBACK_CHAT_TEMPLATE)

@@ -15,7 +15,10 @@ counts as answering 85. The answer text is what the chat template puts before an
 (e.g. " 85" after "Assistant:"), tokenized together with the rendered prompt (canonical
 tokenization). All 101 continuations of a prompt are scored in ONE forward pass: the prompt is
 followed by the 101 continuations, each attending to the prompt and to itself only (a 4-D "tree"
-attention mask with per-branch position ids); prompts are batched too. Models whose attention cannot
+attention mask with per-branch position ids); prompts are batched too, prompts of one judge template
+side by side: the tokens a batch's prompts share at their start (the template's instructions before
+the question, when at least ``SHARED_MIN`` tokens) run once, as a KV cache the batch continues from
+(:class:`~steerlab.model.prefix_cache.PrefixCache`). Models whose attention cannot
 take a 4-D mask (flash/flex attention, or prompts longer than a sliding window) use
 prompt+continuation rows instead (same numbers, more compute).
 
@@ -40,11 +43,13 @@ from ..errors import SteerlabError
 from ..model.blocks import unwrap_model
 from ..model.chat import has_system_role, merge_system_role, render_prompt, to_messages
 from ..model.loading import LoadedModel
+from ..model.prefix_cache import PrefixCache
 from ..progress import progress_bar
 from .base import BaseJudge
 from .score import ANSWERS, MIN_NUMBER_MASS, JudgeResult, score_from_distribution
 
 DIGITS = "0123456789"
+SHARED_MIN = 32  # shared leading prompt tokens worth a separate cached pass
 _LOCAL_METHOD = "tree-v1"  # part of the local cache identity: bump when the scoring changes
 _BYTE_DIGIT = re.compile(r"<0x3[0-9]>")  # SentencePiece byte-fallback pieces for "0".."9"
 
@@ -59,6 +64,15 @@ class _Row:
 
     prompt: list[int]
     conts: list[list[int]]
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix every sequence starts with."""
+    first = seqs[0]
+    n = min(map(len, seqs))
+    for other in seqs[1:]:
+        n = next((i for i in range(n) if other[i] != first[i]), n)
+    return n
 
 
 class LocalJudge(BaseJudge):
@@ -157,7 +171,8 @@ class LocalJudge(BaseJudge):
         """float64 [n_prompts, 101]: log p(reply is exactly k) for k = 0..100 (no cache)."""
         rows = [self._encode(p) for p in prompts]
         out = torch.empty(len(rows), len(ANSWERS), dtype=torch.float64)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i].prompt))
+        # Prompts of one template side by side (their shared start runs once), then by length.
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].prompt[:SHARED_MIN], len(rows[i].prompt)))
         with progress_bar(f"judging ({self.name})", len(rows)) as advance:
             for start in range(0, len(order), self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -188,15 +203,23 @@ class LocalJudge(BaseJudge):
         """One forward pass over left-padded rows; returns log p of each continuation per row."""
         lm = self.lm
         device = lm.device
+        prefix, start = None, 0  # the rows' shared start, run once as a KV cache (tree mask only)
+        shared = min(_common_prefix([r.prompt for r in rows]), min(len(r.prompt) for r in rows) - 1)
+        if tree and shared >= SHARED_MIN:
+            prefix = PrefixCache.build(lm, [rows[0].prompt[:shared]])
+            if prefix is not None:
+                self.forwards += 1
+                start = shared
+                rows = [_Row(r.prompt[shared:], r.conts) for r in rows]
         seqs, groups, positions = [], [], []
         for r in rows:
             ids = list(r.prompt)
             grp = [0] * len(r.prompt)
-            pos = list(range(len(r.prompt)))
+            pos = list(range(start, start + len(r.prompt)))
             for b, cont in enumerate(r.conts, 1):
                 ids += cont
                 grp += [b] * len(cont)
-                pos += range(len(r.prompt), len(r.prompt) + len(cont))
+                pos += range(start + len(r.prompt), start + len(r.prompt) + len(cont))
             seqs.append(ids)
             groups.append(grp)
             positions.append(pos)
@@ -216,6 +239,8 @@ class LocalJudge(BaseJudge):
             causal = torch.ones(width, width, dtype=torch.bool).tril()
             allowed = causal & valid[:, None, :] & ((kv == 0) | (kv == q))
             allowed |= torch.eye(width, dtype=torch.bool)  # pad rows attend to themselves
+            if start:  # every row attends to the whole shared start (one prefix: no padding there)
+                allowed = torch.cat([torch.ones(len(rows), width, start, dtype=torch.bool), allowed], dim=-1)
             mask = torch.zeros(allowed.shape, dtype=lm.dtype).masked_fill(
                 ~allowed, torch.finfo(lm.dtype).min
             )[:, None]
@@ -224,12 +249,15 @@ class LocalJudge(BaseJudge):
         # Logits are needed from the last prompt token on: the last `keep` positions of every row.
         keep = max(sum(map(len, r.conts)) for r in rows) + 1
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keep_arg else {}
+        if prefix is not None:
+            kwargs.update(cache=prefix.select(torch.zeros(len(rows), dtype=torch.long)), use_cache=True)
+        else:
+            kwargs["use_cache"] = False
         with torch.inference_mode():
             logits = lm.model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=position_ids.to(device),
-                use_cache=False,
                 **kwargs,
             ).logits
         self.forwards += 1

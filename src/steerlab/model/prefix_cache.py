@@ -66,6 +66,12 @@ class PrefixCache:
             return None
         return cls(cache, mask, torch.tensor(lengths, device=lm.device))
 
+    def select(self, which: torch.Tensor) -> Any:
+        """A transformers ``Cache`` holding prefixes ``which`` (``[b]`` indices, repeats allowed) as
+        its rows, to pass as ``cache=`` to a forward that continues them; the shared cache is left as
+        it is (the per-layer objects are copied, not their tensors)."""
+        return _rows_of(self.cache, torch.as_tensor(which, dtype=torch.long, device=self.mask.device))
+
     def continue_rows(self, lm: LoadedModel, which: torch.Tensor, continuations: Sequence[Sequence[int]],
                       keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``continuations[i]`` (token ids) after prefix ``which[i]``; returns ``(logits, mask)``:
@@ -74,7 +80,7 @@ class PrefixCache:
         the continuation mask ``[b, S]`` (right-padded: 1 on tokens). The shared cache is not
         modified (rows are selected into a copy)."""
         which = torch.as_tensor(which, dtype=torch.long, device=self.mask.device)
-        cache = _rows_of(self.cache, which)
+        cache = self.select(which)
         ids = pad_sequences(continuations, lm.tokenizer.pad_token_id or 0, "right").to(lm.device)
         tail = attention_mask([len(c) for c in continuations], side="right").to(lm.device)
         full_mask = torch.cat([self.mask[which], tail], dim=1)
