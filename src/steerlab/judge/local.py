@@ -14,8 +14,9 @@ newline, ".", " out of 100" ...), not only the end-of-turn token, so a judge tha
 counts as answering 85. The answer text is what the chat template puts before an assistant message
 (e.g. " 85" after "Assistant:"), tokenized together with the rendered prompt (canonical
 tokenization). All 101 continuations of a prompt are scored in ONE forward pass: the prompt is
-followed by the 101 continuations, each attending to the prompt and to itself only (a 4-D "tree"
-attention mask with per-branch position ids); prompts are batched too, prompts of one judge template
+followed by the continuations merged into a trie ("1", "10" and "100" share their "1"; 101 nodes
+instead of 193 tokens when digits are single tokens), each node attending to the prompt and to its
+ancestors only (a 4-D "tree" attention mask with per-node position ids); prompts are batched too, prompts of one judge template
 side by side: the tokens a batch's prompts share at their start (the template's instructions before
 the question, when at least ``SHARED_MIN`` tokens) run once, as a KV cache the batch continues from
 (:class:`~steerlab.model.prefix_cache.PrefixCache`). Models whose attention cannot
@@ -64,6 +65,38 @@ class _Row:
 
     prompt: list[int]
     conts: list[list[int]]
+
+
+class _Trie:
+    """The answers' token sequences merged into a trie, nodes in creation order (parents first).
+
+    ``tokens[k]``/``parents[k]`` (-1 for a root)/``depths[k]`` (1 for a root) per node; ``paths[b]``:
+    the nodes of answer b, in order; ``ancestors``: ``[n, n]`` bool, node q may attend to node k
+    (k an ancestor of q, or q itself).
+    """
+
+    def __init__(self, conts: Sequence[Sequence[int]]):
+        self.tokens: list[int] = []
+        self.parents: list[int] = []
+        self.depths: list[int] = []
+        self.paths: list[list[int]] = []
+        index: dict[tuple[int, ...], int] = {}
+        for cont in conts:
+            path: list[int] = []
+            for j in range(len(cont)):
+                key = tuple(cont[: j + 1])
+                if key not in index:
+                    index[key] = len(self.tokens)
+                    self.tokens.append(cont[j])
+                    self.parents.append(path[-1] if path else -1)
+                    self.depths.append(j + 1)
+                path.append(index[key])
+            self.paths.append(path)
+        n = len(self.tokens)
+        self.ancestors = torch.eye(n, dtype=torch.bool)
+        for k, parent in enumerate(self.parents):
+            if parent >= 0:
+                self.ancestors[k] |= self.ancestors[parent]
 
 
 def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
@@ -211,43 +244,33 @@ class LocalJudge(BaseJudge):
                 self.forwards += 1
                 start = shared
                 rows = [_Row(r.prompt[shared:], r.conts) for r in rows]
-        seqs, groups, positions = [], [], []
-        for r in rows:
-            ids = list(r.prompt)
-            grp = [0] * len(r.prompt)
-            pos = list(range(start, start + len(r.prompt)))
-            for b, cont in enumerate(r.conts, 1):
-                ids += cont
-                grp += [b] * len(cont)
-                pos += range(start + len(r.prompt), start + len(r.prompt) + len(cont))
-            seqs.append(ids)
-            groups.append(grp)
-            positions.append(pos)
+        # Each row: its prompt, then the answers as a trie (answers sharing leading tokens, such as
+        # "1", "10", "100", share those nodes): a node attends to the prompt and to its ancestors.
+        tries = [_Trie(r.conts) for r in rows]
+        seqs = [list(r.prompt) + t.tokens for r, t in zip(rows, tries, strict=True)]
         width = max(map(len, seqs))
         pads = [width - len(s) for s in seqs]
         pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        group = torch.full((len(rows), width), -1, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (s, g, p) in enumerate(zip(seqs, groups, positions, strict=True)):
-            input_ids[i, pads[i] :] = torch.tensor(s)
-            group[i, pads[i] :] = torch.tensor(g)
-            position_ids[i, pads[i] :] = torch.tensor(p)
-        valid = group >= 0
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # pad rows attend to themselves
+        for i, (r, t) in enumerate(zip(rows, tries, strict=True)):
+            p, n = pads[i], len(r.prompt)
+            input_ids[i, p:] = torch.tensor(seqs[i])
+            position_ids[i, p:] = torch.tensor([*range(start, start + n), *(start + n - 1 + d for d in t.depths)])
+            allowed[i, p:, p : p + n] = True
+            allowed[i, p : p + n, p : p + n] = torch.ones(n, n, dtype=torch.bool).tril()
+            allowed[i, p + n :, p + n :] = t.ancestors
         if tree:
-            q, kv = group[:, :, None], group[:, None, :]
-            causal = torch.ones(width, width, dtype=torch.bool).tril()
-            allowed = causal & valid[:, None, :] & ((kv == 0) | (kv == q))
-            allowed |= torch.eye(width, dtype=torch.bool)  # pad rows attend to themselves
             if start:  # every row attends to the whole shared start (one prefix: no padding there)
                 allowed = torch.cat([torch.ones(len(rows), width, start, dtype=torch.bool), allowed], dim=-1)
             mask = torch.zeros(allowed.shape, dtype=lm.dtype).masked_fill(
                 ~allowed, torch.finfo(lm.dtype).min
             )[:, None]
-        else:
-            mask = valid.long()
+        else:  # one answer per row: the trie is a chain, plain causal attention over the tokens
+            mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads])
         # Logits are needed from the last prompt token on: the last `keep` positions of every row.
-        keep = max(sum(map(len, r.conts)) for r in rows) + 1
+        keep = max(len(t.tokens) for t in tries) + 1
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keep_arg else {}
         if prefix is not None:
             kwargs.update(cache=prefix.select(torch.zeros(len(rows), dtype=torch.long)), use_cache=True)
@@ -264,24 +287,16 @@ class LocalJudge(BaseJudge):
         logits = logits[:, -keep:].float()
         digit = self.digit_mask(logits.shape[-1]).to(logits.device)
         results = []
-        for i, r in enumerate(rows):
-            rel = keep - (len(seqs[i]) - len(r.prompt))  # index (in kept logits) of first cont token
-            preds, targets, ends, owner = [], [], [], []
-            offset = rel
-            for b, cont in enumerate(r.conts):
-                # token j is predicted by the position before it (the last prompt token for j=0)
-                preds += [rel - 1, *range(offset, offset + len(cont) - 1)]
-                targets += cont
-                owner += [b] * len(cont)
-                ends.append(offset + len(cont) - 1)
-                offset += len(cont)
+        for i, t in enumerate(tries):
+            first = keep - len(t.tokens)  # index (in kept logits) of the first trie node
+            # node k is predicted by its parent's position (the last prompt token for a root node)
+            preds = [first - 1 if parent < 0 else first + parent for parent in t.parents]
+            ends = [first + path[-1] for path in t.paths]
             row = logits[i]
             logz = torch.logsumexp(row[preds + ends], dim=-1)
             n_tok = len(preds)
-            tok_lp = row[preds, targets] - logz[:n_tok]
-            end_rows = row[ends]
-            stop_lp = torch.logsumexp(end_rows.masked_fill(digit, -math.inf), dim=-1) - logz[n_tok:]
-            total = torch.zeros(len(r.conts), dtype=torch.float64, device=row.device)
-            total.index_add_(0, torch.tensor(owner, device=row.device), tok_lp.double())
+            node_lp = (row[preds, t.tokens] - logz[:n_tok]).double()
+            stop_lp = torch.logsumexp(row[ends].masked_fill(digit, -math.inf), dim=-1) - logz[n_tok:]
+            total = torch.stack([node_lp[path].sum() for path in t.paths])
             results.append((total + stop_lp.double()).cpu())
         return results
