@@ -9,8 +9,8 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from steerlab import SteeringVector
 from steerlab.activations.capture import ChatSample
-from steerlab.evaluate import logprobs as logprobs_module
 from steerlab.evaluate.logprobs import response_logprobs
+from steerlab.model import prefix_cache
 from steerlab.model.chat import encode_chat
 from steerlab.model.loading import wrap_model
 from steerlab.model.prefix_cache import PrefixCache
@@ -97,7 +97,7 @@ def test_each_distinct_prompt_runs_once(tiny_llama, monkeypatch):
 
 def test_prompt_groups_split_without_changing_results(tiny_llama, monkeypatch):
     whole = response_logprobs(tiny_llama, SAMPLES, batch_size=3)
-    monkeypatch.setattr(logprobs_module, "PREFIX_GROUP", 2)
+    monkeypatch.setattr(prefix_cache, "PREFIX_GROUP", 2)
     torch.testing.assert_close(response_logprobs(tiny_llama, SAMPLES, batch_size=3), whole, atol=1e-6, rtol=1e-6)
 
 

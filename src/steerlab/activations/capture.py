@@ -9,7 +9,8 @@ Reductions: ``prompt_last`` (last prompt token), ``prompt_avg`` (mean over promp
 response tokens, default K=5), ``position:I`` (the token at 0-based position I of the sequence,
 counted from its first real token, prompt and response alike; I=0 is the first token, e.g. BOS).
 Sequences are left-padded with an attention mask and explicit position ids, so batched results
-equal per-sample results.
+equal per-sample results. When every reduction reads only the last prompt token and the response,
+samples that share a prompt run it once (:mod:`steerlab.activations.continuations`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import torch
 from ..errors import SteerlabError
 from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat, Prompt, encode_chat
-from ..model.hooks import output_hooks
+from ..model.hooks import installed_hooks, output_hooks
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
+from .continuations import CONTINUATION_REDUCTIONS, iter_continuation_activations
 
 REDUCTION_KINDS = ("prompt_last", "prompt_avg", "response_avg", "first_k", "position")
 DEFAULT_FIRST_K = 5
@@ -239,8 +241,24 @@ def iter_activations(
     parsed = [Reduction.parse(r) for r in reductions]
     layers = list(range(lm.n_layers)) if layers is None else [lm.check_layer(L) for L in layers]
     need_response = any(r.needs_response for r in parsed)
-    for idx, batch in iter_batches(lm, samples, batch_size, need_response, description):
-        yield idx, forward_batch(lm, batch, parsed, layers)
+    if not samples:
+        raise SteerlabError("no samples given")
+    if batch_size < 1:
+        raise SteerlabError(f"--batch-size {batch_size}: expected at least 1")
+    encoded = encode_samples(lm, samples, need_response)
+    # Reductions of the last prompt token and the response: each distinct prompt runs once
+    # (steerlab.activations.continuations), unless other steerlab hooks (a steerer) act on the model.
+    if (all(r.kind in CONTINUATION_REDUCTIONS for r in parsed) and min(e.prompt_len for e in encoded) > 1
+            and not installed_hooks(lm.model)):
+        batches = iter_continuation_activations(lm, encoded, parsed, layers, batch_size, description)
+        if batches is not None:
+            yield from batches
+            return
+    with progress_bar(description, len(samples)) as advance:
+        for idx, batch in length_sorted_batches(encoded, range(len(encoded)), batch_size,
+                                                lm.tokenizer.pad_token_id, lm.device):
+            yield idx, forward_batch(lm, batch, parsed, layers)
+            advance(len(idx))
 
 
 def capture(

@@ -26,15 +26,12 @@ from ..activations.capture import ChatSample, encode_samples
 from ..errors import SteerlabError
 from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat
-from ..model.hooks import output_hooks
+from ..model.hooks import installed_hooks, output_hooks
 from ..model.loading import LoadedModel
-from ..model.prefix_cache import PrefixCache, packed_logits, returns_hidden_only, skipped_blocks
+from ..model.prefix_cache import PrefixCache, packed_logits, returns_hidden_only, shared_prefixes, skipped_blocks
 from ..progress import progress_bar
 from ..steering.operators import row_mask
 from ..steering.steerer import SteeringSpec, steer
-
-# Distinct prompts whose KV caches are held at once (rows are scored prompt group by prompt group).
-PREFIX_GROUP = 256
 
 
 def response_logprobs(
@@ -60,7 +57,9 @@ def response_logprobs(
         coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
         steering = [s.with_coeff(coeffs) for s in steering]
     encoded = encode_samples(lm, samples, need_response=True)
-    if share_prompts and all(s.positions == "response" for s in steering) and min(e.prompt_len for e in encoded) > 1:
+    # Not under another steerer: its hooks would see the prompt pass and the continuations apart.
+    if (share_prompts and all(s.positions == "response" for s in steering)
+            and min(e.prompt_len for e in encoded) > 1 and not installed_hooks(lm.model)):
         out = _shared_prompt_logprobs(lm, encoded, steering, batch_size, reference_norms)
         if out is not None:
             return out
@@ -95,28 +94,23 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
     once per distinct sequence). None when the model has no selectable cache (the caller then runs
     full sequences)."""
     out = torch.empty(len(encoded), dtype=torch.float64)
-    prompt_of: dict[tuple[int, ...], int] = {}
-    which = [prompt_of.setdefault(tuple(e.ids[: e.prompt_len - 1]), len(prompt_of)) for e in encoded]
-    prompts = list(prompt_of)
     tails = [e.ids[e.prompt_len - 1 :] for e in encoded]  # the last prompt token, then the response
     signatures = _signatures(steering, len(encoded))
     with progress_bar("log-likelihoods", len(encoded)) as advance:
-        for first in range(0, len(prompts), PREFIX_GROUP):
-            cache = PrefixCache.build(lm, prompts[first : first + PREFIX_GROUP])
+        for cache, rows, prompt_index in shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded]):
             if cache is None:
                 return None
-            rows = [i for i, w in enumerate(which) if first <= w < first + PREFIX_GROUP]
+            which = dict(zip(rows, prompt_index, strict=True))
             batches = []
             for idx in _ordered_chunks(rows, signatures, [len(t) for t in tails], batch_size):
                 steerer = steer(lm, _active_specs(steering, idx, len(encoded)), reference_norms)
                 batches.append((idx, steerer, min((iv.layer for iv in steerer.interventions), default=0)))
             needed = {layer - 1 for _, _, layer in batches if layer > 0}
-            states = _block_outputs(lm, cache, [which[i] - first for i in rows], [tails[i] for i in rows],
-                                    needed, batch_size)
+            states = _block_outputs(lm, cache, prompt_index, [tails[i] for i in rows], needed, batch_size)
             for idx, steerer, layer in batches:
-                rows_of = torch.tensor([which[i] for i in idx]) - first
+                rows_of = torch.tensor([which[i] for i in idx])
                 skip = layer if states is not None and layer > 0 else 0
-                skipping = (skipped_blocks(lm, skip, _stack([states[(which[i] - first, tuple(tails[i]))][skip - 1]
+                skipping = (skipped_blocks(lm, skip, _stack([states[(which[i], tuple(tails[i]))][skip - 1]
                                                              for i in idx]))
                             if skip else contextlib.nullcontext())
                 # Continuation coordinates: column 0 is the last prompt token, so the response starts at 1.

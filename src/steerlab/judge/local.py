@@ -16,10 +16,10 @@ counts as answering 85. The answer text is what the chat template puts before an
 tokenization). All 101 continuations of a prompt are scored in ONE forward pass: the prompt is
 followed by the continuations merged into a trie ("1", "10" and "100" share their "1"; 101 nodes
 instead of 193 tokens when digits are single tokens), each node attending to the prompt and to its
-ancestors only (a 4-D "tree" attention mask with per-node position ids); prompts are batched too, prompts of one judge template
-side by side: the tokens a batch's prompts share at their start (the template's instructions before
-the question, when at least ``SHARED_MIN`` tokens) run once, as a KV cache the batch continues from
-(:class:`~steerlab.model.prefix_cache.PrefixCache`). Models whose attention cannot
+ancestors only (a 4-D "tree" attention mask with per-node position ids). Prompts are batched, those
+of one judge template side by side: the tokens a batch's prompts share at their start (the
+template's instructions before the question, when at least ``SHARED_MIN`` tokens) run once, as a
+KV cache the batch continues from (:class:`~steerlab.model.prefix_cache.PrefixCache`). Models whose attention cannot
 take a 4-D mask (flash/flex attention, or prompts longer than a sliding window) use
 prompt+continuation rows instead (same numbers, more compute).
 

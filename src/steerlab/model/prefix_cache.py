@@ -37,6 +37,9 @@ from .blocks import unwrap_model
 from .hooks import input_hook
 from .loading import LoadedModel
 
+# Distinct prefixes whose KV caches are held at once (see :func:`shared_prefixes`).
+PREFIX_GROUP = 256
+
 
 @dataclass
 class PrefixCache:
@@ -90,6 +93,23 @@ class PrefixCache:
             logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
                               cache=cache, use_cache=True).logits
         return (logits[0] if keep is not None else logits), tail
+
+
+def shared_prefixes(lm: LoadedModel, prefixes: Sequence[Sequence[int]],
+                    group: int | None = None) -> Iterator[tuple[PrefixCache | None, list[int], list[int]]]:
+    """Rows grouped by their prefix: yields ``(cache, rows, which)`` per group of at most ``group``
+    distinct prefixes (default :data:`PREFIX_GROUP`), where ``rows`` are indices into ``prefixes``
+    and ``which[j]`` is the index of row ``rows[j]``'s prefix in ``cache``. ``cache`` is None for a
+    model without a selectable KV cache (the caller then runs whole sequences). Groups bound the
+    memory of cached prefixes."""
+    group = group or PREFIX_GROUP
+    index: dict[tuple[int, ...], int] = {}
+    of = [index.setdefault(tuple(p), len(index)) for p in prefixes]
+    distinct = list(index)
+    for first in range(0, len(distinct), group):
+        cache = PrefixCache.build(lm, distinct[first : first + group])
+        rows = [i for i, u in enumerate(of) if first <= u < first + group]
+        yield cache, rows, [of[i] - first for i in rows]
 
 
 def packed_logits(lm: LoadedModel, keep: torch.Tensor) -> contextlib.AbstractContextManager[None]:
