@@ -129,6 +129,10 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
 Sequences = dict[tuple[int, tuple[int, ...]], dict[int, torch.Tensor]]  # (prompt, tail) -> {layer: [len, d]}
 
 
+class _Enough(Exception):
+    """Raised after the last block whose output is recorded."""
+
+
 def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], tails: Sequence[Sequence[int]],
                    layers: set[int], batch_size: int) -> Sequences | None:
     """Unsteered outputs of blocks ``layers`` over each distinct continuation: ``{(prompt, tail):
@@ -140,15 +144,22 @@ def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], ta
     states: Sequences = {key: {} for key in distinct}
     outputs: dict[int, Any] = {}
 
+    last = max(layers)
+
     def record(layer: int):
         def hook(_module: Any, _inputs: Any, output: Any) -> None:
             outputs[layer] = output
+            if layer == last:
+                raise _Enough  # the blocks above and the LM head are not needed
         return hook
 
     for start in range(0, len(distinct), batch_size):
         keys = distinct[start : start + batch_size]
-        with output_hooks((lm.blocks[layer], record(layer)) for layer in sorted(layers)):
-            cache.continue_rows(lm, torch.tensor([k[0] for k in keys]), [list(k[1]) for k in keys])
+        try:
+            with output_hooks((lm.blocks[layer], record(layer)) for layer in sorted(layers)):
+                cache.continue_rows(lm, torch.tensor([k[0] for k in keys]), [list(k[1]) for k in keys])
+        except _Enough:
+            pass
         for layer, output in outputs.items():
             if not returns_hidden_only(output):
                 return None

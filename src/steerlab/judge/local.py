@@ -31,6 +31,7 @@ identify its weights.
 from __future__ import annotations
 
 import inspect
+import itertools
 import math
 import os
 import re
@@ -204,25 +205,50 @@ class LocalJudge(BaseJudge):
         """float64 [n_prompts, 101]: log p(reply is exactly k) for k = 0..100 (no cache)."""
         rows = [self._encode(p) for p in prompts]
         out = torch.empty(len(rows), len(ANSWERS), dtype=torch.float64)
-        # Prompts of one template side by side (their shared start runs once), then by length.
+        # Prompts of one template side by side (their shared start runs once per template), then by length.
         order = sorted(range(len(rows)), key=lambda i: (rows[i].prompt[:SHARED_MIN], len(rows[i].prompt)))
+        groups = [list(g) for _, g in itertools.groupby(order, key=lambda i: rows[i].prompt[:SHARED_MIN])]
         with progress_bar(f"judging ({self.name})", len(rows)) as advance:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = [rows[i] for i in idx]
-                for i, logp in zip(idx, self._score_rows(batch), strict=True):
-                    out[i] = logp
-                advance(len(idx))
+            pooled: list[int] = []  # prompts without a shared start worth a pass of its own
+            for members in groups:
+                prefix = self._shared_start([rows[i] for i in members]) if len(members) > 1 else None
+                if prefix is None:
+                    pooled += members
+                    continue
+                self._score_batches(rows, members, prefix, out, advance)
+            self._score_batches(rows, sorted(pooled, key=lambda i: len(rows[i].prompt)), None, out, advance)
         return out
+
+    def _score_batches(self, rows: list[_Row], order: list[int], prefix: PrefixCache | None, out: torch.Tensor,
+                       advance: Any) -> None:
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            for i, logp in zip(idx, self._score_rows([rows[i] for i in idx], prefix), strict=True):
+                out[i] = logp
+            advance(len(idx))
 
     def _compute(self, prompts: list[str]) -> list[JudgeResult]:
         logp = self.answer_logprobs(prompts)
         return [score_from_distribution(row.exp().tolist()) for row in logp]
 
-    def _score_rows(self, rows: list[_Row]) -> list[torch.Tensor]:
+    def _tree_fits(self, rows: list[_Row]) -> bool:
         longest = max(len(r.prompt) + sum(map(len, r.conts)) for r in rows)
-        if self._tree_ok and not (self._sliding and longest > self._sliding):
-            return [t for t in self._forward(rows, tree=True)]
+        return self._tree_ok and not (self._sliding and longest > self._sliding)
+
+    def _shared_start(self, rows: list[_Row]) -> PrefixCache | None:
+        """The KV cache of the tokens every prompt of ``rows`` starts with (all but each prompt's last
+        token), when the tree mask is used and they are at least ``SHARED_MIN``; else None."""
+        shared = min(_common_prefix([r.prompt for r in rows]), min(len(r.prompt) for r in rows) - 1)
+        if shared < SHARED_MIN or not self._tree_fits(rows):
+            return None
+        prefix = PrefixCache.build(self.lm, [rows[0].prompt[:shared]])
+        if prefix is not None:
+            self.forwards += 1
+        return prefix
+
+    def _score_rows(self, rows: list[_Row], prefix: PrefixCache | None = None) -> list[torch.Tensor]:
+        if self._tree_fits(rows):
+            return [t for t in self._forward(rows, tree=True, prefix=prefix)]
         # Fallback: one row per (prompt, answer), plain causal attention.
         flat = [_Row(r.prompt, [c]) for r in rows for c in r.conts]
         per = max(1, self.batch_size * 8)
@@ -232,18 +258,13 @@ class LocalJudge(BaseJudge):
         flat_logp = torch.cat(logps)
         return list(flat_logp.split([len(r.conts) for r in rows]))
 
-    def _forward(self, rows: list[_Row], tree: bool) -> list[torch.Tensor]:
-        """One forward pass over left-padded rows; returns log p of each continuation per row."""
+    def _forward(self, rows: list[_Row], tree: bool, prefix: PrefixCache | None = None) -> list[torch.Tensor]:
+        """One forward pass over left-padded rows (continuing from ``prefix``, the KV cache of their
+        shared start, with the tree mask); returns log p of each continuation per row."""
         lm = self.lm
         device = lm.device
-        prefix, start = None, 0  # the rows' shared start, run once as a KV cache (tree mask only)
-        shared = min(_common_prefix([r.prompt for r in rows]), min(len(r.prompt) for r in rows) - 1)
-        if tree and shared >= SHARED_MIN:
-            prefix = PrefixCache.build(lm, [rows[0].prompt[:shared]])
-            if prefix is not None:
-                self.forwards += 1
-                start = shared
-                rows = [_Row(r.prompt[shared:], r.conts) for r in rows]
+        start = int(prefix.lengths[0]) if prefix is not None else 0
+        rows = [_Row(r.prompt[start:], r.conts) for r in rows]
         # Each row: its prompt, then the answers as a trie (answers sharing leading tokens, such as
         # "1", "10", "100", share those nodes): a node attends to the prompt and to its ancestors.
         tries = [_Trie(r.conts) for r in rows]
