@@ -217,3 +217,23 @@ def test_long_flags_that_existed_keep_working(args, files, tmp_path):
              "OUT": tmp_path / "run", "ft": tmp_path}
     result = invoke(*[paths.get(a, a) for a in args])
     assert_user_error(result, "unknown model")  # parsed; failed only at the model
+
+
+def test_steering_positions_of_the_studies_checked_before_loading(files):
+    """``--steering-positions`` of ``diff study`` and ``persona extract`` (several traits) is checked
+    at parsing; its default is the studies' own (StudyConfig / PersonaTraitsConfig)."""
+    from steerlab.pipelines.persona_traits import PersonaTraitsConfig
+    from steerlab.pipelines.study import StudyConfig
+
+    result = invoke("diff", "study", "-m", NO_MODEL, "-p", files["pairs"], "-o", files["out"],
+                    "--steering-positions", "middle")
+    assert_user_error(result, "--steering-positions 'middle'", "all, prompt, response")
+    result = invoke("persona", "extract", "-m", NO_MODEL, "-t", "evil", "-t", "humorous", "-o", files["out"],
+                    "--steering-positions", "middle")
+    assert_user_error(result, "--steering-positions 'middle'", "all, prompt, response")
+    result = invoke("persona", "extract", "-m", NO_MODEL, "-t", "evil", "-o", files["out"],
+                    "--steering-positions", "all")
+    assert_user_error(result, "--steering-positions: only with several traits")
+    study = typer.main.get_command(app).commands["diff"].commands["study"]
+    default = next(p.default for p in study.params if p.name == "steering_positions")
+    assert default == StudyConfig().positions == PersonaTraitsConfig().positions == "response"

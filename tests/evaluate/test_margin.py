@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from steerlab import SteeringVector
@@ -48,15 +49,17 @@ def test_response_positions_match_generation_semantics(tiny_llama):
     assert not torch.allclose(prompt.per_pair, allpos.per_pair)
 
 
-def test_conditions_as_rows_equal_separate_runs(tiny_llama):
+@pytest.mark.parametrize("positions", ["all", "response"])  # whole sequences / shared prompts
+def test_conditions_as_rows_equal_separate_runs(tiny_llama, positions):
     from steerlab.evaluate.controls import random_directions
     from steerlab.evaluate.margin import condition_margins
 
     torch.manual_seed(3)
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     controls = random_directions(vec.data, 3, seed=0)
-    conditions = [[SteeringSpec(vec, 1)], [], *[[SteeringSpec(SteeringVector(c), 1)] for c in controls],
-                  [SteeringSpec(vec, "all", operator="ablate")]]
+    conditions = [[SteeringSpec(vec, 1, positions=positions)], [],
+                  *[[SteeringSpec(SteeringVector(c), 1, positions=positions)] for c in controls],
+                  [SteeringSpec(vec, "all", operator="ablate", positions=positions)]]
     coeffs = [-2.0, 0.0, 3.0]
     together = condition_margins(tiny_llama, PAIRS, conditions, coeffs, batch_size=5)
     for condition, result in zip(conditions, together, strict=True):
@@ -64,5 +67,6 @@ def test_conditions_as_rows_equal_separate_runs(tiny_llama):
         expected = alone.per_pair.expand_as(result.per_pair) if not condition else alone.per_pair
         torch.testing.assert_close(result.per_pair, expected, atol=1e-5, rtol=1e-5)
     # a control equal to the vector itself lands exactly on the effect
-    same = condition_margins(tiny_llama, PAIRS, [[SteeringSpec(vec, 1)], [SteeringSpec(vec.data.clone(), 1)]], coeffs)
+    same = condition_margins(tiny_llama, PAIRS, [[SteeringSpec(vec, 1, positions=positions)],
+                                                 [SteeringSpec(vec.data.clone(), 1, positions=positions)]], coeffs)
     torch.testing.assert_close(same[0].per_pair, same[1].per_pair)

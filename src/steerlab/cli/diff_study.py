@@ -15,7 +15,15 @@ from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.study import StudyConfig, best_coherent
 from ..progress import console
 from .diff import diff_app
-from .options import DeviceOpt, DtypeOpt, coeff_option, layer_option, parse_floats, seed_option
+from .options import (
+    DeviceOpt,
+    DtypeOpt,
+    coeff_option,
+    layer_option,
+    parse_floats,
+    seed_option,
+    steering_positions_option,
+)
 
 _D, _S = DiffStudyConfig(), StudyConfig()  # the defaults, written once on the dataclasses
 
@@ -38,6 +46,7 @@ def study_cmd(
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", "-b", min=1),
     controls: int = typer.Option(_S.controls, "--controls", min=0, help="Random directions of each vector's norm run through every steering condition (the null band; 0: off)."),
     positions: int = typer.Option(_D.positions, "--positions", min=0, help="Position-resolved model diff at tokens 0..N-1 of built-in generic prompts (0: off)."),
+    steering_positions: str = steering_positions_option(),
     behaviour_prompt: str = typer.Option(None, "--behaviour-prompt", help="Prompting baseline: a system prompt asking for the behaviour (scored on the base model)."),
     opposite_prompt: str = typer.Option(None, "--opposite-prompt", help="Prompting baseline: a system prompt asking for its opposite (scored on the fine-tuned model)."),
     seed: int = seed_option("Random seed of the fine-tune, the random directions and the bootstrap."),
@@ -58,7 +67,8 @@ def study_cmd(
     layer_list = parse_layers(layers, lm.n_layers, "--layers") if layers is not None else None
     config = DiffStudyConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, positions=positions,
                              study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
-                                               batch_size=batch_size, controls=controls, seed=seed, prompts=prompts))
+                                               batch_size=batch_size, controls=controls, seed=seed, prompts=prompts,
+                                               positions=steering_positions))
     result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
     print_study(result.study, result.comparison)
 

@@ -114,6 +114,14 @@ def positions_option() -> Any:
                         help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).")
 
 
+def steering_positions_option(default: str | None = "response", help: str | None = None) -> Any:
+    """``--steering-positions``: where a study's steering conditions act (checked at parsing)."""
+    text = help or ("Where every steering condition acts: response (default; the last prompt token and every "
+                    "answer token, as persona-vectors' --steering_type response) | all | prompt. With response "
+                    "each distinct prompt runs once for all conditions.")
+    return typer.Option(default, "--steering-positions", callback=_choice("POSITIONS"), help=text)
+
+
 def operator_option() -> Any:
     """``--operator``: add, ablate or cap (checked at parsing)."""
     return typer.Option("add", "--operator", callback=_choice("OPERATORS"),

@@ -16,7 +16,7 @@ from ..pipelines.persona_traits import PersonaTraitsConfig, PersonaTraitsResult,
 from ..progress import console
 from ..steering.steerer import parse_layers
 from .app import app, new_group
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt
+from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt, steering_positions_option
 
 persona_app = new_group("Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted.")
 app.add_typer(persona_app, name="persona")
@@ -47,6 +47,7 @@ def extract(
     controls: int = typer.Option(None, "--controls", min=0, help=f"Several traits: random same-norm directions per condition (default {_STUDY.controls}; 0: off)."),
     layers: str = typer.Option(None, "--layers", help="Several traits: candidate layers of the layer scan, e.g. 8-16 or 6,9,12 (default: five spread over 20-80% of the depth; layer L = output of block L)."),
     scan_coeff: float = typer.Option(None, "--scan-coeff", help=f"Several traits: coefficient of the layer scan (default {_STUDY.scan_coeff:g})."),
+    steering_positions: str = steering_positions_option(None, f"Several traits: where steering acts (default {_STUDY.positions}: the last prompt token and every answer token; all | prompt | response, as persona-vectors' --steering_type)."),
     eval_questions: int = typer.Option(None, "--eval-questions", min=1, help=f"Several traits: held-out eval questions for the eval pairs and steered answers (default {_STUDY.eval_questions})."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -66,7 +67,7 @@ def extract(
     Example: steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
     """
     study_flags = {"--coeffs": coeffs, "--controls": controls, "--layers": layers, "--scan-coeff": scan_coeff,
-                   "--eval-questions": eval_questions}
+                   "--eval-questions": eval_questions, "--steering-positions": steering_positions}
     several = len(trait) > 1 or trait == ["all"]
     if not several and any(v is not None for v in study_flags.values()):
         given = ", ".join(k for k, v in study_flags.items() if v is not None)
@@ -79,7 +80,8 @@ def extract(
         specs = resolve_traits(trait)  # bad names fail before the model loads
         study = PersonaTraitsConfig(persona=config, seed=seed, **{k: v for k, v in (
             ("coeffs", _floats(coeffs, "--coeffs") if coeffs is not None else None), ("controls", controls),
-            ("scan_coeff", scan_coeff), ("eval_questions", eval_questions)) if v is not None})
+            ("scan_coeff", scan_coeff), ("eval_questions", eval_questions), ("positions", steering_positions))
+            if v is not None})
         lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
         if layers is not None:
             study.layers = parse_layers(layers, lm.n_layers, "--layers")
