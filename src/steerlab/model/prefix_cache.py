@@ -73,7 +73,8 @@ class PrefixCache:
         """A transformers ``Cache`` holding prefixes ``which`` (``[b]`` indices, repeats allowed) as
         its rows, to pass as ``cache=`` to a forward that continues them; the shared cache is left as
         it is (the per-layer objects are copied, not their tensors)."""
-        return _rows_of(self.cache, torch.as_tensor(which, dtype=torch.long, device=self.mask.device))
+        # CPU indices select rows of tensors on any device (layers may sit on several GPUs).
+        return _rows_of(self.cache, torch.as_tensor(which, dtype=torch.long, device="cpu"))
 
     def continue_rows(self, lm: LoadedModel, which: torch.Tensor, continuations: Sequence[Sequence[int]],
                       keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +83,7 @@ class PrefixCache:
         ``[n_kept, vocab]`` at the kept positions in row-major order, see :func:`packed_logits`) and
         the continuation mask ``[b, S]`` (right-padded: 1 on tokens). The shared cache is not
         modified (rows are selected into a copy)."""
-        which = torch.as_tensor(which, dtype=torch.long, device=self.mask.device)
+        which = torch.as_tensor(which, dtype=torch.long, device="cpu")
         cache = self.select(which)
         ids = pad_sequences(continuations, lm.tokenizer.pad_token_id or 0, "right").to(lm.device)
         tail = attention_mask([len(c) for c in continuations], side="right").to(lm.device)
