@@ -27,7 +27,14 @@ def check_layer_convention(lm):
     hs = _hidden_states(lm, prompt)
     assert len(hs) == lm.n_layers + 1
     for layer in range(lm.n_layers - 1):
-        assert torch.equal(acts[layer], hs[layer + 1][0, -1].float()), layer
+        # the capture continues from the prompt's KV cache (activations.continuations): equal to
+        # the whole-sequence pass to float32 rounding of the residual stream's scale (smollm2 has
+        # entries near 500), and to no other layer's hidden state
+        expected = hs[layer + 1][0, -1].float()
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(acts[layer], expected, rtol=0, atol=1e-6 * scale + 5e-5, msg=f"layer {layer}")
+        if layer:
+            assert float((acts[layer] - hs[layer][0, -1].float()).abs().max()) > 1e-3 * scale
     # transformers applies the final norm to hidden_states[-1]; steerlab's last layer is the raw
     # output of the last block, so the norm of it must match.
     with torch.no_grad():
