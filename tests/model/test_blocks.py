@@ -39,7 +39,7 @@ def check_layer_convention(lm):
     # output of the last block, so the norm of it must match.
     with torch.no_grad():
         normed = _final_norm(lm)(acts[-1][None, None])[0, 0]
-    torch.testing.assert_close(normed, hs[-1][0, -1].float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(normed, hs[-1][0, -1].float(), rtol=1e-5, atol=5e-5)
 
 
 def test_layer_l_is_hidden_states_l_plus_1(tiny_any):
