@@ -28,6 +28,9 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert on_disk["prompting"]["finetuned_asked_opposite"]["effect"] is not None
     assert on_disk["model_diff_positions"]["position_0"] is not None
     assert {"evil", "sycophantic", "hallucinating", "cosine"} <= set(on_disk["traits"])
+    # the study steers at response positions (the seed's evaluation default), and the reading says so
+    assert on_disk["steering_positions"] == "response"
+    assert any("at the last prompt token and every answer token" in line for line in on_disk["reading"])
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]

@@ -193,7 +193,8 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "random_baseline": comparison["baseline"],
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
-        "best_steering": best_rows, "prompting": study.get("prompting"),
+        "best_steering": best_rows, "steering_positions": study["config"].get("positions", "all"),
+        "prompting": study.get("prompting"),
         "model_diff_vs_contrastive": [c for c in study.get("comparisons", []) if c["layers"] == str(best)],
         "model_diff_positions": _positions_summary(diff.positions, best),
         "monitor": monitor["summary"], "traits": persona["traits"], "traits_failed": persona["failed"],
@@ -244,6 +245,11 @@ def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | 
     return "; ".join(parts)
 
 
+# How the reading names the study's steering positions (SPEC §4).
+STEERED_AT = {"response": "at the last prompt token and every answer token", "all": "at every token",
+              "prompt": "at the prompt tokens"}
+
+
 def reading(s: dict[str, Any], max_drop: float) -> list[str]:
     """A short plain-language reading of the headline numbers (no claims beyond them)."""
     m, best = s["margins"], s["best_layer"]
@@ -282,7 +288,8 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
         row = s["best_steering"].get(f"{vector}|finetuned|{best}")
         if row:
             lines.append(f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
-                         f"(coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
+                         f"({STEERED_AT[s.get('steering_positions', 'all')]}, "
+                         f"coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
                          f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}.")
     paired = [c for c in s.get("model_diff_vs_contrastive") or [] if c["model"] == "finetuned"]
     if paired:
