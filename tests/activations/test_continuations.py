@@ -48,3 +48,24 @@ def test_prompts_only_last_token(tiny_any):
     prompts = [ChatSample(q) for q in QUESTIONS] + [ChatSample("the quick brown fox jumps", chat=False)]
     shared = capture(tiny_any, prompts, ["prompt_last"])["prompt_last"]
     torch.testing.assert_close(shared, _full(tiny_any, prompts, ["prompt_last"])["prompt_last"], atol=1e-5, rtol=1e-5)
+
+
+def test_prompt_groups_run_one_at_a_time(tiny_llama, monkeypatch):
+    """Prompt passes hold at most batch_size (and PREFIX_GROUP) distinct prompts, built lazily: the
+    result is the same."""
+    from steerlab.model import prefix_cache
+
+    whole = capture(tiny_llama, SAMPLES, REDUCTIONS, batch_size=8)
+    built = []
+    original = prefix_cache.PrefixCache.build.__func__
+
+    def spy(cls, lm, prefixes):
+        built.append(len(prefixes))
+        return original(cls, lm, prefixes)
+
+    monkeypatch.setattr(prefix_cache.PrefixCache, "build", classmethod(spy))
+    monkeypatch.setattr(prefix_cache, "PREFIX_GROUP", 2)
+    small = capture(tiny_llama, SAMPLES, REDUCTIONS, batch_size=8)
+    assert built == [2, 1]  # 3 distinct prompts, two at a time
+    for name in REDUCTIONS:
+        torch.testing.assert_close(small[name], whole[name], atol=1e-5, rtol=1e-5)

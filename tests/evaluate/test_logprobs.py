@@ -74,8 +74,9 @@ def test_shared_prompts_with_a_sliding_window_shorter_than_the_prompt():
 
 
 def test_each_distinct_prompt_runs_once(tiny_llama, monkeypatch):
-    """A sweep over 3 coefficients of 12 samples (3 distinct prompts, 2 system prompts) builds the
-    prompt cache once, over 4 distinct prompts; ``all`` positions steer the prompt: full sequences."""
+    """A sweep over 3 coefficients of 12 samples (6 distinct prompts: 3 questions, with and without a
+    system prompt) runs each distinct prompt once, in prompt passes of at most ``batch_size``
+    prompts; ``all``/``prompt`` positions steer the prompt itself: whole sequences, no prompt pass."""
     built = []
     original = PrefixCache.build.__func__
 
@@ -89,10 +90,41 @@ def test_each_distinct_prompt_runs_once(tiny_llama, monkeypatch):
     coeffs = [c for c in (-1.0, 0.0, 1.0) for _ in SAMPLES]
     response_logprobs(tiny_llama, samples, [SteeringSpec(vec, 1, positions="response")], coeffs, batch_size=4)
     distinct = {(s.prompt, s.system) for s in SAMPLES}
-    assert built == [len(distinct)]
+    assert len(distinct) == 6 and built == [4, 2]
     for positions in ("all", "prompt"):
         response_logprobs(tiny_llama, samples, [SteeringSpec(vec, 1, positions=positions)], coeffs, batch_size=4)
-    assert built == [len(distinct)]
+    assert built == [4, 2]
+
+
+def test_padding_positions_stay_inside_the_model(one_thread):
+    """GPT-2 has 256 learned positions here: a long prompt with a short answer batched with a short
+    prompt and a long answer must not give the first row's padding positions past 255."""
+    from tiny import make_tiny
+
+    lm = make_tiny("gpt2")
+    long_prompt, long_answer = "the quick brown fox " * 30, "drink water and rest " * 10
+    samples = [ChatSample(long_prompt, "yes"), ChatSample("yes or no", long_answer)]
+    encoded = [encode_chat(lm.tokenizer, s.prompt, s.response) for s in samples]
+    assert max(len(e.ids) for e in encoded) <= 256 < encoded[0].prompt_len + len(encoded[1].ids)
+    shared, full = _both(lm, samples)
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
+
+
+def test_caches_other_than_key_value_layers_use_whole_sequences(tiny_llama):
+    from transformers.cache_utils import DynamicCache
+
+    from steerlab.model.prefix_cache import selectable
+
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        cache = tiny_llama.model(ids, use_cache=True).cache
+    assert isinstance(cache, DynamicCache) and selectable(cache)
+
+    class StateLayer:  # e.g. a linear-attention layer: rows of its state would not be selected
+        pass
+
+    cache.layers[1] = StateLayer()
+    assert not selectable(cache) and not selectable(None) and not selectable(DynamicCache())
 
 
 def test_prompt_groups_split_without_changing_results(tiny_llama, monkeypatch):
@@ -112,30 +144,31 @@ def test_continuing_rows_leaves_the_shared_cache_unchanged(tiny_any):
     assert mask.sum(-1).tolist() == [len(t) for t in tails]
 
 
-def _calls(module, counter, key):
-    def hook(*_):
-        counter[key] += 1
+def _rows_seen(module, counter, key):
+    def hook(_module, _inputs, output):
+        counter[key] += (output[0] if isinstance(output, tuple) else output).shape[0]
     return module.register_forward_hook(hook)
 
 
 def test_blocks_below_the_steered_layer_run_once_per_sequence(tiny_any):
-    """Steering at layer 2 of 4: blocks 0-1 run for the prompt cache and once per distinct sequence,
+    """Steering at layer 2 of 4: blocks 0-1 run for the prompt pass and once per distinct sequence,
     not once per steered row (blocks 2-3 run for the steered rows); the margins equal full sequences."""
     vec = SteeringVector(torch.randn(tiny_any.n_layers, tiny_any.d_model))
     samples = SAMPLES * 3
     coeffs = [c for c in (-2.0, 1.0, 3.0) for _ in SAMPLES]
     spec = [SteeringSpec(vec, 2, positions="response")]
     counter = {"low": 0, "high": 0}
-    handles = [_calls(next(tiny_any.blocks[1].children()), counter, "low"),
-               _calls(next(tiny_any.blocks[3].children()), counter, "high")]
+    handles = [_rows_seen(next(tiny_any.blocks[1].children()), counter, "low"),
+               _rows_seen(next(tiny_any.blocks[3].children()), counter, "high")]
     try:
         shared = response_logprobs(tiny_any, samples, spec, coeffs, batch_size=4)
     finally:
         for h in handles:
             h.remove()
-    distinct_batches, steered_batches = -(-len(SAMPLES) // 4), -(-len(samples) // 4)
-    # the unsteered pass over distinct sequences stops after block 1: block 3 runs for steered rows only
-    assert counter == {"low": 1 + distinct_batches, "high": 1 + steered_batches}
+    prompts = len({(s.prompt, s.system) for s in SAMPLES})
+    # rows through block 1: each prompt once, each distinct sequence once; through block 3: each
+    # prompt once, then every steered row (the unsteered pass stops after block 1)
+    assert counter == {"low": prompts + len(SAMPLES), "high": prompts + len(samples)}
     full = response_logprobs(tiny_any, samples, spec, coeffs, batch_size=4, share_prompts=False)
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
     assert all("forward" not in block.__dict__ for block in tiny_any.blocks)

@@ -10,6 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from steerlab.formats.traits import load_trait
+from steerlab.judge import local as local_module
 from steerlab.judge import make_judge
 from steerlab.judge.local import LocalJudge
 from steerlab.judge.score import ANSWERS, score_from_distribution
@@ -141,7 +142,11 @@ def test_local_shared_template_start_runs_once(tiny_any):
     force on every architecture (the third prompt does not share it and batches apart)."""
     judge = _check_exact(tiny_any, prompts=LONG_PROMPTS, ks=SOME_K)
     assert judge.forwards == 3  # the shared start, the two template prompts, the other prompt
-    whole = LocalJudge(tiny_any, batch_size=1).answer_logprobs(LONG_PROMPTS)  # nothing shared
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_module, "SHARED_MIN", 10_000)  # nothing shared
+        plain = LocalJudge(tiny_any, batch_size=2)
+        whole = plain.answer_logprobs(LONG_PROMPTS)
+    assert plain.forwards == 2
     torch.testing.assert_close(judge.answer_logprobs(LONG_PROMPTS).exp(), whole.exp(), rtol=0, atol=1e-6)
 
 

@@ -277,6 +277,11 @@ def capture(
     (fp32, 1e-5). Memory holds the result plus one batch: ``batch x len(layers) x d_model`` per
     reduction.
 
+    Reductions of the last prompt token and the response run each distinct prompt once
+    (:mod:`steerlab.activations.continuations`); hooks of your own on the model's modules then see
+    the prompt pass and the continuations separately (a steerlab steerer active on the model keeps
+    whole sequences).
+
     Raises SteerlabError for no samples, an empty prompt, an empty response with a response
     reduction, an unknown reduction, a layer out of range, or ``position:I`` beyond a sequence.
     """

@@ -11,6 +11,7 @@ rounding (tests compare them).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -54,8 +55,10 @@ def iter_continuation_activations(
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]] | None:
     """Batches ``(sample indices, {reduction: [b, len(layers), d_model]})`` as
     :func:`steerlab.activations.capture.iter_activations` yields them, from shared prompts; None
-    when the model has no selectable KV cache (nothing has run then)."""
-    groups = shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded])
+    when the model has no selectable KV cache (only the first group's prompt pass has run then).
+    Prompts are grouped ``batch_size`` distinct prompts at a time, so one prompt pass and one
+    group's cache are held at once."""
+    groups = shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded], batch_size)
     first = next(groups)
     if first[0] is None:
         return None
@@ -67,7 +70,7 @@ def _batches(lm: LoadedModel, encoded: Sequence[EncodedChat], reductions: Sequen
              rest: Iterator[Any]) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     tails = [e.ids[e.prompt_len - 1 :] for e in encoded]
     with progress_bar(description, len(encoded)) as advance:
-        for cache, rows, which in (first, *rest):
+        for cache, rows, which in itertools.chain([first], rest):  # lazily: one group's cache at a time
             prompt_of = dict(zip(rows, which, strict=True))
             order = sorted(rows, key=lambda i: len(tails[i]))
             for start in range(0, len(order), batch_size):

@@ -28,7 +28,14 @@ from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat
 from ..model.hooks import installed_hooks, output_hooks
 from ..model.loading import LoadedModel
-from ..model.prefix_cache import PrefixCache, packed_logits, returns_hidden_only, shared_prefixes, skipped_blocks
+from ..model.prefix_cache import (
+    PrefixCache,
+    can_skip_blocks,
+    packed_logits,
+    returns_hidden_only,
+    shared_prefixes,
+    skipped_blocks,
+)
 from ..progress import progress_bar
 from ..steering.operators import row_mask
 from ..steering.steerer import SteeringSpec, steer
@@ -50,9 +57,16 @@ def response_logprobs(
     own per-row coefficients and ``rows`` (a mask over, or indices into, ``samples``) are honoured,
     so several conditions run as rows of shared batches. ``share_prompts`` (default) computes each
     distinct prompt once when no spec steers the prompt (module docstring); False forces full
-    sequences. ``batch_size`` is rows per forward pass. Raises SteerlabError for no samples, an
-    empty prompt or response, or steering that does not fit the model.
+    sequences, as does a steerlab hook already on the model (an outer steerer). Hooks of your own on
+    the model's modules see the prompt pass and the continuations separately, and none on skipped
+    blocks: pass ``share_prompts=False`` to keep whole forward passes. ``batch_size`` is rows per
+    forward pass (and distinct prompts per prompt pass). Raises SteerlabError for no samples, a
+    batch size below 1, an empty prompt or response, or steering that does not fit the model.
     """
+    if not samples:
+        raise SteerlabError("no samples given")
+    if batch_size < 1:
+        raise SteerlabError(f"--batch-size {batch_size}: expected at least 1")
     if row_coeffs is not None:
         coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
         steering = [s.with_coeff(coeffs) for s in steering]
@@ -94,10 +108,14 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
     once per distinct sequence). None when the model has no selectable cache (the caller then runs
     full sequences)."""
     out = torch.empty(len(encoded), dtype=torch.float64)
-    tails = [e.ids[e.prompt_len - 1 :] for e in encoded]  # the last prompt token, then the response
+    # A row's input: the last prompt token, then the response but its last token (which predicts
+    # nothing scored and which no other token attends to); it predicts every response token.
+    tails = [e.ids[e.prompt_len - 1 : -1] for e in encoded]
+    targets = [e.ids[e.prompt_len :] for e in encoded]
     signatures = _signatures(steering, len(encoded))
     with progress_bar("log-likelihoods", len(encoded)) as advance:
-        for cache, rows, prompt_index in shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded]):
+        for cache, rows, prompt_index in shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded],
+                                                         batch_size):
             if cache is None:
                 return None
             which = dict(zip(rows, prompt_index, strict=True))
@@ -115,12 +133,12 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
                             if skip else contextlib.nullcontext())
                 # Continuation coordinates: column 0 is the last prompt token, so the response starts at 1.
                 starts = torch.ones(len(idx), dtype=torch.long, device=lm.device)
-                # Position j predicts token j + 1 of its row: the head reads positions 0 .. len - 2 only.
+                # Position j predicts response token j; the head reads the rows' real positions only.
                 lengths = torch.tensor([len(tails[i]) for i in idx], device=lm.device)
-                keep = torch.arange(int(lengths.max()), device=lm.device)[None, :] < lengths[:, None] - 1
+                keep = torch.arange(int(lengths.max()), device=lm.device)[None, :] < lengths[:, None]
                 with skipping, steerer, steerer.teacher_forcing(starts):
                     logits, _ = cache.continue_rows(lm, rows_of, [tails[i] for i in idx], keep)
-                target = torch.tensor([t for i in idx for t in tails[i][1:]], device=lm.device)
+                target = torch.tensor([t for i in idx for t in targets[i]], device=lm.device)
                 out[idx] = _mean_logp(logits, target, keep)
                 advance(len(idx))
     return out
@@ -138,7 +156,7 @@ def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], ta
     """Unsteered outputs of blocks ``layers`` over each distinct continuation: ``{(prompt, tail):
     {layer: [len(tail), d_model]}}``; None when blocks do not return a plain hidden state (no
     block is skipped then) or nothing is needed."""
-    if not layers:
+    if not layers or not can_skip_blocks(lm):
         return None
     distinct = list(dict.fromkeys(zip(which, map(tuple, tails), strict=True)))
     states: Sequences = {key: {} for key in distinct}
@@ -164,7 +182,7 @@ def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], ta
             if not returns_hidden_only(output):
                 return None
             for row, key in enumerate(keys):
-                states[key][layer] = output[row, : len(key[1])]
+                states[key][layer] = output[row, : len(key[1])].clone()  # not a view of the whole batch
     return states
 
 

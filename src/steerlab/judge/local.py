@@ -274,14 +274,16 @@ class LocalJudge(BaseJudge):
         pad_id = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         position_ids = torch.zeros((len(rows), width), dtype=torch.long)
-        allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # pad rows attend to themselves
+        if tree:
+            allowed = torch.eye(width, dtype=torch.bool).repeat(len(rows), 1, 1)  # pad rows attend to themselves
         for i, (r, t) in enumerate(zip(rows, tries, strict=True)):
             p, n = pads[i], len(r.prompt)
             input_ids[i, p:] = torch.tensor(seqs[i])
             position_ids[i, p:] = torch.tensor([*range(start, start + n), *(start + n - 1 + d for d in t.depths)])
-            allowed[i, p:, p : p + n] = True
-            allowed[i, p : p + n, p : p + n] = torch.ones(n, n, dtype=torch.bool).tril()
-            allowed[i, p + n :, p + n :] = t.ancestors
+            if tree:
+                allowed[i, p:, p : p + n] = True
+                allowed[i, p : p + n, p : p + n] = torch.ones(n, n, dtype=torch.bool).tril()
+                allowed[i, p + n :, p + n :] = t.ancestors
         if tree:
             if start:  # every row attends to the whole shared start (one prefix: no padding there)
                 allowed = torch.cat([torch.ones(len(rows), width, start, dtype=torch.bool), allowed], dim=-1)

@@ -56,8 +56,8 @@ class PrefixCache:
     @classmethod
     def build(cls, lm: LoadedModel, prefixes: Sequence[Sequence[int]]) -> PrefixCache | None:
         """One forward pass over the left-padded ``prefixes`` (token ids, each non-empty) with
-        ``use_cache=True``. Returns None for a model whose forward returns no transformers ``Cache``
-        with selectable rows (``batch_select_indices``): such models are scored by full passes."""
+        ``use_cache=True``. Returns None for a model whose cache is not made of plain key/value
+        layers (:func:`selectable`): such models are scored by full passes."""
         lengths = [len(p) for p in prefixes]
         ids = pad_sequences(prefixes, lm.tokenizer.pad_token_id or 0, "left").to(lm.device)
         mask = attention_mask(lengths).to(lm.device)
@@ -65,7 +65,7 @@ class PrefixCache:
         with packed_logits(lm, torch.zeros_like(mask, dtype=torch.bool)), torch.inference_mode():
             out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
         cache = getattr(out, "cache", None)
-        if cache is None or not callable(getattr(cache, "batch_select_indices", None)):
+        if not selectable(cache):
             return None
         return cls(cache, mask, torch.tensor(lengths, device=lm.device))
 
@@ -89,6 +89,8 @@ class PrefixCache:
         tail = attention_mask([len(c) for c in continuations], side="right").to(lm.device)
         full_mask = torch.cat([self.mask[which], tail], dim=1)
         positions = self.lengths[which][:, None] + torch.arange(ids.shape[1], device=lm.device)[None, :]
+        # Padding (masked out) gets position 0, so no row's padding reaches past the model's positions.
+        positions = torch.where(tail.bool(), positions, 0)
         packing = packed_logits(lm, keep) if keep is not None else contextlib.nullcontext()
         with packing, torch.inference_mode():
             logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
@@ -96,21 +98,43 @@ class PrefixCache:
         return (logits[0] if keep is not None else logits), tail
 
 
+def selectable(cache: Any) -> bool:
+    """Whether ``cache`` is a transformers ``Cache`` whose every layer is a plain (or sliding-window)
+    key/value layer, so selecting rows selects everything it holds. Linear-attention and other
+    state layers, quantized or offloaded caches are not: their models use whole sequences."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    layers = getattr(cache, "layers", None)
+    return (isinstance(layers, list) and bool(layers) and not getattr(cache, "offloading", False)
+            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
+
+
+def can_skip_blocks(lm: LoadedModel) -> bool:
+    """Whether :func:`skipped_blocks` is exact for ``lm``: not when later layers read earlier layers'
+    keys and values (KV sharing across layers, e.g. Gemma 3n), which skipped blocks would not write."""
+    config = unwrap_model(lm.model).config
+    text = getattr(config, "get_text_config", lambda: config)()
+    return not (getattr(text, "num_kv_shared_layers", 0) or 0)
+
+
 def shared_prefixes(lm: LoadedModel, prefixes: Sequence[Sequence[int]],
                     group: int | None = None) -> Iterator[tuple[PrefixCache | None, list[int], list[int]]]:
     """Rows grouped by their prefix: yields ``(cache, rows, which)`` per group of at most ``group``
-    distinct prefixes (default :data:`PREFIX_GROUP`), where ``rows`` are indices into ``prefixes``
+    distinct prefixes (at most :data:`PREFIX_GROUP`; callers pass their batch size, so a prompt pass
+    is one batch), shortest prefixes first, where ``rows`` are indices into ``prefixes``
     and ``which[j]`` is the index of row ``rows[j]``'s prefix in ``cache``. ``cache`` is None for a
     model without a selectable KV cache (the caller then runs whole sequences). Groups bound the
     memory of cached prefixes."""
-    group = group or PREFIX_GROUP
+    group = min(group or PREFIX_GROUP, PREFIX_GROUP)
     index: dict[tuple[int, ...], int] = {}
     of = [index.setdefault(tuple(p), len(index)) for p in prefixes]
     distinct = list(index)
-    for first in range(0, len(distinct), group):
-        cache = PrefixCache.build(lm, distinct[first : first + group])
-        rows = [i for i, u in enumerate(of) if first <= u < first + group]
-        yield cache, rows, [of[i] - first for i in rows]
+    order = sorted(range(len(distinct)), key=lambda u: len(distinct[u]))  # similar lengths side by side
+    rank = {u: r for r, u in enumerate(order)}
+    for first in range(0, len(order), group):
+        cache = PrefixCache.build(lm, [distinct[u] for u in order[first : first + group]])
+        rows = [i for i, u in enumerate(of) if first <= rank[u] < first + group]
+        yield cache, rows, [rank[of[i]] - first for i in rows]
 
 
 def packed_logits(lm: LoadedModel, keep: torch.Tensor) -> contextlib.AbstractContextManager[None]:
