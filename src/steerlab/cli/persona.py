@@ -16,7 +16,16 @@ from ..pipelines.persona_traits import PersonaTraitsConfig, PersonaTraitsResult,
 from ..progress import console
 from ..steering.steerer import parse_layers
 from .app import app, new_group
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, JudgeOpt, JudgeUrlOpt, ModelOpt, steering_positions_option
+from .options import (
+    AdapterOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JudgeOpt,
+    JudgeUrlOpt,
+    ModelOpt,
+    parse_floats,
+    steering_positions_option,
+)
 
 persona_app = new_group("Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted.")
 app.add_typer(persona_app, name="persona")
@@ -79,7 +88,7 @@ def extract(
     if several:
         specs = resolve_traits(trait)  # bad names fail before the model loads
         study = PersonaTraitsConfig(persona=config, seed=seed, **{k: v for k, v in (
-            ("coeffs", _floats(coeffs, "--coeffs") if coeffs is not None else None), ("controls", controls),
+            ("coeffs", parse_floats(coeffs, "--coeffs") if coeffs is not None else None), ("controls", controls),
             ("scan_coeff", scan_coeff), ("eval_questions", eval_questions), ("positions", steering_positions))
             if v is not None})
         lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
@@ -109,17 +118,6 @@ def extract(
                       f"({result.n_effective} would pass the filter); their metadata says filter=none")
     for reduction, path in result.vectors.items():
         console.print(f"{reduction}: {path}")
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    """``"-4,2,4"`` -> ``[-4.0, 2.0, 4.0]``; SteerlabError naming ``flag`` otherwise."""
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise SteerlabError(f"{flag} {text!r}: expected comma-separated numbers, e.g. -4,2,4,8") from None
-    if not values:
-        raise SteerlabError(f"{flag}: no values given")
-    return values
 
 
 def _print_study(result: PersonaTraitsResult, out: Path) -> None:
