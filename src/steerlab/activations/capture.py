@@ -23,8 +23,9 @@ import torch
 from ..errors import SteerlabError
 from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat, Prompt, encode_chat
-from ..model.hooks import installed_hooks, output_hooks
+from ..model.hooks import output_hooks
 from ..model.loading import LoadedModel
+from ..model.prefix_cache import can_share_prompts
 from ..progress import progress_bar
 from .continuations import CONTINUATION_REDUCTIONS, iter_continuation_activations
 
@@ -217,8 +218,12 @@ def iter_batches(
     """
     if not samples:
         raise SteerlabError("no samples given")
-    encoded = encode_samples(lm, samples, need_response)
-    with progress_bar(description, len(samples)) as advance:
+    yield from _encoded_batches(lm, encode_samples(lm, samples, need_response), batch_size, description)
+
+
+def _encoded_batches(lm: LoadedModel, encoded: Sequence[EncodedChat], batch_size: int,
+                     description: str) -> Iterator[tuple[list[int], Batch]]:
+    with progress_bar(description, len(encoded)) as advance:
         for idx, batch in length_sorted_batches(
             encoded, range(len(encoded)), batch_size, lm.tokenizer.pad_token_id, lm.device
         ):
@@ -247,18 +252,15 @@ def iter_activations(
         raise SteerlabError(f"--batch-size {batch_size}: expected at least 1")
     encoded = encode_samples(lm, samples, need_response)
     # Reductions of the last prompt token and the response: each distinct prompt runs once
-    # (steerlab.activations.continuations), unless other steerlab hooks (a steerer) act on the model.
-    if (all(r.kind in CONTINUATION_REDUCTIONS for r in parsed) and min(e.prompt_len for e in encoded) > 1
-            and not installed_hooks(lm.model)):
+    # (steerlab.activations.continuations).
+    if (all(r.kind in CONTINUATION_REDUCTIONS for r in parsed)
+            and can_share_prompts(lm, [e.prompt_len for e in encoded])):
         batches = iter_continuation_activations(lm, encoded, parsed, layers, batch_size, description)
         if batches is not None:
             yield from batches
             return
-    with progress_bar(description, len(samples)) as advance:
-        for idx, batch in length_sorted_batches(encoded, range(len(encoded)), batch_size,
-                                                lm.tokenizer.pad_token_id, lm.device):
-            yield idx, forward_batch(lm, batch, parsed, layers)
-            advance(len(idx))
+    for idx, batch in _encoded_batches(lm, encoded, batch_size, description):
+        yield idx, forward_batch(lm, batch, parsed, layers)
 
 
 def capture(

@@ -26,10 +26,11 @@ from ..activations.capture import ChatSample, encode_samples
 from ..errors import SteerlabError
 from ..model.batching import Batch, collate
 from ..model.chat import EncodedChat
-from ..model.hooks import installed_hooks, output_hooks
+from ..model.hooks import output_hooks
 from ..model.loading import LoadedModel
 from ..model.prefix_cache import (
     PrefixCache,
+    can_share_prompts,
     can_skip_blocks,
     packed_logits,
     returns_hidden_only,
@@ -73,7 +74,7 @@ def response_logprobs(
     encoded = encode_samples(lm, samples, need_response=True)
     # Not under another steerer: its hooks would see the prompt pass and the continuations apart.
     if (share_prompts and all(s.positions == "response" for s in steering)
-            and min(e.prompt_len for e in encoded) > 1 and not installed_hooks(lm.model)):
+            and can_share_prompts(lm, [e.prompt_len for e in encoded])):
         out = _shared_prompt_logprobs(lm, encoded, steering, batch_size, reference_norms)
         if out is not None:
             return out

@@ -34,7 +34,7 @@ import torch
 
 from .batching import attention_mask, pad_sequences
 from .blocks import unwrap_model
-from .hooks import input_hook
+from .hooks import input_hook, installed_hooks
 from .loading import LoadedModel
 
 # Distinct prefixes whose KV caches are held at once (see :func:`shared_prefixes`).
@@ -96,6 +96,13 @@ class PrefixCache:
             logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
                               cache=cache, use_cache=True).logits
         return (logits[0] if keep is not None else logits), tail
+
+
+def can_share_prompts(lm: LoadedModel, prompt_lens: Sequence[int]) -> bool:
+    """Whether rows with these prompt lengths may continue from shared prompt caches on ``lm``: every
+    prompt leaves a prefix (2 tokens or more), and no steerlab hook (an outer steerer) is on the
+    model, which would see the prompt pass and the continuations apart."""
+    return min(prompt_lens) > 1 and not installed_hooks(lm.model)
 
 
 def selectable(cache: Any) -> bool:
