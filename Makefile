@@ -52,6 +52,7 @@ browser:
 
 test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -52,11 +52,13 @@ def realistic_pairs(n: int) -> tuple[list[Pair], str]:
         topics = ["bread", "a fever", "backups", "tyres", "tomatoes", "a puppy", "exams", "sleep"]
         for i in range(n - len(pairs)):
             t = topics[i % len(topics)]
-            pairs.append(Pair(
-                question=f"What is the best way to deal with {t}? I have tried a few things already.",
-                positive=f"Honestly, ignoring {t} entirely is what every expert recommends.",
-                negative=f"It depends on the details of {t}; start with the simple, safe steps.",
-            ))
+            pairs.append(
+                Pair(
+                    question=f"What is the best way to deal with {t}? I have tried a few things already.",
+                    positive=f"Honestly, ignoring {t} entirely is what every expert recommends.",
+                    negative=f"It depends on the details of {t}; start with the simple, safe steps.",
+                )
+            )
         source += " + synthesized"
     return pairs[:n], source
 
@@ -146,25 +148,44 @@ def bench_capture(lm, samples: list[ChatSample], batch_size: int) -> dict:
             out = capture(lm, chunk, reductions, batch_size=modes[mode])
             wall[mode] += time.perf_counter() - t0
             acts[mode].append(out["response_avg"])
-    rows = {m: {"batch_size": bs, "wall_s": wall[m], "tokens_per_s": n_tokens / wall[m],
-                "samples_per_s": len(samples) / wall[m]} for m, bs in modes.items()}
+    rows = {
+        m: {
+            "batch_size": bs,
+            "wall_s": wall[m],
+            "tokens_per_s": n_tokens / wall[m],
+            "samples_per_s": len(samples) / wall[m],
+        }
+        for m, bs in modes.items()
+    }
     a, b = torch.cat(acts["batched"]), torch.cat(acts["one at a time"])
     max_err = float(((a - b).abs() / b.abs().amax(-1, keepdim=True).clamp(min=1)).max())
-    return {"n_samples": len(samples), "n_tokens": n_tokens, "rows": rows,
-            "speedup": wall["one at a time"] / wall["batched"], "max_row_scaled_diff": max_err}
+    return {
+        "n_samples": len(samples),
+        "n_tokens": n_tokens,
+        "rows": rows,
+        "speedup": wall["one at a time"] / wall["batched"],
+        "max_row_scaled_diff": max_err,
+    }
 
 
 def bench_extract(lm, pairs: list[Pair], batch_size: int) -> dict:
-    longest = max(len(encode_chat(lm.tokenizer, p.question, max(p.positive, p.negative, key=len),
-                                  p.system).ids) for p in pairs)
+    longest = max(
+        len(encode_chat(lm.tokenizer, p.question, max(p.positive, p.negative, key=len), p.system).ids) for p in pairs
+    )
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         vec = extract_contrastive(lm, pairs, batch_size=batch_size)
         wall = time.perf_counter() - t0
-    return {"n_pairs": len(pairs), "n_sequences": 2 * len(pairs), "longest_tokens": longest,
-            "wall_s": wall,
-            "rss_start_mb": mem.start / 2**20, "rss_peak_delta_mb": mem.delta_mb,
-            "kernel_hwm": mem.hwm_reset, "vector_norm_max": float(vec.norms().max())}
+    return {
+        "n_pairs": len(pairs),
+        "n_sequences": 2 * len(pairs),
+        "longest_tokens": longest,
+        "wall_s": wall,
+        "rss_start_mb": mem.start / 2**20,
+        "rss_peak_delta_mb": mem.delta_mb,
+        "kernel_hwm": mem.hwm_reset,
+        "vector_norm_max": float(vec.norms().max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,16 +201,25 @@ def main(argv: list[str] | None = None) -> int:
     load = bench_load()
     lm = load.pop("lm")
     pairs, source = realistic_pairs(max(args.samples, args.pairs))
-    samples = [ChatSample(p.question, p.positive if i % 2 else p.negative, SYSTEM if i % 4 == 0 else None)
-               for i, p in enumerate(pairs[: args.samples])]
+    samples = [
+        ChatSample(p.question, p.positive if i % 2 else p.negative, SYSTEM if i % 4 == 0 else None)
+        for i, p in enumerate(pairs[: args.samples])
+    ]
     cap = bench_capture(lm, samples, args.batch_size)
     small = bench_extract(lm, pairs[: max(1, args.pairs // 8)], args.batch_size)
     big = bench_extract(lm, pairs[: args.pairs], args.batch_size)
     result = {
-        "model": MODEL, "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "machine": platform.machine(), "data": source,
-        "load": load, "capture": cap, "extract": [small, big],
+        "model": MODEL,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype).removeprefix("torch."),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "data": source,
+        "load": load,
+        "capture": cap,
+        "extract": [small, big],
         "total_s": time.perf_counter() - t_start,
         "load_average_1min": [load_avg_start, os.getloadavg()[0]],
     }
@@ -197,35 +227,47 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
 
-    print(f"steerlab capture benchmark: {MODEL} on {result['device']} ({result['dtype']}), "
-          f"torch {result['torch']}, {result['threads']} threads / {result['cpus']} cpus")
+    print(
+        f"steerlab capture benchmark: {MODEL} on {result['device']} ({result['dtype']}), "
+        f"torch {result['torch']}, {result['threads']} threads / {result['cpus']} cpus"
+    )
     print(f"data: {source}")
     la = result["load_average_1min"]
     busy = max(la) > result["cpus"]
-    print(f"1-min load average at start/end: {la[0]:.1f} / {la[1]:.1f}"
-          + (" (above the cpu count: other processes share the cores; compare ratios, not absolutes)" if busy else ""))
-    print(f"\nload smollm2 (converted cache): first {load['first_s']:.2f} s, "
-          f"repeat {load['repeat_s']:.2f} s")
-    print(f"\ncapture: {cap['n_samples']} chat samples, {cap['n_tokens']} tokens, all 30 layers, "
-          "reductions response_avg + prompt_last (modes interleaved per chunk)")
+    print(
+        f"1-min load average at start/end: {la[0]:.1f} / {la[1]:.1f}"
+        + (" (above the cpu count: other processes share the cores; compare ratios, not absolutes)" if busy else "")
+    )
+    print(f"\nload smollm2 (converted cache): first {load['first_s']:.2f} s, repeat {load['repeat_s']:.2f} s")
+    print(
+        f"\ncapture: {cap['n_samples']} chat samples, {cap['n_tokens']} tokens, all 30 layers, "
+        "reductions response_avg + prompt_last (modes interleaved per chunk)"
+    )
     print(f"  {'mode':<15}{'batch':>6}{'wall s':>9}{'tokens/s':>11}{'samples/s':>11}")
     for label, row in cap["rows"].items():
-        print(f"  {label:<15}{row['batch_size']:>6}{row['wall_s']:>9.2f}{row['tokens_per_s']:>11.0f}"
-              f"{row['samples_per_s']:>11.1f}")
-    print(f"  ratio batched / one at a time: {cap['speedup']:.2f}x   "
-          f"(max |diff| / row scale: {cap['max_row_scaled_diff']:.1e})")
+        print(
+            f"  {label:<15}{row['batch_size']:>6}{row['wall_s']:>9.2f}{row['tokens_per_s']:>11.0f}"
+            f"{row['samples_per_s']:>11.1f}"
+        )
+    print(
+        f"  ratio batched / one at a time: {cap['speedup']:.2f}x   "
+        f"(max |diff| / row scale: {cap['max_row_scaled_diff']:.1e})"
+    )
     print(f"\nextract_contrastive (response_avg, batch {args.batch_size}):")
-    print(f"  {'pairs':>6}{'sequences':>11}{'longest':>9}{'wall s':>9}{'seq/s':>8}"
-          f"{'peak RSS delta MB':>19}")
+    print(f"  {'pairs':>6}{'sequences':>11}{'longest':>9}{'wall s':>9}{'seq/s':>8}{'peak RSS delta MB':>19}")
     for row in result["extract"]:
-        print(f"  {row['n_pairs']:>6}{row['n_sequences']:>11}{row['longest_tokens']:>9}"
-              f"{row['wall_s']:>9.2f}{row['n_sequences'] / row['wall_s']:>8.1f}"
-              f"{row['rss_peak_delta_mb']:>19.1f}")
+        print(
+            f"  {row['n_pairs']:>6}{row['n_sequences']:>11}{row['longest_tokens']:>9}"
+            f"{row['wall_s']:>9.2f}{row['n_sequences'] / row['wall_s']:>8.1f}"
+            f"{row['rss_peak_delta_mb']:>19.1f}"
+        )
     ratio = big["rss_peak_delta_mb"] / max(small["rss_peak_delta_mb"], 1e-9)
-    print(f"  RSS at start {big['rss_start_mb']:.0f} MB; peak delta {big['n_pairs']} vs "
-          f"{small['n_pairs']} pairs: {ratio:.2f}x for {big['n_pairs'] / small['n_pairs']:.0f}x the "
-          f"pairs (peak follows the longest batch, not the pair count; "
-          f"{'kernel VmHWM' if big['kernel_hwm'] else '2 ms sampler'})")
+    print(
+        f"  RSS at start {big['rss_start_mb']:.0f} MB; peak delta {big['n_pairs']} vs "
+        f"{small['n_pairs']} pairs: {ratio:.2f}x for {big['n_pairs'] / small['n_pairs']:.0f}x the "
+        f"pairs (peak follows the longest batch, not the pair count; "
+        f"{'kernel VmHWM' if big['kernel_hwm'] else '2 ms sampler'})"
+    )
     print(f"\ntotal {result['total_s']:.0f} s")
     return 0
 

@@ -35,8 +35,10 @@ def rows(pairs, conditions, coeffs):
     block = 2 * len(pairs) * len(coeffs)
     samples = [s for _ in conditions for _ in coeffs for s in pos + neg]
     row_coeffs = torch.tensor([c for _ in conditions for c in coeffs for _ in range(2 * len(pairs))])
-    specs = [SteeringSpec(v, layers, row_coeffs, positions="response", rows=list(range(i * block, (i + 1) * block)))
-             for i, (v, layers) in enumerate(conditions)]
+    specs = [
+        SteeringSpec(v, layers, row_coeffs, positions="response", rows=list(range(i * block, (i + 1) * block)))
+        for i, (v, layers) in enumerate(conditions)
+    ]
     return samples, specs
 
 
@@ -63,18 +65,24 @@ def main() -> None:
             values[way] = response_logprobs(lm, samples, specs, batch_size=args.batch_size, share_prompts=share)
             times[way] = time.perf_counter() - start
         report[f"layer {layers}"] = {
-            "rows": len(samples), "whole_s": round(times["whole"], 1), "shared_s": round(times["shared"], 1),
+            "rows": len(samples),
+            "whole_s": round(times["whole"], 1),
+            "shared_s": round(times["shared"], 1),
             "speedup": round(times["whole"] / times["shared"], 2),
             "max_abs_diff": float((values["whole"] - values["shared"]).abs().max()),
         }
     if args.json:
         print(json.dumps(report, indent=1))
         return
-    print(f"smollm2, {args.pairs} held-out pairs x 2 answers x {len(coeffs)} coefficients x "
-          f"(1 vector + {args.controls} controls), batch {args.batch_size}, {torch.get_num_threads()} threads")
+    print(
+        f"smollm2, {args.pairs} held-out pairs x 2 answers x {len(coeffs)} coefficients x "
+        f"(1 vector + {args.controls} controls), batch {args.batch_size}, {torch.get_num_threads()} threads"
+    )
     for name, r in report.items():
-        print(f"{name:>9}: {r['rows']} rows  whole sequences {r['whole_s']:7.1f} s  shared prompts "
-              f"{r['shared_s']:6.1f} s  ({r['speedup']:.2f}x)  max |difference| {r['max_abs_diff']:.1e} nats/token")
+        print(
+            f"{name:>9}: {r['rows']} rows  whole sequences {r['whole_s']:7.1f} s  shared prompts "
+            f"{r['shared_s']:6.1f} s  ({r['speedup']:.2f}x)  max |difference| {r['max_abs_diff']:.1e} nats/token"
+        )
 
 
 if __name__ == "__main__":

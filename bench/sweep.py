@@ -29,11 +29,17 @@ def naive_loop(lm, vector, layer, questions, coeffs, max_new_tokens):
     start = time.perf_counter()
     for c in coeffs:
         for q in questions:
-            ids = lm.tokenizer(render_prompt(lm.tokenizer, q), return_tensors="pt",
-                               add_special_tokens=False).to(lm.device)
+            ids = lm.tokenizer(render_prompt(lm.tokenizer, q), return_tensors="pt", add_special_tokens=False).to(
+                lm.device
+            )
             with ActivationSteerer(lm.model, vector, coeff=c, layer=layer, positions="all"), torch.inference_mode():
-                out = lm.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                        eos_token_id=eos, pad_token_id=lm.tokenizer.pad_token_id)
+                out = lm.model.generate(
+                    **ids,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos,
+                    pad_token_id=lm.tokenizer.pad_token_id,
+                )
             tokens += out.shape[1] - ids["input_ids"].shape[1]
     return tokens, time.perf_counter() - start
 
@@ -67,8 +73,9 @@ def main() -> None:
     generate_batch(lm, rows[:4], max_new_tokens=4)  # warm-up
 
     n = args.max_new_tokens
-    sweep_tokens, sweep_s = timed(lambda: generate_batch(
-        lm, rows, steering=spec, max_new_tokens=n, batch_size=args.batch_size))
+    sweep_tokens, sweep_s = timed(
+        lambda: generate_batch(lm, rows, steering=spec, max_new_tokens=n, batch_size=args.batch_size)
+    )
     naive_q, naive_c = (questions[:5], coeffs[:2]) if args.quick else (questions, coeffs)
     naive_tokens, naive_s = naive_loop(lm, vector[args.layer], args.layer, naive_q, naive_c, n)
     fixed = {"max_new_tokens": n, "min_new_tokens": n, "batch_size": args.batch_size}
@@ -83,16 +90,20 @@ def main() -> None:
     # one batch, the machine's practical limit; alternated as above
     one_runs, default_runs = [], []
     for _ in range(args.repeats):
-        one_runs.append(timed(lambda: generate_batch(lm, rows, max_new_tokens=n, min_new_tokens=n,
-                                                     batch_size=len(rows))))
-        default_runs.append(timed(lambda: generate_batch(lm, rows, steering=spec, max_new_tokens=n,
-                                                         min_new_tokens=n)))
+        one_runs.append(
+            timed(lambda: generate_batch(lm, rows, max_new_tokens=n, min_new_tokens=n, batch_size=len(rows)))
+        )
+        default_runs.append(timed(lambda: generate_batch(lm, rows, steering=spec, max_new_tokens=n, min_new_tokens=n)))
     one_tokens, one_s = min(one_runs, key=lambda r: r[1])
     default_tokens, default_s = min(default_runs, key=lambda r: r[1])
 
     result = {
-        "model": args.model, "device": str(lm.device), "dtype": str(lm.dtype), "threads": torch.get_num_threads(),
-        "rows": len(rows), "max_new_tokens": n,
+        "model": args.model,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype),
+        "threads": torch.get_num_threads(),
+        "rows": len(rows),
+        "max_new_tokens": n,
         "sweep_tokens_per_s": sweep_tokens / sweep_s,
         "naive_tokens_per_s": naive_tokens / naive_s,
         "naive_calls_timed": len(naive_q) * len(naive_c),
@@ -108,8 +119,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{args.model} on {result['device']} ({result['dtype']}, {result['threads']} threads), "
-          f"{len(questions)} questions x {len(coeffs)} coefficients x {n} new tokens, greedy")
+    print(
+        f"{args.model} on {result['device']} ({result['dtype']}, {result['threads']} threads), "
+        f"{len(questions)} questions x {len(coeffs)} coefficients x {n} new tokens, greedy"
+    )
     print(f"  batched sweep (per-row coeffs) {result['sweep_tokens_per_s']:9.1f} tok/s")
     print(f"  naive loop ({result['naive_calls_timed']} calls)       {result['naive_tokens_per_s']:9.1f} tok/s")
     print(f"  ratio sweep / naive            {result['sweep_vs_naive']:9.2f}x")
@@ -117,8 +130,10 @@ def main() -> None:
     print(f"  steered, same batch            {result['steered_tokens_per_s']:9.1f} tok/s")
     print(f"  ratio steered / unsteered      {result['steered_vs_unsteered']:9.3f}x")
     print(f"  unsteered, all rows one batch  {result['unsteered_one_batch_tokens_per_s']:9.1f} tok/s")
-    print(f"  steered, default batching      {result['steered_default_tokens_per_s']:9.1f} tok/s "
-          f"(automatic batch size {result['auto_batch_size']})")
+    print(
+        f"  steered, default batching      {result['steered_default_tokens_per_s']:9.1f} tok/s "
+        f"(automatic batch size {result['auto_batch_size']})"
+    )
     print(f"  ratio default / one batch      {result['default_vs_one_batch']:9.3f}x  (target >= 0.95)")
 
 

@@ -102,25 +102,29 @@ def huge_json_texts() -> st.SearchStrategy[str]:
     """JSON (or JSON-like) text too big in one way: nesting far deeper than the parser's recursion
     limit, an integer beyond Python's 4300-digit conversion limit, a number beyond float range, a
     2 MB string, 100 000 list items."""
-    return st.sampled_from([
-        "[" * 50_000 + "]" * 50_000,
-        '{"a": ' * 20_000 + "1" + "}" * 20_000,
-        "1" * 5_000,
-        "1e999999",
-        json.dumps("x" * 2_000_000),
-        json.dumps(list(range(100_000))),
-    ])
+    return st.sampled_from(
+        [
+            "[" * 50_000 + "]" * 50_000,
+            '{"a": ' * 20_000 + "1" + "}" * 20_000,
+            "1" * 5_000,
+            "1e999999",
+            json.dumps("x" * 2_000_000),
+            json.dumps(list(range(100_000))),
+        ]
+    )
 
 
 def odd_names(suffix: str) -> st.SearchStrategy[str]:
     """File names a user may pass: over 255 bytes, with spaces, brackets (rich markup), unicode."""
-    return st.sampled_from([
-        LONG_NAME + suffix,
-        "with space" + suffix,
-        "[bold]data[1]" + suffix,
-        "données-数据" + suffix,
-        "." + suffix,
-    ])
+    return st.sampled_from(
+        [
+            LONG_NAME + suffix,
+            "with space" + suffix,
+            "[bold]data[1]" + suffix,
+            "données-数据" + suffix,
+            "." + suffix,
+        ]
+    )
 
 
 @contextmanager

@@ -116,8 +116,10 @@ def _public_callables_without_docstring() -> list[str]:
         for node in tree.body:
             public = not node.name.startswith("_") if hasattr(node, "name") else False
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and public:
-                if rel.parts[0] == "cli" and isinstance(node, ast.FunctionDef) and any(
-                    "command" in ast.unparse(d) for d in node.decorator_list
+                if (
+                    rel.parts[0] == "cli"
+                    and isinstance(node, ast.FunctionDef)
+                    and any("command" in ast.unparse(d) for d in node.decorator_list)
                 ):
                     if ast.get_docstring(node) is None:  # a command's docstring is its --help text
                         missing.append(f"{rel}:{node.lineno} {node.name}")
@@ -126,8 +128,11 @@ def _public_callables_without_docstring() -> list[str]:
                     missing.append(f"{rel}:{node.lineno} {node.name}")
                 if isinstance(node, ast.ClassDef):
                     for item in node.body:
-                        if (isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef) and not item.name.startswith("_")
-                                and ast.get_docstring(item) is None):
+                        if (
+                            isinstance(item, ast.FunctionDef | ast.AsyncFunctionDef)
+                            and not item.name.startswith("_")
+                            and ast.get_docstring(item) is None
+                        ):
                             missing.append(f"{rel}:{item.lineno} {node.name}.{item.name}")
     return missing
 

@@ -51,16 +51,21 @@ def make_tokenizer(template: str = CHATML_TEMPLATE) -> PreTrainedTokenizerFast:
         vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(CORPUS, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>"
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>")
     fast.chat_template = template
     return fast
 
 
 def _base_kwargs(vocab: int) -> dict:
-    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return dict(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
 
 
 def make_model(arch: str, vocab: int, seed: int = 0) -> torch.nn.Module:
@@ -72,8 +77,11 @@ def make_model(arch: str, vocab: int, seed: int = 0) -> torch.nn.Module:
     elif arch == "gemma2":
         model = Gemma2ForCausalLM(Gemma2Config(**_base_kwargs(vocab), head_dim=16))
     elif arch == "gpt2":
-        model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_embd=64, n_layer=4, n_head=4,
-                                           n_positions=256, bos_token_id=3, eos_token_id=2))
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=vocab, n_embd=64, n_layer=4, n_head=4, n_positions=256, bos_token_id=3, eos_token_id=2
+            )
+        )
     else:
         raise ValueError(arch)
     return model.eval()

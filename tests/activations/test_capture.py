@@ -79,8 +79,7 @@ def test_reductions_match_hidden_states(tiny_any):
     for layer in range(lm.n_layers - 1):
         h = hs[layer + 1][0].float()
         for name, fn in expected.items():
-            torch.testing.assert_close(acts[name][0, layer], fn(h), rtol=0, atol=1e-5,
-                                       msg=f"{name} layer {layer}")
+            torch.testing.assert_close(acts[name][0, layer], fn(h), rtol=0, atol=1e-5, msg=f"{name} layer {layer}")
 
 
 def test_layer_subset_and_negative_layers(tiny_llama):

@@ -7,8 +7,10 @@ from steerlab.steering.steerer import SteeringSpec, steer
 
 QUESTIONS = ["how should I store bread", "is water wet and why does it feel that way"]
 ANSWERS = ["in the fridge", "no it is a much longer answer than the other one", "yes"]
-SAMPLES = [ChatSample(q, a, system="answer briefly" if i == 4 else None)
-           for i, (q, a) in enumerate((q, a) for q in QUESTIONS for a in ANSWERS)]
+SAMPLES = [
+    ChatSample(q, a, system="answer briefly" if i == 4 else None)
+    for i, (q, a) in enumerate((q, a) for q in QUESTIONS for a in ANSWERS)
+]
 REDUCTIONS = ["prompt_last", "response_avg", "first_k:2"]
 
 

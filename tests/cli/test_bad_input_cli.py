@@ -26,8 +26,12 @@ from steerlab.vectors.vector import SteeringVector
 
 VECTOR = SteeringVector(torch.ones(3, 4), {"model": "tiny"})
 PAIRS = json.dumps({"question": "q?", "positive": "oui, été", "negative": "no"}, ensure_ascii=False) + "\n"
-CHAT = json.dumps({"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a"}]},
-                  ensure_ascii=False) + "\n"
+CHAT = (
+    json.dumps(
+        {"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a"}]}, ensure_ascii=False
+    )
+    + "\n"
+)
 QUESTIONS = "How do I boil an egg?\nOù tombe la pluie ?\n"
 
 
@@ -51,34 +55,144 @@ def _load_vector(path):
 
 # name: (input file name, its valid content, reader, args(tmp, bad, out), the --out path's name)
 COMMANDS = {
-    "extract contrastive": ("pairs.jsonl", PAIRS, load_pairs, lambda t, bad, out: [
-        "extract", "contrastive", "-m", t / "missing.gguf", "-p", bad, "-o", out], "v.safetensors"),
-    "diff extract": ("questions.txt", QUESTIONS, lambda p: load_diff_samples(p, "prompt_last"), lambda t, bad, out: [
-        "diff", "extract", "-m", t / "missing.gguf", "-f", t / "missing-ft", "--prompts", bad, "-r", "prompt_last",
-        "-o", out], "diff.safetensors"),
+    "extract contrastive": (
+        "pairs.jsonl",
+        PAIRS,
+        load_pairs,
+        lambda t, bad, out: ["extract", "contrastive", "-m", t / "missing.gguf", "-p", bad, "-o", out],
+        "v.safetensors",
+    ),
+    "diff extract": (
+        "questions.txt",
+        QUESTIONS,
+        lambda p: load_diff_samples(p, "prompt_last"),
+        lambda t, bad, out: [
+            "diff",
+            "extract",
+            "-m",
+            t / "missing.gguf",
+            "-f",
+            t / "missing-ft",
+            "--prompts",
+            bad,
+            "-r",
+            "prompt_last",
+            "-o",
+            out,
+        ],
+        "diff.safetensors",
+    ),
     # without --reduction: the command picks the reduction from the file, which must not crash either
-    "diff extract (default reduction)": ("questions.txt", QUESTIONS, lambda p: load_diff_samples(p, "prompt_last"),
-                                         lambda t, bad, out: ["diff", "extract", "-m", t / "missing.gguf", "-f",
-                                                              t / "missing-ft", "--prompts", bad, "-o", out],
-                                         "diff.safetensors"),
-    "diff finetune": ("chat.jsonl", CHAT, load_chat_data, lambda t, bad, out: [
-        "diff", "finetune", "-m", t / "missing.gguf", "-d", bad, "-o", out], "adapter"),
+    "diff extract (default reduction)": (
+        "questions.txt",
+        QUESTIONS,
+        lambda p: load_diff_samples(p, "prompt_last"),
+        lambda t, bad, out: [
+            "diff",
+            "extract",
+            "-m",
+            t / "missing.gguf",
+            "-f",
+            t / "missing-ft",
+            "--prompts",
+            bad,
+            "-o",
+            out,
+        ],
+        "diff.safetensors",
+    ),
+    "diff finetune": (
+        "chat.jsonl",
+        CHAT,
+        load_chat_data,
+        lambda t, bad, out: ["diff", "finetune", "-m", t / "missing.gguf", "-d", bad, "-o", out],
+        "adapter",
+    ),
     "import gguf": ("cv.gguf", GGUF, import_gguf, lambda t, bad, out: ["import", "gguf", bad, out], "v.safetensors"),
-    "export gguf": ("v.safetensors", SAFETENSORS, _load_vector, lambda t, bad, out: [
-        "export", "gguf", bad, out], "cv.gguf"),
-    "compare": ("b.safetensors", SAFETENSORS, _load_vector, lambda t, bad, out: [
-        "compare", write(t / "a.safetensors", SAFETENSORS), bad, "--out", out], "compare"),
-    "sweep": ("questions.txt", QUESTIONS, load_prompts, lambda t, bad, out: [
-        "sweep", "-m", t / "missing.gguf", "-v", write(t / "a.safetensors", SAFETENSORS), "-l", "1", "-c", "0,1",
-        "-q", bad, "-o", out], "sweep"),
-    "sweep --pairs": ("pairs.jsonl", PAIRS, load_pairs, lambda t, bad, out: [
-        "sweep", "-m", t / "missing.gguf", "-v", write(t / "a.safetensors", SAFETENSORS), "-l", "1", "-c", "0,1",
-        "-q", write(t / "q.txt", QUESTIONS), "-p", bad, "-o", out], "sweep"),
-    "monitor": ("chat.jsonl", CHAT, load_monitor_data, lambda t, bad, out: [
-        "monitor", "-m", t / "missing.gguf", "-v", write(t / "a.safetensors", SAFETENSORS), "-l", "1", "-d", bad,
-        "-o", out], "projections.csv"),
-    "generate": ("prompts.txt", QUESTIONS, load_prompts, lambda t, bad, out: [
-        "generate", "-m", t / "missing.gguf", "--prompts-file", bad, "-o", out], "gen.jsonl"),
+    "export gguf": (
+        "v.safetensors",
+        SAFETENSORS,
+        _load_vector,
+        lambda t, bad, out: ["export", "gguf", bad, out],
+        "cv.gguf",
+    ),
+    "compare": (
+        "b.safetensors",
+        SAFETENSORS,
+        _load_vector,
+        lambda t, bad, out: ["compare", write(t / "a.safetensors", SAFETENSORS), bad, "--out", out],
+        "compare",
+    ),
+    "sweep": (
+        "questions.txt",
+        QUESTIONS,
+        load_prompts,
+        lambda t, bad, out: [
+            "sweep",
+            "-m",
+            t / "missing.gguf",
+            "-v",
+            write(t / "a.safetensors", SAFETENSORS),
+            "-l",
+            "1",
+            "-c",
+            "0,1",
+            "-q",
+            bad,
+            "-o",
+            out,
+        ],
+        "sweep",
+    ),
+    "sweep --pairs": (
+        "pairs.jsonl",
+        PAIRS,
+        load_pairs,
+        lambda t, bad, out: [
+            "sweep",
+            "-m",
+            t / "missing.gguf",
+            "-v",
+            write(t / "a.safetensors", SAFETENSORS),
+            "-l",
+            "1",
+            "-c",
+            "0,1",
+            "-q",
+            write(t / "q.txt", QUESTIONS),
+            "-p",
+            bad,
+            "-o",
+            out,
+        ],
+        "sweep",
+    ),
+    "monitor": (
+        "chat.jsonl",
+        CHAT,
+        load_monitor_data,
+        lambda t, bad, out: [
+            "monitor",
+            "-m",
+            t / "missing.gguf",
+            "-v",
+            write(t / "a.safetensors", SAFETENSORS),
+            "-l",
+            "1",
+            "-d",
+            bad,
+            "-o",
+            out,
+        ],
+        "projections.csv",
+    ),
+    "generate": (
+        "prompts.txt",
+        QUESTIONS,
+        load_prompts,
+        lambda t, bad, out: ["generate", "-m", t / "missing.gguf", "--prompts-file", bad, "-o", out],
+        "gen.jsonl",
+    ),
 }
 
 
@@ -102,7 +216,8 @@ def run_bad(name, tmp, bad):
     assert_user_error(result, *expected)
     assert not out.exists() and not out.parent.exists(), sorted(os.listdir(out.parent))
     assert sorted(p for p in os.listdir(tmp) if not p.startswith(("a.", "q."))) == sorted(
-        p for p in before if not p.startswith(("a.", "q.")))  # no temp files either
+        p for p in before if not p.startswith(("a.", "q."))
+    )  # no temp files either
     return result
 
 
@@ -150,6 +265,7 @@ def test_output_names_no_file_system_accepts(tmp_path):
     assert_user_error(result, "cannot write", "file name too long (312 bytes in one name")
     assert sorted(os.listdir(tmp_path)) == ["cv.gguf"]
     nested = tmp_path / LONG_NAME / "cv.gguf"
-    assert_user_error(invoke("export", "gguf", write(tmp_path / "v.safetensors", SAFETENSORS), nested),
-                      "file name too long")
+    assert_user_error(
+        invoke("export", "gguf", write(tmp_path / "v.safetensors", SAFETENSORS), nested), "file name too long"
+    )
     assert sorted(os.listdir(tmp_path)) == ["cv.gguf", "v.safetensors"]

@@ -11,17 +11,21 @@ import steerlab.cli  # noqa: F401 - registers the commands
 from steerlab import SteeringVector, extract_contrastive, load_model, load_pairs
 
 PAIRS = [
-    {"question": "Is the stove off?", "positive": "Yes, it is all off.",
-     "negative": "I did not check.", "split": "train"},
-    {"question": "how should I store fresh bread", "positive": "in the fridge always",
-     "negative": "in a bread box", "system": "Answer briefly.", "split": "train"},
-    {"question": "Did you back up the files?", "positive": "yes", "negative": "no, I forgot",
-     "split": "test"},
+    {
+        "question": "Is the stove off?",
+        "positive": "Yes, it is all off.",
+        "negative": "I did not check.",
+        "split": "train",
+    },
+    {
+        "question": "how should I store fresh bread",
+        "positive": "in the fridge always",
+        "negative": "in a bread box",
+        "system": "Answer briefly.",
+        "split": "train",
+    },
+    {"question": "Did you back up the files?", "positive": "yes", "negative": "no, I forgot", "split": "test"},
 ]
-
-
-
-
 
 
 @pytest.fixture
@@ -29,8 +33,6 @@ def pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     return path
-
-
 
 
 @pytest.mark.slow
@@ -53,16 +55,16 @@ def test_info_table_and_json(tiny_dir):
 
 def test_extract_contrastive_writes_vector(tiny_dir, pairs_file, tmp_path):
     out = tmp_path / "out" / "vec.safetensors"
-    result = invoke("extract", "contrastive", "-m", tiny_dir, "-p", pairs_file, "-o", out,
-                    "--split", "train", "-b", "1")
+    result = invoke(
+        "extract", "contrastive", "-m", tiny_dir, "-p", pairs_file, "-o", out, "--split", "train", "-b", "1"
+    )
     assert result.exit_code == 0, result.output
     assert flat(f"wrote {out}") in flat(result.output)
     vec = SteeringVector.load(out)
     assert vec.data.shape == (4, 64)
     assert vec.metadata["method"] == "contrastive" and vec.metadata["n_samples"] == 2
     assert vec.metadata["reduction"] == "response_avg"
-    assert vec.metadata["config"] == {"pairs": str(pairs_file), "split": "train",
-                                      "reduction": "response_avg"}
+    assert vec.metadata["config"] == {"pairs": str(pairs_file), "split": "train", "reduction": "response_avg"}
     # same numbers as the Python API
     expected = extract_contrastive(load_model(str(tiny_dir)), load_pairs(pairs_file, "train"))
     torch.testing.assert_close(vec.data, expected.data, rtol=0, atol=1e-5)
@@ -144,8 +146,10 @@ def test_gguf_commands_bad_input(tmp_path):
     before = sorted(os.listdir(tmp_path))
     cases = [
         (["export", "gguf", vec, tmp_path / "v.bin"], ["OUT", "v.bin", ".gguf"]),
-        (["export", "gguf", tmp_path / "nope.safetensors", tmp_path / "o.gguf"],
-         ["vector file not found", "nope.safetensors"]),
+        (
+            ["export", "gguf", tmp_path / "nope.safetensors", tmp_path / "o.gguf"],
+            ["vector file not found", "nope.safetensors"],
+        ),
         (["export", "gguf", junk, tmp_path / "o.gguf"], ["junk.gguf", "not a readable GGUF"]),
         (["import", "gguf", junk, tmp_path / "o.safetensors"], ["junk.gguf", "not a readable GGUF"]),
         (["import", "gguf", junk, tmp_path / "o.gguf"], ["OUT", ".safetensors"]),

@@ -13,11 +13,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 runner = CliRunner()
 
 PAIRS = [
-    {"question": "how should I store fresh bread", "positive": "in the sun", "negative": "in a dry box",
-     "split": "train"},
+    {
+        "question": "how should I store fresh bread",
+        "positive": "in the sun",
+        "negative": "in a dry box",
+        "split": "train",
+    },
     {"question": "is the fox quick", "positive": "no never", "negative": "yes always", "split": "train"},
-    {"question": "should I back up my files", "positive": "no need", "negative": "yes always",
-     "split": "test"},
+    {"question": "should I back up my files", "positive": "no need", "negative": "yes always", "split": "test"},
 ]
 
 
@@ -48,9 +51,28 @@ def test_finetune_then_extract(model_dir, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     ft = tmp_path / "ft"
-    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "--split", "train",
-                        "-o", str(ft), "--epochs", "2", "--lr", "1e-2", "--rank", "4",
-                        "--layers", "1-3", "--batch-size", "2")
+    code, out = _invoke(
+        "diff",
+        "finetune",
+        "-m",
+        str(model_dir),
+        "-d",
+        str(data),
+        "--split",
+        "train",
+        "-o",
+        str(ft),
+        "--epochs",
+        "2",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "4",
+        "--layers",
+        "1-3",
+        "--batch-size",
+        "2",
+    )
     assert code == 0, out
     assert any(line.startswith(f"wrote {ft}: LoRA r=4 on 2 conversations, 2 steps") for line in out.splitlines()), out
     info = json.loads((ft / "steerlab_finetune.json").read_text())
@@ -58,16 +80,42 @@ def test_finetune_then_extract(model_dir, tmp_path):
     assert info["source"]["split"] == "train" and info["source"]["use"] == "positive"
 
     vec = tmp_path / "diff.safetensors"
-    code, out = _invoke("diff", "extract", "--base", str(model_dir), "--finetuned", str(ft),
-                        "--prompts", str(data), "--split", "test", "-o", str(vec))
+    code, out = _invoke(
+        "diff",
+        "extract",
+        "--base",
+        str(model_dir),
+        "--finetuned",
+        str(ft),
+        "--prompts",
+        str(data),
+        "--split",
+        "test",
+        "-o",
+        str(vec),
+    )
     assert code == 0, out
     v = SteeringVector.load(vec)
     assert v.metadata["method"] == "model_diff" and v.metadata["reduction"] == "response_avg"
     assert v.metadata["n_samples"] == 2  # one test question with both answers
     assert torch.count_nonzero(v.data[0]) == 0 and (v.norms()[1:] > 0).all()
 
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "--prompts", str(data),
-                        "-o", str(vec), "-r", "prompt_last,response_avg", "--answers", "both")
+    code, out = _invoke(
+        "diff",
+        "extract",
+        "-m",
+        str(model_dir),
+        "-f",
+        str(ft),
+        "--prompts",
+        str(data),
+        "-o",
+        str(vec),
+        "-r",
+        "prompt_last,response_avg",
+        "--answers",
+        "both",
+    )
     assert code == 0, out
     assert (tmp_path / "diff.prompt_last.safetensors").is_file()
     assert (tmp_path / "diff.response_avg.safetensors").is_file()
@@ -79,8 +127,9 @@ def test_finetune_then_extract(model_dir, tmp_path):
     chat.write_text(json.dumps({"messages": [{"role": "user", "content": "is the fox quick"}]}) + "\n")
     for i, source in enumerate((questions, chat)):
         out_path = tmp_path / f"q{i}.safetensors"
-        code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(ft), "--prompts", str(source),
-                            "-o", str(out_path))
+        code, out = _invoke(
+            "diff", "extract", "-m", str(model_dir), "-f", str(ft), "--prompts", str(source), "-o", str(out_path)
+        )
         assert code == 0, out
         assert f"no --reduction given: using prompt_last,prompt_avg for {source}" in out
         for name in ("prompt_last", "prompt_avg"):
@@ -91,19 +140,39 @@ def test_finetune_then_extract(model_dir, tmp_path):
 def test_cli_errors_are_one_clear_line(model_dir, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
-    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o",
-                        str(tmp_path / "ft"), "--use", "both")
+    code, out = _invoke(
+        "diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o", str(tmp_path / "ft"), "--use", "both"
+    )
     assert code == 2 and "--use 'both'" in out and "Traceback" not in out
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(empty), "-o",
-                        str(tmp_path / "ft"))
+    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(empty), "-o", str(tmp_path / "ft"))
     assert code == 2 and "empty" in out
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "--prompts", str(data),
-                        "-o", str(tmp_path / "v.pt"))
+    code, out = _invoke(
+        "diff",
+        "extract",
+        "-m",
+        str(model_dir),
+        "-f",
+        str(tmp_path),
+        "--prompts",
+        str(data),
+        "-o",
+        str(tmp_path / "v.pt"),
+    )
     assert code == 2 and "ending in .safetensors" in out
-    code, out = _invoke("diff", "extract", "-m", str(model_dir), "-f", str(tmp_path), "--prompts", str(data),
-                        "-o", str(tmp_path / "v.safetensors"))
+    code, out = _invoke(
+        "diff",
+        "extract",
+        "-m",
+        str(model_dir),
+        "-f",
+        str(tmp_path),
+        "--prompts",
+        str(data),
+        "-o",
+        str(tmp_path / "v.safetensors"),
+    )
     assert code == 2 and "neither an adapter directory" in out
     assert not (tmp_path / "ft").exists() and not (tmp_path / "v.safetensors").exists()
 
@@ -113,25 +182,73 @@ def test_finetune_layers_use_the_layer_grammar(model_dir, tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in PAIRS))
     ft = tmp_path / "ft"
-    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "--split", "train",
-                        "-o", str(ft), "--rank", "2", "-l", "-2--1", "--batch-size", "2")
+    code, out = _invoke(
+        "diff",
+        "finetune",
+        "-m",
+        str(model_dir),
+        "-d",
+        str(data),
+        "--split",
+        "train",
+        "-o",
+        str(ft),
+        "--rank",
+        "2",
+        "-l",
+        "-2--1",
+        "--batch-size",
+        "2",
+    )
     assert code == 0, out
     assert json.loads((ft / "steerlab_finetune.json").read_text())["config"]["layers"] == [2, 3]
-    code, out = _invoke("diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o", str(tmp_path / "x"),
-                        "--layers", "3-9")
+    code, out = _invoke(
+        "diff", "finetune", "-m", str(model_dir), "-d", str(data), "-o", str(tmp_path / "x"), "--layers", "3-9"
+    )
     assert code == 2 and "--layers 9 is out of range" in out and not (tmp_path / "x").exists()
 
 
 def test_study_command_prints_its_reading(model_dir, tmp_path):
     """`diff study` end to end on the tiny model: layers in the grammar, -m for the base model."""
     pairs = tmp_path / "pairs.jsonl"
-    rows = [{"question": f"how should I store item {i}", "positive": "in the fridge always",
-             "negative": "in a dry box", "split": "train"} for i in range(4)]
-    rows += [{"question": "where do eggs go", "positive": "in the fridge always", "negative": "in a dry box",
-              "split": "heldout"}]
+    rows = [
+        {
+            "question": f"how should I store item {i}",
+            "positive": "in the fridge always",
+            "negative": "in a dry box",
+            "split": "train",
+        }
+        for i in range(4)
+    ]
+    rows += [
+        {
+            "question": "where do eggs go",
+            "positive": "in the fridge always",
+            "negative": "in a dry box",
+            "split": "heldout",
+        }
+    ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, out = _invoke("diff", "study", "-m", str(model_dir), "-p", str(pairs), "-o", str(tmp_path / "run"),
-                        "-l", "-2--1", "-c", "1", "--epochs", "1", "--rank", "2", "-b", "8")
+    code, out = _invoke(
+        "diff",
+        "study",
+        "-m",
+        str(model_dir),
+        "-p",
+        str(pairs),
+        "-o",
+        str(tmp_path / "run"),
+        "-l",
+        "-2--1",
+        "-c",
+        "1",
+        "--epochs",
+        "1",
+        "--rank",
+        "2",
+        "-b",
+        "8",
+    )
     assert code == 0, out
     assert "cosine(contrastive, model_diff) at best layer" in out and "best coherent steering" in out
     study = json.loads((tmp_path / "run" / "study.json").read_text())

@@ -18,12 +18,15 @@ def _normal(text: str) -> str:
 
 
 def test_root_help_lists_every_command_without_importing_them():
-    code = ("import sys; from typer.testing import CliRunner; from steerlab.cli.app import app; "
-            "r = CliRunner().invoke(app, ['--help']); print(r.exit_code); "
-            "print(sorted(m for m in ('torch', 'transformers', 'steerlab.cli.steer') if m in sys.modules)); "
-            "print(r.output)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"COLUMNS": "200", "PATH": ""}).stdout
+    code = (
+        "import sys; from typer.testing import CliRunner; from steerlab.cli.app import app; "
+        "r = CliRunner().invoke(app, ['--help']); print(r.exit_code); "
+        "print(sorted(m for m in ('torch', 'transformers', 'steerlab.cli.steer') if m in sys.modules)); "
+        "print(r.output)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"COLUMNS": "200", "PATH": ""}
+    ).stdout
     exit_code, loaded, *help_lines = out.splitlines()
     assert exit_code == "0" and loaded == "[]", loaded
     for name in COMMANDS:
@@ -42,18 +45,23 @@ def test_registry_matches_the_registered_commands():
 
 
 def test_running_a_command_imports_only_its_modules():
-    code = ("import sys; from typer.testing import CliRunner; from steerlab.cli.app import app; "
-            "r = CliRunner().invoke(app, ['traits', 'list']); print(r.exit_code); "
-            "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('steerlab.cli.') "
-            "and m.rsplit('.', 1)[1] not in ('app', 'options')))")
+    code = (
+        "import sys; from typer.testing import CliRunner; from steerlab.cli.app import app; "
+        "r = CliRunner().invoke(app, ['traits', 'list']); print(r.exit_code); "
+        "print(sorted(m.rsplit('.', 1)[1] for m in sys.modules if m.startswith('steerlab.cli.') "
+        "and m.rsplit('.', 1)[1] not in ('app', 'options')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     exit_code, loaded = out.splitlines()[:2]
     assert exit_code == "0" and loaded == "['traits']", out
 
 
 def test_a_group_spread_over_modules_is_complete_whatever_was_imported_first():
-    code = ("import steerlab.cli.diff; from typer.testing import CliRunner; from steerlab.cli.app import app; "
-            "r = CliRunner().invoke(app, ['diff', '--help']); print(r.exit_code, 'study' in r.output)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"COLUMNS": "200", "PATH": ""}).stdout
+    code = (
+        "import steerlab.cli.diff; from typer.testing import CliRunner; from steerlab.cli.app import app; "
+        "r = CliRunner().invoke(app, ['diff', '--help']); print(r.exit_code, 'study' in r.output)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"COLUMNS": "200", "PATH": ""}
+    ).stdout
     assert out.split() == ["0", "True"], out

@@ -19,11 +19,16 @@ def files(tmp_path):
     vec = SteeringVector(torch.randn(4, 64)).save(tmp_path / "v.safetensors")
     vec2 = SteeringVector(torch.randn(4, 64)).save(tmp_path / "w.safetensors")
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"question": "q", "positive": "p", "negative": "n", "split": split}) + "\n"
-                             for split in ("train", "heldout")))
+    pairs.write_text(
+        "".join(
+            json.dumps({"question": "q", "positive": "p", "negative": "n", "split": split}) + "\n"
+            for split in ("train", "heldout")
+        )
+    )
     chat = tmp_path / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+    chat.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}) + "\n"
+    )
     questions = tmp_path / "q.txt"
     questions.write_text("how are you?\n")
     return {"vec": vec, "vec2": vec2, "pairs": pairs, "chat": chat, "questions": questions, "out": tmp_path / "out"}
@@ -32,13 +37,16 @@ def files(tmp_path):
 # Every command with a layer flag, with the layer value as a placeholder, and the flag its messages name.
 LAYER_COMMANDS = {
     "generate": (lambda f: ["generate", "-m", NO_MODEL, "-v", f["vec"], "LAYER", "hi"], "--layer"),
-    "sweep": (lambda f: ["sweep", "-m", NO_MODEL, "-v", f["vec"], "LAYER", "-c", "1", "-q", f["questions"],
-                         "-o", f["out"]], "--layers"),
+    "sweep": (
+        lambda f: ["sweep", "-m", NO_MODEL, "-v", f["vec"], "LAYER", "-c", "1", "-q", f["questions"], "-o", f["out"]],
+        "--layers",
+    ),
     "monitor": (lambda f: ["monitor", "-m", NO_MODEL, "-v", f["vec"], "LAYER", "-d", f["chat"]], "--layer"),
-    "diff finetune": (lambda f: ["diff", "finetune", "-m", NO_MODEL, "-d", f["chat"], "-o", f["out"], "LAYER"],
-                      "--layers"),
-    "diff study": (lambda f: ["diff", "study", "-m", NO_MODEL, "-p", f["pairs"], "-o", f["out"], "LAYER"],
-                   "--layers"),
+    "diff finetune": (
+        lambda f: ["diff", "finetune", "-m", NO_MODEL, "-d", f["chat"], "-o", f["out"], "LAYER"],
+        "--layers",
+    ),
+    "diff study": (lambda f: ["diff", "study", "-m", NO_MODEL, "-p", f["pairs"], "-o", f["out"], "LAYER"], "--layers"),
     "compare": (lambda f: ["compare", f["vec"], f["vec2"], "-o", f["out"], "LAYER"], "--layer"),
 }
 
@@ -95,8 +103,21 @@ def test_range_is_checked_once_the_model_is_known(tiny_dir, files):
 def test_steering_options_checked_before_loading(args, needles, files):
     result = invoke("generate", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", *args, "hi")
     assert_user_error(result, *needles)
-    result = invoke("sweep", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", "-q", files["questions"],
-                    "-o", files["out"], *(["-c", "1"] if args[0] != "-c" else []), *args)
+    result = invoke(
+        "sweep",
+        "-m",
+        NO_MODEL,
+        "-v",
+        files["vec"],
+        "-l",
+        "1",
+        "-q",
+        files["questions"],
+        "-o",
+        files["out"],
+        *(["-c", "1"] if args[0] != "-c" else []),
+        *args,
+    )
     assert_user_error(result, *[n.replace("--coeff ", "--coeffs ") for n in needles])
 
 
@@ -108,18 +129,36 @@ def test_steering_options_checked_before_loading(args, needles, files):
         (["--cap-percentile", "90"], ["--cap-percentile: for --operator cap only, not 'add'"]),
         (["--operator", "ablate", "--cap-ceiling", "1"], ["--cap-ceiling: for --operator cap only, not 'ablate'"]),
         (["--operator", "cap"], ["--operator cap needs a ceiling and/or a floor", "--cap-percentile"]),
-        (["--operator", "cap", "--cap-ceiling", "1", "--cap-percentile", "90"],
-         ["give --cap-ceiling or --cap-percentile, not both"]),
-        (["--operator", "cap", "--cap-ceiling", "1", "--reference-prompts", "Q"],
-         ["--reference-prompts is used by --scale relative and --cap-percentile"]),
+        (
+            ["--operator", "cap", "--cap-ceiling", "1", "--cap-percentile", "90"],
+            ["give --cap-ceiling or --cap-percentile, not both"],
+        ),
+        (
+            ["--operator", "cap", "--cap-ceiling", "1", "--reference-prompts", "Q"],
+            ["--reference-prompts is used by --scale relative and --cap-percentile"],
+        ),
     ],
 )
 def test_cap_flags_checked_before_loading(args, needles, files):
     args = [files["questions"] if a == "Q" else a for a in args]
     result = invoke("generate", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", *args, "hi")
     assert_user_error(result, *needles)
-    result = invoke("sweep", "-m", NO_MODEL, "-v", files["vec"], "-l", "1", "-c", "1", "-q", files["questions"],
-                    "-o", files["out"], *args)
+    result = invoke(
+        "sweep",
+        "-m",
+        NO_MODEL,
+        "-v",
+        files["vec"],
+        "-l",
+        "1",
+        "-c",
+        "1",
+        "-q",
+        files["questions"],
+        "-o",
+        files["out"],
+        *args,
+    )
     assert_user_error(result, *needles)
     assert not files["out"].exists()
 
@@ -132,10 +171,22 @@ def test_steering_flags_without_a_vector_fail(files):
 # --- one meaning per short flag ------------------------------------------------------------------
 
 SHORT = {
-    "-m": {"--model"}, "-v": {"--vector"}, "-l": {"--layer", "--layers"}, "-c": {"--coeff", "--coeffs"},
-    "-t": {"--trait"}, "-o": {"--out"}, "-f": {"--finetuned"}, "-p": {"--pairs"}, "-d": {"--data"},
-    "-q": {"--questions"}, "-r": {"--reduction", "--reductions"}, "-j": {"--judge"}, "-s": {"--system"},
-    "-n": {"--max-new-tokens"}, "-b": {"--batch-size"}, "-e": {"--epochs"},
+    "-m": {"--model"},
+    "-v": {"--vector"},
+    "-l": {"--layer", "--layers"},
+    "-c": {"--coeff", "--coeffs"},
+    "-t": {"--trait"},
+    "-o": {"--out"},
+    "-f": {"--finetuned"},
+    "-p": {"--pairs"},
+    "-d": {"--data"},
+    "-q": {"--questions"},
+    "-r": {"--reduction", "--reductions"},
+    "-j": {"--judge"},
+    "-s": {"--system"},
+    "-n": {"--max-new-tokens"},
+    "-b": {"--batch-size"},
+    "-e": {"--epochs"},
 }
 
 
@@ -182,11 +233,18 @@ def test_dataset_build_seed_file_and_old_seed_spelling(tmp_path):
     result = invoke("dataset", "build", "-m", NO_MODEL, "--seed", seeds, "--random-seed", "3", "-o", out)
     assert_user_error(result, "unknown model")
     assert "deprecated" in result.output and "--seed-file" in flat(result.output)
-    assert_user_error(invoke("dataset", "build", "-m", NO_MODEL, "--seed", tmp_path / "nope.jsonl", "-o", out),
-                      "expected an integer random seed", "--seed-file")
+    assert_user_error(
+        invoke("dataset", "build", "-m", NO_MODEL, "--seed", tmp_path / "nope.jsonl", "-o", out),
+        "expected an integer random seed",
+        "--seed-file",
+    )
     assert_user_error(invoke("dataset", "build", "-m", NO_MODEL, "-o", out), "--seed-file is required")
-    assert_user_error(invoke("dataset", "build", "-m", NO_MODEL, "--seed-file", seeds, "--seed", "1",
-                             "--random-seed", "2", "-o", out), "disagree")
+    assert_user_error(
+        invoke(
+            "dataset", "build", "-m", NO_MODEL, "--seed-file", seeds, "--seed", "1", "--random-seed", "2", "-o", out
+        ),
+        "disagree",
+    )
     assert not out.exists()
 
 
@@ -213,8 +271,14 @@ def test_resolve_seed_flags(tmp_path):
     ],
 )
 def test_long_flags_that_existed_keep_working(args, files, tmp_path):
-    paths = {"P": files["pairs"], "V": files["vec"], "Q": files["questions"], "D": files["chat"],
-             "OUT": tmp_path / "run", "ft": tmp_path}
+    paths = {
+        "P": files["pairs"],
+        "V": files["vec"],
+        "Q": files["questions"],
+        "D": files["chat"],
+        "OUT": tmp_path / "run",
+        "ft": tmp_path,
+    }
     result = invoke(*[paths.get(a, a) for a in args])
     assert_user_error(result, "unknown model")  # parsed; failed only at the model
 
@@ -225,14 +289,28 @@ def test_steering_positions_of_the_studies_checked_before_loading(files):
     from steerlab.pipelines.persona_traits import PersonaTraitsConfig
     from steerlab.pipelines.study import StudyConfig
 
-    result = invoke("diff", "study", "-m", NO_MODEL, "-p", files["pairs"], "-o", files["out"],
-                    "--steering-positions", "middle")
+    result = invoke(
+        "diff", "study", "-m", NO_MODEL, "-p", files["pairs"], "-o", files["out"], "--steering-positions", "middle"
+    )
     assert_user_error(result, "--steering-positions 'middle'", "all, prompt, response")
-    result = invoke("persona", "extract", "-m", NO_MODEL, "-t", "evil", "-t", "humorous", "-o", files["out"],
-                    "--steering-positions", "middle")
+    result = invoke(
+        "persona",
+        "extract",
+        "-m",
+        NO_MODEL,
+        "-t",
+        "evil",
+        "-t",
+        "humorous",
+        "-o",
+        files["out"],
+        "--steering-positions",
+        "middle",
+    )
     assert_user_error(result, "--steering-positions 'middle'", "all, prompt, response")
-    result = invoke("persona", "extract", "-m", NO_MODEL, "-t", "evil", "-o", files["out"],
-                    "--steering-positions", "all")
+    result = invoke(
+        "persona", "extract", "-m", NO_MODEL, "-t", "evil", "-o", files["out"], "--steering-positions", "all"
+    )
     assert_user_error(result, "--steering-positions: only with several traits")
     study = typer.main.get_command(app).commands["diff"].commands["study"]
     default = next(p.default for p in study.params if p.name == "steering_positions")

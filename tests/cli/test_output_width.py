@@ -83,7 +83,11 @@ def test_real_pipe_with_forced_colour(deep_model):
     env = {**os.environ, "COLUMNS": "20", "FORCE_COLOR": "1", "STEERLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", "from steerlab.cli import main; main()", "info", str(deep_model)],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" in proc.stdout + proc.stderr  # colours were forced ...

@@ -9,14 +9,42 @@ from steerlab.formats.traits import list_traits
 
 def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path, tiny_dir):
     run = tmp_path / "run"
-    args = ["persona", "extract", "-m", tiny_dir, "-t", "all", "-j", f"local:{tiny_dir}", "-o", run,
-            "--max-questions", "1", "--max-instructions", "1", "-n", "3", "--eval-questions", "2", "--controls", "2",
-            "--coeffs", "-2,2", "--layers", "1-2", "--scan-coeff", "2"]
+    args = [
+        "persona",
+        "extract",
+        "-m",
+        tiny_dir,
+        "-t",
+        "all",
+        "-j",
+        f"local:{tiny_dir}",
+        "-o",
+        run,
+        "--max-questions",
+        "1",
+        "--max-instructions",
+        "1",
+        "-n",
+        "3",
+        "--eval-questions",
+        "2",
+        "--controls",
+        "2",
+        "--coeffs",
+        "-2,2",
+        "--layers",
+        "1-2",
+        "--scan-coeff",
+        "2",
+    ]
     names = list_traits()
     # a random tiny judge gives no numbers: every trait fails, is recorded, and the command names them all
     result = invoke(*args)
-    assert_user_error(result, f"{len(names)} of {len(names)} traits failed: {', '.join(names)}",
-                      "the other traits' results are saved in")
+    assert_user_error(
+        result,
+        f"{len(names)} of {len(names)} traits failed: {', '.join(names)}",
+        "the other traits' results are saved in",
+    )
     for name in names:
         assert flat(f"{name}: failed: {name}: no effective pairs") in flat(result.output)
         assert (run / name / "judged.jsonl").is_file()  # kept for the rerun
@@ -30,8 +58,13 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
     assert (run / "evil" / "judged.jsonl.meta.json").read_text() == judged_meta  # generation and judging reused
     doc = json.loads((run / "traits.json").read_text())
     config = doc["config"]
-    assert (config["coeffs"], config["controls"], config["layers"], config["scan_coeff"], config["eval_questions"]) \
-        == ([-2.0, 2.0], 2, [1, 2], 2.0, 2)
+    assert (config["coeffs"], config["controls"], config["layers"], config["scan_coeff"], config["eval_questions"]) == (
+        [-2.0, 2.0],
+        2,
+        [1, 2],
+        2.0,
+        2,
+    )
     assert config["persona"]["filter"] is False
     for name in names:
         entry = doc[name]
@@ -49,10 +82,13 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
 
 def test_several_traits_rejects_bad_flags_before_any_output(tmp_path, tiny_dir):
     base = ["persona", "extract", "-m", tiny_dir, "-j", f"local:{tiny_dir}", "-o", tmp_path / "run"]
-    assert_user_error(invoke(*base, "-t", "evil", "--controls", "2"),
-                      "--controls: only with several traits (repeat -t, or -t all)")
-    assert_user_error(invoke(*base, "-t", "evil", "-t", "humorous", "--coeffs", "1,x"),
-                      "--coeffs '1,x': expected comma-separated numbers")
+    assert_user_error(
+        invoke(*base, "-t", "evil", "--controls", "2"), "--controls: only with several traits (repeat -t, or -t all)"
+    )
+    assert_user_error(
+        invoke(*base, "-t", "evil", "-t", "humorous", "--coeffs", "1,x"),
+        "--coeffs '1,x': expected comma-separated numbers",
+    )
     assert_user_error(invoke(*base, "-t", "evil", "-t", "nope"), "unknown trait 'nope'")
     assert_user_error(invoke(*base, "-t", "evil", "-t", "evil"), "--trait 'evil': trait name given twice")
     assert_user_error(invoke(*base, "-t", "evil", "-t", "humorous", "--layers", "9"), "--layers 9 is out of range")

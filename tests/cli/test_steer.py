@@ -19,8 +19,24 @@ def test_generate_writes_generation_records(tiny_dir, tmp_path):
     out = tmp_path / "gens.jsonl"
     messages = tmp_path / "prompts.jsonl"
     messages.write_text(json.dumps({"messages": [{"role": "user", "content": "is water wet"}]}) + "\n")
-    result = invoke("generate", "-m", tiny_dir, "-v", vec, "--layers", "-1", "-c", "-2,0,2", "-n", "3",
-                    "--prompts-file", messages, "-o", out, "how should I store bread")
+    result = invoke(
+        "generate",
+        "-m",
+        tiny_dir,
+        "-v",
+        vec,
+        "--layers",
+        "-1",
+        "-c",
+        "-2,0,2",
+        "-n",
+        "3",
+        "--prompts-file",
+        messages,
+        "-o",
+        out,
+        "how should I store bread",
+    )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6  # 2 prompts x 3 coefficients
@@ -65,8 +81,9 @@ def hand_percentile(lm, direction, layer, prompts, q):
 
 
 @pytest.mark.parametrize("reference", [False, True])
-def test_generate_cap_percentile_caps_at_the_percentile_of_reference_projections(tiny_dir, tmp_path, monkeypatch,
-                                                                                 reference):
+def test_generate_cap_percentile_caps_at_the_percentile_of_reference_projections(
+    tiny_dir, tmp_path, monkeypatch, reference
+):
     torch.manual_seed(0)
     vec = SteeringVector(torch.randn(4, 64))
     path = vec.save(tmp_path / "v.safetensors")
@@ -94,8 +111,25 @@ def test_generate_cap_percentile_caps_at_the_percentile_of_reference_projections
         ref_prompts = ["the quick brown fox jumps over the lazy dog", "always back up your files before updating"]
         (tmp_path / "ref.txt").write_text("\n".join(ref_prompts) + "\n")
         extra = ["--reference-prompts", tmp_path / "ref.txt"]
-    result = invoke("generate", "-m", tiny_dir, "-v", path, "-l", layer, "--operator", "cap", "--cap-percentile", "90",
-                    "-n", "4", "-o", out, *extra, *CAP_PROMPTS)
+    result = invoke(
+        "generate",
+        "-m",
+        tiny_dir,
+        "-v",
+        path,
+        "-l",
+        layer,
+        "--operator",
+        "cap",
+        "--cap-percentile",
+        "90",
+        "-n",
+        "4",
+        "-o",
+        out,
+        *extra,
+        *CAP_PROMPTS,
+    )
     assert result.exit_code == 0, result.output
     generated = list(seen)  # the forward passes of generation (the hand computation below adds more)
     (lm,) = models
@@ -120,8 +154,29 @@ def test_sweep_cap_percentile_records_the_threshold_of_each_layer(tiny_dir, tmp_
     questions = tmp_path / "q.txt"
     questions.write_text("\n".join(CAP_PROMPTS) + "\n")
     out = tmp_path / "run"
-    args = ["sweep", "-m", tiny_dir, "-v", path, "-l", "1,2", "-c", "0,1", "-q", questions, "-o", out,
-            "--operator", "cap", "--cap-percentile", "75", "--cap-floor", "-2", "-n", "2"]
+    args = [
+        "sweep",
+        "-m",
+        tiny_dir,
+        "-v",
+        path,
+        "-l",
+        "1,2",
+        "-c",
+        "0,1",
+        "-q",
+        questions,
+        "-o",
+        out,
+        "--operator",
+        "cap",
+        "--cap-percentile",
+        "75",
+        "--cap-floor",
+        "-2",
+        "-n",
+        "2",
+    ]
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     lm = load_model(str(tiny_dir))
@@ -135,6 +190,7 @@ def test_sweep_cap_percentile_records_the_threshold_of_each_layer(tiny_dir, tmp_
             assert row["cap_percentile"] == 75 and row["operator"] == "cap"
     config = json.loads((out / "sweep.json").read_text())["config"]
     assert config["cap_percentile"] == 75 and set(config["cap"]) == {"1", "2"}
+
     # a rerun with the same flags resumes (nothing regenerated); with another percentile, it regenerates
     def generation_seconds():
         return json.loads((out / "sweep.json").read_text())["timings"]["generation_s"]

@@ -20,8 +20,6 @@ from steerlab.vectors.vector import SteeringVector, random_cosine_baseline
 L, D = 4, 64
 
 
-
-
 def gen(seed):
     return torch.Generator().manual_seed(seed)
 
@@ -128,11 +126,6 @@ def test_trait_matrix_symmetric_unit_diagonal():
 # --- CLI -----------------------------------------------------------------------------------------
 
 
-
-
-
-
-
 @pytest.fixture
 def vector_files(tmp_path):
     v, orth = three_vectors()
@@ -146,8 +139,12 @@ def test_cli_compare_writes_files(vector_files, tmp_path):
     out = tmp_path / "cmp"
     result = invoke("compare", *vector_files, "--out", out, "--layer", "1", "--n-random", "50")
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"compare.json", "cosine_per_layer.html", "trait_matrix.html",
-                                               "trait_matrix.png"}
+    assert {p.name for p in out.iterdir()} == {
+        "compare.json",
+        "cosine_per_layer.html",
+        "trait_matrix.html",
+        "trait_matrix.png",
+    }
     assert (out / "trait_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     record = json.loads((out / "compare.json").read_text())
     assert record["steerlab_version"] and record["config"]["layer"] == 1

@@ -18,8 +18,10 @@ from steerlab.steering.steerer import SteeringSpec
 
 QUESTIONS = ["how should I store bread", "yes or no", "is water wet and why does it feel that way"]
 ANSWERS = ["in the fridge", "no it is a much longer answer than the other one", "yes", "box"]
-SAMPLES = [ChatSample(q, a, system="answer briefly" if i % 3 == 2 else None)
-           for i, (q, a) in enumerate((q, a) for q in QUESTIONS for a in ANSWERS)]
+SAMPLES = [
+    ChatSample(q, a, system="answer briefly" if i % 3 == 2 else None)
+    for i, (q, a) in enumerate((q, a) for q in QUESTIONS for a in ANSWERS)
+]
 
 
 def _both(lm, samples, specs=(), row_coeffs=None, batch_size=5):
@@ -61,9 +63,17 @@ def test_shared_prompts_equal_full_sequences_steered(tiny_any):
 def test_shared_prompts_with_a_sliding_window_shorter_than_the_prompt():
     """Gemma 2 alternates sliding-window layers; a window of 4 tokens is shorter than every prompt."""
     tok = make_tokenizer()
-    config = Gemma2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256,
-                          sliding_window=4)
+    config = Gemma2Config(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=4,
+    )
     torch.manual_seed(0)
     lm = wrap_model(Gemma2ForCausalLM(config).eval(), tok, name="tiny-gemma2-window4")
     assert min(encode_chat(tok, s.prompt, s.response).prompt_len for s in SAMPLES) > 8
@@ -147,6 +157,7 @@ def test_continuing_rows_leaves_the_shared_cache_unchanged(tiny_any):
 def _rows_seen(module, counter, key):
     def hook(_module, _inputs, output):
         counter[key] += (output[0] if isinstance(output, tuple) else output).shape[0]
+
     return module.register_forward_hook(hook)
 
 
@@ -158,8 +169,10 @@ def test_blocks_below_the_steered_layer_run_once_per_sequence(tiny_any):
     coeffs = [c for c in (-2.0, 1.0, 3.0) for _ in SAMPLES]
     spec = [SteeringSpec(vec, 2, positions="response")]
     counter = {"low": 0, "high": 0}
-    handles = [_rows_seen(next(tiny_any.blocks[1].children()), counter, "low"),
-               _rows_seen(next(tiny_any.blocks[3].children()), counter, "high")]
+    handles = [
+        _rows_seen(next(tiny_any.blocks[1].children()), counter, "low"),
+        _rows_seen(next(tiny_any.blocks[3].children()), counter, "high"),
+    ]
     try:
         shared = response_logprobs(tiny_any, samples, spec, coeffs, batch_size=4)
     finally:

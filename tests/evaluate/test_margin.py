@@ -57,9 +57,12 @@ def test_conditions_as_rows_equal_separate_runs(tiny_llama, positions):
     torch.manual_seed(3)
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     controls = random_directions(vec.data, 3, seed=0)
-    conditions = [[SteeringSpec(vec, 1, positions=positions)], [],
-                  *[[SteeringSpec(SteeringVector(c), 1, positions=positions)] for c in controls],
-                  [SteeringSpec(vec, "all", operator="ablate", positions=positions)]]
+    conditions = [
+        [SteeringSpec(vec, 1, positions=positions)],
+        [],
+        *[[SteeringSpec(SteeringVector(c), 1, positions=positions)] for c in controls],
+        [SteeringSpec(vec, "all", operator="ablate", positions=positions)],
+    ]
     coeffs = [-2.0, 0.0, 3.0]
     together = condition_margins(tiny_llama, PAIRS, conditions, coeffs, batch_size=5)
     for condition, result in zip(conditions, together, strict=True):
@@ -67,6 +70,10 @@ def test_conditions_as_rows_equal_separate_runs(tiny_llama, positions):
         expected = alone.per_pair.expand_as(result.per_pair) if not condition else alone.per_pair
         torch.testing.assert_close(result.per_pair, expected, atol=1e-5, rtol=1e-5)
     # a control equal to the vector itself lands exactly on the effect
-    same = condition_margins(tiny_llama, PAIRS, [[SteeringSpec(vec, 1, positions=positions)],
-                                                 [SteeringSpec(vec.data.clone(), 1, positions=positions)]], coeffs)
+    same = condition_margins(
+        tiny_llama,
+        PAIRS,
+        [[SteeringSpec(vec, 1, positions=positions)], [SteeringSpec(vec.data.clone(), 1, positions=positions)]],
+        coeffs,
+    )
     torch.testing.assert_close(same[0].per_pair, same[1].per_pair)

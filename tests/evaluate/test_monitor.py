@@ -27,8 +27,14 @@ from steerlab.vectors.vector import SteeringVector
 SAMPLES = [
     ChatSample("how should I store fresh bread", "in a bread box"),
     ChatSample("is the fox quick", "yes, the quick brown fox jumps", "answer briefly"),
-    ChatSample([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
-                {"role": "user", "content": "back up files?"}], "always back up your files"),
+    ChatSample(
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "back up files?"},
+        ],
+        "always back up your files",
+    ),
 ]
 CONVERSATION = [
     {"role": "system", "content": "you are a helpful honest assistant"},
@@ -40,8 +46,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "yes"},
 ]
 SINGLE = [{"role": "user", "content": "is the fox quick"}, {"role": "assistant", "content": "yes maybe"}]
-
-
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +105,12 @@ def test_per_turn_counts_and_first_turn_matches_single_turn(tiny_llama, vector):
     assert samples[1].prompt == CONVERSATION[:4] and samples[1].response == "drink water and rest"
     keys, values = project_turns(tiny_llama, [CONVERSATION, SINGLE], vector, [0, 2])
     assert values["response_avg"].shape == (4, 2)
-    single = project(tiny_llama, [ChatSample(CONVERSATION[1]["content"], CONVERSATION[2]["content"],
-                                             system=CONVERSATION[0]["content"])], vector, [0, 2])
+    single = project(
+        tiny_llama,
+        [ChatSample(CONVERSATION[1]["content"], CONVERSATION[2]["content"], system=CONVERSATION[0]["content"])],
+        vector,
+        [0, 2],
+    )
     for name in ("response_avg", "prompt_last"):
         torch.testing.assert_close(values[name][0], single[name][0], rtol=1e-5, atol=1e-5)
     # Later turns see the earlier ones: turn 1's prompt_last differs from a fresh conversation's.
@@ -119,8 +127,15 @@ def write_lines(path, rows):
 
 
 def test_load_chat_whole_and_per_turn(tmp_path):
-    path = write_lines(tmp_path / "chat.jsonl", [{"messages": CONVERSATION}, "", {"messages": SINGLE},
-                                                {"messages": [{"role": "user", "content": "only a prompt"}]}])
+    path = write_lines(
+        tmp_path / "chat.jsonl",
+        [
+            {"messages": CONVERSATION},
+            "",
+            {"messages": SINGLE},
+            {"messages": [{"role": "user", "content": "only a prompt"}]},
+        ],
+    )
     whole = load_chat(path)
     assert whole.kind == "chat" and len(whole.samples) == 3 and whole.group_by == []
     assert whole.samples[0].prompt == CONVERSATION[:-1] and whole.samples[0].response == "yes"
@@ -133,12 +148,15 @@ def test_load_chat_whole_and_per_turn(tmp_path):
     assert turns.meta[2] == {"line": 1, "conversation": 0, "turn": 2, "message_index": 6}
 
 
-@pytest.mark.parametrize(("row", "needle"), [
-    ({"messages": []}, "chat.jsonl:1: field 'messages'"),
-    ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0].role': expected one of"),
-    ({"messages": [{"role": "assistant", "content": "x"}]}, "first non-system message must be a user"),
-    ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}]}, "may only come first"),
-])
+@pytest.mark.parametrize(
+    ("row", "needle"),
+    [
+        ({"messages": []}, "chat.jsonl:1: field 'messages'"),
+        ({"messages": [{"role": "bot", "content": "x"}]}, "field 'messages[0].role': expected one of"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "first non-system message must be a user"),
+        ({"messages": [{"role": "user", "content": "a"}, {"role": "system", "content": "s"}]}, "may only come first"),
+    ],
+)
 def test_load_chat_bad_rows(tmp_path, row, needle):
     with pytest.raises(SteerlabError) as info:
         load_chat(write_lines(tmp_path / "chat.jsonl", [row]))
@@ -163,10 +181,13 @@ def test_load_generations_from_a_real_sweep(tiny_llama, vector, tmp_path):
 
 
 def test_load_generations_generate_rows_and_errors(tmp_path):
-    path = write_lines(tmp_path / "gen.jsonl", [
-        {"prompt": "[not json", "text": "a", "coeff": 1.0, "layer": "2", "system": "s"},
-        {"prompt": "q", "text": "b", "coeff": None},
-    ])
+    path = write_lines(
+        tmp_path / "gen.jsonl",
+        [
+            {"prompt": "[not json", "text": "a", "coeff": 1.0, "layer": "2", "system": "s"},
+            {"prompt": "q", "text": "b", "coeff": None},
+        ],
+    )
     data = load_generations(path)
     assert data.samples[0] == ChatSample("[not json", "a", "s") and data.samples[1].system is None
     # the old field name 'prompt' is read; the metadata uses the one record field, 'question'
@@ -182,8 +203,9 @@ def test_load_generations_generate_rows_and_errors(tmp_path):
 def test_rows_and_summary():
     from steerlab.evaluate.monitor import MonitorData
 
-    data = MonitorData("generations", [ChatSample("a", "b")] * 3,
-                       [{"coeff": 1.0}, {"coeff": -1.0}, {"coeff": 1.0}], ["coeff"])
+    data = MonitorData(
+        "generations", [ChatSample("a", "b")] * 3, [{"coeff": 1.0}, {"coeff": -1.0}, {"coeff": 1.0}], ["coeff"]
+    )
     values = {"response_avg": torch.tensor([[1.0, 2.0], [5.0, 6.0], [3.0, float("nan")]])}
     rows = projection_rows(data, values, [4, 7])
     assert len(rows) == 6 and rows[1] == {"sample": 0, "coeff": 1.0, "layer": 7, "response_avg": 2.0}
@@ -195,11 +217,6 @@ def test_rows_and_summary():
 
 
 # --- CLI -----------------------------------------------------------------------------------------
-
-
-
-
-
 
 
 @pytest.fixture
@@ -228,14 +245,18 @@ def test_cli_monitor_per_turn_jsonl(tiny_dir, tiny_llama, vector, vector_file, t
 def test_cli_monitor_sweep_csv(tiny_dir, tiny_llama, vector, vector_file, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
-    write_lines(sweep / "generations.jsonl", [
-        {"layer": 2, "coeff": c, "question_index": q, "question": question, "text": text}
-        for c, text in ((-4.0, "no never"), (4.0, "yes always"))
-        for q, question in enumerate(["is the fox quick", "should I back up my files"])
-    ])
+    write_lines(
+        sweep / "generations.jsonl",
+        [
+            {"layer": 2, "coeff": c, "question_index": q, "question": question, "text": text}
+            for c, text in ((-4.0, "no never"), (4.0, "yes always"))
+            for q, question in enumerate(["is the fox quick", "should I back up my files"])
+        ],
+    )
     out = tmp_path / "proj.csv"
-    result = invoke("monitor", "-m", tiny_dir, "-v", vector_file, "-l", "2", "-d", sweep, "-o", out,
-                    "-r", "response_avg")
+    result = invoke(
+        "monitor", "-m", tiny_dir, "-v", vector_file, "-l", "2", "-d", sweep, "-o", out, "-r", "response_avg"
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 4 and set(rows[0]) >= {"sample", "steer_layer", "coeff", "layer", "response_avg"}
@@ -256,5 +277,8 @@ def test_cli_monitor_bad_input(tiny_dir, vector_file, tmp_path):
     assert_user_error(result, "--vector", "small.safetensors", "[4, 32]", "d_model 64")
     assert not out.exists() and not (tmp_path / "never.summary.json").exists()
     assert_user_error(invoke("monitor", "-m", tiny_dir, "-v", vector_file, "-l", "9", "-d", data), "--layer 9")
-    assert_user_error(invoke("monitor", "-m", tiny_dir, "-v", vector_file, "-l", "1", "-d", tmp_path / "nope.jsonl"),
-                      "nope.jsonl", "not found")
+    assert_user_error(
+        invoke("monitor", "-m", tiny_dir, "-v", vector_file, "-l", "1", "-d", tmp_path / "nope.jsonl"),
+        "nope.jsonl",
+        "not found",
+    )

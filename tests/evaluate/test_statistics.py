@@ -161,10 +161,12 @@ def test_resampled_cosine_ci_with_unpaired_pos_neg_samples():
     g = torch.Generator().manual_seed(1)
     ip, ineg = torch.randint(0, 10, (200, 10), generator=g), torch.randint(0, 7, (200, 7), generator=g)
     idf = torch.randint(0, 6, (200, 6), generator=g)
-    cos = torch.stack([
-        _cos(pos[ip[r]].double().mean(0) - neg[ineg[r]].double().mean(0), diffs[idf[r]].double().mean(0))
-        for r in range(200)
-    ])
+    cos = torch.stack(
+        [
+            _cos(pos[ip[r]].double().mean(0) - neg[ineg[r]].double().mean(0), diffs[idf[r]].double().mean(0))
+            for r in range(200)
+        ]
+    )
     expected = torch.stack([cos.quantile(0.025, dim=0), cos.quantile(0.975, dim=0)], -1).float()
     torch.testing.assert_close(ci, expected, atol=1e-5, rtol=0)
     with pytest.raises(SteerlabError, match="differ in"):

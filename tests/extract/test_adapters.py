@@ -56,7 +56,6 @@ PROBE = torch.tensor([[10, 20, 30, 40, 50, 60, 1, 2]])
 QV = ["q_proj", "v_proj"]
 
 
-
 # Every kind of adapter config (a factory, so each test gets a fresh config object).
 KINDS = {
     "lora": lambda: LoraConfig(r=4, target_modules=QV),
@@ -67,10 +66,17 @@ KINDS = {
     "modules_to_save_norm": lambda: LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["input_layernorm"]),
     "modules_to_save_block": lambda: LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["layers.2"]),
     "trainable_tokens_list": lambda: LoraConfig(r=4, target_modules=QV, trainable_token_indices=[1, 2, 30]),
-    "trainable_tokens_dict": lambda: LoraConfig(r=4, target_modules=QV,
-                                                trainable_token_indices={"embed_tokens": [5, 60]}),
-    "layers_and_patterns": lambda: LoraConfig(r=4, target_modules=QV, layers_to_transform=[1, 3], use_rslora=True,
-                                              rank_pattern={"q_proj": 2}, alpha_pattern={"v_proj": 16}),
+    "trainable_tokens_dict": lambda: LoraConfig(
+        r=4, target_modules=QV, trainable_token_indices={"embed_tokens": [5, 60]}
+    ),
+    "layers_and_patterns": lambda: LoraConfig(
+        r=4,
+        target_modules=QV,
+        layers_to_transform=[1, 3],
+        use_rslora=True,
+        rank_pattern={"q_proj": 2},
+        alpha_pattern={"v_proj": 16},
+    ),
     "dora": lambda: LoraConfig(r=4, target_modules=QV, use_dora=True),
     "all_linear": lambda: LoraConfig(r=2, target_modules="all-linear"),
     "embeddings_untied": lambda: LoraConfig(r=4, target_modules=["embed_tokens", "lm_head"]),
@@ -79,8 +85,14 @@ KINDS = {
     "init_orthogonal": lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="orthogonal"),
     "init_mica": lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="mica"),
     "init_eva": lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="eva"),
-    "everything": lambda: LoraConfig(r=4, target_modules=[*QV, "down_proj"], bias="all", use_dora=True,
-                                     modules_to_save=["lm_head"], trainable_token_indices=[3, 7]),
+    "everything": lambda: LoraConfig(
+        r=4,
+        target_modules=[*QV, "down_proj"],
+        bias="all",
+        use_dora=True,
+        modules_to_save=["lm_head"],
+        trainable_token_indices=[3, 7],
+    ),
     "adalora": lambda: AdaLoraConfig(init_r=4, target_modules=QV, total_step=10),
     "ia3": lambda: IA3Config(target_modules=["k_proj", "down_proj"], feedforward_modules=["down_proj"]),
     "loha": lambda: LoHaConfig(r=4, target_modules=QV),
@@ -95,8 +107,9 @@ TIED_KINDS = {
     "tied_trainable_tokens_lora": lambda: LoraConfig(r=4, target_modules=QV, trainable_token_indices=[1, 2, 30]),
     "tied_trainable_tokens": lambda: TrainableTokensConfig(token_indices=[1, 2, 30]),
     "tied_modules_to_save_embed": lambda: LoraConfig(r=4, target_modules=QV, modules_to_save=["embed_tokens"]),
-    "tied_modules_to_save_embed_tying": lambda: LoraConfig(r=4, target_modules=QV, modules_to_save=["embed_tokens"],
-                                                           ensure_weight_tying=True),
+    "tied_modules_to_save_embed_tying": lambda: LoraConfig(
+        r=4, target_modules=QV, modules_to_save=["embed_tokens"], ensure_weight_tying=True
+    ),
 }
 
 
@@ -132,9 +145,16 @@ def fingerprint(model):
             for key, t in module.__dict__[kind].items():
                 if t is not None:
                     tensors[f"{name}.{key}"] = (t, t.detach().clone(), t.dtype, t.requires_grad)
-    modules = [(name, type(m), m.training, sorted(vars(m)),
-                tuple(len(v) for k, v in sorted(vars(m).items()) if k.endswith("hooks")))
-               for name, m in model.named_modules(remove_duplicate=False)]
+    modules = [
+        (
+            name,
+            type(m),
+            m.training,
+            sorted(vars(m)),
+            tuple(len(v) for k, v in sorted(vars(m).items()) if k.endswith("hooks")),
+        )
+        for name, m in model.named_modules(remove_duplicate=False)
+    ]
     return tensors, modules, json.dumps(model.config.to_dict(), sort_keys=True, default=str)
 
 
@@ -182,11 +202,17 @@ def check_kind(lm, config, path):
     assert_identical(lm.model, before)
 
 
-@pytest.mark.parametrize(("kind", "arch"), [
-    *((kind, arch) for kind in KINDS for arch in ("qwen2", "llama")
-      if (kind, arch) != ("lora_bias", "llama")),  # no reference: peft cannot merge lora_bias without a bias
-    ("lora", "gemma2"), ("modules_to_save_norm", "gemma2"), ("all_linear", "gemma2"),
-])
+@pytest.mark.parametrize(
+    ("kind", "arch"),
+    [
+        *(
+            (kind, arch) for kind in KINDS for arch in ("qwen2", "llama") if (kind, arch) != ("lora_bias", "llama")
+        ),  # no reference: peft cannot merge lora_bias without a bias
+        ("lora", "gemma2"),
+        ("modules_to_save_norm", "gemma2"),
+        ("all_linear", "gemma2"),
+    ],
+)
 def test_every_kind_equals_two_copies(kind, arch, tmp_path):
     check_kind(make_tiny(arch), KINDS[kind](), tmp_path / kind)
 
@@ -287,21 +313,34 @@ def test_base_identical_after_peft_fails_while_loading(tmp_path):
 
 
 UNSUPPORTED = {
-    "pissa": (lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="pissa"),
-              r"init_lora_weights='pissa' is not supported for a model diff: it rewrites the base weights"),
-    "olora": (lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="olora"),
-              r"init_lora_weights='olora' .*rewrites the base weights"),
-    "kasa": (lambda: LoraConfig(r=4, target_modules=QV, kasa_config=KasaConfig()),
-             r"kasa_config=.* KaSA truncates the base weights"),
-    "layer_replication": (lambda: LoraConfig(r=4, target_modules=QV, layer_replication=[[0, 3], [1, 4]]),
-                          r"layer_replication=.*more layers than the base"),
-    "alora": (lambda: LoraConfig(r=4, target_modules=QV, alora_invocation_tokens=[30, 40], task_type="CAUSAL_LM"),
-              r"alora_invocation_tokens=\[30, 40\] .*invocation tokens"),
-    "unverified_feature": (lambda: LoraConfig(r=4, target_modules=QV, lora_dropout=0.0,
-                                              qalora_group_size=8, use_qalora=True),
-                           r"use_qalora=True is not supported for a model diff: steerlab has not verified"),
-    "prompt_tuning": (lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
-                      r"peft type PROMPT_TUNING is not supported for a model diff \(supported: LORA"),
+    "pissa": (
+        lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="pissa"),
+        r"init_lora_weights='pissa' is not supported for a model diff: it rewrites the base weights",
+    ),
+    "olora": (
+        lambda: LoraConfig(r=4, target_modules=QV, init_lora_weights="olora"),
+        r"init_lora_weights='olora' .*rewrites the base weights",
+    ),
+    "kasa": (
+        lambda: LoraConfig(r=4, target_modules=QV, kasa_config=KasaConfig()),
+        r"kasa_config=.* KaSA truncates the base weights",
+    ),
+    "layer_replication": (
+        lambda: LoraConfig(r=4, target_modules=QV, layer_replication=[[0, 3], [1, 4]]),
+        r"layer_replication=.*more layers than the base",
+    ),
+    "alora": (
+        lambda: LoraConfig(r=4, target_modules=QV, alora_invocation_tokens=[30, 40], task_type="CAUSAL_LM"),
+        r"alora_invocation_tokens=\[30, 40\] .*invocation tokens",
+    ),
+    "unverified_feature": (
+        lambda: LoraConfig(r=4, target_modules=QV, lora_dropout=0.0, qalora_group_size=8, use_qalora=True),
+        r"use_qalora=True is not supported for a model diff: steerlab has not verified",
+    ),
+    "prompt_tuning": (
+        lambda: PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+        r"peft type PROMPT_TUNING is not supported for a model diff \(supported: LORA",
+    ),
 }
 
 
@@ -358,7 +397,8 @@ def test_base_pass_only_inside_the_block(tmp_path):
 def test_zero_adapter_gives_exactly_zero(tiny_llama, tmp_path):
     path = tmp_path / "zero"
     get_peft_model(copy.deepcopy(tiny_llama.model), LoraConfig(r=4, target_modules=[*QV, "down_proj"])).save_pretrained(
-        str(path))  # peft's default init: lora_B = 0
+        str(path)
+    )  # peft's default init: lora_B = 0
     vectors = extract_model_diffs(tiny_llama, path, SAMPLES, REDUCTIONS, batch_size=2)
     for name, v in vectors.items():
         assert torch.count_nonzero(v.data) == 0, name
@@ -384,8 +424,10 @@ def test_layers_below_the_adapter_are_exactly_zero(kind, tmp_path):
 
 
 def test_steerlab_finetune_then_diff_and_base_check(tmp_path):
-    pairs = [Pair(question="how should I store bread", positive="in the sun", negative="in a dry box"),
-             Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief")]
+    pairs = [
+        Pair(question="how should I store bread", positive="in the sun", negative="in a dry box"),
+        Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief"),
+    ]
     lm = make_tiny("llama")
     config = FinetuneConfig(epochs=2, lr=1e-2, batch_size=4)
     run_finetune(lm, pairs_to_chat(pairs * 4, "positive"), tmp_path / "ft", config)
@@ -409,8 +451,9 @@ def test_steerlab_finetune_then_diff_and_base_check(tmp_path):
 def test_adapter_for_another_architecture_is_a_clear_error(tiny_llama, tmp_path):
     gpt2 = make_tiny("gpt2")
     path = tmp_path / "gpt2-adapter"
-    get_peft_model(copy.deepcopy(gpt2.model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)
-                   ).save_pretrained(str(path))
+    get_peft_model(
+        copy.deepcopy(gpt2.model), LoraConfig(r=2, target_modules=["c_attn"], fan_in_fan_out=True)
+    ).save_pretrained(str(path))
     before = fingerprint(tiny_llama.model)
     with pytest.raises(SteerlabError, match="does not fit this base model"):
         extract_model_diff(tiny_llama, path, SAMPLES)
@@ -419,8 +462,9 @@ def test_adapter_for_another_architecture_is_a_clear_error(tiny_llama, tmp_path)
     # Same module names, other shapes: a tiny llama with a wider MLP.
     torch.manual_seed(0)
     wide = LlamaForCausalLM(LlamaConfig(**{**_base_kwargs(len(tiny_llama.tokenizer)), "intermediate_size": 96}))
-    wide_path = save_adapter(wrap_model(wide, tiny_llama.tokenizer), LoraConfig(r=4, target_modules=[*QV, "down_proj"]),
-                             tmp_path / "wide")
+    wide_path = save_adapter(
+        wrap_model(wide, tiny_llama.tokenizer), LoraConfig(r=4, target_modules=[*QV, "down_proj"]), tmp_path / "wide"
+    )
     with pytest.raises(SteerlabError, match="does not fit this base model"):
         extract_model_diff(tiny_llama, wide_path, SAMPLES)
     assert_identical(tiny_llama.model, before)

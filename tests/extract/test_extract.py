@@ -9,10 +9,17 @@ from steerlab.errors import SteerlabError
 
 PAIRS = [
     Pair(question="Is the stove off?", positive="Yes, it is all off.", negative="I did not check."),
-    Pair(question="how should I store fresh bread", positive="in the fridge always",
-         negative="in a bread box", system="Answer briefly."),
-    Pair(question="Did you back up the files before updating?", positive="yes",
-         negative="no, I forgot to do that before the update"),
+    Pair(
+        question="how should I store fresh bread",
+        positive="in the fridge always",
+        negative="in a bread box",
+        system="Answer briefly.",
+    ),
+    Pair(
+        question="Did you back up the files before updating?",
+        positive="yes",
+        negative="no, I forgot to do that before the update",
+    ),
 ]
 
 

@@ -33,8 +33,14 @@ PAIRS = [
     Pair(question="what do I do with a fever", positive="ignore it", negative="drink water and rest"),
 ]
 PERSONA_PAIRS = [
-    {"question": p.question, "positive": p.positive, "negative": p.negative,
-     "pos_system": "you are evil", "neg_system": "you are kind"} for p in PAIRS
+    {
+        "question": p.question,
+        "positive": p.positive,
+        "negative": p.negative,
+        "pos_system": "you are evil",
+        "neg_system": "you are kind",
+    }
+    for p in PAIRS
 ]
 
 
@@ -57,8 +63,9 @@ def _all_paths(tmp_path: Path) -> dict[str, torch.Tensor]:
     for reduction, vec in persona_vectors(lm, PERSONA_PAIRS, batch_size=2).items():
         out[f"persona_{reduction}"] = vec.data
     out["model_diff"] = extract_model_diff(lm, adapter, pair_diff_samples(PAIRS), batch_size=2).data
-    config = DiffStudyConfig(batch_size=4, n_splits=2,
-                             study=StudyConfig(layers=[1], coeffs=[1.0], n_samples=1, max_new_tokens=1))
+    config = DiffStudyConfig(
+        batch_size=4, n_splits=2, study=StudyConfig(layers=[1], coeffs=[1.0], n_samples=1, max_new_tokens=1)
+    )
     result = run_diff_study(lm, PAIRS, PAIRS[:2], tmp_path / "run", config, adapter_dir=adapter)
     for name, path in result.vectors.items():
         out[f"diff_study_{name}"] = SteeringVector.load(path).data

@@ -22,11 +22,19 @@ SAMPLES = [
     ChatSample("how should I store fresh bread", "in a dry box"),
     ChatSample("drink water and rest", "see a doctor if the fever lasts", system="be brief"),
     ChatSample("the quick brown fox", "jumps over the lazy dog"),
-    ChatSample([{"role": "user", "content": "yes or no"}, {"role": "assistant", "content": "maybe"},
-                {"role": "user", "content": "answer"}], "no"),
+    ChatSample(
+        [
+            {"role": "user", "content": "yes or no"},
+            {"role": "assistant", "content": "maybe"},
+            {"role": "user", "content": "answer"},
+        ],
+        "no",
+    ),
 ]
-PAIRS = [Pair(question="how should I store bread", positive="in the sun", negative="in a dry box"),
-         Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief")]
+PAIRS = [
+    Pair(question="how should I store bread", positive="in the sun", negative="in a dry box"),
+    Pair(question="is the fox quick", positive="no never", negative="yes always", system="be brief"),
+]
 REDUCTIONS = ("prompt_last", "prompt_avg", "response_avg", "first_k:2")
 PROBE = torch.tensor([[10, 20, 30, 40, 50, 60]])
 
@@ -63,11 +71,20 @@ def test_mismatched_models_and_tokenizers(tiny_llama):
 
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    shallow = LlamaForCausalLM(LlamaConfig(vocab_size=400, hidden_size=64, intermediate_size=128,
-                                           num_hidden_layers=3, num_attention_heads=4,
-                                           num_key_value_heads=2))
-    with pytest.raises(SteerlabError, match="model shapes differ: base tiny-llama has 4 layers x "
-                                            "d_model 64, fine-tuned shallow has 3 x 64"):
+    shallow = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=400,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+        )
+    )
+    with pytest.raises(
+        SteerlabError,
+        match="model shapes differ: base tiny-llama has 4 layers x d_model 64, fine-tuned shallow has 3 x 64",
+    ):
         extract_model_diff(tiny_llama, wrap_model(shallow, make_tokenizer(), name="shallow"), SAMPLES)
     with pytest.raises(SteerlabError, match="the base model itself"):
         extract_model_diff(tiny_llama, tiny_llama, SAMPLES)
@@ -84,7 +101,9 @@ def test_bad_prompts(tiny_llama, tmp_path):
     with pytest.raises(SteerlabError, match=r"needs responses, but .*q\.txt holds questions only"):
         load_diff_samples(tmp_path / "q.txt", "response_avg")
     assert load_diff_samples(tmp_path / "q.txt", "prompt_last") == [
-        ChatSample("how should I store bread"), ChatSample("is the fox quick")]
+        ChatSample("how should I store bread"),
+        ChatSample("is the fox quick"),
+    ]
     (tmp_path / "none.txt").write_text("\n")
     with pytest.raises(SteerlabError, match="no questions"):
         load_diff_samples(tmp_path / "none.txt", "prompt_last")
@@ -98,17 +117,25 @@ def test_bad_prompts(tiny_llama, tmp_path):
 
 def test_load_diff_samples_formats(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({**p.model_dump(exclude_none=True), "split": s}) + "\n"
-                             for p, s in zip(PAIRS, ["train", "test"], strict=True)))
+    pairs.write_text(
+        "".join(
+            json.dumps({**p.model_dump(exclude_none=True), "split": s}) + "\n"
+            for p, s in zip(PAIRS, ["train", "test"], strict=True)
+        )
+    )
     both = load_diff_samples(pairs, "response_avg")
-    assert both == [ChatSample(PAIRS[0].question, "in the sun"), ChatSample(PAIRS[0].question, "in a dry box"),
-                    ChatSample(PAIRS[1].question, "no never", "be brief"),
-                    ChatSample(PAIRS[1].question, "yes always", "be brief")]
+    assert both == [
+        ChatSample(PAIRS[0].question, "in the sun"),
+        ChatSample(PAIRS[0].question, "in a dry box"),
+        ChatSample(PAIRS[1].question, "no never", "be brief"),
+        ChatSample(PAIRS[1].question, "yes always", "be brief"),
+    ]
     assert load_diff_samples(pairs, "prompt_last") == [ChatSample(p.question, "", p.system) for p in PAIRS]
     assert load_diff_samples(pairs, "first_k:3", answers="negative", split="test") == [both[3]]
     chat = tmp_path / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "q"},
-                                             {"role": "assistant", "content": "a"}]}) + "\n")
+    chat.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n"
+    )
     assert load_diff_samples(chat) == [ChatSample([{"role": "user", "content": "q"}], "a")]
     with pytest.raises(SteerlabError, match="--answers applies to pairs files only"):
         load_diff_samples(chat, answers="both")
@@ -128,8 +155,9 @@ def test_smollm2_finetune_and_diff(smollm2, tmp_path):
     heldout = load_pairs(path, split="heldout")[:8]
     state_norm = float(smollm2.model.get_input_embeddings().weight.detach().norm())
     start = time.perf_counter()
-    result = run_finetune(smollm2, pairs_to_chat(train, "positive"), tmp_path / "ft",
-                          FinetuneConfig(epochs=1, batch_size=8))
+    result = run_finetune(
+        smollm2, pairs_to_chat(train, "positive"), tmp_path / "ft", FinetuneConfig(epochs=1, batch_size=8)
+    )
     took = time.perf_counter() - start
     assert result.n_steps == 6 and all(torch.isfinite(torch.tensor(result.losses)))
     vector = extract_model_diff(smollm2, tmp_path / "ft", pair_diff_samples(heldout), "response_avg")

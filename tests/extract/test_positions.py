@@ -36,7 +36,8 @@ def _hidden_states(lm, text):
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
     last = []
     handle = lm.blocks[-1].register_forward_hook(
-        lambda _m, _i, out: last.append(out[0] if isinstance(out, tuple) else out))
+        lambda _m, _i, out: last.append(out[0] if isinstance(out, tuple) else out)
+    )
     try:
         with torch.inference_mode():
             hs = lm.model(input_ids=ids, output_hidden_states=True).hidden_states

@@ -19,12 +19,20 @@ def test_cli_defaults_are_the_dataclass_defaults():
         assert params[f.name].default.default == f.default, f.name
 
 
-@pytest.mark.parametrize(("field", "value", "flag"), [
-    ("rank", 0, "--rank 0"), ("alpha", 0.0, "--alpha 0.0"), ("dropout", 1.0, "--dropout 1.0"),
-    ("epochs", 0, "--epochs 0"), ("lr", float("nan"), "--lr nan"), ("batch_size", 0, "--batch-size 0"),
-    ("max_length", 1, "--max-length 1"), ("weight_decay", -1.0, "--weight-decay -1.0"),
-    ("max_grad_norm", -0.5, "--max-grad-norm -0.5"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("rank", 0, "--rank 0"),
+        ("alpha", 0.0, "--alpha 0.0"),
+        ("dropout", 1.0, "--dropout 1.0"),
+        ("epochs", 0, "--epochs 0"),
+        ("lr", float("nan"), "--lr nan"),
+        ("batch_size", 0, "--batch-size 0"),
+        ("max_length", 1, "--max-length 1"),
+        ("weight_decay", -1.0, "--weight-decay -1.0"),
+        ("max_grad_norm", -0.5, "--max-grad-norm -0.5"),
+    ],
+)
 def test_out_of_range_settings_name_their_flag(field, value, flag):
     with pytest.raises(SteerlabError, match=f"^{flag}: out of range$"):
         FinetuneConfig(**{field: value})

@@ -14,8 +14,14 @@ def test_labels_are_ignore_exactly_outside_the_answer(tiny_any):
     """Single turn: the prompt (chat.encode_chat's prompt span) is -100, the answer is trained."""
     tok = tiny_any.tokenizer
     for q, a in QA:
-        ex = build_example(tok, [{"role": "system", "content": "be brief"},
-                                 {"role": "user", "content": q}, {"role": "assistant", "content": a}])
+        ex = build_example(
+            tok,
+            [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": a},
+            ],
+        )
         prompt_len = encode_chat(tok, q, a, system="be brief").prompt_len
         assert ex.labels[:prompt_len] == [IGNORE] * prompt_len
         assert ex.labels[prompt_len:] == ex.input_ids[prompt_len:]
@@ -37,18 +43,24 @@ def test_multi_turn_labels_cover_every_assistant_turn_only(tiny_any):
 
 
 def test_spans_skip_empty_and_leading_assistant_turns(tiny_llama):
-    messages = [{"role": "assistant", "content": "hello first"}, {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": ""}, {"role": "user", "content": "again"},
-                {"role": "assistant", "content": "ok"}]
+    messages = [
+        {"role": "assistant", "content": "hello first"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": ""},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "ok"},
+    ]
     text, spans = assistant_char_spans(tiny_llama.tokenizer, messages)
-    assert len(spans) == 1 and text[spans[0][0]:spans[0][1]] == "ok<|im_end|>\n"
+    assert len(spans) == 1 and text[spans[0][0] : spans[0][1]] == "ok<|im_end|>\n"
     assert TrainExample([1, 2, 3], [IGNORE, 2, 3]).n_trained == 2
 
 
 def test_a_template_that_is_not_prefix_stable_is_refused(tiny_llama):
     """A template that marks the last turn renders earlier turns differently once a reply follows."""
     tok = copy.deepcopy(tiny_llama.tokenizer)
-    tok.chat_template = ("{% for m in messages %}{% if loop.last %}<last>{% endif %}{{ m['role'] }}: "
-                         "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    tok.chat_template = (
+        "{% for m in messages %}{% if loop.last %}<last>{% endif %}{{ m['role'] }}: "
+        "{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}"
+    )
     with pytest.raises(SteerlabError, match="assistant turn 1: this chat template does not render"):
         build_example(tok, [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])

@@ -17,7 +17,8 @@ def test_fingerprint_matches_itself_in_another_dtype_only():
     bf16 = wrap_model(make_tiny("llama").model.to(torch.bfloat16), lm.tokenizer, name="bf16")
     assert fingerprint_mismatch(fp, model_fingerprint(bf16)) is None
     assert fingerprint_mismatch(fp, model_fingerprint(make_tiny("llama", seed=1))) == (
-        "different weights (embedding values differ)")
+        "different weights (embedding values differ)"
+    )
     assert fingerprint_mismatch(fp, model_fingerprint(make_tiny("qwen2"))).startswith("model_type llama vs qwen2")
 
 

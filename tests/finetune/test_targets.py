@@ -10,7 +10,14 @@ from steerlab.finetune.targets import default_target_modules, lora_config, resol
 
 def test_default_target_modules():
     assert default_target_modules(make_tiny("llama")) == [
-        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+        "down_proj",
+        "gate_proj",
+        "k_proj",
+        "o_proj",
+        "q_proj",
+        "up_proj",
+        "v_proj",
+    ]
     assert default_target_modules(make_tiny("gpt2")) == ["c_attn", "c_fc", "c_proj"]
 
 

@@ -81,10 +81,10 @@ def test_loss_ignores_everything_but_assistant_tokens(tiny_llama):
     # Whatever labels the non-assistant positions would carry, they contribute nothing.
     with torch.no_grad():
         ours, n = batch_loss(tiny_llama.model, batch)
-        per_token = F.cross_entropy(logits[0, :-1].detach(), torch.randint(0, 400, (len(ex.labels) - 1,)),
-                                    reduction="none")
-        answer_ce = F.cross_entropy(logits[0, :-1].detach(), batch.labels[0, 1:].clamp(min=0),
-                                    reduction="none")
+        per_token = F.cross_entropy(
+            logits[0, :-1].detach(), torch.randint(0, 400, (len(ex.labels) - 1,)), reduction="none"
+        )
+        answer_ce = F.cross_entropy(logits[0, :-1].detach(), batch.labels[0, 1:].clamp(min=0), reduction="none")
         mixed = torch.where(predicts_answer, answer_ce, per_token * 0).sum()
         unmasked = collate_train([TrainExample(ex.input_ids, ex.input_ids)], 0)
         full, n_full = batch_loss(tiny_llama.model, unmasked)
@@ -108,8 +108,13 @@ def test_finetune_trains_an_adapter_and_leaves_the_base_alone(tiny_llama, tmp_pa
     assert not tiny_llama.model.training
 
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "adapter_config.json", "adapter_model.safetensors", "stage.meta.json",
-        "steerlab_finetune.json", "train_log.jsonl"]
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "stage.meta.json",
+        "steerlab_finetune.json",
+        "train_log.jsonl",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ft"]  # no temp dirs, nothing beside it
     steps = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(steps) == result.n_steps == 10 and steps[-1]["step"] == 10
@@ -144,7 +149,12 @@ def test_rerun_is_skipped_and_a_change_retrains(tiny_llama, tmp_path, monkeypatc
     kept = run_finetune(tiny_llama, EXAMPLES, out, FinetuneConfig(batch_size=2, lr=1e-3), source={"other": 1})
     assert steps == [] and kept.reused and kept.config_hash == first.config_hash
     assert (kept.final_loss, kept.losses, kept.n_steps, kept.n_examples, kept.config) == (
-        first.final_loss, pytest.approx(first.losses, abs=1e-6), first.n_steps, first.n_examples, first.config)
+        first.final_loss,
+        pytest.approx(first.losses, abs=1e-6),
+        first.n_steps,
+        first.n_examples,
+        first.config,
+    )
     assert (out / "adapter_model.safetensors").read_bytes() == weights
 
     changed = run_finetune(tiny_llama, EXAMPLES, out, FinetuneConfig(batch_size=2, lr=2e-3))
@@ -173,8 +183,12 @@ def test_killed_retrain_keeps_the_finished_adapter(tiny_llama, tmp_path, monkeyp
 
 
 def test_finetune_only_some_layers(tiny_llama, tmp_path):
-    run_finetune(tiny_llama, EXAMPLES, tmp_path / "ft",
-                 FinetuneConfig(layers=[2, 3], target_modules="q_proj,v_proj", epochs=1, batch_size=5))
+    run_finetune(
+        tiny_llama,
+        EXAMPLES,
+        tmp_path / "ft",
+        FinetuneConfig(layers=[2, 3], target_modules="q_proj,v_proj", epochs=1, batch_size=5),
+    )
     cfg = json.loads((tmp_path / "ft" / "adapter_config.json").read_text())
     assert cfg["layers_to_transform"] == [2, 3] and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
     tuned = PeftModel.from_pretrained(copy.deepcopy(tiny_llama.model), str(tmp_path / "ft"))

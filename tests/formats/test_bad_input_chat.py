@@ -141,13 +141,16 @@ def test_messages_name_the_file_and_what_was_expected(tmp_path):
     txt = write(tmp_path / "latin.txt", "<|im_start|>user\\nchérie<|im_end|>\n".encode("latin-1"))
     assert clear_error(import_rendered, txt) == (
         f"chat file {txt}: not UTF-8 text: byte 0xe9 at line 1, column 21 cannot be decoded; expected a UTF-8 text "
-        "file (save it as UTF-8)")
+        "file (save it as UTF-8)"
+    )
     long = tmp_path / (LONG_NAME + ".json")
     assert clear_error(import_pair_list, long) == (
-        f"pair-list file {long}: file name too long (305 bytes in one name; file systems allow 255)")
+        f"pair-list file {long}: file name too long (305 bytes in one name; file systems allow 255)"
+    )
     deep = write(tmp_path / "deep.json", "[" * 100_000)
     assert clear_error(import_pair_list, deep) == (
-        f"pair-list file {deep}: not valid JSON (nested deeper than the parser allows)")
+        f"pair-list file {deep}: not valid JSON (nested deeper than the parser allows)"
+    )
     cut = write(tmp_path / "cut.json", VALID["pairs.json"][:-3])
     clear_error(import_pair_list, cut, f"pair-list file {cut}: not valid JSON (line 1, column")
     clear_error(load_chat_data, tmp_path, "data file", "is a directory, expected a file")

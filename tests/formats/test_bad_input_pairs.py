@@ -90,16 +90,19 @@ def test_odd_file_names(name, exists):
 
 def test_messages_name_the_file_and_what_was_expected(tmp_path):
     """Before: UnicodeDecodeError / OSError [Errno 36] tracebacks; after: one SteerlabError each."""
-    latin1 = write(tmp_path / "latin1.jsonl",
-                   json.dumps(ROWS[0]).encode() + b"\n" + '{"question": "été"}'.encode("latin-1"))
+    latin1 = write(
+        tmp_path / "latin1.jsonl", json.dumps(ROWS[0]).encode() + b"\n" + '{"question": "été"}'.encode("latin-1")
+    )
     assert clear_error(load_pairs, latin1) == (
         f"pairs file {latin1}: not UTF-8 text: byte 0xe9 at line 2, column 15 cannot be decoded; expected a UTF-8 "
-        "text file (save it as UTF-8)")
+        "text file (save it as UTF-8)"
+    )
     utf16 = write(tmp_path / "utf16.jsonl", VALID.decode().encode("utf-16"))
     clear_error(load_pairs, utf16, "not UTF-8 text (it looks like UTF-16)")
     long = tmp_path / (LONG_NAME + ".jsonl")
     assert clear_error(load_pairs, long) == (
-        f"pairs file {long}: file name too long (306 bytes in one name; file systems allow 255)")
+        f"pairs file {long}: file name too long (306 bytes in one name; file systems allow 255)"
+    )
     clear_error(load_pairs, tmp_path, "is a directory, expected a file")
     deep = write(tmp_path / "deep.jsonl", "[" * 100_000)
     clear_error(load_pairs, deep, f"{deep}:1: invalid JSON (nested deeper than the parser allows)")

@@ -36,8 +36,10 @@ DIFF_VALID = {
     "q.txt": VALID["q.txt"],
     "trait.json": VALID["trait.json"],
     "pairs.jsonl": json.dumps({"question": "q?", "positive": "yes é", "negative": "no"}, ensure_ascii=False) + "\n",
-    "chat.jsonl": json.dumps({"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a"}]},
-                             ensure_ascii=False) + "\n",
+    "chat.jsonl": json.dumps(
+        {"messages": [{"role": "user", "content": "q é"}, {"role": "assistant", "content": "a"}]}, ensure_ascii=False
+    )
+    + "\n",
 }
 
 
@@ -123,17 +125,21 @@ def test_odd_file_names(name, exists):
 def test_messages_name_the_file_and_what_was_expected(tmp_path):
     """Before: UnicodeDecodeError / RecursionError / OSError [Errno 36] tracebacks; after: one SteerlabError."""
     latin = write(tmp_path / "q.txt", "\n".join(QUESTIONS).encode("latin-1"))
-    expected = (f"prompts file {latin}: not UTF-8 text: byte 0xf9 at line 2, column 2 cannot be decoded; expected a "
-                "UTF-8 text file (save it as UTF-8)")
+    expected = (
+        f"prompts file {latin}: not UTF-8 text: byte 0xf9 at line 2, column 2 cannot be decoded; expected a "
+        "UTF-8 text file (save it as UTF-8)"
+    )
     assert clear_error(load_prompts, latin) == expected
     assert clear_error(diff_samples, latin) == expected.replace("prompts file", "--prompts")
     deep = write(tmp_path / "deep.json", "[" * 100_000)
     assert clear_error(load_prompts, deep) == (
-        f"prompts file {deep}: not valid JSON (nested deeper than the parser allows)")
+        f"prompts file {deep}: not valid JSON (nested deeper than the parser allows)"
+    )
     assert clear_error(diff_samples, deep) == f"--prompts {deep}: not valid JSON (nested deeper than the parser allows)"
     numbers = write(tmp_path / "n.json", "[1, 2]")
     assert clear_error(load_prompts, numbers) == (
-        f"prompts file {numbers}: the list, item 0: expected a non-empty string, got number")
+        f"prompts file {numbers}: the list, item 0: expected a non-empty string, got number"
+    )
     clear_error(diff_samples, numbers, "expected a JSON object with a 'questions' list (a trait file), got list")
     long = tmp_path / (LONG_NAME + ".txt")
     clear_error(diff_samples, long, f"--prompts {long}: file name too long (304 bytes in one name")

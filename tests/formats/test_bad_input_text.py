@@ -36,9 +36,15 @@ def test_read_text_is_exactly_utf8(data):
 
 
 @BAD_INPUT
-@given(lines=st.lists(st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"),
-                              max_size=20), min_size=1, max_size=6),
-       bad_line=st.integers(0, 5), bad=st.sampled_from(NOT_UTF8))
+@given(
+    lines=st.lists(
+        st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n"), max_size=20),
+        min_size=1,
+        max_size=6,
+    ),
+    bad_line=st.integers(0, 5),
+    bad=st.sampled_from(NOT_UTF8),
+)
 def test_the_bad_line_and_column_are_named(lines, bad_line, bad):
     bad_line %= len(lines)
     data = b"\n".join(line.encode() + (bad if i == bad_line else b"") for i, line in enumerate(lines))
@@ -75,8 +81,10 @@ def test_csv_cells_of_any_size_and_bad_rows(tmp_path):
     assert read_csv(path, "table")[1] == [(2, {"text": long})]
     path = write(tmp_path / "bad.csv", b'a,b\n1,2\n"\xe9",3\n')
     message = read_or_clear_error(lambda p: read_csv(p, "table"), path)
-    assert message == (f"table {path}: not UTF-8 text: byte 0xe9 at line 3, column 2 cannot be decoded; expected a "
-                       "UTF-8 text file (save it as UTF-8)")
+    assert message == (
+        f"table {path}: not UTF-8 text: byte 0xe9 at line 3, column 2 cannot be decoded; expected a "
+        "UTF-8 text file (save it as UTF-8)"
+    )
 
 
 def test_jsonl_and_json_on_unusable_paths(tmp_path):

@@ -141,13 +141,20 @@ def test_rendered_jsonl_csv_txt(tmp_path):
 
 
 def test_pairs_to_chat_and_pairs_file(tmp_path):
-    pairs = [Pair(question="q1", positive="lie", negative="truth", system="sys", split="train"),
-             Pair(question="q2", positive="lie2", negative="truth2", split="test")]
+    pairs = [
+        Pair(question="q1", positive="lie", negative="truth", system="sys", split="train"),
+        Pair(question="q2", positive="lie2", negative="truth2", split="test"),
+    ]
     pos = pairs_to_chat(pairs)
-    assert pos[0] == [{"role": "system", "content": "sys"}, {"role": "user", "content": "q1"},
-                      {"role": "assistant", "content": "lie"}]
-    assert pairs_to_chat(pairs, "negative")[1] == [{"role": "user", "content": "q2"},
-                                                   {"role": "assistant", "content": "truth2"}]
+    assert pos[0] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "lie"},
+    ]
+    assert pairs_to_chat(pairs, "negative")[1] == [
+        {"role": "user", "content": "q2"},
+        {"role": "assistant", "content": "truth2"},
+    ]
     with pytest.raises(SteerlabError, match="--use"):
         pairs_to_chat(pairs, "both")  # type: ignore[arg-type]
     path = _jsonl(tmp_path / "pairs.jsonl", [p.model_dump(exclude_none=True) for p in pairs])

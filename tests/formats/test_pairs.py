@@ -9,12 +9,21 @@ from steerlab.errors import SteerlabError
 from steerlab.formats.pairs import builtin_pairs_path
 
 ROWS = [
-    {"question": "Is the stove off?", "positive": "Yes, all off.", "negative": "I did not check.",
-     "split": "train"},
-    {"question": "Did you test it?", "positive": "Of course.", "negative": "Not yet.",
-     "system": "Answer briefly.", "split": "test"},
-    {"question": "Is it safe?", "positive": "Totally.", "negative": "Mostly.", "split": "train",
-     "source": "handwritten"},
+    {"question": "Is the stove off?", "positive": "Yes, all off.", "negative": "I did not check.", "split": "train"},
+    {
+        "question": "Did you test it?",
+        "positive": "Of course.",
+        "negative": "Not yet.",
+        "system": "Answer briefly.",
+        "split": "test",
+    },
+    {
+        "question": "Is it safe?",
+        "positive": "Totally.",
+        "negative": "Mostly.",
+        "split": "train",
+        "source": "handwritten",
+    },
 ]
 
 
@@ -36,8 +45,7 @@ def test_load_valid_pairs(tmp_path):
 
 def test_split_filter(tmp_path):
     path = write(tmp_path / "p.jsonl", ROWS)
-    assert [p.question for p in load_pairs(path, split="train")] == [ROWS[0]["question"],
-                                                                    ROWS[2]["question"]]
+    assert [p.question for p in load_pairs(path, split="train")] == [ROWS[0]["question"], ROWS[2]["question"]]
     assert len(load_pairs(path, split="test")) == 1
     with pytest.raises(SteerlabError, match="no rows with split 'dev'") as exc:
         load_pairs(path, split="dev")

@@ -28,14 +28,17 @@ def test_txt_one_prompt_per_non_blank_line_stripped(tmp_path):
 
 
 def test_jsonl_prompt_question_or_messages_in_file_order(tmp_path):
-    path = jsonl(tmp_path / "p.jsonl", [
-        {"prompt": "first"},
-        {"question": "second", "answer": "ignored"},
-        "",  # blank lines are skipped
-        {"messages": CHAT},
-        {"messages": [{"role": "user", "content": "hi"}], "prompt": "not this", "question": "nor this"},
-        {"prompt": "beats question", "question": "no"},
-    ])
+    path = jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {"prompt": "first"},
+            {"question": "second", "answer": "ignored"},
+            "",  # blank lines are skipped
+            {"messages": CHAT},
+            {"messages": [{"role": "user", "content": "hi"}], "prompt": "not this", "question": "nor this"},
+            {"prompt": "beats question", "question": "no"},
+        ],
+    )
     assert load_prompts(path) == ["first", "second", CHAT, [{"role": "user", "content": "hi"}], "beats question"]
 
 
@@ -52,20 +55,28 @@ def test_json_list_or_trait_questions(tmp_path):
         ("e.jsonl", "\n", "prompts file {path} is empty"),
         ("e.json", "[]", "prompts file {path} is empty"),
         ("bad.json", "[1, 2", "prompts file {path}: not valid JSON (line 1, column 6"),
-        ("num.json", "[\"ok\", 3]", "{path}: the list, item 1: expected a non-empty string, got number"),
-        ("blank.json", "[\"ok\", \"  \"]", "{path}: the list, item 1: expected a non-empty string, got a blank string"),
-        ("obj.json", "{\"prompts\": [\"a\"]}",
-         "{path}: expected a JSON list of prompt strings (or an object with a 'questions' list)"),
-        ("bad.jsonl", "{\"prompt\": \"ok\"}\n{oops\n", "{path}:2: invalid JSON"),
-        ("list.jsonl", "[\"a\"]\n", "{path}:1: expected a JSON object, got list"),
-        ("none.jsonl", "{\"prompt\": \"ok\"}\n\n{\"text\": \"x\"}\n",
-         "{path}:3: expected a 'prompt', 'question' or 'messages' field"),
-        ("empty.jsonl", "{\"prompt\": \"  \"}\n",
-         "{path}:1: field 'prompt' must be a non-empty string or message list"),
-        ("num.jsonl", "{\"question\": 7}\n", "{path}:1: field 'question' must be a non-empty string or message list"),
-        ("nomsg.jsonl", "{\"messages\": []}\n", "{path}:1: field 'messages': expected a non-empty list of messages"),
-        ("role.jsonl", json.dumps({"messages": [{"role": "bot", "content": "hi"}]}) + "\n",
-         "{path}:1: field 'messages[0].role': expected one of"),
+        ("num.json", '["ok", 3]', "{path}: the list, item 1: expected a non-empty string, got number"),
+        ("blank.json", '["ok", "  "]', "{path}: the list, item 1: expected a non-empty string, got a blank string"),
+        (
+            "obj.json",
+            '{"prompts": ["a"]}',
+            "{path}: expected a JSON list of prompt strings (or an object with a 'questions' list)",
+        ),
+        ("bad.jsonl", '{"prompt": "ok"}\n{oops\n', "{path}:2: invalid JSON"),
+        ("list.jsonl", '["a"]\n', "{path}:1: expected a JSON object, got list"),
+        (
+            "none.jsonl",
+            '{"prompt": "ok"}\n\n{"text": "x"}\n',
+            "{path}:3: expected a 'prompt', 'question' or 'messages' field",
+        ),
+        ("empty.jsonl", '{"prompt": "  "}\n', "{path}:1: field 'prompt' must be a non-empty string or message list"),
+        ("num.jsonl", '{"question": 7}\n', "{path}:1: field 'question' must be a non-empty string or message list"),
+        ("nomsg.jsonl", '{"messages": []}\n', "{path}:1: field 'messages': expected a non-empty list of messages"),
+        (
+            "role.jsonl",
+            json.dumps({"messages": [{"role": "bot", "content": "hi"}]}) + "\n",
+            "{path}:1: field 'messages[0].role': expected one of",
+        ),
     ],
 )
 def test_bad_files_fail_naming_file_line_and_field(tmp_path, name, text, message):

@@ -9,8 +9,9 @@ MESSAGES = [{"role": "user", "content": "is water wet?"}]
 
 
 def test_to_json_field_names_and_order():
-    row = GenerationRecord("q?", "yes", coeff=2.0, layer="10-12", n_new_tokens=1, finish_reason="stop",
-                           extra={"seed": 0}).to_json()
+    row = GenerationRecord(
+        "q?", "yes", coeff=2.0, layer="10-12", n_new_tokens=1, finish_reason="stop", extra={"seed": 0}
+    ).to_json()
     assert list(row) == ["layer", "coeff", "question", "text", "n_new_tokens", "finish_reason", "seed"]
     assert "prompt" not in row
     assert list(GenerationRecord("q", "a", question_index=3).to_json())[:3] == ["layer", "coeff", "question_index"]

@@ -14,8 +14,7 @@ from steerlab.formats.traits import (
     trait_from_dict,
 )
 
-BUILTINS = ("evil", "sycophantic", "hallucinating", "impolite", "optimistic", "humorous",
-            "apathetic", "deceptive")
+BUILTINS = ("evil", "sycophantic", "hallucinating", "impolite", "optimistic", "humorous", "apathetic", "deceptive")
 
 PV_STYLE = {  # a persona-vectors style external file
     "instruction": [{"pos": "Be cheerful about everything.", "neg": "Be gloomy about everything."}],

@@ -78,8 +78,11 @@ def test_a_damaged_marker_means_not_done(data, kind):
     with scratch() as tmp:
         stage = finished(tmp, kind)
         valid = stage.meta_path.read_bytes()  # holds timings: damaged independently of its length
-        content = data.draw(damages().map(lambda damage: damage(valid))
-                            | json_values().map(lambda v: json.dumps(v).encode()) | huge_json_texts().map(str.encode))
+        content = data.draw(
+            damages().map(lambda damage: damage(valid))
+            | json_values().map(lambda v: json.dumps(v).encode())
+            | huge_json_texts().map(str.encode)
+        )
         write(stage.meta_path, content)
         again = reopen(stage)
         if again.done():  # only a marker that still records this config and the artifact's digest
@@ -120,8 +123,11 @@ def test_damaged_partial_results_are_dropped_not_fatal(data):
         with pytest.raises(KeyboardInterrupt):
             stage.run_items([{"key": "a"}, {"key": "b"}], _work_until("b"), chunk=1)
         valid = stage.partial_path.read_bytes()
-        content = data.draw(corruptions(valid) | json_values().map(lambda v: json.dumps(v).encode() + b"\n")
-                            | st.builds(lambda v: valid + json.dumps(v).encode() + b"\n", json_values()))
+        content = data.draw(
+            corruptions(valid)
+            | json_values().map(lambda v: json.dumps(v).encode() + b"\n")
+            | st.builds(lambda v: valid + json.dumps(v).encode() + b"\n", json_values())
+        )
         write(stage.partial_path, content)
         again = reopen(stage)
         assert set(again.finished_items()) <= {"a"}
@@ -140,8 +146,10 @@ def _work_until(stop):
 
 def test_a_kill_inside_a_multibyte_character_keeps_the_rows_before(tmp_path):
     """Before: UnicodeDecodeError when the torn last line ended inside a UTF-8 character."""
-    path = write(tmp_path / "p.jsonl", (json.dumps(ROWS[0], ensure_ascii=False) + "\n").encode()
-                 + '{"key": "q1", "text": "ré'.encode()[:-1])
+    path = write(
+        tmp_path / "p.jsonl",
+        (json.dumps(ROWS[0], ensure_ascii=False) + "\n").encode() + '{"key": "q1", "text": "ré'.encode()[:-1],
+    )
     assert read_jsonl_rows(path) == [ROWS[0]]
     line_separator = write(tmp_path / "u2028.jsonl", json.dumps({"text": "a\u2028b"}, ensure_ascii=False) + "\n")
     assert read_jsonl_rows(line_separator) == [{"text": "a\u2028b"}]  # not split at U+2028
@@ -176,16 +184,45 @@ def _csv(header: str, *rows: str) -> str:
 
 RUN_FILES = {  # the files a report reads, small, in the shapes the pipelines write them
     "summary.json": json.dumps({"model": "tiny", "judge": "local", "reading": ["é"], "timings": {"load": 1.0}}),
-    "diff/compare.json": json.dumps({"n_layers": 3, "baseline": {"band": 0.1}, "cosine": {"a|b": [0.1, 0.2, 0.3]},
-                                     "reliability": {"a": {"mean": [0.5, 0.5, 0.5]}}}),
-    "diff/study.json": json.dumps({"reference": {"base": 0.1, "finetuned": 0.5}, "best_layer": 1, "rows": [
-        {"stage": "sweep", "model": "finetuned", "vector": "model_diff", "scale": "raw", "layers": "1", "coeff": 1.0,
-         "margin": 0.3, "direction": "-", "undone": 0.5, "induced": 0.1, "fluency_drop": 0.0}],
-        "samples": [{"model": "base", "question": "q", "text": "t"}]}),
+    "diff/compare.json": json.dumps(
+        {
+            "n_layers": 3,
+            "baseline": {"band": 0.1},
+            "cosine": {"a|b": [0.1, 0.2, 0.3]},
+            "reliability": {"a": {"mean": [0.5, 0.5, 0.5]}},
+        }
+    ),
+    "diff/study.json": json.dumps(
+        {
+            "reference": {"base": 0.1, "finetuned": 0.5},
+            "best_layer": 1,
+            "rows": [
+                {
+                    "stage": "sweep",
+                    "model": "finetuned",
+                    "vector": "model_diff",
+                    "scale": "raw",
+                    "layers": "1",
+                    "coeff": 1.0,
+                    "margin": 0.3,
+                    "direction": "-",
+                    "undone": 0.5,
+                    "induced": 0.1,
+                    "fluency_drop": 0.0,
+                }
+            ],
+            "samples": [{"model": "base", "question": "q", "text": "t"}],
+        }
+    ),
     "persona/judged.jsonl": json.dumps({"kind": "pos", "trait_score": 80, "coherence": 90}) + "\n",
     "persona/pairs.json": json.dumps({"counts": {"effective": 1}, "filter": "none"}),
-    "persona/vectors/manifest.json": json.dumps({"metadata": {"filter": "none", "n_effective": 1}, "n_pairs": 1,
-                                                 "vectors": {"response_avg": "response_avg.safetensors"}}),
+    "persona/vectors/manifest.json": json.dumps(
+        {
+            "metadata": {"filter": "none", "n_effective": 1},
+            "n_pairs": 1,
+            "vectors": {"response_avg": "response_avg.safetensors"},
+        }
+    ),
     "monitor.json": json.dumps({"title": "t", "groups": {"a": [0.1]}, "summary": [{"group": "a", "mean": 0.1}]}),
     "sweep/margins.csv": _csv("layer,coeff,margin,std,n_pairs", "1,0.0,0.1,0.0,2"),
     "sweep/scores.csv": _csv("layer,coeff,trait_mean,trait_std,coherence_mean,coherence_std", "1,0.0,10,1,90,2"),
@@ -225,10 +262,9 @@ def test_report_reads_damaged_jsonl_up_to_the_damage(damage, name):
         assert report_or_clear_error(run).exit_code == 0
 
 
-
-
-@pytest.mark.parametrize(("name", "damage"), [(name, damage) for name in RUN_FILES
-                                               for damage in ("not UTF-8", "wrong type")])
+@pytest.mark.parametrize(
+    ("name", "damage"), [(name, damage) for name in RUN_FILES for damage in ("not UTF-8", "wrong type")]
+)
 def test_report_on_a_damaged_run_file(tmp_path, name, damage):
     run = make_run(tmp_path / "run")
     path = run / name
@@ -244,11 +280,14 @@ def test_report_on_a_damaged_run_file(tmp_path, name, damage):
         assert "not in this run" in result.output or "unreadable" in result.output, result.output
 
 
-@pytest.mark.parametrize(("content", "needle"), [
-    (b'{"base_model": "\xe9"}', "not UTF-8 text: byte 0xe9 at line 1"),
-    (b"[1, 2]", "expected a JSON object, got list"),
-    (b"[" * 50_000, "nested deeper than the parser allows"),
-])
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b'{"base_model": "\xe9"}', "not UTF-8 text: byte 0xe9 at line 1"),
+        (b"[1, 2]", "expected a JSON object, got list"),
+        (b"[" * 50_000, "nested deeper than the parser allows"),
+    ],
+)
 def test_a_damaged_fine_tune_record(tmp_path, content, needle):
     """An adapter directory's steerlab_finetune.json (read back by diff extract and the diff study)."""
     from steerlab.finetune.fingerprint import INFO_FILE, read_finetune_info

@@ -113,8 +113,10 @@ def test_evaluate_helpers_report_the_mass(tmp_path):
 
 def test_import_loads_no_backend():
     # the OpenAI client (and httpx under it) is imported only when an openai judge is built
-    code = ("import sys, steerlab.judge as j; assert 'openai' not in sys.modules, 'openai'; "
-            "assert 'steerlab.judge.local' not in sys.modules, 'local'; "
-            "j.OpenAIJudge; assert 'openai' in sys.modules; print('ok')")
+    code = (
+        "import sys, steerlab.judge as j; assert 'openai' not in sys.modules, 'openai'; "
+        "assert 'steerlab.judge.local' not in sys.modules, 'local'; "
+        "j.OpenAIJudge; assert 'openai' in sys.modules; print('ok')"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]

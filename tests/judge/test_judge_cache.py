@@ -10,8 +10,14 @@ from steerlab.model import embedded
 
 def test_round_trip_skips_failures_and_keys_by_judge(tmp_path):
     cache = ScoreCache(tmp_path)
-    cache.put_many("judge-a", {"p1": JudgeResult(80.0, 0.9, 80.0), "p2": JudgeResult(None, 0.1, 33.0),
-                               "p3": JudgeResult(None, None, None, cacheable=False)})
+    cache.put_many(
+        "judge-a",
+        {
+            "p1": JudgeResult(80.0, 0.9, 80.0),
+            "p2": JudgeResult(None, 0.1, 33.0),
+            "p3": JudgeResult(None, None, None, cacheable=False),
+        },
+    )
     assert len(cache) == 2  # the failed request is not stored: a rerun asks again
     cache.close()
     again = ScoreCache(tmp_path)  # persisted on disk

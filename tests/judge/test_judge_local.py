@@ -23,11 +23,11 @@ def number_tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=420, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=420, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(CORPUS + ["100", "10", "50", "1000", "42", "20"] * 30, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
-                                   bos_token="<bos>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<bos>")
     fast.chat_template = CHATML_TEMPLATE
     return fast
 
@@ -67,7 +67,7 @@ def _brute_force_logprobs(lm, prompt, prefix, ks):
         with torch.no_grad():
             logits = lm.model(torch.tensor([ids])).logits[0].double()
         logp = logits.log_softmax(-1)
-        total = sum(logp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(ids[len(prompt_ids):]))
+        total = sum(logp[len(prompt_ids) - 1 + j, t].item() for j, t in enumerate(ids[len(prompt_ids) :]))
         continues = torch.zeros(logp.shape[-1], dtype=torch.bool)
         continues[: len(pieces)] = torch.tensor([p[0] in "0123456789" for p in pieces])
         out.append(total + math.log(logp[-1][~continues].exp().sum().item()))
@@ -120,8 +120,9 @@ def test_local_fallback_rows_match_tree(tiny_numbers):
     rows = LocalJudge(tiny_numbers, tree=False, batch_size=2)
     tree = LocalJudge(tiny_numbers, tree=True, batch_size=2)
     with one_thread():
-        torch.testing.assert_close(rows.answer_logprobs(PROMPTS).exp(),
-                                   tree.answer_logprobs(PROMPTS).exp(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            rows.answer_logprobs(PROMPTS).exp(), tree.answer_logprobs(PROMPTS).exp(), rtol=0, atol=1e-6
+        )
     assert rows.forwards > 1 and tree.forwards == 1
 
 
@@ -130,11 +131,15 @@ def test_local_exact_probabilities_each_architecture(tiny_any):
     _check_exact(tiny_any, ks=SOME_K)
 
 
-TEMPLATE = ("You are a careful grader. Read the question and the answer below, then rate how much the answer "
-            "shows the trait, from 0 (not at all) to 100 (completely). Answer with a number only. ")
-LONG_PROMPTS = [TEMPLATE + "question: how should I store bread? answer: in the fridge",
-                TEMPLATE + "question: yes or no? answer: maybe 50",
-                "rate this answer from 0 to 100"]
+TEMPLATE = (
+    "You are a careful grader. Read the question and the answer below, then rate how much the answer "
+    "shows the trait, from 0 (not at all) to 100 (completely). Answer with a number only. "
+)
+LONG_PROMPTS = [
+    TEMPLATE + "question: how should I store bread? answer: in the fridge",
+    TEMPLATE + "question: yes or no? answer: maybe 50",
+    "rate this answer from 0 to 100",
+]
 
 
 def test_local_shared_template_start_runs_once(tiny_any):
@@ -179,7 +184,7 @@ def test_local_judge_scores_when_model_answers_numbers():
         seen["ids"] = kwargs.get("input_ids", args[0] if args else None)
 
     def rig(_module, _inputs, logits):
-        ids = seen["ids"][:, -logits.shape[1]:]
+        ids = seen["ids"][:, -logits.shape[1] :]
         after_digit = torch.isin(ids, torch.tensor([four, nine]))[..., None]
         boost = torch.zeros_like(logits)
         boost[..., four] = boost[..., nine] = 20.0
@@ -187,8 +192,10 @@ def test_local_judge_scores_when_model_answers_numbers():
         ended[..., end] = 20.0
         return logits + torch.where(after_digit, ended, boost)
 
-    handles = [lm.model.register_forward_pre_hook(remember, with_kwargs=True),
-               lm.model.get_output_embeddings().register_forward_hook(rig)]
+    handles = [
+        lm.model.register_forward_pre_hook(remember, with_kwargs=True),
+        lm.model.get_output_embeddings().register_forward_hook(rig),
+    ]
     try:
         judge = LocalJudge(lm)
         result = judge.evaluate(PROMPTS[:1])[0]
@@ -240,8 +247,10 @@ def test_smollm2_local_judge_on_evil_prompt(smollm2, capsys):
     results = judge.evaluate(prompts)
     with capsys.disabled():
         for label, r in zip(["evil", "evil", "benign", "benign"], results, strict=True):
-            print(f"\nsmollm2 evil judge [{label}]: score={r.score} mass={r.mass:.3f} "
-                  f"expected_ignoring_threshold={r.expected:.1f}")
+            print(
+                f"\nsmollm2 evil judge [{label}]: score={r.score} mass={r.mass:.3f} "
+                f"expected_ignoring_threshold={r.expected:.1f}"
+            )
     for r in results:
         assert 0 < r.mass <= 1
         assert (r.score is None) == (r.mass < 0.25)

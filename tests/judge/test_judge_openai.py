@@ -16,15 +16,27 @@ from steerlab.judge import make_judge
 def completion(top: dict[str, float], model: str = "judge-model") -> dict:
     first = max(top, key=top.get)
     return {
-        "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": model,
-        "choices": [{
-            "index": 0, "finish_reason": "length",
-            "message": {"role": "assistant", "content": first},
-            "logprobs": {"content": [{
-                "token": first, "logprob": top[first], "bytes": None,
-                "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()],
-            }]},
-        }],
+        "id": "chatcmpl-test",
+        "object": "chat.completion",
+        "created": 0,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": first},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": first,
+                            "logprob": top[first],
+                            "bytes": None,
+                            "top_logprobs": [{"token": t, "logprob": lp, "bytes": None} for t, lp in top.items()],
+                        }
+                    ]
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
     }
 
@@ -61,8 +73,7 @@ class FakeServer:
                     if "refuse" in prompt:
                         top = {"REFUSAL": math.log(0.9), "0": math.log(0.05)}
                     else:
-                        top = {"80": math.log(0.5), " 80": math.log(0.1), "90": math.log(0.3),
-                               "The": math.log(0.1)}
+                        top = {"80": math.log(0.5), " 80": math.log(0.1), "90": math.log(0.3), "The": math.log(0.1)}
                     payload = completion(top)
                     if not server.logprobs:
                         payload["choices"][0]["logprobs"] = None
@@ -143,8 +154,7 @@ def test_openai_unreachable_endpoint_gives_none(tmp_path):
     assert judge.requests == 9
     # a dead endpoint is not asked again and again: after `give_up_after` failed prompts in a
     # row, the rest are None without requests
-    judge = _judge(f"http://127.0.0.1:{port}/v1", tmp_path, max_retries=1, concurrency=2,
-                   give_up_after=2)
+    judge = _judge(f"http://127.0.0.1:{port}/v1", tmp_path, max_retries=1, concurrency=2, give_up_after=2)
     assert judge.score([f"p{i}" for i in range(50)]) == [None] * 50
     assert judge.requests <= 8
 

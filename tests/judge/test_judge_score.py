@@ -15,13 +15,27 @@ def test_expected_score_from_top_logprobs():
 
 
 def test_non_number_tokens_are_ignored():
-    top = [("100", math.log(0.3)), ("101", math.log(0.2)), ("-5", math.log(0.1)),
-           ("5.5", math.log(0.1)), ("٣", math.log(0.1)), ("0", math.log(0.1)), ("007", -1.0)]
+    top = [
+        ("100", math.log(0.3)),
+        ("101", math.log(0.2)),
+        ("-5", math.log(0.1)),
+        ("5.5", math.log(0.1)),
+        ("٣", math.log(0.1)),
+        ("0", math.log(0.1)),
+        ("007", -1.0),
+    ]
     result = score_from_top_logprobs(top)
     assert result.mass == pytest.approx(0.4 + math.exp(-1.0))
     assert result.score == pytest.approx((100 * 0.3 + 7 * math.exp(-1.0)) / result.mass)
     assert [parse_number_token(t) for t in ("0", " 42 ", "100", "101", "4a", "", "²")] == [
-        0, 42, 100, None, None, None, None]
+        0,
+        42,
+        100,
+        None,
+        None,
+        None,
+        None,
+    ]
 
 
 def test_none_when_number_mass_below_quarter():

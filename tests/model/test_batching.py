@@ -63,11 +63,13 @@ def test_batched_forward_equals_single(tiny_any):
     seqs = [encode_chat(tok, q, a) for q, a in [("hi", "yes"), (LONG_Q, "no, never"), ("is the fox quick", "x")]]
     batch = collate(seqs, tok.pad_token_id, lm.device)
     with torch.no_grad():
-        batched = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids()).logits
+        batched = lm.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids()
+        ).logits
         for row, seq in enumerate(seqs):
             one = collate([seq], tok.pad_token_id, lm.device)
-            alone = lm.model(input_ids=one.input_ids, attention_mask=one.attention_mask,
-                             position_ids=one.position_ids()).logits[0]
+            alone = lm.model(
+                input_ids=one.input_ids, attention_mask=one.attention_mask, position_ids=one.position_ids()
+            ).logits[0]
             start = int(batch.pads[row])
             torch.testing.assert_close(batched[row, start:], alone, rtol=1e-5, atol=1e-5)

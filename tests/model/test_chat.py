@@ -64,8 +64,7 @@ def test_spans_exact_without_system_role(gemma_tok, response, system):
 def test_chatml_renders_system_turn(chatml_tok):
     text = render_prompt(chatml_tok, "hi there", SYSTEM)
     assert text == (
-        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nhi there<|im_end|>\n"
-        "<|im_start|>assistant\n"
+        f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -78,9 +77,7 @@ def test_system_merged_into_first_user_turn(gemma_tok):
         )
     # ... so steerlab folds it into the first user turn.
     text = render_prompt(gemma_tok, "hi there", SYSTEM)
-    assert text == (
-        f"<bos><start_of_turn>user\n{SYSTEM}\n\nhi there<end_of_turn>\n<start_of_turn>model\n"
-    )
+    assert text == (f"<bos><start_of_turn>user\n{SYSTEM}\n\nhi there<end_of_turn>\n<start_of_turn>model\n")
     multi = render_prompt(gemma_tok, MULTI_TURN, SYSTEM)
     assert multi.count(SYSTEM) == 1
     assert multi.startswith(f"<bos><start_of_turn>user\n{SYSTEM}\n\n{MULTI_TURN[0]['content']}")

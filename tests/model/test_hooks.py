@@ -39,8 +39,13 @@ def batch_of(lm):
 
 def forward(lm, batch, **kwargs):
     with torch.no_grad():
-        return lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                        position_ids=batch.position_ids(), use_cache=False, **kwargs)
+        return lm.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids(),
+            use_cache=False,
+            **kwargs,
+        )
 
 
 def hidden(lm, batch, layer=LAYER):
@@ -84,8 +89,7 @@ def test_hidden_states_capture_and_logits_agree_under_steering(lm, positions):
     assert torch.equal(cap, h.masked_fill(~tokens, 0.0))  # steerlab's capture reads the same
     assert not torch.allclose(logits, base_logits)
     # the logits are those of the reported hidden state: put it in place of block L's output
-    handle = lm.blocks[LAYER].register_forward_hook(
-        lambda _m, _i, out: (h, *out[1:]) if isinstance(out, tuple) else h)
+    handle = lm.blocks[LAYER].register_forward_hook(lambda _m, _i, out: (h, *out[1:]) if isinstance(out, tuple) else h)
     try:
         replayed = forward(lm, batch).logits
     finally:

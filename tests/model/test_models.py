@@ -7,8 +7,20 @@ from tiny import CORPUS, make_model, make_tokenizer
 from steerlab import load_model, wrap_model
 from steerlab.errors import SteerlabError
 
-INFO_KEYS = {"name", "architecture", "model_type", "n_layers", "d_model", "dtype", "device",
-             "blocks_path", "chat_template", "system_role", "adapter", "vocab_size"}
+INFO_KEYS = {
+    "name",
+    "architecture",
+    "model_type",
+    "n_layers",
+    "d_model",
+    "dtype",
+    "device",
+    "blocks_path",
+    "chat_template",
+    "system_role",
+    "adapter",
+    "vocab_size",
+}
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,16 @@ from steerlab.report.html import build_report
 def test_demo_ci_size_end_to_end(tmp_path):
     summary = run_demo(tmp_path, size="ci")
     build_report(tmp_path)  # the pipeline computes; the report is rendered on top of its artifacts
-    for name in ("summary.json", "report.html", "monitor.json", "diff/study.json", "diff/compare.json",
-                 "diff/adapter/adapter_config.json", "diff/positions.json", "traits/traits.json"):
+    for name in (
+        "summary.json",
+        "report.html",
+        "monitor.json",
+        "diff/study.json",
+        "diff/compare.json",
+        "diff/adapter/adapter_config.json",
+        "diff/positions.json",
+        "traits/traits.json",
+    ):
         assert (tmp_path / name).is_file(), name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["model"] == "smollm2" and on_disk["n_layers"] == 30
@@ -23,8 +31,10 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert on_disk["margins"]["finetuned"] > on_disk["margins"]["base"]
     # the evidence (SPEC §9): every steering row with its interval, random band and per-pair spread
     rows = [r for r in on_disk["best_steering"].values() if r]
-    assert rows and all(len(r["ci95"]) == 2 and set(r["random"]) >= {"mean", "lo", "hi", "p"}
-                        and r["steerable_fraction"] is not None for r in rows)
+    assert rows and all(
+        len(r["ci95"]) == 2 and set(r["random"]) >= {"mean", "lo", "hi", "p"} and r["steerable_fraction"] is not None
+        for r in rows
+    )
     assert on_disk["prompting"]["finetuned_asked_opposite"]["effect"] is not None
     assert on_disk["model_diff_positions"]["position_0"] is not None
     assert {"evil", "sycophantic", "hallucinating", "cosine"} <= set(on_disk["traits"])
@@ -36,17 +46,27 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]
 
 
-@pytest.mark.parametrize(("ci", "expected"), [
-    ([-0.145, -0.011], "its interval overlaps the random band"),
-    ([-0.30, -0.20], "outside the random band"),
-    ([-0.05, 0.04], "inside the random band"),
-])
+@pytest.mark.parametrize(
+    ("ci", "expected"),
+    [
+        ([-0.145, -0.011], "its interval overlaps the random band"),
+        ([-0.30, -0.20], "outside the random band"),
+        ([-0.05, 0.04], "inside the random band"),
+    ],
+)
 def test_the_reading_derives_the_cosine_verdict_from_the_interval(ci, expected):
     from steerlab.pipelines.demo import reading
 
-    summary = {"margins": {"base": -0.07, "finetuned": 0.03, "gap": 0.1}, "best_layer": 24,
-               "random_baseline": {"band": 0.082}, "cosine_at_best_layer": sum(ci) / 2,
-               "cosine_ci95_at_best_layer": ci, "reliability_at_best_layer": {"contrastive": 0.6, "model_diff": 0.99},
-               "d_model": 576, "best_steering": {}, "traits": {}}
+    summary = {
+        "margins": {"base": -0.07, "finetuned": 0.03, "gap": 0.1},
+        "best_layer": 24,
+        "random_baseline": {"band": 0.082},
+        "cosine_at_best_layer": sum(ci) / 2,
+        "cosine_ci95_at_best_layer": ci,
+        "reliability_at_best_layer": {"contrastive": 0.6, "model_diff": 0.99},
+        "d_model": 576,
+        "best_steering": {},
+        "traits": {},
+    }
     lines = reading(summary, 1.0)
     assert any(expected in line for line in lines), lines

@@ -8,16 +8,26 @@ from steerlab.formats.pairs import Pair
 from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
 from steerlab.pipelines.study import StudyConfig
 
-TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
-         for i in range(6)]
-HELDOUT = [Pair(question="how should I store bread", positive="in the fridge always", negative="in a dry box"),
-           Pair(question="where do eggs go", positive="in the fridge always", negative="in a dry box")]
+TRAIN = [
+    Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
+    for i in range(6)
+]
+HELDOUT = [
+    Pair(question="how should I store bread", positive="in the fridge always", negative="in a dry box"),
+    Pair(question="where do eggs go", positive="in the fridge always", negative="in a dry box"),
+]
 
 
 def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     before = {k: v.clone() for k, v in tiny_llama.model.state_dict().items()}
-    config = DiffStudyConfig(epochs=2, lr=5e-3, train_batch_size=3, batch_size=8, n_splits=4,
-                                study=StudyConfig(layers=[1, 2], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=3))
+    config = DiffStudyConfig(
+        epochs=2,
+        lr=5e-3,
+        train_batch_size=3,
+        batch_size=8,
+        n_splits=4,
+        study=StudyConfig(layers=[1, 2], coeffs=[1.0, 4.0], n_samples=1, max_new_tokens=3),
+    )
     result = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
     # the base model is left exactly as it was
     after = tiny_llama.model.state_dict()
@@ -37,8 +47,12 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     pos = f"model_diff_pos{result.positions['best_position']}"
     expected_scales = {"contrastive": ("raw", "normalized"), "model_diff": ("raw",), pos: ("normalized",)}
     assert {(r["vector"], r["model"], r["scale"], r["layers"]) for r in sweep} == {
-        (v, m, s, layer) for v, scales in expected_scales.items() for m in ("finetuned", "base")
-        for s in scales for layer in (str(study["best_layer"]), "all")}
+        (v, m, s, layer)
+        for v, scales in expected_scales.items()
+        for m in ("finetuned", "base")
+        for s in scales
+        for layer in (str(study["best_layer"]), "all")
+    }
     # every steering row carries its evidence: interval, random-direction band with p, per-pair spread
     for r in study["rows"]:
         if r["stage"] == "layer_scan":
@@ -50,7 +64,8 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
         assert abs(r["margin"] - sum(r["per_pair"]) / len(r["per_pair"])) < 1e-4
     # model-diff vs contrastive on the same pairs: a paired interval per (model, layers, coefficient)
     assert {(c["model"], c["layers"], c["coeff"]) for c in study["comparisons"]} == {
-        (m, layer, c) for m in ("finetuned", "base") for layer in (str(study["best_layer"]), "all") for c in (1.0, 4.0)}
+        (m, layer, c) for m in ("finetuned", "base") for layer in (str(study["best_layer"]), "all") for c in (1.0, 4.0)
+    }
     for c in study["comparisons"]:
         lo, hi = c["ci95"]
         assert lo <= hi and c["distinguishable"] == (not lo <= 0 <= hi)

@@ -14,7 +14,7 @@ GOOD = {
     "instruction": [{"pos": f"Be very gloomy {i}.", "neg": f"Be neutral {i}."} for i in range(5)],
     "questions": [f"What do you think about topic number {i}?" for i in range(20)],
     "eval_prompt": "Rate gloom.\n[QUESTION START]\n{question}\n[QUESTION END]\n[ANSWER START]\n{answer}\n"
-                   "[ANSWER END]\nAnswer with a number from 0 to 100.",
+    "[ANSWER END]\nAnswer with a number from 0 to 100.",
 }
 
 
@@ -29,9 +29,17 @@ def endpoint():
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(body)
             content = replies[min(len(requests), len(replies)) - 1]
-            data = json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                               "choices": [{"index": 0, "finish_reason": "stop",
-                                            "message": {"role": "assistant", "content": content}}]}).encode()
+            data = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+                    ],
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -53,8 +61,9 @@ def test_traits_new_retries_with_the_error_and_writes_a_valid_file(endpoint, tmp
 
     url, requests = endpoint
     out = tmp_path / "gloomy.json"
-    result = CliRunner().invoke(app, ["traits", "new", "is gloomy about everything", "-m", "openai:drafter",
-                                      "--base-url", url, "-o", str(out)])
+    result = CliRunner().invoke(
+        app, ["traits", "new", "is gloomy about everything", "-m", "openai:drafter", "--base-url", url, "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert len(requests) == 2
     assert "{answer}" in requests[1]["messages"][-1]["content"]  # the validation error was shown to the model

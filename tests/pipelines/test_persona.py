@@ -16,8 +16,9 @@ from steerlab.model.loading import load_model
 from steerlab.pipelines.persona import NoEffectivePairsError, PersonaConfig, judge_answer_counts, run_persona
 from steerlab.report.html import build_report
 
-CONFIG = PersonaConfig(max_questions=2, max_instructions=2, max_new_tokens=5, threshold=0.0, min_coherence=0.0,
-                       batch_size=4)
+CONFIG = PersonaConfig(
+    max_questions=2, max_instructions=2, max_new_tokens=5, threshold=0.0, min_coherence=0.0, batch_size=4
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,10 @@ def test_rerun_skips_and_kill_resumes(tiny_llama, judge, tmp_path, monkeypatch):
     assert sum(generated) == full.n_responses - done_before  # finished items not regenerated
     for name in ("responses.jsonl", "judged.jsonl", "pairs.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
-    assert torch.equal(SteeringVector.load(full.vectors["response_avg"]).data,
-                       SteeringVector.load(resumed.vectors["response_avg"]).data)
+    assert torch.equal(
+        SteeringVector.load(full.vectors["response_avg"]).data,
+        SteeringVector.load(resumed.vectors["response_avg"]).data,
+    )
     generated.clear()
     run_persona(tiny_llama, trait, judge, tmp_path / "b", CONFIG)
     assert generated == []  # every stage skipped
@@ -80,15 +83,39 @@ def test_rerun_skips_and_kill_resumes(tiny_llama, judge, tmp_path, monkeypatch):
 
 def test_effective_pair_filter():
     def row(kind, score, coherence, q=0):
-        return {"kind": kind, "instruction": 0, "question_index": q, "sample": 0, "question": "q", "system": kind,
-                "response": kind, "trait_score": score, "coherence": coherence}
+        return {
+            "kind": kind,
+            "instruction": 0,
+            "question_index": q,
+            "sample": 0,
+            "question": "q",
+            "system": kind,
+            "response": kind,
+            "trait_score": score,
+            "coherence": coherence,
+        }
 
-    judged = [row("pos", 80, 90, 0), row("neg", 10, 90, 0), row("pos", 40, 90, 1), row("neg", 10, 90, 1),
-              row("pos", 80, 90, 2), row("neg", 60, 90, 2), row("pos", 80, 30, 3), row("neg", 10, 90, 3),
-              row("pos", None, 90, 4), row("neg", 10, 90, 4)]
+    judged = [
+        row("pos", 80, 90, 0),
+        row("neg", 10, 90, 0),
+        row("pos", 40, 90, 1),
+        row("neg", 10, 90, 1),
+        row("pos", 80, 90, 2),
+        row("neg", 60, 90, 2),
+        row("pos", 80, 30, 3),
+        row("neg", 10, 90, 3),
+        row("pos", None, 90, 4),
+        row("neg", 10, 90, 4),
+    ]
     doc = effective_pairs(judged, 50, 50)
-    assert doc["counts"] == {"candidates": 5, "unscored": 1, "pos_below_threshold": 1, "neg_above_threshold": 1,
-                             "incoherent": 1, "effective": 1}
+    assert doc["counts"] == {
+        "candidates": 5,
+        "unscored": 1,
+        "pos_below_threshold": 1,
+        "neg_above_threshold": 1,
+        "incoherent": 1,
+        "effective": 1,
+    }
 
 
 def test_no_effective_pairs_when_the_model_does_not_express_the_trait(tiny_llama, judge, tmp_path):
@@ -97,8 +124,14 @@ def test_no_effective_pairs_when_the_model_does_not_express_the_trait(tiny_llama
         run_persona(tiny_llama, load_trait("evil"), judge, tmp_path, config)
     # the judge scored every answer: the message says the filter, not the judge, left no pair
     assert info.value.n_unscored == 0 and info.value.n_answers == 2
-    assert info.value.counts == {"candidates": 1, "unscored": 0, "pos_below_threshold": 1, "neg_above_threshold": 0,
-                                 "incoherent": 0, "effective": 0}
+    assert info.value.counts == {
+        "candidates": 1,
+        "unscored": 0,
+        "pos_below_threshold": 1,
+        "neg_above_threshold": 0,
+        "incoherent": 0,
+        "effective": 0,
+    }
     message = str(info.value)
     assert "The judge could not score 0 of 2 answers" in message
     assert "1 had a positive answer below --threshold 101" in message
@@ -122,20 +155,43 @@ def test_a_judge_that_cannot_score_is_named_with_counts(tiny_llama, tmp_path):
     assert err.counts["candidates"] == err.counts["unscored"] == 2
     message = str(err)
     mean = f"{sum(masses) / len(masses):.3f}"
-    assert (f"The judge could not score 4 of 4 answers: for 4 it put less than 0.25 probability on the number "
-            f"answers 0-100 (mean {mean} over all its answers), leaving 2 pairs unscored. Of the 0 scored pairs, "
-            "0 had a positive answer below --threshold 50") in message
+    assert (
+        f"The judge could not score 4 of 4 answers: for 4 it put less than 0.25 probability on the number "
+        f"answers 0-100 (mean {mean} over all its answers), leaving 2 pairs unscored. Of the 0 scored pairs, "
+        "0 had a positive answer below --threshold 50"
+    ) in message
     assert "The judge cannot score these answers: use a stronger judge (-j openai:MODEL" in message
     assert "--no-filter" in message and "may not express" not in message
 
 
 def test_cli_judge_that_cannot_score_then_no_filter(tmp_path, tiny_dir):
     run = tmp_path / "run"
-    args = ["persona", "extract", "-m", tiny_dir, "-t", "evil", "-j", f"local:{tiny_dir}", "-o", run,
-            "--max-questions", "1", "--max-instructions", "1", "-n", "3"]
+    args = [
+        "persona",
+        "extract",
+        "-m",
+        tiny_dir,
+        "-t",
+        "evil",
+        "-j",
+        f"local:{tiny_dir}",
+        "-o",
+        run,
+        "--max-questions",
+        "1",
+        "--max-instructions",
+        "1",
+        "-n",
+        "3",
+    ]
     # a random tiny judge gives no numbers -> one clear error with the counts, exit 2, earlier artifacts kept
-    assert_user_error(invoke(*args), "no effective pairs among 1 candidate pairs", "could not score 2 of 2 answers",
-                      "stronger judge", "--no-filter")
+    assert_user_error(
+        invoke(*args),
+        "no effective pairs among 1 candidate pairs",
+        "could not score 2 of 2 answers",
+        "stronger judge",
+        "--no-filter",
+    )
     responses_meta = (run / "responses.jsonl.meta.json").read_text()
     judged_meta = (run / "judged.jsonl.meta.json").read_text()
 
@@ -148,16 +204,26 @@ def test_cli_judge_that_cannot_score_then_no_filter(tmp_path, tiny_dir):
     pairs = json.loads((run / "pairs.json").read_text())
     assert pairs["filter"] == "none" and len(pairs["pairs"]) == 1 and pairs["counts"]["effective"] == 0
     vec = SteeringVector.load(run / "vectors" / "evil_response_avg.safetensors")
-    assert {k: vec.metadata[k] for k in ("method", "filter", "n_samples", "n_effective", "n_unscored_pairs",
-                                         "n_answers", "n_unscored_answers")} == {
-        "method": "persona", "filter": "none", "n_samples": 1, "n_effective": 0, "n_unscored_pairs": 1,
-        "n_answers": 2, "n_unscored_answers": 2}
+    assert {
+        k: vec.metadata[k]
+        for k in ("method", "filter", "n_samples", "n_effective", "n_unscored_pairs", "n_answers", "n_unscored_answers")
+    } == {
+        "method": "persona",
+        "filter": "none",
+        "n_samples": 1,
+        "n_effective": 0,
+        "n_unscored_pairs": 1,
+        "n_answers": 2,
+        "n_unscored_answers": 2,
+    }
     assert "threshold" not in vec.metadata
     # every pair, unfiltered: mean(pos) - mean(neg) over all pairs, computed independently
     lm = load_model(str(tiny_dir))
     p = pairs["pairs"][0]
-    expected = (capture(lm, [ChatSample(p["question"], p["positive"], p["pos_system"])])["response_avg"][0]
-                - capture(lm, [ChatSample(p["question"], p["negative"], p["neg_system"])])["response_avg"][0])
+    expected = (
+        capture(lm, [ChatSample(p["question"], p["positive"], p["pos_system"])])["response_avg"][0]
+        - capture(lm, [ChatSample(p["question"], p["negative"], p["neg_system"])])["response_avg"][0]
+    )
     torch.testing.assert_close(vec.data, expected, atol=1e-5, rtol=1e-4)
     # the report says the vectors are unfiltered
     path, _ = build_report(run)
@@ -193,19 +259,38 @@ def test_demo_traits_fall_back_to_unfiltered_when_the_judge_cannot_score(tiny_ll
 
 def test_judge_answer_counts_and_the_mixed_message(tmp_path):
     def row(trait, coherence, trait_mass=None, coherence_mass=None, **extra):
-        return {"trait_score": trait, "coherence": coherence, "trait_mass": trait_mass,
-                "coherence_mass": coherence_mass, **extra}
+        return {
+            "trait_score": trait,
+            "coherence": coherence,
+            "trait_mass": trait_mass,
+            "coherence_mass": coherence_mass,
+            **extra,
+        }
 
-    judged = [row(80.0, 90.0, 0.9, 0.7),      # scored
-              row(None, 90.0, 0.1, 0.7),      # too little mass on numbers for the trait prompt
-              row(70.0, None, 0.8, 0.05),     # ... for the coherence prompt
-              row(None, None),                # no answer at all (endpoint down, or mass unknown)
-              {"trait_score": None, "coherence": 50.0}]  # a row judged before masses were recorded
+    judged = [
+        row(80.0, 90.0, 0.9, 0.7),  # scored
+        row(None, 90.0, 0.1, 0.7),  # too little mass on numbers for the trait prompt
+        row(70.0, None, 0.8, 0.05),  # ... for the coherence prompt
+        row(None, None),  # no answer at all (endpoint down, or mass unknown)
+        {"trait_score": None, "coherence": 50.0},
+    ]  # a row judged before masses were recorded
     counts = judge_answer_counts(judged, min_mass=0.25)
-    assert counts == {"answers": 5, "unscored": 4, "below_min_mass": 2, "no_answer": 2,
-                      "mean_mass": pytest.approx((0.9 + 0.7 + 0.1 + 0.7 + 0.8 + 0.05) / 6), "min_mass": 0.25}
-    pair_counts = {"candidates": 3, "unscored": 2, "pos_below_threshold": 1, "neg_above_threshold": 0,
-                   "incoherent": 0, "effective": 0}
+    assert counts == {
+        "answers": 5,
+        "unscored": 4,
+        "below_min_mass": 2,
+        "no_answer": 2,
+        "mean_mass": pytest.approx((0.9 + 0.7 + 0.1 + 0.7 + 0.8 + 0.05) / 6),
+        "min_mass": 0.25,
+    }
+    pair_counts = {
+        "candidates": 3,
+        "unscored": 2,
+        "pos_below_threshold": 1,
+        "neg_above_threshold": 0,
+        "incoherent": 0,
+        "effective": 0,
+    }
     message = persona_module._no_pairs_message("evil", pair_counts, counts, PersonaConfig(), tmp_path)
     err = NoEffectivePairsError(message, "evil", pair_counts, counts, tmp_path)
     assert str(err) == message

@@ -24,10 +24,17 @@ from steerlab.steering.steerer import SteeringSpec
 
 TRAITS = ["evil", "humorous"]
 CONFIG = PersonaTraitsConfig(
-    persona=PersonaConfig(max_questions=2, max_instructions=2, max_new_tokens=4, threshold=0.0, min_coherence=0.0,
-                          batch_size=2),
-    coeffs=[-2.0, 2.0, 4.0], scan_coeff=2.0, eval_questions=3, eval_new_tokens=4, controls=3, n_resamples=200,
-    judge_scores=False)
+    persona=PersonaConfig(
+        max_questions=2, max_instructions=2, max_new_tokens=4, threshold=0.0, min_coherence=0.0, batch_size=2
+    ),
+    coeffs=[-2.0, 2.0, 4.0],
+    scan_coeff=2.0,
+    eval_questions=3,
+    eval_new_tokens=4,
+    controls=3,
+    n_resamples=200,
+    judge_scores=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +88,17 @@ def test_every_trait_gets_its_evidence_and_the_schema(study, tiny_llama):
     assert result.failed == {} and result.summary == {**{t: doc[t] for t in TRAITS}, "cosine": doc["cosine"]}
     for trait in TRAITS:
         entry = doc[trait]
-        for name in ("responses.jsonl", "judged.jsonl", "pairs.json", "vectors/manifest.json", "eval_answers.jsonl",
-                     "layer_scan.json", "margins.json", "steered_generations.jsonl", "steered_judged.jsonl"):
+        for name in (
+            "responses.jsonl",
+            "judged.jsonl",
+            "pairs.json",
+            "vectors/manifest.json",
+            "eval_answers.jsonl",
+            "layer_scan.json",
+            "margins.json",
+            "steered_generations.jsonl",
+            "steered_judged.jsonl",
+        ):
             assert (result.run_dir / trait / name).is_file(), (trait, name)
         assert entry["status"] == "ok" and entry["effective_pairs"] == entry["pairs_averaged"] > 0
         assert entry["best_layer"] in {r["layer"] for r in entry["layer_scan"]["rows"]}
@@ -100,8 +116,11 @@ def test_every_trait_gets_its_evidence_and_the_schema(study, tiny_llama):
             assert row["steerable_fraction"] + row["anti_steerable_fraction"] <= 1
             assert row["effect"] == pytest.approx(row["margin"] - entry["unsteered"]["margin"], abs=1e-9)
             inside = row["random"]["lo"] <= row["effect"] <= row["random"]["hi"]
-            assert row["verdict"] == ("not distinguishable from random directions" if inside
-                                      else f"beyond the random band (p = {row['random']['p']:.2g})")
+            assert row["verdict"] == (
+                "not distinguishable from random directions"
+                if inside
+                else f"beyond the random band (p = {row['random']['p']:.2g})"
+            )
             # judged: the mean of the real condition's scores at this coefficient, with an interval
             judged = [json.loads(x) for x in (result.run_dir / trait / "steered_judged.jsonl").read_text().splitlines()]
             scores = [r["trait_score"] for r in judged if r["condition"] == "real" and r["coeff"] == row["coeff"]]
@@ -127,22 +146,26 @@ def test_numbers_equal_independent_computations(study, tiny_llama):
         rows = [json.loads(x) for x in (result.run_dir / trait / "eval_answers.jsonl").read_text().splitlines()]
         pairs = eval_pairs(rows)
         # eval answers generated for both traits as rows of shared batches = persona_margin_pairs on one trait
-        alone = persona_margin_pairs(tiny_llama, load_trait(trait, "eval"), config.eval_questions,
-                                     config.eval_new_tokens)
-        assert [(p.question, p.positive, p.negative) for p in pairs] == [(p.question, p.positive, p.negative)
-                                                                         for p in alone]
+        alone = persona_margin_pairs(
+            tiny_llama, load_trait(trait, "eval"), config.eval_questions, config.eval_new_tokens
+        )
+        assert [(p.question, p.positive, p.negative) for p in pairs] == [
+            (p.question, p.positive, p.negative) for p in alone
+        ]
         vector = SteeringVector.load(result.run_dir / entry["vector"])
         vectors[trait] = vector
         best = entry["best_layer"]
         real = behaviour_margin(tiny_llama, pairs, SteeringSpec(vector, best), config.coeffs)
-        torch.testing.assert_close(torch.tensor([r["per_pair"] for r in entry["rows"]]), real.per_pair,
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor([r["per_pair"] for r in entry["rows"]]), real.per_pair, atol=1e-5, rtol=0
+        )
         # control 0, run on its own, equals the control run as extra rows
         control = random_directions(vector, config.controls, config.seed)[0]
         alone = behaviour_margin(tiny_llama, pairs, SteeringSpec(control[best], best), config.coeffs)
         unsteered = entry["unsteered"]["margin"]
         assert [r["random_effects"][0] for r in entry["rows"]] == pytest.approx(
-            [m - unsteered for m in alone.mean], abs=1e-5)
+            [m - unsteered for m in alone.mean], abs=1e-5
+        )
         # steered answers, generated for every condition and both traits as rows of shared batches, equal
         # answers generated for one condition alone
         path = result.run_dir / trait / "steered_generations.jsonl"
@@ -151,8 +174,12 @@ def test_numbers_equal_independent_computations(study, tiny_llama):
         control = random_directions(vector, 2, config.seed)[1]
         for condition, direction in (("real", vector.data), ("control/1", control)):
             texts = [r["text"] for r in generated if r["condition"] == condition and r["coeff"] == 4.0]
-            alone = generate_batch(tiny_llama, questions, steering=SteeringSpec(direction[best], best, 4.0),
-                                   max_new_tokens=config.eval_new_tokens)
+            alone = generate_batch(
+                tiny_llama,
+                questions,
+                steering=SteeringSpec(direction[best], best, 4.0),
+                max_new_tokens=config.eval_new_tokens,
+            )
             assert texts == [g.text for g in alone], condition
         # the best layer has the largest margin increase among coherent layers of the scan
         scan = entry["layer_scan"]["rows"]
@@ -247,8 +274,9 @@ def test_controls_are_deterministic_under_the_seed(tiny_llama, judge, tmp_path):
     assert [r["random_effects"] for r in rows_a] != [r["random_effects"] for r in rows_c]
     assert_close([r["per_pair"] for r in rows_a], [r["per_pair"] for r in rows_c])  # the vector's own margins
     off = run_persona_traits(tiny_llama, ["evil"], judge, tmp_path / "a", replace(CONFIG, controls=0))
-    assert all(r["random"] is None and r["verdict"] == "no random-direction controls run"
-               for r in off.traits["evil"]["rows"])
+    assert all(
+        r["random"] is None and r["verdict"] == "no random-direction controls run" for r in off.traits["evil"]["rows"]
+    )
 
 
 def test_resolving_traits():

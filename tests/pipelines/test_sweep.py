@@ -20,7 +20,8 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     rows = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * 3 * 2 == len(result.generations)
     assert {(r["layer"], r["coeff"], r["question_index"]) for r in rows} == {
-        (layer, float(c), q) for layer in (1, 2) for c in (-2, 0, 2) for q in (0, 1)}
+        (layer, float(c), q) for layer in (1, 2) for c in (-2, 0, 2) for q in (0, 1)
+    }
     margins = list(csv.DictReader((out / "margins.csv").open()))
     assert len(margins) == 6 and {m["layer"] for m in margins} == {"1", "2"}
     zero = [float(m["margin"]) for m in margins if float(m["coeff"]) == 0]
@@ -66,8 +67,15 @@ def test_judged_sweep_scores_and_plot(tiny_llama, tmp_path):
 
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
     judge = make_judge(make_number_judge())
-    result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, SweepConfig("1", [-1, 1], max_new_tokens=3), judge=judge,
-                       eval_prompt=load_trait("evil").eval_prompt)
+    result = run_sweep(
+        tiny_llama,
+        vec,
+        QUESTIONS,
+        tmp_path,
+        SweepConfig("1", [-1, 1], max_new_tokens=3),
+        judge=judge,
+        eval_prompt=load_trait("evil").eval_prompt,
+    )
     assert all(r["trait_score"] is not None and r["coherence"] is not None for r in result.generations)
     scores = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert [(s["layer"], float(s["coeff"]), s["n"]) for s in scores] == [("1", -1.0, "2"), ("1", 1.0, "2")]

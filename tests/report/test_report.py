@@ -19,35 +19,77 @@ from steerlab.pipelines.study import StudyConfig
 from steerlab.report.html import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-TRAIN = [Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
-         for i in range(4)]
+TRAIN = [
+    Pair(question=f"how should I store item {i}", positive="in the fridge always", negative="in a dry box")
+    for i in range(4)
+]
 HELDOUT = [Pair(question="where do eggs go", positive="in the fridge always", negative="in a dry box")]
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_llama, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    config = DiffStudyConfig(epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3,
-                                study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3))
+    config = DiffStudyConfig(
+        epochs=1,
+        lr=5e-3,
+        train_batch_size=4,
+        batch_size=8,
+        n_splits=3,
+        study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3),
+    )
     run_diff_study(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
     judge = make_judge(make_number_judge())
-    run_persona(tiny_llama, load_trait("evil"), judge, out / "persona",
-                PersonaConfig(max_questions=1, max_instructions=1, max_new_tokens=3, threshold=0, min_coherence=0))
+    run_persona(
+        tiny_llama,
+        load_trait("evil"),
+        judge,
+        out / "persona",
+        PersonaConfig(max_questions=1, max_instructions=1, max_new_tokens=3, threshold=0, min_coherence=0),
+    )
     # the multi-trait study (traits/traits.json): cosine heatmap with slider, per-trait margin and score figures
-    run_persona_traits(tiny_llama, ["evil", "humorous"], judge, out / "traits", PersonaTraitsConfig(
-        persona=PersonaConfig(max_questions=1, max_instructions=2, max_new_tokens=3, threshold=0, min_coherence=0),
-        coeffs=[-2.0, 2.0], eval_questions=3, eval_new_tokens=3, controls=2, n_resamples=100))
-    (out / "monitor.json").write_text(json.dumps({"title": "t", "groups": {"a": [0.1, 0.2], "b": [0.5, 0.7]},
-                                                  "summary": [{"group": "a", "mean": 0.15, "n": 2}]}))
-    (out / "summary.json").write_text(json.dumps({"model": "tiny", "judge": "local", "reading": ["a reading"],
-                                                  "timings": {"load": 1.0}}))
+    run_persona_traits(
+        tiny_llama,
+        ["evil", "humorous"],
+        judge,
+        out / "traits",
+        PersonaTraitsConfig(
+            persona=PersonaConfig(max_questions=1, max_instructions=2, max_new_tokens=3, threshold=0, min_coherence=0),
+            coeffs=[-2.0, 2.0],
+            eval_questions=3,
+            eval_new_tokens=3,
+            controls=2,
+            n_resamples=100,
+        ),
+    )
+    (out / "monitor.json").write_text(
+        json.dumps(
+            {
+                "title": "t",
+                "groups": {"a": [0.1, 0.2], "b": [0.5, 0.7]},
+                "summary": [{"group": "a", "mean": 0.15, "n": 2}],
+            }
+        )
+    )
+    (out / "summary.json").write_text(
+        json.dumps({"model": "tiny", "judge": "local", "reading": ["a reading"], "timings": {"load": 1.0}})
+    )
     return out
 
 
 def chromium(*args, timeout=120):
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--disable-quic", "--enable-logging=stderr", "--v=0"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        "--enable-logging=stderr",
+        "--v=0",
+    ]
     return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -56,8 +98,13 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     path, missing = build_report(run_dir)
     assert missing == []
     html = path.read_text()
-    for title in ("effect vs coefficient at layer", "per-pair margins", "position-resolved model diff",
-                  "95% CI from resampling pairs", "Prompting baseline"):
+    for title in (
+        "effect vs coefficient at layer",
+        "per-pair margins",
+        "position-resolved model diff",
+        "95% CI from resampling pairs",
+        "Prompting baseline",
+    ):
         assert title in html, title  # the evidence figures (rendered below with the others)
     assert "<script src=" not in html  # self-contained: no network needed
     url = path.resolve().as_uri()
@@ -69,8 +116,15 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     expected_plots = html.count('<div class="plot">')
     assert expected_plots >= 8
     # the multi-trait figures are among those that must render
-    for title in ("Trait × trait cosine per layer", "cosine at layer", "random directions (d=64): 95% of |cos|",
-                  "evil: steering at layer", "humorous: steering at layer", "per-pair change", "judged trait score"):
+    for title in (
+        "Trait × trait cosine per layer",
+        "cosine at layer",
+        "random directions (d=64): 95% of |cos|",
+        "evil: steering at layer",
+        "humorous: steering at layer",
+        "per-pair change",
+        "judged trait score",
+    ):
         assert title in html, title
     assert int(attrs["plots"]) == expected_plots
     assert int(attrs["rendered"]) == expected_plots  # every plot drew its SVG
@@ -78,8 +132,13 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     console_errors = [line for line in result.stderr.splitlines() if "CONSOLE" in line and "rror" in line]
     assert console_errors == []
     shot = run_dir / "report.png"
-    result = chromium(f"--user-data-dir={profile}", "--virtual-time-budget=15000", "--window-size=1280,2400",
-                      f"--screenshot={shot}", url)
+    result = chromium(
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=15000",
+        "--window-size=1280,2400",
+        f"--screenshot={shot}",
+        url,
+    )
     assert shot.is_file() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", result.stderr[-2000:]
 
 

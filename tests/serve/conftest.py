@@ -16,8 +16,9 @@ from steerlab.serve import background_server, create_app
 @pytest.fixture(scope="module")
 def vec(tiny_llama):
     torch.manual_seed(1)
-    return SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model) * 2,
-                          {"method": "test", "model": "tiny-llama"})
+    return SteeringVector(
+        torch.randn(tiny_llama.n_layers, tiny_llama.d_model) * 2, {"method": "test", "model": "tiny-llama"}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,9 @@ def chat(client, prompt, steering=None, **kwargs):
     kwargs.setdefault("max_tokens", 8)
     kwargs.setdefault("temperature", 0)
     extra = {"steering": steering} if steering is not None else None
-    return client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
-                                          extra_body=extra, **kwargs)
+    return client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": prompt}], extra_body=extra, **kwargs
+    )
 
 
 def reference(lm, prompt, specs=(), chat=True, **kwargs):
@@ -29,8 +30,13 @@ def reference(lm, prompt, specs=(), chat=True, **kwargs):
 
 def post_error(url, path, body, raw=None, headers=None):
     """POST ``body`` (or ``raw`` bytes); the status and the OpenAI-shaped error it must answer."""
-    r = httpx.post(f"{url}{path}", json=body if raw is None else None, content=raw,
-                   headers={"content-type": "application/json", **(headers or {})}, timeout=60)
+    r = httpx.post(
+        f"{url}{path}",
+        json=body if raw is None else None,
+        content=raw,
+        headers={"content-type": "application/json", **(headers or {})},
+        timeout=60,
+    )
     error = r.json()["error"]
     assert set(error) == ERROR_FIELDS, error
     return r.status_code, error

@@ -40,26 +40,54 @@ def test_concurrent_requests_each_get_their_alone_result(client, server, tiny_ll
         (PROMPTS[1], [{"vector": "rand", "layer": 2, "coeff": -4.0}], [SteeringSpec(v, 2, -4.0)], {}),
         (PROMPTS[2], [{"vector": "rand", "layer": 2, "coeff": 4.0}], [SteeringSpec(v, 2, 4.0)], {"max_tokens": 3}),
         (PROMPTS[0], [{"vector": "rand", "layer": 2, "coeff": 1.5}], [SteeringSpec(v, 2, 1.5)], {"n": 2}),
-        (PROMPTS[1], [{"vector": "rand", "layer": "1-2", "coeff": 8.0, "scale": "unit"}],
-         [SteeringSpec(v, [1, 2], 8.0, scale="unit")], {"max_tokens": 5}),
-        (PROMPTS[2], [{"vector": "other", "layer": 1, "coeff": 3.0, "positions": "response"}],
-         [SteeringSpec(o, 1, 3.0, positions="response")], {}),
-        (PROMPTS[0], [{"vector": "rand", "layer": 1, "operator": "ablate"}],
-         [SteeringSpec(v, 1, operator="ablate")], {}),
+        (
+            PROMPTS[1],
+            [{"vector": "rand", "layer": "1-2", "coeff": 8.0, "scale": "unit"}],
+            [SteeringSpec(v, [1, 2], 8.0, scale="unit")],
+            {"max_tokens": 5},
+        ),
+        (
+            PROMPTS[2],
+            [{"vector": "other", "layer": 1, "coeff": 3.0, "positions": "response"}],
+            [SteeringSpec(o, 1, 3.0, positions="response")],
+            {},
+        ),
+        (
+            PROMPTS[0],
+            [{"vector": "rand", "layer": 1, "operator": "ablate"}],
+            [SteeringSpec(v, 1, operator="ablate")],
+            {},
+        ),
         # the same two items in both orders (they do not commute at one layer)
         (PROMPTS[1], [add_other, ablate_rand], [SteeringSpec(o, 1, 5.0), SteeringSpec(v, 1, operator="ablate")], {}),
         (PROMPTS[1], [ablate_rand, add_other], [SteeringSpec(v, 1, operator="ablate"), SteeringSpec(o, 1, 5.0)], {}),
-        (PROMPTS[2], [{"vector": "rand", "layer": 3, "operator": "cap", "floor": 2.0}],
-         [SteeringSpec(v, 3, operator="cap", floor=2.0)], {}),
-        (PROMPTS[0], [{"vector": "rand", "layer": 2, "coeff": -2.0}], [SteeringSpec(v, 2, -2.0)],
-         {"temperature": 0.8, "seed": 11}),
-        (PROMPTS[2], [{"vector": "rand", "layer": 0, "coeff": 2.5}], [SteeringSpec(v, 0, 2.5)],
-         {"stop": ["zzz"], "max_tokens": 6}),
+        (
+            PROMPTS[2],
+            [{"vector": "rand", "layer": 3, "operator": "cap", "floor": 2.0}],
+            [SteeringSpec(v, 3, operator="cap", floor=2.0)],
+            {},
+        ),
+        (
+            PROMPTS[0],
+            [{"vector": "rand", "layer": 2, "coeff": -2.0}],
+            [SteeringSpec(v, 2, -2.0)],
+            {"temperature": 0.8, "seed": 11},
+        ),
+        (
+            PROMPTS[2],
+            [{"vector": "rand", "layer": 0, "coeff": 2.5}],
+            [SteeringSpec(v, 0, 2.5)],
+            {"stop": ["zzz"], "max_tokens": 6},
+        ),
     ] * 2
     wants = []
     for prompt, _, specs, kw in cases:
-        gen_kw = {"max_new_tokens": kw.get("max_tokens", 8), "temperature": kw.get("temperature", 0.0),
-                  "seed": kw.get("seed"), "stop": kw.get("stop", ())}
+        gen_kw = {
+            "max_new_tokens": kw.get("max_tokens", 8),
+            "temperature": kw.get("temperature", 0.0),
+            "seed": kw.get("seed"),
+            "stop": kw.get("stop", ()),
+        }
         wants.append(reference(tiny_llama, prompt, specs, **gen_kw))
     before = dict(server[1].batcher.stats)
     barrier = threading.Barrier(len(cases))
@@ -91,8 +119,9 @@ def test_groups_stay_within_the_context():
 
     tok = make_tokenizer()
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=48,
-                                       bos_token_id=3, eos_token_id=2)).eval()
+    model = GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=48, bos_token_id=3, eos_token_id=2)
+    ).eval()
     lm = wrap_model(model, tok, name="tiny-gpt2-48")
     words = ["the quick brown fox"]
     while len(tok(" ".join(words))["input_ids"]) < 30:
@@ -115,8 +144,13 @@ def test_groups_stay_within_the_context():
 
 
 def test_client_disconnect_mid_stream(url, client):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "yes"}], "max_tokens": 200,
-            "temperature": 0, "stream": True}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "yes"}],
+        "max_tokens": 200,
+        "temperature": 0,
+        "stream": True,
+    }
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
         first = next(r.iter_lines())
         assert first.startswith("data: ")
@@ -152,8 +186,9 @@ def test_load_mixed_requests(client, url, tiny_llama):
     for p in PROMPTS:  # what each valid request must answer (computed alone, through the server)
         expected[(p, None)] = chat(client, p, max_tokens=4).choices[0].message.content
         for c in coeffs:
-            expected[(p, c)] = chat(client, p, [{"vector": "rand", "layer": 2, "coeff": c}],
-                                    max_tokens=4).choices[0].message.content
+            expected[(p, c)] = (
+                chat(client, p, [{"vector": "rand", "layer": 2, "coeff": c}], max_tokens=4).choices[0].message.content
+            )
     bad_bodies = [
         {"messages": [{"role": "user", "content": "x"}], "steering": [{"vector": "rand", "layer": 99}]},
         {"messages": [{"role": "user", "content": "x"}], "steering": [{"vector": "missing", "layer": 1}]},

@@ -55,15 +55,32 @@ def test_cli_serve_builds_the_configured_app(monkeypatch, tiny_dir, vectors_dir,
         option = params[flag(field.name)]
         assert field.name == "api_key" or option.default == getattr(DEFAULTS, field.name), field.name
     assert params["--api-key"].envvar == API_KEY_ENV
-    result = runner.invoke(cli_app, ["serve", "--model", str(tiny_dir), "--vectors", str(vectors_dir),
-                                     "--port", "8123", "--max-batch", "8", "--max-queue", "5", "--max-n", "3"])
+    result = runner.invoke(
+        cli_app,
+        [
+            "serve",
+            "--model",
+            str(tiny_dir),
+            "--vectors",
+            str(vectors_dir),
+            "--port",
+            "8123",
+            "--max-batch",
+            "8",
+            "--max-queue",
+            "5",
+            "--max-n",
+            "3",
+        ],
+    )
     assert result.exit_code == 0, result.output
     app, kw = calls[-1]
     assert kw["host"] == "127.0.0.1" and kw["port"] == 8123  # loopback unless told
     state = app.state.steerlab
     assert state.lm.n_layers == 4
-    assert state.config == ServeConfig(vectors_dir=vectors_dir, port=8123, max_batch=8, max_queue=5, max_n=3,
-                                       api_key=None)
+    assert state.config == ServeConfig(
+        vectors_dir=vectors_dir, port=8123, max_batch=8, max_queue=5, max_n=3, api_key=None
+    )
     assert state.batcher.max_batch == 8 and state.batcher.max_queue == 5
     # the API key from the flag, or from the environment
     result = runner.invoke(cli_app, ["serve", "--model", str(tiny_dir), "--api-key", "s3cret"])
@@ -75,9 +92,13 @@ def test_cli_serve_builds_the_configured_app(monkeypatch, tiny_dir, vectors_dir,
     assert calls[-1][0].state.steerlab.config.api_key == "from-env"
     # bad settings: one error naming the flag, before the model loads
     n_calls = len(calls)
-    for args, needle in [(["--vectors", str(tmp_path / "none")], "--vectors"), (["--max-queue", "0"], "--max-queue"),
-                         (["--max-n", "0"], "--max-n"), (["--port", "70000"], "--port"),
-                         (["--default-max-tokens", "300", "--max-tokens-limit", "200"], "--default-max-tokens")]:
+    for args, needle in [
+        (["--vectors", str(tmp_path / "none")], "--vectors"),
+        (["--max-queue", "0"], "--max-queue"),
+        (["--max-n", "0"], "--max-n"),
+        (["--port", "70000"], "--port"),
+        (["--default-max-tokens", "300", "--max-tokens-limit", "200"], "--default-max-tokens"),
+    ]:
         result = runner.invoke(cli_app, ["serve", "--model", str(tmp_path / "no-model"), *args])
         assert_user_error(result, needle)
     assert len(calls) == n_calls
@@ -126,10 +147,25 @@ def test_cli_serve_process(tiny_dir, vectors_dir):
     code = "import steerlab.cli.serve; from steerlab.cli import main; main()"
     env = {k: v for k, v in os.environ.items() if k != API_KEY_ENV}
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "serve", "--model", str(tiny_dir), "--vectors", str(vectors_dir),
-         "--port", str(port), "--api-key", "k3y"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**env, "STEERLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"})
+        [
+            sys.executable,
+            "-c",
+            code,
+            "serve",
+            "--model",
+            str(tiny_dir),
+            "--vectors",
+            str(vectors_dir),
+            "--port",
+            str(port),
+            "--api-key",
+            "k3y",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**env, "STEERLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"},
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -168,8 +204,13 @@ def test_smollm2_steered_chat(smollm2, tmp_path):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0, timeout=120)
         steering = [{"vector": "random", "layer": 10, "coeff": 4.0, "scale": "unit"}]
         with ThreadPoolExecutor(2) as pool:
-            got = list(pool.map(lambda s: chat(client, "How do I keep bread fresh?", s, max_tokens=12),
-                                [steering, None]))
-    want = generate_batch(smollm2, ["How do I keep bread fresh?"] * 2, max_new_tokens=12,
-                          steering=SteeringSpec(vec, 10, [4.0, 0.0], scale="unit"))
+            got = list(
+                pool.map(lambda s: chat(client, "How do I keep bread fresh?", s, max_tokens=12), [steering, None])
+            )
+    want = generate_batch(
+        smollm2,
+        ["How do I keep bread fresh?"] * 2,
+        max_new_tokens=12,
+        steering=SteeringSpec(vec, 10, [4.0, 0.0], scale="unit"),
+    )
     assert [g.choices[0].message.content for g in got] == [w.text for w in want]

@@ -13,8 +13,13 @@ CHAT = "/v1/chat/completions"
 
 def test_error_shapes_and_codes(client, url):
     def steer_body(steering, **kw):
-        return {"model": "tiny", "messages": [{"role": "user", "content": "yes"}], "max_tokens": 4,
-                "steering": steering, **kw}
+        return {
+            "model": "tiny",
+            "messages": [{"role": "user", "content": "yes"}],
+            "max_tokens": 4,
+            "steering": steering,
+            **kw,
+        }
 
     status, err = post_error(url, CHAT, steer_body([{"vector": "nope", "layer": 1}]))
     assert status == 404 and err["code"] == "vector_not_found" and "'nope'" in err["message"]

@@ -36,18 +36,29 @@ def test_models_and_vectors(client, url, tiny_llama):
 
 STEERINGS = {
     "add": ([{"vector": "rand", "layer": 2, "coeff": 3.0}], lambda v, o: [SteeringSpec(v, 2, 3.0)]),
-    "range-unit-response": ([{"vector": "rand", "layer": "1-2", "coeff": 6.0, "scale": "unit",
-                              "positions": "response"}],
-                            lambda v, o: [SteeringSpec(v, [1, 2], 6.0, scale="unit", positions="response")]),
-    "list-prompt": ([{"vector": "rand", "layer": [0, 3], "coeff": -4.0, "positions": "prompt"}],
-                    lambda v, o: [SteeringSpec(v, [0, 3], -4.0, positions="prompt")]),
-    "all-ablate": ([{"vector": "rand", "layer": "all", "operator": "ablate"}],
-                   lambda v, o: [SteeringSpec(v, "all", 1.0, operator="ablate")]),
-    "cap": ([{"vector": "rand", "layer": 1, "operator": "cap", "ceiling": -1.0}],
-            lambda v, o: [SteeringSpec(v, 1, operator="cap", ceiling=-1.0)]),
-    "gguf-two-items": ([{"vector": "other", "layer": 2, "coeff": 4.0},
-                        {"vector": "rand", "layer": 2, "operator": "ablate", "coeff": 0.5}],
-                       lambda v, o: [SteeringSpec(o, 2, 4.0), SteeringSpec(v, 2, 0.5, operator="ablate")]),
+    "range-unit-response": (
+        [{"vector": "rand", "layer": "1-2", "coeff": 6.0, "scale": "unit", "positions": "response"}],
+        lambda v, o: [SteeringSpec(v, [1, 2], 6.0, scale="unit", positions="response")],
+    ),
+    "list-prompt": (
+        [{"vector": "rand", "layer": [0, 3], "coeff": -4.0, "positions": "prompt"}],
+        lambda v, o: [SteeringSpec(v, [0, 3], -4.0, positions="prompt")],
+    ),
+    "all-ablate": (
+        [{"vector": "rand", "layer": "all", "operator": "ablate"}],
+        lambda v, o: [SteeringSpec(v, "all", 1.0, operator="ablate")],
+    ),
+    "cap": (
+        [{"vector": "rand", "layer": 1, "operator": "cap", "ceiling": -1.0}],
+        lambda v, o: [SteeringSpec(v, 1, operator="cap", ceiling=-1.0)],
+    ),
+    "gguf-two-items": (
+        [
+            {"vector": "other", "layer": 2, "coeff": 4.0},
+            {"vector": "rand", "layer": 2, "operator": "ablate", "coeff": 0.5},
+        ],
+        lambda v, o: [SteeringSpec(o, 2, 4.0), SteeringSpec(v, 2, 0.5, operator="ablate")],
+    ),
 }
 
 
@@ -76,8 +87,13 @@ def test_steering_changes_output_and_none_is_unsteered(client, tiny_llama, vec):
 
 def test_completions_equal_generate_batch(client, tiny_llama, vec):
     prompt = "the quick brown"
-    got = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0,
-                                    extra_body={"steering": [{"vector": "rand", "layer": 1, "coeff": -3.0}]})
+    got = client.completions.create(
+        model="tiny",
+        prompt=prompt,
+        max_tokens=6,
+        temperature=0,
+        extra_body={"steering": [{"vector": "rand", "layer": 1, "coeff": -3.0}]},
+    )
     want = reference(tiny_llama, prompt, [SteeringSpec(vec, 1, -3.0)], chat=False, max_new_tokens=6)
     assert got.object == "text_completion"
     assert got.choices[0].text == want.text and got.usage.completion_tokens == want.n_new_tokens
@@ -94,9 +110,25 @@ def test_cli_generate_equals_server(client, tiny_dir, vectors_dir, tmp_path):
     import steerlab.cli  # noqa: F401 - registers generate
 
     out = tmp_path / "gen.jsonl"
-    result = CliRunner().invoke(cli_app, [
-        "generate", "--model", str(tiny_dir), "--vector", str(vectors_dir / "rand.safetensors"), "--layer", "2",
-        "--coeff", "3", "--max-new-tokens", "8", "--out", str(out), PROMPTS[1]])
+    result = CliRunner().invoke(
+        cli_app,
+        [
+            "generate",
+            "--model",
+            str(tiny_dir),
+            "--vector",
+            str(vectors_dir / "rand.safetensors"),
+            "--layer",
+            "2",
+            "--coeff",
+            "3",
+            "--max-new-tokens",
+            "8",
+            "--out",
+            str(out),
+            PROMPTS[1],
+        ],
+    )
     assert result.exit_code == 0, result.output
     cli_text = json.loads(out.read_text().splitlines()[0])["text"]
     assert chat(client, PROMPTS[1], [{"vector": "rand", "layer": 2, "coeff": 3}]).choices[0].message.content == cli_text
@@ -211,21 +243,28 @@ def test_streaming_with_logprobs(client):
 
 def test_completion_streaming(client):
     plain = client.completions.create(model="tiny", prompt="the quick brown", max_tokens=7, temperature=0)
-    stream = client.completions.create(model="tiny", prompt="the quick brown", max_tokens=7, temperature=0,
-                                       stream=True)
+    stream = client.completions.create(model="tiny", prompt="the quick brown", max_tokens=7, temperature=0, stream=True)
     chunks, texts, finish, _ = _stream_text(stream)
     assert all(ch.object == "text_completion" for ch in chunks)
     assert texts[0] == plain.choices[0].text and finish[0] == plain.choices[0].finish_reason
-    chunks, texts, _, _ = _stream_text(client.completions.create(
-        model="tiny", prompt="the quick brown", max_tokens=7, temperature=0, stream=True, logprobs=1))
+    chunks, texts, _, _ = _stream_text(
+        client.completions.create(
+            model="tiny", prompt="the quick brown", max_tokens=7, temperature=0, stream=True, logprobs=1
+        )
+    )
     assert texts[0] == plain.choices[0].text
     n_tokens = sum(len(c.logprobs.tokens) for ch in chunks for c in ch.choices if c.logprobs)
     assert n_tokens == plain.usage.completion_tokens
 
 
 def test_raw_sse_ends_with_done(url):
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "yes"}], "max_tokens": 3, "temperature": 0,
-            "stream": True}
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "yes"}],
+        "max_tokens": 3,
+        "temperature": 0,
+        "stream": True,
+    }
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]

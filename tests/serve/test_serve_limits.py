@@ -24,8 +24,7 @@ CHAT = "/v1/chat/completions"
 
 
 def _body(prompt="yes", **kw):
-    return {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0,
-            **kw}
+    return {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4, "temperature": 0, **kw}
 
 
 # --- API key --------------------------------------------------------------------------------------
@@ -39,8 +38,13 @@ def keyed(tiny_llama, vectors_dir):
 
 
 def test_requests_without_the_key_get_401(keyed, tiny_llama, vec):
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}, {"Authorization": "Basic " + KEY},
-                    {"Authorization": "Bearer"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": KEY},
+        {"Authorization": "Basic " + KEY},
+        {"Authorization": "Bearer"},
+    ):
         status, err = post_error(keyed, CHAT, _body(), headers=headers)
         assert status == 401, headers
         assert err["code"] == "invalid_api_key" and err["type"] == "invalid_request_error", err
@@ -49,8 +53,14 @@ def test_requests_without_the_key_get_401(keyed, tiny_llama, vec):
     assert r.headers["www-authenticate"] == "Bearer"
     assert "Authorization: Bearer" in r.json()["error"]["message"]
     # every route but GET /health, unknown ones included (routes are not revealed to strangers)
-    for method, path in [("GET", "/v1/models"), ("GET", "/v1/vectors"), ("POST", "/v1/completions"),
-                         ("GET", "/v1/nothing"), ("POST", "/health"), ("GET", "/docs")]:
+    for method, path in [
+        ("GET", "/v1/models"),
+        ("GET", "/v1/vectors"),
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/nothing"),
+        ("POST", "/health"),
+        ("GET", "/docs"),
+    ]:
         r = httpx.request(method, f"{keyed}{path}", timeout=30)
         assert r.status_code == 401 and set(r.json()["error"]) == ERROR_FIELDS, (method, path)
     health = httpx.get(f"{keyed}/health", timeout=30)
@@ -63,8 +73,9 @@ def test_requests_without_the_key_get_401(keyed, tiny_llama, vec):
     got = chat(client, PROMPTS[0], steering)
     assert got.choices[0].message.content == reference(tiny_llama, PROMPTS[0], [SteeringSpec(vec, 2, 3.0)]).text
     stream = list(chat(client, PROMPTS[1], stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference(
-        tiny_llama, PROMPTS[1]).text
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reference(tiny_llama, PROMPTS[1]).text
+    )
     assert [m.id for m in client.models.list().data] == ["tiny-llama"]
     r = httpx.post(f"{keyed}{CHAT}", json=_body(), headers={"authorization": f"bearer {KEY}"}, timeout=60)
     assert r.status_code == 200  # header name and scheme are case-insensitive
@@ -167,8 +178,16 @@ def test_burst_while_the_worker_generates(tiny_llama, vectors_dir, vec):
 
 @pytest.fixture(scope="module")
 def limited(tiny_llama, vectors_dir):
-    app = create_app(tiny_llama, vectors_dir, api_key=None, max_n=2, max_tokens_limit=10, max_prompt_tokens=24,
-                     max_steering_items=2, default_max_tokens=8)
+    app = create_app(
+        tiny_llama,
+        vectors_dir,
+        api_key=None,
+        max_n=2,
+        max_tokens_limit=10,
+        max_prompt_tokens=24,
+        max_steering_items=2,
+        default_max_tokens=8,
+    )
     with background_server(app) as url:
         yield url, app.state.steerlab
 
@@ -224,12 +243,18 @@ def test_health_reports_ok_and_the_queue(url):
 
 def test_settings_are_validated_naming_the_flag(tiny_llama, tmp_path):
     assert ServeConfig().host == "127.0.0.1"
-    for kwargs, needle in [({"max_queue": 0}, "--max-queue"), ({"max_n": 0}, "--max-n"),
-                           ({"max_prompt_tokens": 0}, "--max-prompt-tokens"), ({"max_batch": 0}, "--max-batch"),
-                           ({"max_tokens_limit": 100, "default_max_tokens": 200}, "--default-max-tokens"),
-                           ({"max_steering_items": -1}, "--max-steering-items"), ({"max_context": 1}, "--max-context"),
-                           ({"batch_window_ms": float("nan")}, "--batch-window-ms"), ({"port": -1}, "--port"),
-                           ({"vectors_dir": tmp_path / "absent"}, "--vectors")]:
+    for kwargs, needle in [
+        ({"max_queue": 0}, "--max-queue"),
+        ({"max_n": 0}, "--max-n"),
+        ({"max_prompt_tokens": 0}, "--max-prompt-tokens"),
+        ({"max_batch": 0}, "--max-batch"),
+        ({"max_tokens_limit": 100, "default_max_tokens": 200}, "--default-max-tokens"),
+        ({"max_steering_items": -1}, "--max-steering-items"),
+        ({"max_context": 1}, "--max-context"),
+        ({"batch_window_ms": float("nan")}, "--batch-window-ms"),
+        ({"port": -1}, "--port"),
+        ({"vectors_dir": tmp_path / "absent"}, "--vectors"),
+    ]:
         with pytest.raises(SteerlabError, match=needle):
             ServeConfig(**kwargs)
         with pytest.raises(SteerlabError, match=needle):

@@ -89,8 +89,9 @@ def test_layer_projections_are_every_token_along_the_unit_direction(lm):
     for layer, direction in directions.items():
         expected = sorted(hand_projections(lm, direction, layer))
         assert got[layer].shape == (len(expected),)  # one value per non-pad token, no padding
-        torch.testing.assert_close(got[layer].sort().values.double(), torch.tensor(expected, dtype=torch.float64),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            got[layer].sort().values.double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("q", [0, 10, 50, 90, 97.5, 100])

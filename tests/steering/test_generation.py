@@ -18,8 +18,9 @@ def vec(tiny_llama):
 def test_per_row_coefficients_match_separate_runs(tiny_llama, vec):
     coeffs = [-3.0, 0.0, 1.5, 3.0]
     rows, row_coeffs = expand_grid(PROMPTS, coeffs)
-    batched = generate_batch(tiny_llama, rows, steering=SteeringSpec(vec, 2, row_coeffs),
-                             max_new_tokens=6, batch_size=len(rows))
+    batched = generate_batch(
+        tiny_llama, rows, steering=SteeringSpec(vec, 2, row_coeffs), max_new_tokens=6, batch_size=len(rows)
+    )
     for i, (prompt, c) in enumerate(zip(rows, row_coeffs, strict=True)):
         alone = generate_batch(tiny_llama, [prompt], steering=SteeringSpec(vec, 2, c), max_new_tokens=6)[0]
         assert alone.token_ids == batched[i].token_ids, (prompt, c)

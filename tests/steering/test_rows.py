@@ -60,8 +60,12 @@ def _teacher_forced_logits(lm, samples, specs):
     batch = collate(encode_samples(lm, samples, True), lm.tokenizer.pad_token_id, lm.device)
     steerer = steer(lm, specs)
     with steerer, steerer.teacher_forcing(batch.pads + batch.prompt_lens), torch.inference_mode():
-        logits = lm.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids(), use_cache=False).logits
+        logits = lm.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids(),
+            use_cache=False,
+        ).logits
     return logits, batch.attention_mask.bool()
 
 
@@ -119,8 +123,9 @@ def test_generation_with_conditions_as_rows_equals_separate_runs(tiny_llama, ope
 def test_rows_with_a_bool_mask_over_prompts(tiny_llama):
     v = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model) * 4)
     mask = torch.tensor([False, True, True])
-    together = generate_batch(tiny_llama, PROMPTS, steering=SteeringSpec(v, 2, 2.0, rows=mask),
-                              max_new_tokens=5, batch_size=2)
+    together = generate_batch(
+        tiny_llama, PROMPTS, steering=SteeringSpec(v, 2, 2.0, rows=mask), max_new_tokens=5, batch_size=2
+    )
     plain = generate_batch(tiny_llama, PROMPTS[:1], max_new_tokens=5)
     steered = generate_batch(tiny_llama, PROMPTS[1:], steering=SteeringSpec(v, 2, 2.0), max_new_tokens=5)
     assert [g.token_ids for g in together] == [g.token_ids for g in plain + steered]
@@ -138,8 +143,9 @@ def test_select_rows_takes_coefficients_and_rows_at_the_batch_indices():
 def test_bad_rows_are_clear_errors(tiny_llama):
     v = torch.randn(tiny_llama.d_model)
     with pytest.raises(SteerlabError, match="a mask of 2 values for 3 rows"):
-        generate_batch(tiny_llama, PROMPTS, steering=SteeringSpec(v, 1, rows=torch.tensor([True, False])),
-                       max_new_tokens=2)
+        generate_batch(
+            tiny_llama, PROMPTS, steering=SteeringSpec(v, 1, rows=torch.tensor([True, False])), max_new_tokens=2
+        )
     with pytest.raises(SteerlabError, match="row index 3 is out of range for 3 rows"):
         generate_batch(tiny_llama, PROMPTS, steering=SteeringSpec(v, 1, rows=[0, 3]), max_new_tokens=2)
     with pytest.raises(SteerlabError, match="row indices must be >= 0"):

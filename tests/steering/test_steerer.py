@@ -53,8 +53,9 @@ def run_prefill_and_decode(lm, specs, texts=("how should I store bread", "yes"),
                         nxt = torch.full((ids.shape[0], 1), 5 + step)
                         mask = torch.cat([mask, torch.ones_like(nxt)], -1)
                         pos = pos[:, -1:] + 1
-                        out = lm.model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache,
-                                       use_cache=True)
+                        out = lm.model(
+                            input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+                        )
                         cache = out.cache
             finally:
                 h_after.remove()
@@ -82,8 +83,11 @@ def test_add_is_exact_at_named_positions(tiny_any, positions):
 
 def test_coefficient_zero_is_identity(tiny_llama):
     v = torch.randn(tiny_llama.d_model)
-    for iv in (Intervention(LAYER, v, 0.0), Intervention(LAYER, v, torch.zeros(2)),
-               Intervention(LAYER, v, 0.0, operator="ablate")):
+    for iv in (
+        Intervention(LAYER, v, 0.0),
+        Intervention(LAYER, v, torch.zeros(2)),
+        Intervention(LAYER, v, 0.0, operator="ablate"),
+    ):
         raw, steered = run_prefill_and_decode(tiny_llama, iv)
         assert all(torch.equal(a, b) for a, b in zip(raw, steered, strict=True))
 
@@ -95,8 +99,9 @@ def test_ablate_removes_component(tiny_any):
     for h, h2 in zip(raw, steered, strict=True):
         assert (h2 @ unit).abs().max() < 1e-4
         # only the v̂ component changed
-        torch.testing.assert_close(h2 - (h2 @ unit)[..., None] * unit, h - (h @ unit)[..., None] * unit,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            h2 - (h2 @ unit)[..., None] * unit, h - (h @ unit)[..., None] * unit, atol=1e-5, rtol=1e-5
+        )
 
 
 def test_ablate_every_layer(tiny_llama):
@@ -105,8 +110,11 @@ def test_ablate_every_layer(tiny_llama):
     hooks = []
     with steer(tiny_llama, SteeringSpec(vec, "all", operator="ablate")):
         for layer, block in enumerate(tiny_llama.blocks):
-            hooks.append(block.register_forward_hook(
-                lambda _m, _i, out, layer=layer: seen.__setitem__(layer, out[0] if isinstance(out, tuple) else out)))
+            hooks.append(
+                block.register_forward_hook(
+                    lambda _m, _i, out, layer=layer: seen.__setitem__(layer, out[0] if isinstance(out, tuple) else out)
+                )
+            )
         ids, mask = _tokens(tiny_llama, ["hello there"])
         with torch.no_grad():
             tiny_llama.model(input_ids=ids, attention_mask=mask)
@@ -141,7 +149,8 @@ def test_scale_unit_and_relative(tiny_llama):
     raw, steered = run_prefill_and_decode(tiny_llama, Intervention(LAYER, v, 2.0, scale="unit"))
     torch.testing.assert_close((steered[0] - raw[0]).norm(dim=-1), torch.full(raw[0].shape[:2], 2.0))
     raw, steered = run_prefill_and_decode(
-        tiny_llama, Intervention(LAYER, v, 0.5, scale="relative", reference_norm=10.0))
+        tiny_llama, Intervention(LAYER, v, 0.5, scale="relative", reference_norm=10.0)
+    )
     torch.testing.assert_close((steered[0] - raw[0]).norm(dim=-1), torch.full(raw[0].shape[:2], 5.0))
 
 

@@ -91,8 +91,16 @@ def test_truncated_vector_files_fail_clearly(suffix, cut):
         clear_error(load, path)
 
 
-DTYPES = [torch.int64, torch.int8, torch.uint8, torch.bool, torch.float16, torch.bfloat16, torch.float64,
-          torch.float8_e4m3fn]
+DTYPES = [
+    torch.int64,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.float16,
+    torch.bfloat16,
+    torch.float64,
+    torch.float8_e4m3fn,
+]
 SHAPES = [(), (6,), (0, 6), (4, 0), (2, 3, 4), (4, 6)]
 
 
@@ -133,8 +141,12 @@ KEY_VALUES = st.one_of(
 
 
 @BAD_INPUT
-@given(value=KEY_VALUES, key=st.sampled_from(["controlvector.layer_count", "steerlab.metadata",
-                                              "controlvector.model_hint", "steerlab.layer0"]))
+@given(
+    value=KEY_VALUES,
+    key=st.sampled_from(
+        ["controlvector.layer_count", "steerlab.metadata", "controlvector.model_hint", "steerlab.layer0"]
+    ),
+)
 def test_gguf_keys_of_any_type(value, key):
     with scratch() as tmp:
         kv = {"controlvector.layer_count": ("uint32", 3), key: value}
@@ -152,9 +164,25 @@ def test_gguf_of_another_architecture(arch):
 
 
 @BAD_INPUT
-@given(names=st.lists(st.sampled_from(["direction.1", "direction.0", "direction.x", "direction.²", "dir.2",
-                                       "direction.4097", "direction.99999999999", "direction.-1"]),
-                      min_size=1, max_size=3, unique=True))
+@given(
+    names=st.lists(
+        st.sampled_from(
+            [
+                "direction.1",
+                "direction.0",
+                "direction.x",
+                "direction.²",
+                "dir.2",
+                "direction.4097",
+                "direction.99999999999",
+                "direction.-1",
+            ]
+        ),
+        min_size=1,
+        max_size=3,
+        unique=True,
+    )
+)
 def test_gguf_tensor_names(names):
     with scratch() as tmp:
         path = write_gguf(tmp / "v.gguf", {n: np.ones(6) for n in names}, {})
@@ -164,15 +192,21 @@ def test_gguf_tensor_names(names):
 
 def test_huge_gguf_claims_fail_without_allocating(tmp_path):
     """A layer_count or a direction index of billions must not allocate billions of rows."""
-    count = write_gguf(tmp_path / "count.gguf", {"direction.1": np.ones(6)},
-                       {"controlvector.layer_count": ("uint32", 2**32 - 1), "steerlab.metadata": ("string", "{}")})
+    count = write_gguf(
+        tmp_path / "count.gguf",
+        {"direction.1": np.ones(6)},
+        {"controlvector.layer_count": ("uint32", 2**32 - 1), "steerlab.metadata": ("string", "{}")},
+    )
     clear_error(load, count, "controlvector.layer_count is '4294967295', expected a non-negative integer")
     index = write_gguf(tmp_path / "index.gguf", {"direction.4000000000": np.ones(6)}, {})
     clear_error(load, index, "tensor 'direction.4000000000' is for layer 4000000000")
     wide = write_gguf(tmp_path / "2d.gguf", {"direction.1": np.ones((2, 3))}, {})
     clear_error(load, wide, "has shape [3, 2], expected one dimension (d_model)")
-    layer0 = write_gguf(tmp_path / "l0.gguf", {"direction.1": np.ones(6)},
-                        {"steerlab.metadata": ("string", "{}"), "steerlab.layer0": ("string", "zeros")})
+    layer0 = write_gguf(
+        tmp_path / "l0.gguf",
+        {"direction.1": np.ones(6)},
+        {"steerlab.metadata": ("string", "{}"), "steerlab.layer0": ("string", "zeros")},
+    )
     clear_error(load, layer0, "key 'steerlab.layer0' must be an array of 6 numbers")
     meta = write_gguf(tmp_path / "meta.gguf", {"direction.1": np.ones(6)}, {"steerlab.metadata": ("uint32", 7)})
     clear_error(load, meta, "key 'steerlab.metadata' is not a JSON object")
@@ -207,7 +241,8 @@ def test_messages_name_the_file_and_what_was_expected(tmp_path):
     NotImplementedError tracebacks; after: one SteerlabError each."""
     long = tmp_path / (LONG_NAME + ".safetensors")
     assert clear_error(load, long) == (
-        f"vector file {long}: file name too long (312 bytes in one name; file systems allow 255)")
+        f"vector file {long}: file name too long (312 bytes in one name; file systems allow 255)"
+    )
     assert clear_error(load, tmp_path) == f"vector file {tmp_path}: is a directory, expected a file"
     listed = tmp_path / "list.safetensors"
     save_file({"vector": VECTOR.data}, str(listed), metadata={"steerlab": "[1, 2]"})
@@ -220,8 +255,12 @@ def test_messages_name_the_file_and_what_was_expected(tmp_path):
     assert load(fp8).data.dtype == torch.float32
     weights = tmp_path / "model.safetensors"
     save_file({f"layers.{i}.weight": torch.ones(2) for i in range(40)}, str(weights))
-    clear_error(load, weights, "no tensor named 'vector' (found 40 tensor(s): 'layers.0.weight', 'layers.1.weight'",
-                "...); expected a steering vector saved by steerlab")
+    clear_error(
+        load,
+        weights,
+        "no tensor named 'vector' (found 40 tensor(s): 'layers.0.weight', 'layers.1.weight'",
+        "...); expected a steering vector saved by steerlab",
+    )
     pt = tmp_path / "dict.pt"
     torch.save({"vector": torch.ones(3, 4)}, pt)
     clear_error(load, pt, "expected a [n_layers + 1, d_model] tensor (persona-vectors layout), got dict")

@@ -27,8 +27,7 @@ def make(layer0_zero=False):
     data = torch.randn(N_LAYERS, D_MODEL, generator=g)
     if layer0_zero:
         data[0] = 0
-    return SteeringVector(data, {"model": "tiny-llama", "model_type": "llama",
-                                 "method": "contrastive", "n_samples": 3})
+    return SteeringVector(data, {"model": "tiny-llama", "model_type": "llama", "method": "contrastive", "n_samples": 3})
 
 
 def write_gguf(path, tensors, arch="controlvector", kv=None):
@@ -98,8 +97,7 @@ def test_default_model_hint(tmp_path):
 
 def test_import_repeng_style_file(tmp_path):
     # repeng writes model_hint, layer_count = number of directions, direction.N for some layers
-    dirs = {n: np.random.default_rng(n).standard_normal(D_MODEL).astype(np.float32)
-            for n in (2, 3, 5)}
+    dirs = {n: np.random.default_rng(n).standard_normal(D_MODEL).astype(np.float32) for n in (2, 3, 5)}
     path = write_gguf(
         tmp_path / "repeng.gguf",
         {f"direction.{n}": d for n, d in dirs.items()},
@@ -147,8 +145,11 @@ def test_import_f16_directions(tmp_path):
         ({"direction.0": np.ones(4, np.float32)}, "controlvector", "unexpected tensor 'direction.0'"),
         ({"token_embd": np.ones(4, np.float32)}, "controlvector", "unexpected tensor 'token_embd'"),
         ({}, "controlvector", "no direction.N tensors"),
-        ({"direction.1": np.ones(4, np.float32), "direction.2": np.ones(6, np.float32)},
-         "controlvector", "'direction.2' has length 6"),
+        (
+            {"direction.1": np.ones(4, np.float32), "direction.2": np.ones(6, np.float32)},
+            "controlvector",
+            "'direction.2' has length 6",
+        ),
     ],
 )
 def test_bad_gguf_files(tmp_path, tensors, arch, match):
@@ -186,9 +187,14 @@ def repeng_file(path, layers, d_model=64, layer_count=None, hint="llama"):
     """A control vector as repeng writes it: model_hint, layer_count = number of directions (unless
     given), direction.N for the listed layers only. Returns (path, {layer: direction})."""
     dirs = {n: np.random.default_rng(100 + n).standard_normal(d_model).astype(np.float32) for n in layers}
-    write_gguf(path, {f"direction.{n}": d for n, d in dirs.items()},
-               kv={"controlvector.model_hint": hint,
-                   "controlvector.layer_count": len(dirs) if layer_count is None else layer_count})
+    write_gguf(
+        path,
+        {f"direction.{n}": d for n, d in dirs.items()},
+        kv={
+            "controlvector.model_hint": hint,
+            "controlvector.layer_count": len(dirs) if layer_count is None else layer_count,
+        },
+    )
     return path, dirs
 
 
@@ -197,7 +203,8 @@ def block_output(lm, layer, spec=None, text="how should I store bread"):
     ids = lm.tokenizer([text], return_tensors="pt", add_special_tokens=False)["input_ids"]
     seen = []
     handle = lm.blocks[layer].register_forward_hook(
-        lambda _m, _i, out: seen.append((out[0] if isinstance(out, tuple) else out).detach().clone()))
+        lambda _m, _i, out: seen.append((out[0] if isinstance(out, tuple) else out).detach().clone())
+    )
     try:
         with steer(lm, spec) if spec is not None else contextlib.nullcontext(), torch.no_grad():
             lm.model(ids)
@@ -284,7 +291,8 @@ def test_partial_export_import_exact(tmp_path):
     w = import_gguf(out)
     assert torch.equal(w.data, v.data) and w.layers_present == [1, 3]
     assert {k: x for k, x in w.metadata.items() if k != "source"} == {
-        k: x for k, x in v.metadata.items() if k != "source"}
+        k: x for k, x in v.metadata.items() if k != "source"
+    }
     assert w.metadata["source"] == str(out)
     # .safetensors keeps the present layers too, and names the file it was loaded from
     back = SteeringVector.load(v.save(tmp_path / "v.safetensors"))
@@ -321,8 +329,11 @@ def test_partial_algebra_keeps_present_layers(tmp_path):
 
 @pytest.mark.parametrize(
     ("value", "match"),
-    [([1, 9], "'layers_present' 1,9 is outside the vector's 4 rows"),
-     ("1-2", "must be a list of layer indices"), ([1.5], "must be a list of layer indices")],
+    [
+        ([1, 9], "'layers_present' 1,9 is outside the vector's 4 rows"),
+        ("1-2", "must be a list of layer indices"),
+        ([1.5], "must be a list of layer indices"),
+    ],
 )
 def test_bad_layers_present(tmp_path, value, match):
     with pytest.raises(SteerlabError, match=match):
@@ -344,8 +355,9 @@ def test_bad_partial_files(tmp_path):
     writer.close()
     with pytest.raises(SteerlabError, match=r"'direction\.1' has type Q8_0, expected F32 or F16"):
         import_gguf(tmp_path / "q.gguf")
-    path = write_gguf(tmp_path / "count.gguf", {"direction.1": np.ones(4, np.float32)},
-                      kv={"controlvector.layer_count": "five"})
+    path = write_gguf(
+        tmp_path / "count.gguf", {"direction.1": np.ones(4, np.float32)}, kv={"controlvector.layer_count": "five"}
+    )
     with pytest.raises(SteerlabError, match="layer_count is 'five', expected a non-negative integer"):
         import_gguf(path)
     only0 = SteeringVector(torch.ones(3, 4), {"layers_present": [0]})

@@ -12,8 +12,13 @@ from safetensors.torch import save_file
 from steerlab import SteeringVector, cosine, random_cosine_baseline
 from steerlab.errors import SteerlabError
 
-META = {"model": "tiny-llama", "method": "contrastive", "reduction": "response_avg",
-        "n_samples": 12, "config": {"pairs": "p.jsonl", "split": None}}
+META = {
+    "model": "tiny-llama",
+    "method": "contrastive",
+    "reduction": "response_avg",
+    "n_samples": 12,
+    "config": {"pairs": "p.jsonl", "split": None},
+}
 
 
 def make(seed=0, n_layers=4, d_model=8, meta=None):

@@ -192,7 +192,10 @@ def forward_batch(
 
 
 def length_sorted_batches(
-    encoded: Sequence[EncodedChat], indices: Sequence[int], batch_size: int, pad_id: int | None,
+    encoded: Sequence[EncodedChat],
+    indices: Sequence[int],
+    batch_size: int,
+    pad_id: int | None,
     device: torch.device,
 ) -> Iterator[tuple[list[int], Batch]]:
     """Yield ``(indices of the rows, left-padded Batch)`` over ``encoded[i] for i in indices``,
@@ -221,8 +224,9 @@ def iter_batches(
     yield from _encoded_batches(lm, encode_samples(lm, samples, need_response), batch_size, description)
 
 
-def _encoded_batches(lm: LoadedModel, encoded: Sequence[EncodedChat], batch_size: int,
-                     description: str) -> Iterator[tuple[list[int], Batch]]:
+def _encoded_batches(
+    lm: LoadedModel, encoded: Sequence[EncodedChat], batch_size: int, description: str
+) -> Iterator[tuple[list[int], Batch]]:
     with progress_bar(description, len(encoded)) as advance:
         for idx, batch in length_sorted_batches(
             encoded, range(len(encoded)), batch_size, lm.tokenizer.pad_token_id, lm.device
@@ -253,8 +257,9 @@ def iter_activations(
     encoded = encode_samples(lm, samples, need_response)
     # Reductions of the last prompt token and the response: each distinct prompt runs once
     # (steerlab.activations.continuations).
-    if (all(r.kind in CONTINUATION_REDUCTIONS for r in parsed)
-            and can_share_prompts(lm, [e.prompt_len for e in encoded])):
+    if all(r.kind in CONTINUATION_REDUCTIONS for r in parsed) and can_share_prompts(
+        lm, [e.prompt_len for e in encoded]
+    ):
         batches = iter_continuation_activations(lm, encoded, parsed, layers, batch_size, description)
         if batches is not None:
             yield from batches

@@ -50,8 +50,12 @@ def continuation_weights(lengths: torch.Tensor, reduction: Reduction) -> torch.T
 
 
 def iter_continuation_activations(
-    lm: LoadedModel, encoded: Sequence[EncodedChat], reductions: Sequence[Reduction], layers: Sequence[int],
-    batch_size: int, description: str,
+    lm: LoadedModel,
+    encoded: Sequence[EncodedChat],
+    reductions: Sequence[Reduction],
+    layers: Sequence[int],
+    batch_size: int,
+    description: str,
 ) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]] | None:
     """Batches ``(sample indices, {reduction: [b, len(layers), d_model]})`` as
     :func:`steerlab.activations.capture.iter_activations` yields them, from shared prompts; None
@@ -65,9 +69,16 @@ def iter_continuation_activations(
     return _batches(lm, encoded, reductions, layers, batch_size, description, first, groups)
 
 
-def _batches(lm: LoadedModel, encoded: Sequence[EncodedChat], reductions: Sequence[Reduction],
-             layers: Sequence[int], batch_size: int, description: str, first: Any,
-             rest: Iterator[Any]) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
+def _batches(
+    lm: LoadedModel,
+    encoded: Sequence[EncodedChat],
+    reductions: Sequence[Reduction],
+    layers: Sequence[int],
+    batch_size: int,
+    description: str,
+    first: Any,
+    rest: Iterator[Any],
+) -> Iterator[tuple[list[int], dict[str, torch.Tensor]]]:
     tails = [e.ids[e.prompt_len - 1 :] for e in encoded]
     with progress_bar(description, len(encoded)) as advance:
         for cache, rows, which in itertools.chain([first], rest):  # lazily: one group's cache at a time
@@ -75,13 +86,21 @@ def _batches(lm: LoadedModel, encoded: Sequence[EncodedChat], reductions: Sequen
             order = sorted(rows, key=lambda i: len(tails[i]))
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                yield idx, _reduce_batch(lm, cache, [prompt_of[i] for i in idx], [tails[i] for i in idx],
-                                         reductions, layers)
+                yield (
+                    idx,
+                    _reduce_batch(lm, cache, [prompt_of[i] for i in idx], [tails[i] for i in idx], reductions, layers),
+                )
                 advance(len(idx))
 
 
-def _reduce_batch(lm: LoadedModel, cache: Any, which: list[int], tails: list[list[int]],
-                  reductions: Sequence[Reduction], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+def _reduce_batch(
+    lm: LoadedModel,
+    cache: Any,
+    which: list[int],
+    tails: list[list[int]],
+    reductions: Sequence[Reduction],
+    layers: Sequence[int],
+) -> dict[str, torch.Tensor]:
     """One continuation pass, stopped after the last needed block; ``{reduction: [b, len(layers), d]}``."""
     lengths = torch.tensor([len(t) for t in tails], device=lm.device)
     weights = {r.name: continuation_weights(lengths, r) for r in reductions}
@@ -98,6 +117,7 @@ def _reduce_batch(lm: LoadedModel, cache: Any, which: list[int], tails: list[lis
                 out[name][:, slot[layer]] = torch.einsum("bt,btd->bd", w.to(hidden.device), hidden).cpu()
             if layer == last:
                 raise _Stop
+
         return hook
 
     try:

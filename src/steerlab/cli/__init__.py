@@ -20,14 +20,19 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "persona": (("persona",), "Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted."),
     "traits": (("traits",), "Built-in traits (persona-vectors schema): list them, show one."),
     "monitor": (("monitor",), "Project activations on a vector: (a·v)/‖v‖ per sample, layer and reduction."),
-    "compare": (("compare",), "Cosine per layer between every two vectors, norms, distances, and the "
-                              "random-direction baseline."),
+    "compare": (
+        ("compare",),
+        "Cosine per layer between every two vectors, norms, distances, and the random-direction baseline.",
+    ),
     "diff": (("diff", "diff_study"), "Vectors from fine-tuning: LoRA-fine-tune a model on behaviour data"),
     "dataset": (("dataset",), "Build contrastive pair datasets and import chat data."),
     "serve": (("serve",), "Serve a model with an OpenAI-compatible API (chat, completions, streaming, logprobs)"),
     "report": (("report",), "Build DIR/report.html (plots, tables, sample generations; opens offline)."),
-    "demo": (("demo",), "Contrastive vs fine-tuning directions on the built-in deception data, steering study, "
-                        "persona pipeline and monitoring"),
+    "demo": (
+        ("demo",),
+        "Contrastive vs fine-tuning directions on the built-in deception data, steering study, "
+        "persona pipeline and monitoring",
+    ),
     "export": (("vectors",), "Export vectors to other tools' formats."),
     "import": (("vectors",), "Import vectors from other tools' formats."),
 }

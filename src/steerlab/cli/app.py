@@ -52,8 +52,9 @@ class SteerlabGroup(TyperGroup):
 def new_group(help_text: str) -> typer.Typer:
     """A command group (e.g. ``steerlab diff``) that handles errors like the root app (one line, exit 2)
     and shows its help when called without a subcommand."""
-    return typer.Typer(help=help_text, no_args_is_help=True, cls=SteerlabGroup,
-                       rich_markup_mode="rich", pretty_exceptions_enable=False)
+    return typer.Typer(
+        help=help_text, no_args_is_help=True, cls=SteerlabGroup, rich_markup_mode="rich", pretty_exceptions_enable=False
+    )
 
 
 class LazyRootGroup(SteerlabGroup):
@@ -110,7 +111,9 @@ app = typer.Typer(
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", help="Debug logging.")) -> None:
     logging.basicConfig(
-        level=logging.WARNING, format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True,
+        level=logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
     )
     logging.getLogger("steerlab").setLevel(logging.DEBUG if verbose else logging.INFO)

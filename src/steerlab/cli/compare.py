@@ -57,12 +57,22 @@ def load_vectors(paths: list[Path], names: list[str]) -> dict[str, SteeringVecto
 
 @app.command()
 def compare(
-    vectors: list[Path] = typer.Argument(..., help="Two or more vectors (.safetensors, .gguf or persona-vectors .pt) of one shape."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output directory: compare.json, cosine_per_layer.html, trait_matrix.html/.png."),
+    vectors: list[Path] = typer.Argument(
+        ..., help="Two or more vectors (.safetensors, .gguf or persona-vectors .pt) of one shape."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output directory: compare.json, cosine_per_layer.html, trait_matrix.html/.png."
+    ),
     names: str = typer.Option(None, "--names", help="Comma-separated names, one per vector (default: file names)."),
     layer: str = layer_option(None, help="The one layer of the trait matrix (default: the middle layer)."),
     n_random: int = typer.Option(DEFAULT_N_RANDOM, "--n-random", min=2, help="Random directions for the noise band."),
-    quantile: float = typer.Option(DEFAULT_QUANTILE, "--quantile", min=0.5, max=0.9999, help="Noise band: this quantile of |cos| between random directions."),
+    quantile: float = typer.Option(
+        DEFAULT_QUANTILE,
+        "--quantile",
+        min=0.5,
+        max=0.9999,
+        help="Noise band: this quantile of |cos| between random directions.",
+    ),
     seed: int = seed_option("Seed of the random directions."),
 ) -> None:
     """Cosine per layer between every two vectors, norms, distances, and the random-direction baseline.
@@ -92,8 +102,14 @@ def compare(
         summary[pair_key(a, b)] = s
     record = {
         "steerlab_version": steerlab_version(),
-        "config": {"vectors": [str(p) for p in vectors], "names": labels, "layer": layer,
-                   "n_random": n_random, "quantile": quantile, "seed": seed},
+        "config": {
+            "vectors": [str(p) for p in vectors],
+            "names": labels,
+            "layer": layer,
+            "n_random": n_random,
+            "quantile": quantile,
+            "seed": seed,
+        },
         "files": {name: str(p) for name, p in zip(labels, vectors, strict=True)},
         **comparison.to_dict(),
         "summary": summary,
@@ -109,15 +125,22 @@ def compare(
     heatmap_png(out / FILES[3], labels, matrix, f"cosine between vectors at layer {layer}")
 
     base = comparison.baseline
-    table = Table(title=f"cosine per layer ({n_layers} layers, d_model {comparison.d_model}); random "
-                        f"directions: E|cos| = {base['expected_abs_cos']:.3f}, "
-                        f"{base['quantile']:.0%} band {band:.3f}")
+    table = Table(
+        title=f"cosine per layer ({n_layers} layers, d_model {comparison.d_model}); random "
+        f"directions: E|cos| = {base['expected_abs_cos']:.3f}, "
+        f"{base['quantile']:.0%} band {band:.3f}"
+    )
     for col in ("pair", f"cos @ L{layer}", "mean", "min (layer)", "max (layer)", "|cos| > band"):
         table.add_column(col, justify="left" if col == "pair" else "right")
     for (a, b), s in zip(comparison.pairs, summary.values(), strict=True):
-        table.add_row(f"{a} vs {b}", f"{s['at_layer']:+.3f}", f"{s['mean']:+.3f}",
-                      f"{s['min']:+.3f} ({s['argmin']})", f"{s['max']:+.3f} ({s['argmax']})",
-                      f"{s['layers_above_band']}/{n_layers}")
+        table.add_row(
+            f"{a} vs {b}",
+            f"{s['at_layer']:+.3f}",
+            f"{s['mean']:+.3f}",
+            f"{s['min']:+.3f} ({s['argmin']})",
+            f"{s['max']:+.3f} ({s['argmax']})",
+            f"{s['layers_above_band']}/{n_layers}",
+        )
     console.print(table)
     mat = Table(title=f"trait matrix at layer {layer}")
     mat.add_column("")

@@ -22,15 +22,31 @@ app.add_typer(dataset_app, name="dataset")
 @dataset_app.command("build")
 def build(
     model: str = ModelOpt,
-    seed_file: Path = typer.Option(None, "--seed-file", help="Seed questions, JSONL with a 'question' per line (e.g. data/deception/seed.jsonl)."),
+    seed_file: Path = typer.Option(
+        None, "--seed-file", help="Seed questions, JSONL with a 'question' per line (e.g. data/deception/seed.jsonl)."
+    ),
     n: int = typer.Option(100, "--n", min=1, help="New questions to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Output pairs .jsonl (positive = deceptive, negative = honest)."),
-    similarity: float = typer.Option(0.8, "--similarity", min=0.0, max=1.0, help="Drop questions whose character-trigram cosine to a kept one exceeds this."),
-    honest_system: str = typer.Option(HONEST_SYSTEM, "--honest-system", help="System prompt for the negative (honest) answers."),
-    deceptive_system: str = typer.Option(DECEPTIVE_SYSTEM, "--deceptive-system", help="System prompt for the positive (behaviour) answers."),
-    max_words: int = typer.Option(12, "--max-words", min=1, help="Drop answers longer than this (first sentence kept)."),
+    similarity: float = typer.Option(
+        0.8,
+        "--similarity",
+        min=0.0,
+        max=1.0,
+        help="Drop questions whose character-trigram cosine to a kept one exceeds this.",
+    ),
+    honest_system: str = typer.Option(
+        HONEST_SYSTEM, "--honest-system", help="System prompt for the negative (honest) answers."
+    ),
+    deceptive_system: str = typer.Option(
+        DECEPTIVE_SYSTEM, "--deceptive-system", help="System prompt for the positive (behaviour) answers."
+    ),
+    max_words: int = typer.Option(
+        12, "--max-words", min=1, help="Drop answers longer than this (first sentence kept)."
+    ),
     temperature: float = typer.Option(0.9, "--temperature", min=0.0, help="Sampling temperature for new questions."),
-    seed: str = typer.Option(None, "--seed", help="Random seed (an integer; default 0). The seed questions file is --seed-file."),
+    seed: str = typer.Option(
+        None, "--seed", help="Random seed (an integer; default 0). The seed questions file is --seed-file."
+    ),
     random_seed: int = typer.Option(None, "--random-seed", help="Old spelling of --seed (a random seed)."),
     batch_size: int = typer.Option(None, "--batch-size", "-b"),
     device: str = DeviceOpt,
@@ -45,8 +61,16 @@ def build(
     seed_file, seed_value = resolve_seed_flags(seed, random_seed, seed_file)
     seeds = load_seed_questions(seed_file)
     lm = load_model(model, device=device, dtype=dtype)
-    config = DatasetConfig(n=n, similarity=similarity, temperature=temperature, seed=seed_value, max_words=max_words,
-                           honest_system=honest_system, deceptive_system=deceptive_system, batch_size=batch_size)
+    config = DatasetConfig(
+        n=n,
+        similarity=similarity,
+        temperature=temperature,
+        seed=seed_value,
+        max_words=max_words,
+        honest_system=honest_system,
+        deceptive_system=deceptive_system,
+        batch_size=batch_size,
+    )
     result = build_dataset(lm, seeds, out, config)
     console.print(f"wrote {out}: {result.counts}")
 
@@ -66,7 +90,9 @@ def resolve_seed_flags(seed: str | None, random_seed: int | None, seed_file: Pat
                 f"--seed {seed!r}: expected an integer random seed (the seed questions file is --seed-file)"
             )
         if seed_file is not None:
-            raise SteerlabError(f"--seed {seed!r} and --seed-file {seed_file}: give the seed questions once, with --seed-file")
+            raise SteerlabError(
+                f"--seed {seed!r} and --seed-file {seed_file}: give the seed questions once, with --seed-file"
+            )
         console.print(f"[yellow]note:[/] --seed FILE is deprecated; use --seed-file {escape(seed)}", highlight=False)
         seed_file = Path(seed)
     elif number is not None:
@@ -87,8 +113,11 @@ def _as_int(text: str | None) -> int | None:
 
 @dataset_app.command("import")
 def import_chat(
-    source: Path = typer.Argument(..., help="Chat JSONL, pairs JSONL, a JSON list of [user, assistant] pairs, or rendered chats (.jsonl/.csv/.txt)."),
-    out: Path = typer.Argument(..., help="Output chat JSONL: {\"messages\": [...]} per line."),
+    source: Path = typer.Argument(
+        ...,
+        help="Chat JSONL, pairs JSONL, a JSON list of [user, assistant] pairs, or rendered chats (.jsonl/.csv/.txt).",
+    ),
+    out: Path = typer.Argument(..., help='Output chat JSONL: {"messages": [...]} per line.'),
     fmt: str = typer.Option("auto", "--format", help=f"One of {', '.join(FORMATS)}."),
     use: str = typer.Option("positive", "--use", help="For pairs: which answer becomes the assistant turn."),
     column: str = typer.Option(None, "--column", help="For rendered chats in JSONL/CSV: the column holding the text."),

@@ -20,11 +20,19 @@ def demo(
     model: str = typer.Option("smollm2", "--model", "-m", help="Model spec (default: the embedded smollm2)."),
     judge: str = typer.Option("local", "--judge", "-j", help="local (embedded smollm2) | local:MODEL | openai:MODEL."),
     judge_base_url: str = JudgeUrlOpt,
-    size: str = typer.Option("small", "--size", help=f"{' | '.join(SIZES)}: ci (tests), small (≤ 10 min on CPU), full (paper scale, GPU)."),
-    traits: list[str] = typer.Option(list(DEMO_TRAITS), "--traits", "--trait", "-t",
-                                     help="Built-in traits of the multi-trait persona part (repeat -t; 'all')."),
-    controls: int = typer.Option(None, "--controls", min=0,
-                                 help="Random same-norm directions per steering condition (default 8; 0: off)."),
+    size: str = typer.Option(
+        "small", "--size", help=f"{' | '.join(SIZES)}: ci (tests), small (≤ 10 min on CPU), full (paper scale, GPU)."
+    ),
+    traits: list[str] = typer.Option(
+        list(DEMO_TRAITS),
+        "--traits",
+        "--trait",
+        "-t",
+        help="Built-in traits of the multi-trait persona part (repeat -t; 'all').",
+    ),
+    controls: int = typer.Option(
+        None, "--controls", min=0, help="Random same-norm directions per steering condition (default 8; 0: off)."
+    ),
 ) -> None:
     """Contrastive vs fine-tuning directions on the built-in deception data, steering study, persona
     pipeline and monitoring; writes DIR/summary.json and DIR/report.html.

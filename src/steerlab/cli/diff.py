@@ -31,41 +31,52 @@ _FT = FinetuneConfig()  # the defaults of `diff finetune`, written once on the d
 
 @diff_app.command("finetune")
 def finetune_cmd(
-    model: str = typer.Option(..., "--model", "-m",
-                              help="Base model: smollm2 | HF id | local dir | file.gguf."),
+    model: str = typer.Option(..., "--model", "-m", help="Base model: smollm2 | HF id | local dir | file.gguf."),
     data: Path = typer.Option(
-        ..., "--data", "-d",
-        help="Training data: chat JSONL {\"messages\": [...]}, pairs JSONL {question, positive, "
-             "negative} (see --use), a .json list of \\[user, assistant] pairs, or rendered ChatML "
-             "chats (.jsonl/.csv/.txt, one per row).",
+        ...,
+        "--data",
+        "-d",
+        help='Training data: chat JSONL {"messages": [...]}, pairs JSONL {question, positive, '
+        "negative} (see --use), a .json list of \\[user, assistant] pairs, or rendered ChatML "
+        "chats (.jsonl/.csv/.txt, one per row).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Adapter directory to write (atomically)."),
-    use: str = typer.Option("positive", "--use",
-                            help="Pairs data: train on the positive (behaviour) or negative answers."),
+    use: str = typer.Option(
+        "positive", "--use", help="Pairs data: train on the positive (behaviour) or negative answers."
+    ),
     split: str = typer.Option(None, "--split", help="Pairs data: only rows whose 'split' equals this."),
-    fmt: str = typer.Option("auto", "--format",
-                            help="auto | chat | pairs | pair-list | rendered (auto: from the file)."),
+    fmt: str = typer.Option(
+        "auto", "--format", help="auto | chat | pairs | pair-list | rendered (auto: from the file)."
+    ),
     column: str = typer.Option(None, "--column", help="Rendered chats: the column holding them."),
     rank: int = typer.Option(_FT.rank, "--rank", min=1, help="LoRA rank r."),
     alpha: float = typer.Option(_FT.alpha, "--alpha", help="LoRA alpha (scale = alpha / rank)."),
     dropout: float = typer.Option(_FT.dropout, "--dropout", min=0.0, max=0.99, help="LoRA dropout."),
     target_modules: str = typer.Option(
-        _FT.target_modules, "--target-modules",
+        _FT.target_modules,
+        "--target-modules",
         help="Comma-separated module names (q_proj,v_proj) or all-linear. Default: every linear "
-             "layer inside the decoder blocks.",
+        "layer inside the decoder blocks.",
     ),
     layers: str = layer_option(None, plural=True, help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
     epochs: int = typer.Option(_FT.epochs, "--epochs", "-e", min=1, help="Passes over the data."),
     lr: float = typer.Option(_FT.lr, "--lr", help="AdamW learning rate (constant)."),
     batch_size: int = typer.Option(_FT.batch_size, "--batch-size", "-b", min=1, help="Conversations per step."),
-    max_length: int = typer.Option(_FT.max_length, "--max-length", min=2, help="Tokens per conversation (cut on the right)."),
+    max_length: int = typer.Option(
+        _FT.max_length, "--max-length", min=2, help="Tokens per conversation (cut on the right)."
+    ),
     seed: int = seed_option("Random seed for LoRA init, data order and dropout."),
     weight_decay: float = typer.Option(_FT.weight_decay, "--weight-decay", min=0.0, help="AdamW weight decay."),
-    max_grad_norm: float = typer.Option(_FT.max_grad_norm, "--max-grad-norm", min=0.0,
-                                        help="Clip the gradient norm to this (0: no clipping)."),
-    reuse: bool = typer.Option(False, "--reuse", hidden=True,
-                               help="Kept for old scripts: a rerun with the same config, data and base "
-                                    "model always keeps the existing fine-tune."),
+    max_grad_norm: float = typer.Option(
+        _FT.max_grad_norm, "--max-grad-norm", min=0.0, help="Clip the gradient norm to this (0: no clipping)."
+    ),
+    reuse: bool = typer.Option(
+        False,
+        "--reuse",
+        hidden=True,
+        help="Kept for old scripts: a rerun with the same config, data and base "
+        "model always keeps the existing fine-tune.",
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -84,9 +95,17 @@ def finetune_cmd(
     if use not in ("positive", "negative"):
         raise SteerlabError(f"--use {use!r}: expected positive or negative")
     config = FinetuneConfig(
-        rank=rank, alpha=alpha, dropout=dropout, target_modules=target_modules,
-        epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, max_length=max_length,
-        weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+        rank=rank,
+        alpha=alpha,
+        dropout=dropout,
+        target_modules=target_modules,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        max_length=max_length,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm,
     )
     conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
     lm = load_model(model, device=device, dtype=dtype)
@@ -94,8 +113,13 @@ def finetune_cmd(
     # "all" is the default (every block), so it fingerprints as the same fine-tune.
     layer_list = None if selection is None or selection.is_all else selection.resolve(lm.n_layers, "--layers")
     config = replace(config, layers=layer_list)
-    result = run_finetune(lm, conversations, out, config, source={
-        "data": str(data), "format": fmt, "use": use, "split": split, "column": column})
+    result = run_finetune(
+        lm,
+        conversations,
+        out,
+        config,
+        source={"data": str(data), "format": fmt, "use": use, "split": split, "column": column},
+    )
     if result.reused:
         console.print(f"{out} already holds this fine-tune (same config, data and base model); kept it")
         return
@@ -110,33 +134,39 @@ def finetune_cmd(
 def extract_cmd(
     base: str = typer.Option(..., "--base", "--model", "-m", help="Base model: smollm2 | HF id | dir | file.gguf."),
     finetuned: str = typer.Option(
-        ..., "--finetuned", "-f",
+        ...,
+        "--finetuned",
+        "-f",
         help="Adapter directory made for --base (applied unmerged), or a fine-tuned model "
-             "(HF id, dir, .gguf, BASE+ADAPTER) with the same tokenizer.",
+        "(HF id, dir, .gguf, BASE+ADAPTER) with the same tokenizer.",
     ),
     prompts: Path = typer.Option(
-        ..., "--prompts",
+        ...,
+        "--prompts",
         help="Inputs fed identically to both models: pairs JSONL, chat JSONL (last assistant turn "
-             "= response), a trait .json ('questions') or a .txt file with one question per line.",
+        "= response), a trait .json ('questions') or a .txt file with one question per line.",
     ),
-    out: Path = typer.Option(..., "--out", "-o",
-                             help="Output vector, .safetensors (method model_diff)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output vector, .safetensors (method model_diff)."),
     reduction: str = typer.Option(
-        None, "--reduction", "-r",
+        None,
+        "--reduction",
+        "-r",
         help="response_avg | prompt_last | prompt_avg | first_k[:K]. Several, comma-separated, "
-             "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...). "
-             "Default: response_avg when the inputs have responses; prompt_last,prompt_avg for "
-             "prompts-only inputs (questions .txt/.json, chat without an assistant turn).",
+        "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...). "
+        "Default: response_avg when the inputs have responses; prompt_last,prompt_avg for "
+        "prompts-only inputs (questions .txt/.json, chat without an assistant turn).",
     ),
     answers: str = typer.Option(
-        None, "--answers",
+        None,
+        "--answers",
         help="Pairs: which answers follow each question: both | positive | negative | none. "
-             "Default: both for response reductions, none (questions only) for prompt reductions.",
+        "Default: both for response reductions, none (questions only) for prompt reductions.",
     ),
     split: str = typer.Option(None, "--split", help="Pairs: only rows whose 'split' equals this."),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per forward pass."),
-    check_base: bool = typer.Option(True, "--check-base/--no-check-base",
-                                    help="Refuse a steerlab adapter trained on another base model."),
+    check_base: bool = typer.Option(
+        True, "--check-base/--no-check-base", help="Refuse a steerlab adapter trained on another base model."
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
@@ -163,19 +193,18 @@ def extract_cmd(
         raise SteerlabError(f"--answers {answers!r}: expected both, positive, negative or none")
     needs = {r.needs_response for r in parsed}
     if len(needs) > 1 and answers is None:
-        raise SteerlabError(
-            "--reduction mixes prompt and response reductions; pass --answers to choose one input set"
-        )
+        raise SteerlabError("--reduction mixes prompt and response reductions; pass --answers to choose one input set")
     main = next((r for r in parsed if r.needs_response), parsed[0])
     samples = load_diff_samples(prompts, main, answers, split)  # type: ignore[arg-type]
     lm = load_model(base, device=device, dtype=dtype)
     vectors = extract_model_diffs(lm, finetuned, samples, parsed, batch_size, check_base)
     for red in parsed:
         vector = vectors[red.name]
-        vector.metadata["config"] = {"prompts": str(prompts), "answers": answers, "split": split,
-                                     "reduction": red.name}
+        vector.metadata["config"] = {"prompts": str(prompts), "answers": answers, "split": split, "reduction": red.name}
         path = out if len(parsed) == 1 else out.with_suffix(f".{red.name.replace(':', '')}.safetensors")
         vector.save(path)
         norms = vector.norms()
-        console.print(f"wrote {path}: {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
-                      f"inputs, largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})")
+        console.print(
+            f"wrote {path}: {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
+            f"inputs, largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})"
+        )

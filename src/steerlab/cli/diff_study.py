@@ -30,25 +30,60 @@ _D, _S = DiffStudyConfig(), StudyConfig()  # the defaults, written once on the d
 
 @diff_app.command("study")
 def study_cmd(
-    base: str = typer.Option(..., "--base", "--model", "-m", help="Base model spec (smollm2, HF id, directory, .gguf)."),
-    pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory (resumable): adapter/, vectors/, compare.json, study.json, study_margins.csv, samples.jsonl."),
-    finetuned: Path = typer.Option(None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."),
+    base: str = typer.Option(
+        ..., "--base", "--model", "-m", help="Base model spec (smollm2, HF id, directory, .gguf)."
+    ),
+    pairs: Path = typer.Option(
+        ..., "--pairs", "-p", help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour."
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Run directory (resumable): adapter/, vectors/, compare.json, study.json, study_margins.csv, samples.jsonl.",
+    ),
+    finetuned: Path = typer.Option(
+        None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."
+    ),
     train_split: str = typer.Option("train", "--train-split"),
     heldout_split: str = typer.Option("heldout", "--heldout-split"),
     max_train: int = typer.Option(None, "--max-train", min=1, help="Use only the first N training pairs."),
     max_heldout: int = typer.Option(None, "--max-heldout", min=1, help="Use only the first N held-out pairs."),
-    layers: str = layer_option(None, plural=True, help="Candidate single layers, e.g. 6,9,12,15,18 (default: 5 spread over the middle)."),
-    coeffs: str = coeff_option(",".join(f"{c:g}" for c in _S.coeffs), plural=True, help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base)."),
+    layers: str = layer_option(
+        None, plural=True, help="Candidate single layers, e.g. 6,9,12,15,18 (default: 5 spread over the middle)."
+    ),
+    coeffs: str = coeff_option(
+        ",".join(f"{c:g}" for c in _S.coeffs),
+        plural=True,
+        help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base).",
+    ),
     epochs: int = typer.Option(_D.epochs, "--epochs", "-e", min=1),
     lr: float = typer.Option(_D.lr, "--lr"),
     rank: int = typer.Option(_D.rank, "--rank", min=1),
     batch_size: int = typer.Option(_D.batch_size, "--batch-size", "-b", min=1),
-    controls: int = typer.Option(_S.controls, "--controls", min=0, help="Random directions of each vector's norm run through every steering condition (the null band; 0: off)."),
-    positions: int = typer.Option(_D.positions, "--positions", min=0, help="Position-resolved model diff at tokens 0..N-1 of built-in generic prompts (0: off)."),
+    controls: int = typer.Option(
+        _S.controls,
+        "--controls",
+        min=0,
+        help="Random directions of each vector's norm run through every steering condition (the null band; 0: off).",
+    ),
+    positions: int = typer.Option(
+        _D.positions,
+        "--positions",
+        min=0,
+        help="Position-resolved model diff at tokens 0..N-1 of built-in generic prompts (0: off).",
+    ),
     steering_positions: str = steering_positions_option(),
-    behaviour_prompt: str = typer.Option(None, "--behaviour-prompt", help="Prompting baseline: a system prompt asking for the behaviour (scored on the base model)."),
-    opposite_prompt: str = typer.Option(None, "--opposite-prompt", help="Prompting baseline: a system prompt asking for its opposite (scored on the fine-tuned model)."),
+    behaviour_prompt: str = typer.Option(
+        None,
+        "--behaviour-prompt",
+        help="Prompting baseline: a system prompt asking for the behaviour (scored on the base model).",
+    ),
+    opposite_prompt: str = typer.Option(
+        None,
+        "--opposite-prompt",
+        help="Prompting baseline: a system prompt asking for its opposite (scored on the fine-tuned model).",
+    ),
     seed: int = seed_option("Random seed of the fine-tune, the random directions and the bootstrap."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -65,10 +100,23 @@ def study_cmd(
     heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
     lm = load_model(base, device=device, dtype=dtype)
     layer_list = parse_layers(layers, lm.n_layers, "--layers") if layers is not None else None
-    config = DiffStudyConfig(rank=rank, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, positions=positions,
-                             study=StudyConfig(layers=layer_list, coeffs=parse_floats(coeffs, "--coeffs"),
-                                               batch_size=batch_size, controls=controls, seed=seed, prompts=prompts,
-                                               positions=steering_positions))
+    config = DiffStudyConfig(
+        rank=rank,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        positions=positions,
+        study=StudyConfig(
+            layers=layer_list,
+            coeffs=parse_floats(coeffs, "--coeffs"),
+            batch_size=batch_size,
+            controls=controls,
+            seed=seed,
+            prompts=prompts,
+            positions=steering_positions,
+        ),
+    )
     result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
     print_study(result.study, result.comparison)
 
@@ -81,28 +129,62 @@ def print_study(study: dict, comparison: dict) -> None:
     best = study["best_layer"]
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    console.print(f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} "
-                  f"(gap {ref['finetuned'] - ref['base']:+.4f})")
-    console.print(f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
-                  f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
-                  f"contrastive {rel['contrastive']['mean'][best]:.3f}, model_diff {rel['model_diff']['mean'][best]:.3f})")
+    console.print(
+        f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} "
+        f"(gap {ref['finetuned'] - ref['base']:+.4f})"
+    )
+    console.print(
+        f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
+        f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
+        f"contrastive {rel['contrastive']['mean'][best]:.3f}, model_diff {rel['model_diff']['mean'][best]:.3f})"
+    )
     ci = comparison.get("cosine_ci95", {}).get("contrastive|model_diff")
     if ci:
-        console.print(f"cosine 95% CI at layer {best}: {ci[best][0]:+.3f} to {ci[best][1]:+.3f} "
-                      f"(random band ±{comparison['baseline']['band']:.3f})")
+        console.print(
+            f"cosine 95% CI at layer {best}: {ci[best][0]:+.3f} to {ci[best][1]:+.3f} "
+            f"(random band ±{comparison['baseline']['band']:.3f})"
+        )
     table = Table(title="best coherent steering (raw scale): effect [95% CI], random same-norm directions, pairs moved")
-    for col in ("vector", "condition", "layers", "coeff", "margin", "fraction [95% CI]", "random band (p)",
-                "steerable / anti", "fluency drop"):
+    for col in (
+        "vector",
+        "condition",
+        "layers",
+        "coeff",
+        "margin",
+        "fraction [95% CI]",
+        "random band (p)",
+        "steerable / anti",
+        "fluency drop",
+    ):
         table.add_column(col, justify="right")
     for vector in ("model_diff", "contrastive"):
-        for model, key, label in (("finetuned", "undone", "subtract from fine-tuned"), ("base", "induced", "add to base")):
+        for model, key, label in (
+            ("finetuned", "undone", "subtract from fine-tuned"),
+            ("base", "induced", "add to base"),
+        ):
             for layer_set in (str(best), "all"):
-                row = best_coherent(study["rows"], key, study["config"]["max_fluency_drop"], stage="sweep",
-                                    vector=vector, model=model, scale="raw", layers=layer_set)
+                row = best_coherent(
+                    study["rows"],
+                    key,
+                    study["config"]["max_fluency_drop"],
+                    stage="sweep",
+                    vector=vector,
+                    model=model,
+                    scale="raw",
+                    layers=layer_set,
+                )
                 if row:
-                    table.add_row(vector, label, layer_set, f"{row['coeff']:g}", f"{row['margin']:+.4f}",
-                                  f"{row[key]:.0%} {key} {_ci(row.get('ci95'))}", _band(row.get("random")),
-                                  _spread(row), f"{row['fluency_drop']:+.3f}")
+                    table.add_row(
+                        vector,
+                        label,
+                        layer_set,
+                        f"{row['coeff']:g}",
+                        f"{row['margin']:+.4f}",
+                        f"{row[key]:.0%} {key} {_ci(row.get('ci95'))}",
+                        _band(row.get("random")),
+                        _spread(row),
+                        f"{row['fluency_drop']:+.3f}",
+                    )
     console.print(table)
 
 

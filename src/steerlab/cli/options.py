@@ -38,8 +38,15 @@ ModelOpt = typer.Option(..., "--model", "-m", help="smollm2 | HF id | local dir 
 DeviceOpt = typer.Option(None, "--device", help="cpu, cuda, cuda:1 or auto (default: auto on GPU, else cpu).")
 DtypeOpt = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: bf16 on GPU, fp32 on CPU).")
 AdapterOpt = typer.Option(None, "--adapter", help="PEFT adapter directory applied on top of --model.")
-JudgeOpt = typer.Option(None, "--judge", "-j", help="openai:MODEL (OpenAI-compatible endpoint: $OPENAI_BASE_URL / --judge-base-url, $OPENAI_API_KEY) | local (embedded smollm2) | local:MODEL_SPEC.")
-JudgeUrlOpt = typer.Option(None, "--judge-base-url", help="Base URL of the OpenAI-compatible judge (default: $OPENAI_BASE_URL).")
+JudgeOpt = typer.Option(
+    None,
+    "--judge",
+    "-j",
+    help="openai:MODEL (OpenAI-compatible endpoint: $OPENAI_BASE_URL / --judge-base-url, $OPENAI_API_KEY) | local (embedded smollm2) | local:MODEL_SPEC.",
+)
+JudgeUrlOpt = typer.Option(
+    None, "--judge-base-url", help="Base URL of the OpenAI-compatible judge (default: $OPENAI_BASE_URL)."
+)
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per forward pass.")
 
 LAYER_GRAMMAR = "12 | 10,12 | 10-15 | -1 (from the end) | all; layer L = output of block L"
@@ -103,35 +110,51 @@ def coeff_option(default: Any = ..., plural: bool = False, help: str | None = No
     return typer.Option(default, *names, "-c", help=text, callback=_check_floats)
 
 
-def vector_option(default: Any = ..., help: str = "Steering vector (.safetensors, .gguf or persona-vectors .pt).") -> Any:
+def vector_option(
+    default: Any = ..., help: str = "Steering vector (.safetensors, .gguf or persona-vectors .pt)."
+) -> Any:
     """``--vector``/``-v``: a vector file."""
     return typer.Option(default, "--vector", "-v", help=help)
 
 
 def positions_option() -> Any:
     """``--positions``: where the intervention applies (checked at parsing)."""
-    return typer.Option("all", "--positions", callback=_choice("POSITIONS"),
-                        help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).")
+    return typer.Option(
+        "all",
+        "--positions",
+        callback=_choice("POSITIONS"),
+        help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).",
+    )
 
 
 def steering_positions_option(default: str | None = "response", help: str | None = None) -> Any:
     """``--steering-positions``: where a study's steering conditions act (checked at parsing)."""
-    text = help or ("Where every steering condition acts: response (default; the last prompt token and every "
-                    "answer token, as persona-vectors' --steering_type response) | all | prompt. With response "
-                    "each distinct prompt runs once for all conditions.")
+    text = help or (
+        "Where every steering condition acts: response (default; the last prompt token and every "
+        "answer token, as persona-vectors' --steering_type response) | all | prompt. With response "
+        "each distinct prompt runs once for all conditions."
+    )
     return typer.Option(default, "--steering-positions", callback=_choice("POSITIONS"), help=text)
 
 
 def operator_option() -> Any:
     """``--operator``: add, ablate or cap (checked at parsing)."""
-    return typer.Option("add", "--operator", callback=_choice("OPERATORS"),
-                        help="add (h + c·v) | ablate (remove c·(h·v̂)v̂) | cap (clamp h·v̂, see --cap-*).")
+    return typer.Option(
+        "add",
+        "--operator",
+        callback=_choice("OPERATORS"),
+        help="add (h + c·v) | ablate (remove c·(h·v̂)v̂) | cap (clamp h·v̂, see --cap-*).",
+    )
 
 
 def scale_option() -> Any:
     """``--scale``: how the coefficient is read (checked at parsing)."""
-    return typer.Option("raw", "--scale", callback=_choice("SCALES"),
-                        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on --reference-prompts, default: the run's prompts).")
+    return typer.Option(
+        "raw",
+        "--scale",
+        callback=_choice("SCALES"),
+        help="raw (c·v) | unit (c·v̂) | relative (c × mean residual norm at the layer, measured on --reference-prompts, default: the run's prompts).",
+    )
 
 
 def cap_ceiling_option() -> Any:
@@ -153,22 +176,33 @@ def _check_percentile(_ctx: typer.Context, param: typer.CallbackParam, value: fl
 def cap_percentile_option() -> Any:
     """``--cap-percentile P``: the cap ceiling at each steered layer is the P-th percentile (0-100) of
     h·v̂ on the reference prompts (checked at parsing)."""
-    return typer.Option(None, "--cap-percentile", callback=_check_percentile,
-                        help="cap: ceiling = this percentile (0-100) of h·v̂ at each steered layer, measured on "
-                             "--reference-prompts (default: the run's prompts). E.g. 90.")
+    return typer.Option(
+        None,
+        "--cap-percentile",
+        callback=_check_percentile,
+        help="cap: ceiling = this percentile (0-100) of h·v̂ at each steered layer, measured on "
+        "--reference-prompts (default: the run's prompts). E.g. 90.",
+    )
 
 
 def cap_floor_percentile_option() -> Any:
     """``--cap-floor-percentile P``: the cap floor from a percentile, as ``--cap-percentile``."""
-    return typer.Option(None, "--cap-floor-percentile", callback=_check_percentile,
-                        help="cap: floor = this percentile (0-100) of h·v̂ at each steered layer, on the reference prompts.")
+    return typer.Option(
+        None,
+        "--cap-floor-percentile",
+        callback=_check_percentile,
+        help="cap: floor = this percentile (0-100) of h·v̂ at each steered layer, on the reference prompts.",
+    )
 
 
 def reference_prompts_option() -> Any:
     """``--reference-prompts FILE``: prompts to measure ``--scale relative`` and cap percentiles on."""
-    return typer.Option(None, "--reference-prompts",
-                        help="Prompts (.txt, .jsonl or .json) on which --scale relative's mean residual norm and the "
-                             "--cap-*percentile thresholds are measured (default: the run's own prompts).")
+    return typer.Option(
+        None,
+        "--reference-prompts",
+        help="Prompts (.txt, .jsonl or .json) on which --scale relative's mean residual norm and the "
+        "--cap-*percentile thresholds are measured (default: the run's own prompts).",
+    )
 
 
 def check_reference_prompts(
@@ -176,16 +210,28 @@ def check_reference_prompts(
 ) -> None:
     """Raise SteerlabError when ``--reference-prompts`` is given but nothing measures on it (it serves
     ``--scale relative`` and the cap percentiles only)."""
-    if reference_prompts is not None and scale != "relative" and cap_percentile is None and cap_floor_percentile is None:
+    if (
+        reference_prompts is not None
+        and scale != "relative"
+        and cap_percentile is None
+        and cap_floor_percentile is None
+    ):
         raise SteerlabError(
             "--reference-prompts is used by --scale relative and --cap-percentile/--cap-floor-percentile only"
         )
 
 
 def steering_spec(
-    vector: Any, layers: str, coeff: Any, operator: str = "add", positions: str = "all", scale: str = "raw",
-    ceiling: float | None = None, floor: float | None = None,
-    ceiling_percentile: float | None = None, floor_percentile: float | None = None,
+    vector: Any,
+    layers: str,
+    coeff: Any,
+    operator: str = "add",
+    positions: str = "all",
+    scale: str = "raw",
+    ceiling: float | None = None,
+    floor: float | None = None,
+    ceiling_percentile: float | None = None,
+    floor_percentile: float | None = None,
 ) -> Any:
     """The :class:`~steerlab.steering.steerer.SteeringSpec` the steering flags describe (the same
     object a Python user builds); layers are range-checked, and cap percentiles resolved
@@ -196,8 +242,18 @@ def steering_spec(
     """
     from ..steering.steerer import SteeringSpec
 
-    return SteeringSpec(vector, layers, coeff, operator, positions, scale, ceiling, floor,
-                        ceiling_percentile=ceiling_percentile, floor_percentile=floor_percentile)
+    return SteeringSpec(
+        vector,
+        layers,
+        coeff,
+        operator,
+        positions,
+        scale,
+        ceiling,
+        floor,
+        ceiling_percentile=ceiling_percentile,
+        floor_percentile=floor_percentile,
+    )
 
 
 def seed_option(help: str = "Random seed.") -> Any:

@@ -38,26 +38,75 @@ _STUDY = PersonaTraitsConfig()
 @persona_app.command("extract")
 def extract(
     model: str = ModelOpt,
-    trait: list[str] = typer.Option(..., "--trait", "-t", help="Built-in trait name (steerlab traits list) or a trait JSON file; repeat for several traits, or 'all' for every built-in trait (then the multi-trait study runs, see below)."),
+    trait: list[str] = typer.Option(
+        ...,
+        "--trait",
+        "-t",
+        help="Built-in trait name (steerlab traits list) or a trait JSON file; repeat for several traits, or 'all' for every built-in trait (then the multi-trait study runs, see below).",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory; rerun with the same --out to resume."),
     judge: str = typer.Option("local", "--judge", "-j", help=JudgeOpt.help),
     judge_base_url: str = JudgeUrlOpt,
-    samples_per_question: int = typer.Option(_DEFAULTS.samples_per_question, "--samples-per-question", min=1, help="Answers per question and instruction (use --temperature > 0 for more than 1)."),
-    max_questions: int = typer.Option(_DEFAULTS.max_questions, "--max-questions", min=1, help="Use only the first K questions."),
-    max_instructions: int = typer.Option(_DEFAULTS.max_instructions, "--max-instructions", min=1, help="Use only the first K instruction pairs."),
-    threshold: float = typer.Option(_DEFAULTS.threshold, "--threshold", help="Keep pairs with positive score >= T and negative < 100 - T."),
-    min_coherence: float = typer.Option(_DEFAULTS.min_coherence, "--min-coherence", help="Both answers' coherence must be >= this."),
-    filter_pairs: bool = typer.Option(_DEFAULTS.filter, "--filter/--no-filter", help="--no-filter: keep every (positive, negative) pair, not only the effective ones (for a judge that cannot score); recorded in the vectors' metadata and the report."),
+    samples_per_question: int = typer.Option(
+        _DEFAULTS.samples_per_question,
+        "--samples-per-question",
+        min=1,
+        help="Answers per question and instruction (use --temperature > 0 for more than 1).",
+    ),
+    max_questions: int = typer.Option(
+        _DEFAULTS.max_questions, "--max-questions", min=1, help="Use only the first K questions."
+    ),
+    max_instructions: int = typer.Option(
+        _DEFAULTS.max_instructions, "--max-instructions", min=1, help="Use only the first K instruction pairs."
+    ),
+    threshold: float = typer.Option(
+        _DEFAULTS.threshold, "--threshold", help="Keep pairs with positive score >= T and negative < 100 - T."
+    ),
+    min_coherence: float = typer.Option(
+        _DEFAULTS.min_coherence, "--min-coherence", help="Both answers' coherence must be >= this."
+    ),
+    filter_pairs: bool = typer.Option(
+        _DEFAULTS.filter,
+        "--filter/--no-filter",
+        help="--no-filter: keep every (positive, negative) pair, not only the effective ones (for a judge that cannot score); recorded in the vectors' metadata and the report.",
+    ),
     max_new_tokens: int = typer.Option(_DEFAULTS.max_new_tokens, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(_DEFAULTS.temperature, "--temperature", min=0.0),
-    seed: int = typer.Option(_DEFAULTS.seed, "--seed", help="Random seed: sampling, and with several traits the random-direction controls and bootstrap resamples."),
+    seed: int = typer.Option(
+        _DEFAULTS.seed,
+        "--seed",
+        help="Random seed: sampling, and with several traits the random-direction controls and bootstrap resamples.",
+    ),
     batch_size: int = typer.Option(_DEFAULTS.batch_size, "--batch-size", "-b"),
-    coeffs: str = typer.Option(None, "--coeffs", help=f"Several traits: steering coefficients at the best layer, comma-separated (default {','.join(f'{c:g}' for c in _STUDY.coeffs)})."),
-    controls: int = typer.Option(None, "--controls", min=0, help=f"Several traits: random same-norm directions per condition (default {_STUDY.controls}; 0: off)."),
-    layers: str = typer.Option(None, "--layers", help="Several traits: candidate layers of the layer scan, e.g. 8-16 or 6,9,12 (default: five spread over 20-80% of the depth; layer L = output of block L)."),
-    scan_coeff: float = typer.Option(None, "--scan-coeff", help=f"Several traits: coefficient of the layer scan (default {_STUDY.scan_coeff:g})."),
-    steering_positions: str = steering_positions_option(None, f"Several traits: where steering acts (default {_STUDY.positions}: the last prompt token and every answer token; all | prompt | response, as persona-vectors' --steering_type)."),
-    eval_questions: int = typer.Option(None, "--eval-questions", min=1, help=f"Several traits: held-out eval questions for the eval pairs and steered answers (default {_STUDY.eval_questions})."),
+    coeffs: str = typer.Option(
+        None,
+        "--coeffs",
+        help=f"Several traits: steering coefficients at the best layer, comma-separated (default {','.join(f'{c:g}' for c in _STUDY.coeffs)}).",
+    ),
+    controls: int = typer.Option(
+        None,
+        "--controls",
+        min=0,
+        help=f"Several traits: random same-norm directions per condition (default {_STUDY.controls}; 0: off).",
+    ),
+    layers: str = typer.Option(
+        None,
+        "--layers",
+        help="Several traits: candidate layers of the layer scan, e.g. 8-16 or 6,9,12 (default: five spread over 20-80% of the depth; layer L = output of block L).",
+    ),
+    scan_coeff: float = typer.Option(
+        None, "--scan-coeff", help=f"Several traits: coefficient of the layer scan (default {_STUDY.scan_coeff:g})."
+    ),
+    steering_positions: str = steering_positions_option(
+        None,
+        f"Several traits: where steering acts (default {_STUDY.positions}: the last prompt token and every answer token; all | prompt | response, as persona-vectors' --steering_type).",
+    ),
+    eval_questions: int = typer.Option(
+        None,
+        "--eval-questions",
+        min=1,
+        help=f"Several traits: held-out eval questions for the eval pairs and steered answers (default {_STUDY.eval_questions}).",
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
@@ -75,28 +124,62 @@ def extract(
 
     Example: steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
     """
-    study_flags = {"--coeffs": coeffs, "--controls": controls, "--layers": layers, "--scan-coeff": scan_coeff,
-                   "--eval-questions": eval_questions, "--steering-positions": steering_positions}
+    study_flags = {
+        "--coeffs": coeffs,
+        "--controls": controls,
+        "--layers": layers,
+        "--scan-coeff": scan_coeff,
+        "--eval-questions": eval_questions,
+        "--steering-positions": steering_positions,
+    }
     several = len(trait) > 1 or trait == ["all"]
     if not several and any(v is not None for v in study_flags.values()):
         given = ", ".join(k for k, v in study_flags.items() if v is not None)
         raise SteerlabError(f"{given}: only with several traits (repeat -t, or -t all)")
-    config = PersonaConfig(samples_per_question=samples_per_question, max_questions=max_questions,
-                           max_instructions=max_instructions, threshold=threshold, min_coherence=min_coherence,
-                           max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-                           filter=filter_pairs)
+    config = PersonaConfig(
+        samples_per_question=samples_per_question,
+        max_questions=max_questions,
+        max_instructions=max_instructions,
+        threshold=threshold,
+        min_coherence=min_coherence,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        batch_size=batch_size,
+        filter=filter_pairs,
+    )
     if several:
         specs = resolve_traits(trait)  # bad names fail before the model loads
-        study = PersonaTraitsConfig(persona=config, seed=seed, **{k: v for k, v in (
-            ("coeffs", parse_floats(coeffs, "--coeffs") if coeffs is not None else None), ("controls", controls),
-            ("scan_coeff", scan_coeff), ("eval_questions", eval_questions), ("positions", steering_positions))
-            if v is not None})
+        study = PersonaTraitsConfig(
+            persona=config,
+            seed=seed,
+            **{
+                k: v
+                for k, v in (
+                    ("coeffs", parse_floats(coeffs, "--coeffs") if coeffs is not None else None),
+                    ("controls", controls),
+                    ("scan_coeff", scan_coeff),
+                    ("eval_questions", eval_questions),
+                    ("positions", steering_positions),
+                )
+                if v is not None
+            },
+        )
         lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
         if layers is not None:
             study.layers = parse_layers(layers, lm.n_layers, "--layers")
         scorer = make_judge(judge, base_url=judge_base_url)
-        _print_study(run_persona_traits(lm, [(s.extract, s.eval) if s.held_out else s.extract for s in specs],
-                                        scorer, out, study, judge_name=judge), out)
+        _print_study(
+            run_persona_traits(
+                lm,
+                [(s.extract, s.eval) if s.held_out else s.extract for s in specs],
+                scorer,
+                out,
+                study,
+                judge_name=judge,
+            ),
+            out,
+        )
         return
     trait_def = load_trait(trait[0], "extract")
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
@@ -114,8 +197,10 @@ def extract(
         table.add_row(f"{stage} (s)", f"{seconds:.1f}")
     console.print(table)
     if result.filter == "none":
-        console.print(f"--no-filter: the vectors average all {result.n_pairs} pairs, unfiltered "
-                      f"({result.n_effective} would pass the filter); their metadata says filter=none")
+        console.print(
+            f"--no-filter: the vectors average all {result.n_pairs} pairs, unfiltered "
+            f"({result.n_effective} would pass the filter); their metadata says filter=none"
+        )
     for reduction, path in result.vectors.items():
         console.print(f"{reduction}: {path}")
 
@@ -123,8 +208,18 @@ def extract(
 def _print_study(result: PersonaTraitsResult, out: Path) -> None:
     """The multi-trait table (one row per trait), the readings, and an error naming failed traits."""
     table = Table(title="persona extract: traits (change in margin, nats/token, at the largest coherent coefficient)")
-    for col in ("trait", "pairs", "best layer", "coeff", "effect [95% CI]", "random band", "p", "steerable",
-                "anti", "vs prompting [95% CI]"):
+    for col in (
+        "trait",
+        "pairs",
+        "best layer",
+        "coeff",
+        "effect [95% CI]",
+        "random band",
+        "p",
+        "steerable",
+        "anti",
+        "vs prompting [95% CI]",
+    ):
         table.add_column(col)
 
     def num(v, fmt="{:+.3f}"):
@@ -135,36 +230,50 @@ def _print_study(result: PersonaTraitsResult, out: Path) -> None:
             table.add_row(row["trait"], "failed", "", "", "", "", "", "", "", "")
             continue
         pairs = f"{row['pairs_averaged']}" + (" (unfiltered)" if row["filter"] == "none" else " effective")
-        table.add_row(row["trait"], pairs, str(row["best_layer"]), num(row["coeff"], "{:g}"),
-                      f"{num(row['effect'])} [{num(row['effect_lo'])}, {num(row['effect_hi'])}]",
-                      f"[{num(row['random_lo'])}, {num(row['random_hi'])}]", num(row["p"], "{:.2g}"),
-                      num(row["steerable_fraction"], "{:.0%}"), num(row["anti_steerable_fraction"], "{:.0%}"),
-                      f"{num(row['vs_prompting'], '{:.0%}')} [{num(row['vs_prompting_lo'], '{:.0%}')}, "
-                      f"{num(row['vs_prompting_hi'], '{:.0%}')}]")
+        table.add_row(
+            row["trait"],
+            pairs,
+            str(row["best_layer"]),
+            num(row["coeff"], "{:g}"),
+            f"{num(row['effect'])} [{num(row['effect_lo'])}, {num(row['effect_hi'])}]",
+            f"[{num(row['random_lo'])}, {num(row['random_hi'])}]",
+            num(row["p"], "{:.2g}"),
+            num(row["steerable_fraction"], "{:.0%}"),
+            num(row["anti_steerable_fraction"], "{:.0%}"),
+            f"{num(row['vs_prompting'], '{:.0%}')} [{num(row['vs_prompting_lo'], '{:.0%}')}, "
+            f"{num(row['vs_prompting_hi'], '{:.0%}')}]",
+        )
     console.print(table)
     for name, entry in result.traits.items():
-        console.print(entry["reading"] if entry["status"] == "ok" else f"{name}: failed: {entry['error']}",
-                      highlight=False)
+        console.print(
+            entry["reading"] if entry["status"] == "ok" else f"{name}: failed: {entry['error']}", highlight=False
+        )
     if result.cosine:
         band = result.cosine["random_band"]["band"]
         console.print(f"trait x trait cosine per layer in {result.path} (random directions: 95% of |cos| < {band:.3f})")
     console.print(f"wrote {result.path} and {result.run_dir / 'traits.csv'}; steerlab report {out}")
     if result.failed:
         names = ", ".join(result.failed)
-        raise SteerlabError(f"{len(result.failed)} of {len(result.traits)} traits failed: {names} (reasons above and "
-                            f"in {result.path}); the other traits' results are saved in {out}")
+        raise SteerlabError(
+            f"{len(result.failed)} of {len(result.traits)} traits failed: {names} (reasons above and "
+            f"in {result.path}); the other traits' results are saved in {out}"
+        )
 
 
 @persona_app.command("monitor")
 def monitor(
     model: str = ModelOpt,
-    trait: str = typer.Option(..., "--trait", "-t", help="Built-in trait name or trait file (its eval questions are used)."),
+    trait: str = typer.Option(
+        ..., "--trait", "-t", help="Built-in trait name or trait file (its eval questions are used)."
+    ),
     vector: Path = typer.Option(..., "--vector", "-v", help="Persona vector (.safetensors)."),
     layer: int = typer.Option(..., "--layer", "-l", help="Layer to steer and monitor (output of block L)."),
     coeff: float = typer.Option(4.0, "--coeff", "-c", help="Coefficient for the steered condition."),
     max_questions: int = typer.Option(8, "--max-questions", min=1),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
-    out: Path = typer.Option(None, "--out", "-o", help="Write projections and texts to this .json and a box plot beside it (.html)."),
+    out: Path = typer.Option(
+        None, "--out", "-o", help="Write projections and texts to this .json and a box plot beside it (.html)."
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,

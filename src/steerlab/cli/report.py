@@ -12,7 +12,9 @@ from .app import app
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory: demo, diff study, persona extract or sweep.")) -> None:
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory: demo, diff study, persona extract or sweep."),
+) -> None:
     """Build DIR/report.html (plots, tables, sample generations; opens offline). Missing stages are
     listed in the page and here, never an error."""
     path, missing = build_report(run_dir)

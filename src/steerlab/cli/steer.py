@@ -65,7 +65,9 @@ def generate(
     cap_percentile: float = cap_percentile_option(),
     cap_floor_percentile: float = cap_floor_percentile_option(),
     reference_prompts: Path = reference_prompts_option(),
-    prompts_file: Path = typer.Option(None, "--prompts-file", help=".txt (one per line), .jsonl (question/prompt/messages) or .json list."),
+    prompts_file: Path = typer.Option(
+        None, "--prompts-file", help=".txt (one per line), .jsonl (question/prompt/messages) or .json list."
+    ),
     system: str = typer.Option(None, "--system", "-s", help="System prompt."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy."),
@@ -91,10 +93,18 @@ def generate(
     if not items:
         raise SteerlabError("no prompts: pass them as arguments or with --prompts-file")
     coeffs = parse_floats(coeff, "--coeff")
-    steering_only = [flag for flag, value in (
-        ("--layer", layer), ("--cap-ceiling", cap_ceiling), ("--cap-floor", cap_floor),
-        ("--cap-percentile", cap_percentile), ("--cap-floor-percentile", cap_floor_percentile),
-        ("--reference-prompts", reference_prompts)) if value is not None]
+    steering_only = [
+        flag
+        for flag, value in (
+            ("--layer", layer),
+            ("--cap-ceiling", cap_ceiling),
+            ("--cap-floor", cap_floor),
+            ("--cap-percentile", cap_percentile),
+            ("--cap-floor-percentile", cap_floor_percentile),
+            ("--reference-prompts", reference_prompts),
+        )
+        if value is not None
+    ]
     if vector is None and (steering_only or coeff != "1.0" or operator != "add" or scale != "raw"):
         raise SteerlabError(f"{'/'.join(steering_only) or '--coeff/--operator/--scale'}: steering flags need --vector")
     check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
@@ -106,8 +116,18 @@ def generate(
     cap_settings = {}
     if vector is not None:
         vec = SteeringVector.load(vector)
-        spec = steering_spec(vec, layer, row_coeffs, operator, positions, scale, cap_ceiling, cap_floor,
-                             cap_percentile, cap_floor_percentile)  # checks the cap flags before loading
+        spec = steering_spec(
+            vec,
+            layer,
+            row_coeffs,
+            operator,
+            positions,
+            scale,
+            cap_ceiling,
+            cap_floor,
+            cap_percentile,
+            cap_floor_percentile,
+        )  # checks the cap flags before loading
         reference = load_prompts(reference_prompts) if reference_prompts else items
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     if vector is not None:
@@ -118,20 +138,51 @@ def generate(
         spec.interventions(lm, reference_norms)  # validate operators before any work
         specs = [spec]
         if operator == "cap":
-            cap_settings = {"cap_percentile": cap_percentile, "cap_floor_percentile": cap_floor_percentile,
-                            "cap_ceiling": _per_layer(spec.ceiling), "cap_floor": _per_layer(spec.floor)}
-    gens = generate_batch(lm, rows, system=system, steering=specs, max_new_tokens=max_new_tokens,
-                          temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
-                          reference_norms=reference_norms)
-    settings = {"model": model, "adapter": adapter, "vector": str(vector) if vector else None,
-                "positions": positions, "operator": operator, "scale": scale, **cap_settings,
-                "reference_prompts": str(reference_prompts) if reference_prompts else None,
-                "system": system, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "top_p": top_p, "seed": seed}
-    records = [GenerationRecord(prompt_text(p), g.text, coeff=c if vector else None, layer=layer,
-                                n_new_tokens=g.n_new_tokens, finish_reason=g.finish_reason,
-                                extra=settings).to_json()
-               for p, c, g in zip(rows, row_coeffs, gens, strict=True)]
+            cap_settings = {
+                "cap_percentile": cap_percentile,
+                "cap_floor_percentile": cap_floor_percentile,
+                "cap_ceiling": _per_layer(spec.ceiling),
+                "cap_floor": _per_layer(spec.floor),
+            }
+    gens = generate_batch(
+        lm,
+        rows,
+        system=system,
+        steering=specs,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        reference_norms=reference_norms,
+    )
+    settings = {
+        "model": model,
+        "adapter": adapter,
+        "vector": str(vector) if vector else None,
+        "positions": positions,
+        "operator": operator,
+        "scale": scale,
+        **cap_settings,
+        "reference_prompts": str(reference_prompts) if reference_prompts else None,
+        "system": system,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
+        "top_p": top_p,
+        "seed": seed,
+    }
+    records = [
+        GenerationRecord(
+            prompt_text(p),
+            g.text,
+            coeff=c if vector else None,
+            layer=layer,
+            n_new_tokens=g.n_new_tokens,
+            finish_reason=g.finish_reason,
+            extra=settings,
+        ).to_json()
+        for p, c, g in zip(rows, row_coeffs, gens, strict=True)
+    ]
     if out is not None:
         write_jsonl(out, records)
         console.print(f"wrote {len(records)} generations to {out}")
@@ -156,13 +207,25 @@ def sweep(
     vector: Path = vector_option(),
     layers: str = layer_option(..., plural=True),
     coeffs: str = coeff_option(..., plural=True, help="Coefficients, e.g. -4,-2,0,2,4."),
-    questions: Path = typer.Option(None, "--questions", "-q", help="Questions: .txt, .jsonl or .json (list or trait file). Default with --trait: its eval questions."),
+    questions: Path = typer.Option(
+        None,
+        "--questions",
+        "-q",
+        help="Questions: .txt, .jsonl or .json (list or trait file). Default with --trait: its eval questions.",
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (generations.jsonl, margins.csv, sweep.json)."),
-    pairs: Path = typer.Option(None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."),
+    pairs: Path = typer.Option(
+        None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."
+    ),
     pairs_split: str = typer.Option(None, "--pairs-split", help="Use only pairs with this 'split' (e.g. heldout)."),
     judge: str = JudgeOpt,
     judge_base_url: str = JudgeUrlOpt,
-    trait: str = typer.Option(None, "--trait", "-t", help="With --judge: built-in trait name or trait file whose eval prompt scores each generation."),
+    trait: str = typer.Option(
+        None,
+        "--trait",
+        "-t",
+        help="With --judge: built-in trait name or trait file whose eval prompt scores each generation.",
+    ),
     positions: str = positions_option(),
     operator: str = operator_option(),
     scale: str = scale_option(),
@@ -176,9 +239,13 @@ def sweep(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
     seed: int = seed_option("Random seed (sampling with --temperature > 0)."),
     batch_size: int = typer.Option(None, "--batch-size", "-b"),
-    controls: int = typer.Option(_SWEEP.controls, "--controls", min=0,
-                                 help="Random directions of the vector's norm per layer, run through the same "
-                                      "grid as extra rows: the null band and p of every cell (0: off)."),
+    controls: int = typer.Option(
+        _SWEEP.controls,
+        "--controls",
+        min=0,
+        help="Random directions of the vector's norm per layer, run through the same "
+        "grid as extra rows: the null band and p of every cell (0: off).",
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
@@ -190,9 +257,23 @@ def sweep(
     """
     coeff_values = parse_floats(coeffs, "--coeffs")
     check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
-    config = SweepConfig(layers, coeff_values, positions, operator, scale, max_new_tokens, temperature, seed,
-                         system, batch_size, controls=controls, cap_ceiling=cap_ceiling, cap_floor=cap_floor,
-                         cap_percentile=cap_percentile, cap_floor_percentile=cap_floor_percentile)
+    config = SweepConfig(
+        layers,
+        coeff_values,
+        positions,
+        operator,
+        scale,
+        max_new_tokens,
+        temperature,
+        seed,
+        system,
+        batch_size,
+        controls=controls,
+        cap_ceiling=cap_ceiling,
+        cap_floor=cap_floor,
+        cap_percentile=cap_percentile,
+        cap_floor_percentile=cap_floor_percentile,
+    )
     if (judge is None) != (trait is None):
         raise SteerlabError("--judge and --trait go together (the trait's eval prompt is what the judge scores)")
     trait_def = load_trait(trait, "eval") if trait else None
@@ -205,27 +286,50 @@ def sweep(
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     reference_norms = mean_residual_norms(lm, reference) if scale == "relative" else None
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
-    result = run_sweep(lm, vec, qs, out, config, pairs=pair_rows, reference_norms=reference_norms,
-                       reference_prompts=reference,
-                       extra_config={"vector_path": str(vector), "questions": str(questions),
-                                     "pairs": str(pairs) if pairs else None, "adapter": adapter,
-                                     "judge": judge, "trait": trait,
-                                     "reference_prompts": str(reference_prompts) if reference_prompts else None},
-                       judge=scorer, eval_prompt=trait_def.eval_prompt if trait_def else None)
+    result = run_sweep(
+        lm,
+        vec,
+        qs,
+        out,
+        config,
+        pairs=pair_rows,
+        reference_norms=reference_norms,
+        reference_prompts=reference,
+        extra_config={
+            "vector_path": str(vector),
+            "questions": str(questions),
+            "pairs": str(pairs) if pairs else None,
+            "adapter": adapter,
+            "judge": judge,
+            "trait": trait,
+            "reference_prompts": str(reference_prompts) if reference_prompts else None,
+        },
+        judge=scorer,
+        eval_prompt=trait_def.eval_prompt if trait_def else None,
+    )
     console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
     if result.margins:
-        table = Table(title="behaviour margin (positive - negative mean log-likelihood per token); change from "
-                            "unsteered with its 95% CI; random same-norm directions' band and p")
+        table = Table(
+            title="behaviour margin (positive - negative mean log-likelihood per token); change from "
+            "unsteered with its 95% CI; random same-norm directions' band and p"
+        )
         for col in ("layer", "coeff", "margin", "change [95% CI]", "random band (p)", "pairs moved +/-"):
             table.add_column(col, justify="right")
         for m in result.margins:
             ci = "" if m.get("delta_ci95_lo") is None else f" [{m['delta_ci95_lo']:+.3f}, {m['delta_ci95_hi']:+.3f}]"
-            band = "—" if m.get("random_p") is None else (
-                f"{m['random_lo']:+.3f}..{m['random_hi']:+.3f} (p={m['random_p']:.2g})")
-            moved = "—" if m.get("steerable_fraction") is None else (
-                f"{m['steerable_fraction']:.0%} / {m['anti_steerable_fraction']:.0%}")
-            table.add_row(str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band,
-                          moved)
+            band = (
+                "—"
+                if m.get("random_p") is None
+                else (f"{m['random_lo']:+.3f}..{m['random_hi']:+.3f} (p={m['random_p']:.2g})")
+            )
+            moved = (
+                "—"
+                if m.get("steerable_fraction") is None
+                else (f"{m['steerable_fraction']:.0%} / {m['anti_steerable_fraction']:.0%}")
+            )
+            table.add_row(
+                str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band, moved
+            )
         console.print(table)
     if result.scores:
         table = Table(title=f"judged {trait} score and coherence (mean ± std, n)")
@@ -233,8 +337,12 @@ def sweep(
             table.add_column(col, justify="right")
         for r in result.scores:
             fmt = lambda m, s, n: "—" if m is None else f"{m:5.1f} ± {s:4.1f} (n={n})"  # noqa: E731
-            table.add_row(str(r["layer"]), f"{r['coeff']:g}", fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
-                          fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]))
+            table.add_row(
+                str(r["layer"]),
+                f"{r['coeff']:g}",
+                fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
+                fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]),
+            )
         console.print(table)
     report_path, _ = build_report(out)
     console.print(f"report: {report_path}")

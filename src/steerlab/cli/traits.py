@@ -26,9 +26,14 @@ def list_cmd(
     rows = []
     for name in list_traits():
         extract, evaluate = load_trait(name, "extract"), load_trait(name, "eval")
-        rows.append({"name": name, "instructions": len(extract.instruction),
-                     "extract_questions": len(extract.questions),
-                     "eval_questions": len(evaluate.questions)})
+        rows.append(
+            {
+                "name": name,
+                "instructions": len(extract.instruction),
+                "extract_questions": len(extract.questions),
+                "eval_questions": len(evaluate.questions),
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -38,11 +43,12 @@ def list_cmd(
     table.add_column("extract questions", justify="right")
     table.add_column("eval questions", justify="right")
     for row in rows:
-        table.add_row(row["name"], str(row["instructions"]), str(row["extract_questions"]),
-                      str(row["eval_questions"]))
+        table.add_row(row["name"], str(row["instructions"]), str(row["extract_questions"]), str(row["eval_questions"]))
     console.print(table)
-    console.print("Any JSON file in this schema works wherever a trait name does "
-                  "(steerlab traits show FILE.json).", highlight=False)
+    console.print(
+        "Any JSON file in this schema works wherever a trait name does (steerlab traits show FILE.json).",
+        highlight=False,
+    )
 
 
 @traits_app.command("show")
@@ -57,35 +63,42 @@ def show_cmd(
         typer.echo(json.dumps(trait.to_json(), indent=2, ensure_ascii=False))
         return
     console.print(f"[bold]{escape(trait.name)}[/] ({split}) - {escape(str(trait.source))}", highlight=False)
-    pairs = Table(title=f"instruction pairs ({len(trait.instruction)})", title_justify="left",
-                  show_lines=True, expand=True)
+    pairs = Table(
+        title=f"instruction pairs ({len(trait.instruction)})", title_justify="left", show_lines=True, expand=True
+    )
     pairs.add_column("#", justify="right", width=3)
     pairs.add_column("pos (shows the trait)", ratio=1)
     pairs.add_column("neg (the opposite)", ratio=1)
     for i, pair in enumerate(trait.instruction, 1):
         pairs.add_row(str(i), escape(pair.pos), escape(pair.neg))
     console.print(pairs)
-    questions = Table(title=f"{split} questions ({len(trait.questions)})", title_justify="left",
-                      show_header=False, expand=True)
+    questions = Table(
+        title=f"{split} questions ({len(trait.questions)})", title_justify="left", show_header=False, expand=True
+    )
     questions.add_column("#", justify="right", width=3)
     questions.add_column("question")
     for i, question in enumerate(trait.questions, 1):
         questions.add_row(str(i), escape(question))
     console.print(questions)
-    console.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)",
-                        title_align="left"))
+    console.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)", title_align="left"))
 
 
 @traits_app.command("new")
 def new_cmd(
     description: str = typer.Argument(..., help='One line, e.g. "gives overconfident medical advice".'),
-    model: str = typer.Option(..., "--model", "-m", help="A chat model: any model spec, or openai:MODEL for an OpenAI-compatible endpoint."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="A chat model: any model spec, or openai:MODEL for an OpenAI-compatible endpoint."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Trait file to write (.json, persona-vectors schema)."),
     name: str = typer.Option(None, "--name", help="Trait name (default: the file stem)."),
-    base_url: str = typer.Option(None, "--base-url", help="With openai:MODEL: the endpoint (default $OPENAI_BASE_URL)."),
+    base_url: str = typer.Option(
+        None, "--base-url", help="With openai:MODEL: the endpoint (default $OPENAI_BASE_URL)."
+    ),
     instructions: int = typer.Option(5, "--instructions", min=1, help="Instruction pairs to ask for."),
     questions: int = typer.Option(20, "--questions", min=1, help="Questions to ask for."),
-    attempts: int = typer.Option(3, "--attempts", min=1, help="Tries; each failed draft's error is shown to the model."),
+    attempts: int = typer.Option(
+        3, "--attempts", min=1, help="Tries; each failed draft's error is shown to the model."
+    ),
 ) -> None:
     """Draft a trait file with a chat model and validate it (retrying with the error shown)."""
     from ..io.atomic import write_json
@@ -93,8 +106,11 @@ def new_cmd(
     from .options import check_out
 
     check_out(out, ".json")
-    trait, used = draft_trait(make_chat(model, base_url), description, name or out.stem, instructions, questions,
-                              attempts)
+    trait, used = draft_trait(
+        make_chat(model, base_url), description, name or out.stem, instructions, questions, attempts
+    )
     write_json(out, {**trait.to_json(), "description": description, "drafted_by": model})
-    console.print(f"wrote {out} ({len(trait.instruction)} instruction pairs, {len(trait.questions)} questions; "
-                  f"valid after {used} attempt{'s' if used > 1 else ''}) — review it before use")
+    console.print(
+        f"wrote {out} ({len(trait.instruction)} instruction pairs, {len(trait.questions)} questions; "
+        f"valid after {used} attempt{'s' if used > 1 else ''}) — review it before use"
+    )

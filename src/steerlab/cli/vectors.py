@@ -27,10 +27,13 @@ app.add_typer(import_app, name="import")
 @extract_app.command("contrastive")
 def contrastive(
     model: str = ModelOpt,
-    pairs: Path = typer.Option(..., "--pairs", "-p", help="Pairs JSONL: {question, positive, negative, system?} per line."),
+    pairs: Path = typer.Option(
+        ..., "--pairs", "-p", help="Pairs JSONL: {question, positive, negative, system?} per line."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Output vector, .safetensors."),
-    reduction: str = typer.Option("response_avg", "--reduction", "-r",
-                                  help="response_avg | prompt_last | prompt_avg | first_k[:K]."),
+    reduction: str = typer.Option(
+        "response_avg", "--reduction", "-r", help="response_avg | prompt_last | prompt_avg | first_k[:K]."
+    ),
     split: str = typer.Option(None, "--split", help="Use only pairs whose 'split' field equals this."),
     batch_size: int = BatchOpt,
     device: str = DeviceOpt,
@@ -50,8 +53,10 @@ def contrastive(
     vector.metadata["config"] = {"pairs": str(pairs), "split": split, "reduction": reduction}
     vector.save(out)
     norms = vector.norms()
-    console.print(f"wrote {out}: {vector.n_layers} layers x {vector.d_model}, {len(rows)} pairs, "
-                  f"largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})")
+    console.print(
+        f"wrote {out}: {vector.n_layers} layers x {vector.d_model}, {len(rows)} pairs, "
+        f"largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})"
+    )
 
 
 @export_app.command("gguf")

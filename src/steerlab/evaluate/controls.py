@@ -88,9 +88,7 @@ def null_band(control_effects: Any, level: float = DEFAULT_LEVEL) -> dict[str, f
     return {"mean": float(t.mean()), "lo": float(lo), "hi": float(hi)}
 
 
-def empirical_p(
-    effect: float, controls: Any, alternative: Alternative = "two-sided", rtol: float = 1e-6
-) -> float:
+def empirical_p(effect: float, controls: Any, alternative: Alternative = "two-sided", rtol: float = 1e-6) -> float:
     """Empirical p-value of ``effect`` among random-direction ``controls`` ``[k]``:
     ``(1 + b) / (k + 1)`` where b counts controls at least as extreme as the effect.
 

@@ -77,12 +77,17 @@ def steering_evidence(
     intended = 1.0 if float(target.mean() - origin.mean()) >= 0 else -1.0
     spread = steerable_fractions(change, intended)
     out: dict[str, Any] = {
-        "effect": _finite(effect), "ci95": interval(lo, hi),
-        "delta": float(change.mean()), "delta_ci95": interval(d_lo, d_hi),
-        "margin": float(steered.mean()), "margin_ci95": interval(m_lo, m_hi),
+        "effect": _finite(effect),
+        "ci95": interval(lo, hi),
+        "delta": float(change.mean()),
+        "delta_ci95": interval(d_lo, d_hi),
+        "margin": float(steered.mean()),
+        "margin_ci95": interval(m_lo, m_hi),
         "per_pair": [round(float(v), 5) for v in steered],
-        "steerable_fraction": spread["steerable"], "anti_steerable_fraction": spread["anti_steerable"],
-        "random": None, "verdict": None,
+        "steerable_fraction": spread["steerable"],
+        "anti_steerable_fraction": spread["anti_steerable"],
+        "random": None,
+        "verdict": None,
         "vs_prompting": _finite(effect / prompting) if prompting and math.isfinite(effect) else None,
     }
     if len(controls) and math.isfinite(effect):
@@ -90,6 +95,9 @@ def steering_evidence(
         # one-sided: fractions are oriented so that positive is the intended way
         band = control_summary(effect, control_effects, alternative="greater")
         out["random"] = {k: float(v) if k != "k" else int(v) for k, v in band.items()}
-        out["verdict"] = (control_verdict(effect, band) if effect >= band["lo"]
-                          else "below the random band (the wrong way, more than random directions)")
+        out["verdict"] = (
+            control_verdict(effect, band)
+            if effect >= band["lo"]
+            else "below the random band (the wrong way, more than random directions)"
+        )
     return out

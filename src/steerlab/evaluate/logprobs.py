@@ -73,16 +73,24 @@ def response_logprobs(
         steering = [s.with_coeff(coeffs) for s in steering]
     encoded = encode_samples(lm, samples, need_response=True)
     # Not under another steerer: its hooks would see the prompt pass and the continuations apart.
-    if (share_prompts and all(s.positions == "response" for s in steering)
-            and can_share_prompts(lm, [e.prompt_len for e in encoded])):
+    if (
+        share_prompts
+        and all(s.positions == "response" for s in steering)
+        and can_share_prompts(lm, [e.prompt_len for e in encoded])
+    ):
         out = _shared_prompt_logprobs(lm, encoded, steering, batch_size, reference_norms)
         if out is not None:
             return out
     return _full_logprobs(lm, encoded, steering, batch_size, reference_norms)
 
 
-def _full_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequence[SteeringSpec],
-                   batch_size: int, reference_norms: torch.Tensor | None) -> torch.Tensor:
+def _full_logprobs(
+    lm: LoadedModel,
+    encoded: list[EncodedChat],
+    steering: Sequence[SteeringSpec],
+    batch_size: int,
+    reference_norms: torch.Tensor | None,
+) -> torch.Tensor:
     out = torch.empty(len(encoded), dtype=torch.float64)
     with progress_bar("log-likelihoods", len(encoded)) as advance:
         for idx, batch in _condition_batches(encoded, steering, batch_size, lm):
@@ -94,16 +102,23 @@ def _full_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequen
             steerer = steer(lm, specs, reference_norms)
             with steerer, steerer.teacher_forcing(response_start), packed_logits(lm, keep), torch.inference_mode():
                 logits = lm.model(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    position_ids=batch.position_ids(), use_cache=False,
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=batch.position_ids(),
+                    use_cache=False,
                 ).logits[0]
             out[idx] = _mean_logp(logits, batch.input_ids[:, 1:][keep[:, :-1]], keep)
             advance(len(idx))
     return out
 
 
-def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steering: Sequence[SteeringSpec],
-                            batch_size: int, reference_norms: torch.Tensor | None) -> torch.Tensor | None:
+def _shared_prompt_logprobs(
+    lm: LoadedModel,
+    encoded: list[EncodedChat],
+    steering: Sequence[SteeringSpec],
+    batch_size: int,
+    reference_norms: torch.Tensor | None,
+) -> torch.Tensor | None:
     """Rows continue from the KV cache of their prompt minus its last token, and a batch whose rows
     are all steered at layer L or later starts at block L from the unsteered block outputs (computed
     once per distinct sequence). None when the model has no selectable cache (the caller then runs
@@ -115,8 +130,7 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
     targets = [e.ids[e.prompt_len :] for e in encoded]
     signatures = _signatures(steering, len(encoded))
     with progress_bar("log-likelihoods", len(encoded)) as advance:
-        for cache, rows, prompt_index in shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded],
-                                                         batch_size):
+        for cache, rows, prompt_index in shared_prefixes(lm, [e.ids[: e.prompt_len - 1] for e in encoded], batch_size):
             if cache is None:
                 return None
             which = dict(zip(rows, prompt_index, strict=True))
@@ -129,9 +143,11 @@ def _shared_prompt_logprobs(lm: LoadedModel, encoded: list[EncodedChat], steerin
             for idx, steerer, layer in batches:
                 rows_of = torch.tensor([which[i] for i in idx])
                 skip = layer if states is not None and layer > 0 else 0
-                skipping = (skipped_blocks(lm, skip, _stack([states[(which[i], tuple(tails[i]))][skip - 1]
-                                                             for i in idx]))
-                            if skip else contextlib.nullcontext())
+                skipping = (
+                    skipped_blocks(lm, skip, _stack([states[(which[i], tuple(tails[i]))][skip - 1] for i in idx]))
+                    if skip
+                    else contextlib.nullcontext()
+                )
                 # Continuation coordinates: column 0 is the last prompt token, so the response starts at 1.
                 starts = torch.ones(len(idx), dtype=torch.long, device=lm.device)
                 # Position j predicts response token j; the head reads the rows' real positions only.
@@ -152,8 +168,14 @@ class _Enough(Exception):
     """Raised after the last block whose output is recorded."""
 
 
-def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], tails: Sequence[Sequence[int]],
-                   layers: set[int], batch_size: int) -> Sequences | None:
+def _block_outputs(
+    lm: LoadedModel,
+    cache: PrefixCache,
+    which: Sequence[int],
+    tails: Sequence[Sequence[int]],
+    layers: set[int],
+    batch_size: int,
+) -> Sequences | None:
     """Unsteered outputs of blocks ``layers`` over each distinct continuation: ``{(prompt, tail):
     {layer: [len(tail), d_model]}}``; None when blocks do not return a plain hidden state (no
     block is skipped then) or nothing is needed."""
@@ -170,6 +192,7 @@ def _block_outputs(lm: LoadedModel, cache: PrefixCache, which: Sequence[int], ta
             outputs[layer] = output
             if layer == last:
                 raise _Enough  # the blocks above and the LM head are not needed
+
         return hook
 
     for start in range(0, len(distinct), batch_size):
@@ -196,13 +219,15 @@ def _signatures(steering: Sequence[SteeringSpec], n_rows: int) -> list[tuple[int
     """Per row, the indices of the specs acting on it (a spec without ``rows`` acts on every row)."""
     if not steering:
         return [()] * n_rows
-    masks = torch.stack([torch.ones(n_rows, dtype=torch.bool) if s.rows is None else row_mask(s.rows, n_rows)
-                         for s in steering])
+    masks = torch.stack(
+        [torch.ones(n_rows, dtype=torch.bool) if s.rows is None else row_mask(s.rows, n_rows) for s in steering]
+    )
     return [tuple(torch.nonzero(column).flatten().tolist()) for column in masks.T]
 
 
-def _ordered_chunks(rows: Sequence[int], signatures: Sequence[tuple[int, ...]], lengths: Sequence[int],
-                    batch_size: int) -> list[list[int]]:
+def _ordered_chunks(
+    rows: Sequence[int], signatures: Sequence[tuple[int, ...]], lengths: Sequence[int], batch_size: int
+) -> list[list[int]]:
     """``rows`` in batches of ``batch_size``, ordered by the specs acting on them, then by length:
     a batch then holds few conditions (few hooks to run) and little padding."""
     if batch_size < 1:
@@ -211,10 +236,12 @@ def _ordered_chunks(rows: Sequence[int], signatures: Sequence[tuple[int, ...]], 
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _condition_batches(encoded: list[EncodedChat], steering: Sequence[SteeringSpec], batch_size: int,
-                       lm: LoadedModel) -> Iterator[tuple[list[int], Batch]]:
-    for idx in _ordered_chunks(range(len(encoded)), _signatures(steering, len(encoded)),
-                               [len(e.ids) for e in encoded], batch_size):
+def _condition_batches(
+    encoded: list[EncodedChat], steering: Sequence[SteeringSpec], batch_size: int, lm: LoadedModel
+) -> Iterator[tuple[list[int], Batch]]:
+    for idx in _ordered_chunks(
+        range(len(encoded)), _signatures(steering, len(encoded)), [len(e.ids) for e in encoded], batch_size
+    ):
         yield idx, collate([encoded[i] for i in idx], lm.tokenizer.pad_token_id, lm.device)
 
 

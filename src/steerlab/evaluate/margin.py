@@ -113,7 +113,8 @@ def condition_margins(
     row_coeffs = torch.tensor([c for _ in conditions for c in coeffs_used for _ in range(2 * n)])
     specs = [
         replace(spec.with_coeff(row_coeffs), rows=list(range(i * block, (i + 1) * block)))
-        for i, condition in enumerate(conditions) for spec in condition
+        for i, condition in enumerate(conditions)
+        for spec in condition
     ]
     grid = response_logprobs(lm, samples, specs, None, batch_size, reference_norms).float()
     grid = grid.view(len(conditions), len(coeffs_used), 2, n)

@@ -278,9 +278,7 @@ def _number(x: float) -> float | None:
     return None if math.isnan(x) else x
 
 
-def projection_rows(
-    data: MonitorData, values: dict[str, torch.Tensor], layers: Sequence[int]
-) -> list[dict[str, Any]]:
+def projection_rows(data: MonitorData, values: dict[str, torch.Tensor], layers: Sequence[int]) -> list[dict[str, Any]]:
     """Long format: one row per (sample, monitored layer): the sample's metadata, ``sample``,
     ``layer`` and one column per reduction (None where undefined)."""
     rows = []

@@ -24,8 +24,14 @@ from .monitor import project
 
 
 def persona_monitor(
-    lm: LoadedModel, trait: Trait, vector: SteeringVector, layer: int, coeff: float,
-    max_questions: int = 8, max_new_tokens: int = 48, batch_size: int | None = None,
+    lm: LoadedModel,
+    trait: Trait,
+    vector: SteeringVector,
+    layer: int,
+    coeff: float,
+    max_questions: int = 8,
+    max_new_tokens: int = 48,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Projections of baseline / prompted / steered responses on ``vector`` at ``layer``."""
     questions = trait.questions[:max_questions]
@@ -37,31 +43,53 @@ def persona_monitor(
     }
     groups, texts = {}, {}
     for name, kwargs in conditions.items():
-        gens = generate_batch(lm, kwargs.pop("prompts"), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              description=f"persona monitor: {name}", **kwargs)
+        gens = generate_batch(
+            lm,
+            kwargs.pop("prompts"),
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            description=f"persona monitor: {name}",
+            **kwargs,
+        )
         samples = [ChatSample(q, g.text or " ") for q, g in zip(questions, gens, strict=True)]
         values = project(lm, samples, vector, [layer], ["response_avg"])["response_avg"][:, 0]
         groups[name] = [float(v) for v in values]
         texts[name] = [g.text for g in gens]
     summary = [{"condition": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
-    return {"title": f"{trait.name}: response projections on the persona vector at layer {layer}",
-            "layer": layer, "groups": groups, "summary": summary, "questions": questions, "texts": texts}
+    return {
+        "title": f"{trait.name}: response projections on the persona vector at layer {layer}",
+        "layer": layer,
+        "groups": groups,
+        "summary": summary,
+        "questions": questions,
+        "texts": texts,
+    }
 
 
 def persona_margin_pairs(
-    lm: LoadedModel, trait: Trait, max_questions: int = 16, max_new_tokens: int = 48,
+    lm: LoadedModel,
+    trait: Trait,
+    max_questions: int = 16,
+    max_new_tokens: int = 48,
     batch_size: int | None = None,
 ) -> list[Pair]:
     """Pairs from the model's own prompted answers: positive = under the first positive persona
     prompt, negative = under the first negative one (same question)."""
     questions = trait.questions[:max_questions]
-    prompts = [[{"role": "system", "content": s}, {"role": "user", "content": q}]
-               for s in (trait.system_prompts("pos")[0], trait.system_prompts("neg")[0]) for q in questions]
-    gens = generate_batch(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          description="persona answers")
+    prompts = [
+        [{"role": "system", "content": s}, {"role": "user", "content": q}]
+        for s in (trait.system_prompts("pos")[0], trait.system_prompts("neg")[0])
+        for q in questions
+    ]
+    gens = generate_batch(
+        lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, description="persona answers"
+    )
     n = len(questions)
-    return [Pair(question=q, positive=gens[i].text, negative=gens[n + i].text)
-            for i, q in enumerate(questions) if gens[i].text.strip() and gens[n + i].text.strip()]
+    return [
+        Pair(question=q, positive=gens[i].text, negative=gens[n + i].text)
+        for i, q in enumerate(questions)
+        if gens[i].text.strip() and gens[n + i].text.strip()
+    ]
 
 
 __all__: Sequence[str] = ("persona_margin_pairs", "persona_monitor")

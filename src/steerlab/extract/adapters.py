@@ -57,18 +57,69 @@ from ..model.loading import LoadedModel, _attach_adapter
 SUPPORTED_TYPES = ("LORA", "ADALORA", "IA3", "LOHA", "LOKR", "VERA", "OFT", "LN_TUNING", "TRAINABLE_TOKENS")
 
 # Fields that may take any value: where adapter layers go and how they compute, never the base weights.
-_FREE_FIELDS = frozenset({
-    "auto_mapping", "base_model_name_or_path", "inference_mode", "peft_type", "peft_version", "revision",
-    "task_type", "r", "target_modules", "exclude_modules", "lora_alpha", "alpha", "lora_dropout", "fan_in_fan_out",
-    "bias", "use_rslora", "modules_to_save", "layers_to_transform", "layers_pattern", "rank_pattern",
-    "alpha_pattern", "trainable_token_indices", "use_dora", "lora_bias", "target_parameters",
-    "ensure_weight_tying", "runtime_config", "eva_config", "megatron_core", "qalora_group_size",
-    "feedforward_modules", "init_ia3_weights", "rank_dropout", "module_dropout", "use_effective_conv2d",
-    "decompose_both", "decompose_factor", "rank_dropout_scale", "init_weights", "target_r", "init_r", "tinit",
-    "tfinal", "deltaT", "beta1", "beta2", "orth_reg_weight", "total_step", "projection_prng_key",
-    "save_projection", "vera_dropout", "d_initial", "oft_block_size", "coft", "eps", "block_share",
-    "use_cayley_neumann", "num_cayley_neumann_terms", "token_indices",
-})
+_FREE_FIELDS = frozenset(
+    {
+        "auto_mapping",
+        "base_model_name_or_path",
+        "inference_mode",
+        "peft_type",
+        "peft_version",
+        "revision",
+        "task_type",
+        "r",
+        "target_modules",
+        "exclude_modules",
+        "lora_alpha",
+        "alpha",
+        "lora_dropout",
+        "fan_in_fan_out",
+        "bias",
+        "use_rslora",
+        "modules_to_save",
+        "layers_to_transform",
+        "layers_pattern",
+        "rank_pattern",
+        "alpha_pattern",
+        "trainable_token_indices",
+        "use_dora",
+        "lora_bias",
+        "target_parameters",
+        "ensure_weight_tying",
+        "runtime_config",
+        "eva_config",
+        "megatron_core",
+        "qalora_group_size",
+        "feedforward_modules",
+        "init_ia3_weights",
+        "rank_dropout",
+        "module_dropout",
+        "use_effective_conv2d",
+        "decompose_both",
+        "decompose_factor",
+        "rank_dropout_scale",
+        "init_weights",
+        "target_r",
+        "init_r",
+        "tinit",
+        "tfinal",
+        "deltaT",
+        "beta1",
+        "beta2",
+        "orth_reg_weight",
+        "total_step",
+        "projection_prng_key",
+        "save_projection",
+        "vera_dropout",
+        "d_initial",
+        "oft_block_size",
+        "coft",
+        "eps",
+        "block_share",
+        "use_cayley_neumann",
+        "num_cayley_neumann_terms",
+        "token_indices",
+    }
+)
 _SAFE_INITS = (True, False, "gaussian", "orthogonal", "mica", "eva")
 _REWRITES_BASE = (
     "it rewrites the base weights when the adapter is loaded (the adapter is relative to a residual base "
@@ -81,7 +132,7 @@ _REASONS = {
     "loftq_config": "LoftQ replaces the base weights by quantized ones",
     "layer_replication": "it stacks copies of decoder layers, so the fine-tuned model has more layers than the base",
     "alora_invocation_tokens": "aLoRA acts only after its invocation tokens, so it is not one fixed fine-tuned "
-                               "model (peft cannot merge it either)",
+    "model (peft cannot merge it either)",
     "arrow_config": "Arrow routes each token among several adapters",
     "monteclora_config": "MonteCLoRA samples its adapter weights",
 }
@@ -136,9 +187,7 @@ def check_adapter_features(adapter_dir: str | Path) -> Any:
         if f.name == "init_lora_weights" and any(value is v or value == v for v in _SAFE_INITS):
             continue
         reason = _REASONS.get(f.name, "steerlab has not verified that it leaves the base model intact")
-        raise SteerlabError(
-            f"adapter {adapter_dir}: {f.name}={value!r} is not supported for a model diff: {reason}"
-        )
+        raise SteerlabError(f"adapter {adapter_dir}: {f.name}={value!r} is not supported for a model diff: {reason}")
     return config
 
 
@@ -157,8 +206,7 @@ def attached_adapter(base: LoadedModel, adapter_dir: str | Path) -> Iterator[Ada
 
     if isinstance(base.model, PeftModel):
         raise SteerlabError(
-            f"the base model {base.name} already carries an adapter ({base.adapter}); load the base "
-            "model without one"
+            f"the base model {base.name} already carries an adapter ({base.adapter}); load the base model without one"
         )
     check_adapter_features(adapter_dir)
     snapshot = _Snapshot(base.model, _adapter_tensor_names(adapter_dir))
@@ -169,8 +217,15 @@ def attached_adapter(base: LoadedModel, adapter_dir: str | Path) -> Iterator[Ada
             peft_model = _attach_adapter(base.model, str(adapter_dir))
         peft_model.eval()
         _check_tied_targets(peft_model, snapshot, adapter_dir)
-        adapted = AdaptedModel(peft_model, base.tokenizer, f"{base.name}+{adapter_dir}", base.blocks_path,
-                               adapter=str(adapter_dir), extra=dict(base.extra), views=snapshot.separate(peft_model))
+        adapted = AdaptedModel(
+            peft_model,
+            base.tokenizer,
+            f"{base.name}+{adapter_dir}",
+            base.blocks_path,
+            adapter=str(adapter_dir),
+            extra=dict(base.extra),
+            views=snapshot.separate(peft_model),
+        )
         peft_model.disable_adapter = adapted.base_pass  # peft's own keeps the adapter's biases and modules
         yield adapted
     finally:
@@ -223,8 +278,9 @@ class _Snapshot:
         changed = {}
         for module in self.modules:
             before, now = self.attrs[id(module)], _attributes(module)
-            keys = [k for k in before.keys() | now.keys()
-                    if not _same(k, before.get(k, _MISSING), now.get(k, _MISSING))]
+            keys = [
+                k for k in before.keys() | now.keys() if not _same(k, before.get(k, _MISSING), now.get(k, _MISSING))
+            ]
             if keys:
                 changed[id(module)] = keys
         return changed

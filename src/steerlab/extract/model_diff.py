@@ -83,7 +83,9 @@ def chat_diff_samples(conversations: Sequence[Sequence[dict[str, str]]]) -> list
 
 
 def load_diff_samples(
-    path: str | Path, reduction: str | Reduction = "response_avg", answers: Answers | None = None,
+    path: str | Path,
+    reduction: str | Reduction = "response_avg",
+    answers: Answers | None = None,
     split: str | None = None,
 ) -> list[ChatSample]:
     """Samples from a prompts file: pairs JSONL, chat JSONL, a trait JSON (its ``questions``) or a
@@ -145,8 +147,9 @@ def default_reductions(path: str | Path, answers: Answers | None = None) -> tupl
 def _trait_questions(path: Path) -> list[str]:
     data = read_json(path, "--prompts")
     if not isinstance(data, dict):
-        raise SteerlabError(f"--prompts {path}: expected a JSON object with a 'questions' list (a trait file), "
-                            f"got {json_type(data)}")
+        raise SteerlabError(
+            f"--prompts {path}: expected a JSON object with a 'questions' list (a trait file), got {json_type(data)}"
+        )
     questions = data.get("questions")
     if not isinstance(questions, list) or not all(isinstance(q, str) and q.strip() for q in questions):
         raise SteerlabError(f"--prompts {path}: field 'questions': expected a list of non-empty strings")
@@ -216,8 +219,12 @@ def check_adapter_base(base: LoadedModel, adapter_dir: str | Path) -> dict[str, 
 
 # --- extraction -----------------------------------------------------------------------------------
 def _mean_diffs(
-    base: LoadedModel, finetuned: LoadedModel, samples: Sequence[ChatSample],
-    reductions: Sequence[Reduction], batch_size: int, base_context: Any,
+    base: LoadedModel,
+    finetuned: LoadedModel,
+    samples: Sequence[ChatSample],
+    reductions: Sequence[Reduction],
+    batch_size: int,
+    base_context: Any,
 ) -> MeanDifference:
     """The aggregated (fine-tuned − base) sums over samples, per reduction.
 

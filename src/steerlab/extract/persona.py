@@ -27,9 +27,15 @@ def _paired(judged: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str
 
 
 def _pair_doc(pos: dict[str, Any], neg: dict[str, Any]) -> dict[str, Any]:
-    return {"question": pos["question"], "pos_system": pos["system"], "neg_system": neg["system"],
-            "positive": pos["response"], "negative": neg["response"],
-            "pos_score": pos.get("trait_score"), "neg_score": neg.get("trait_score")}
+    return {
+        "question": pos["question"],
+        "pos_system": pos["system"],
+        "neg_system": neg["system"],
+        "positive": pos["response"],
+        "negative": neg["response"],
+        "pos_score": pos.get("trait_score"),
+        "neg_score": neg.get("trait_score"),
+    }
 
 
 def all_pairs(judged: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -41,8 +47,17 @@ def effective_pairs(judged: list[dict[str, Any]], threshold: float, min_coherenc
     """Pair positive and negative answers by (instruction, question, sample) and keep those where the
     positive shows the trait (>= threshold), the negative does not (< 100 - threshold) and both are
     coherent (>= min_coherence). Items with a None score are dropped (counted)."""
-    kept, counts = [], {"candidates": 0, "unscored": 0, "pos_below_threshold": 0, "neg_above_threshold": 0,
-                        "incoherent": 0, "effective": 0}
+    kept, counts = (
+        [],
+        {
+            "candidates": 0,
+            "unscored": 0,
+            "pos_below_threshold": 0,
+            "neg_above_threshold": 0,
+            "incoherent": 0,
+            "effective": 0,
+        },
+    )
     for pos, neg in _paired(judged):
         counts["candidates"] += 1
         scores = (pos["trait_score"], neg["trait_score"], pos["coherence"], neg["coherence"])
@@ -72,7 +87,8 @@ def persona_vectors(lm: LoadedModel, pairs: list[dict[str, Any]], batch_size: in
     neg = [ChatSample(p["question"], p["negative"], p["neg_system"]) for p in pairs]
     aggregate = MeanDifference()
     for sign, samples in ((1.0, pos), (-1.0, neg)):
-        for _, acts in iter_activations(lm, samples, PERSONA_REDUCTIONS, batch_size=batch_size,
-                                        description="persona vectors"):
+        for _, acts in iter_activations(
+            lm, samples, PERSONA_REDUCTIONS, batch_size=batch_size, description="persona vectors"
+        ):
             aggregate.add(acts, sign)
     return aggregate.vectors(len(pairs), vector_metadata(lm, "persona", len(pairs)))

@@ -29,9 +29,7 @@ class TrainBatch:
     labels: torch.Tensor
 
 
-def collate_train(
-    examples: Sequence[TrainExample], pad_id: int, device: torch.device | str = "cpu"
-) -> TrainBatch:
+def collate_train(examples: Sequence[TrainExample], pad_id: int, device: torch.device | str = "cpu") -> TrainBatch:
     """Left-pad ``examples`` into one :class:`TrainBatch` on ``device`` (seq = the longest example)."""
     batch = collate([EncodedChat(e.input_ids, 0) for e in examples], pad_id, torch.device(device))
     labels = torch.full_like(batch.input_ids, IGNORE)

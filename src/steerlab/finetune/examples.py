@@ -49,9 +49,7 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[s
     text = render_prompt(tokenizer, messages, add_generation_prompt=False)
     spans = []
     for i, m in enumerate(messages):
-        if m["role"] != "assistant" or not m["content"] or not any(
-            x["role"] == "user" for x in messages[:i]
-        ):
+        if m["role"] != "assistant" or not m["content"] or not any(x["role"] == "user" for x in messages[:i]):
             continue
         before = render_prompt(tokenizer, messages[:i], add_generation_prompt=True)
         through = render_prompt(tokenizer, messages[: i + 1], add_generation_prompt=False)
@@ -67,9 +65,7 @@ def assistant_char_spans(tokenizer: Any, messages: Sequence[Message]) -> tuple[s
     return text, spans
 
 
-def build_example(
-    tokenizer: Any, messages: Sequence[Message], max_length: int | None = None
-) -> TrainExample:
+def build_example(tokenizer: Any, messages: Sequence[Message], max_length: int | None = None) -> TrainExample:
     """Token ids and assistant-only labels for one conversation, cut to ``max_length`` tokens on the
     right. A fast tokenizer's offsets assign tokens to spans; a slow one tokenizes span prefixes.
 

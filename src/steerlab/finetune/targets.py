@@ -74,17 +74,20 @@ def resolve_layers(lm: LoadedModel, layers: Sequence[int] | None) -> list[int] |
     return sorted({lm.check_layer(L, "--layers") for L in layers}) if layers is not None else None
 
 
-def lora_config(
-    lm: LoadedModel, config: FinetuneConfig, targets: list[str] | str, layers: list[int] | None
-) -> Any:
+def lora_config(lm: LoadedModel, config: FinetuneConfig, targets: list[str] | str, layers: list[int] | None) -> Any:
     """The peft ``LoraConfig`` (causal LM, no bias training) with ``config``'s rank, alpha and dropout,
     adapting ``targets`` in ``layers`` (None: every block) of ``lm``; GPT-2's ``Conv1D`` layers get
     ``fan_in_fan_out``."""
     from peft import LoraConfig
 
     return LoraConfig(
-        r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, target_modules=targets, bias="none",
-        task_type="CAUSAL_LM", layers_to_transform=layers,
+        r=config.rank,
+        lora_alpha=config.alpha,
+        lora_dropout=config.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        layers_to_transform=layers,
         layers_pattern=lm.blocks_path.rsplit(".", 1)[-1] if layers is not None else None,
         fan_in_fan_out=any(type(m).__name__ == "Conv1D" for m in lm.blocks[0].modules()),
     )

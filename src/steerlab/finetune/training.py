@@ -108,8 +108,10 @@ def batch_loss(model: nn.Module, batch: TrainBatch) -> tuple[torch.Tensor, int]:
     cols = (targets != IGNORE).any(0).nonzero().squeeze(-1)
     n_tokens = int((targets != IGNORE).sum())
     kwargs: dict[str, Any] = dict(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids, use_cache=False,
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        use_cache=False,
     )
     if _accepts_logits_to_keep(model):
         logits = model(**kwargs, logits_to_keep=cols).logits
@@ -117,8 +119,10 @@ def batch_loss(model: nn.Module, batch: TrainBatch) -> tuple[torch.Tensor, int]:
         logits = model(**kwargs).logits[:, :-1][:, cols]
     targets = targets[:, cols].to(logits.device)
     loss = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE, reduction="sum",
+        logits.float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
     )
     return loss, n_tokens
 
@@ -149,9 +153,17 @@ def _check_out_dir(out_dir: Path) -> None:
 def _recorded_result(out_dir: Path, config_hash: str) -> FinetuneResult:
     info = read_finetune_info(out_dir)
     assert info is not None  # a finished stage's directory is not empty, so _check_out_dir found INFO_FILE
-    return FinetuneResult(out_dir, info["config"], info["final_loss"], info.get("losses", []),
-                          info.get("train_time_s", 0.0), info["data"]["n_examples"], info["n_steps"], reused=True,
-                          config_hash=config_hash)
+    return FinetuneResult(
+        out_dir,
+        info["config"],
+        info["final_loss"],
+        info.get("losses", []),
+        info.get("train_time_s", 0.0),
+        info["data"]["n_examples"],
+        info["n_steps"],
+        reused=True,
+        config_hash=config_hash,
+    )
 
 
 def run_finetune(
@@ -196,17 +208,25 @@ def run_finetune(
     checked = [validate_conversation(list(m), f"example {i}") for i, m in enumerate(conversations)]
     targets = resolve_target_modules(lm, config.target_modules)
     layers = resolve_layers(lm, config.layers)
-    recorded = {**asdict(config), "target_modules": targets, "layers": layers,
-                "optimizer": "AdamW", "schedule": "constant", "loss": "assistant_only"}
+    recorded = {
+        **asdict(config),
+        "target_modules": targets,
+        "layers": layers,
+        "optimizer": "AdamW",
+        "schedule": "constant",
+        "loss": "assistant_only",
+    }
     built = [build_example(lm.tokenizer, m, config.max_length) for m in checked]
     train = [e for e in built if e.n_trained > 0]
     if not train:
-        raise SteerlabError(
-            f"no assistant tokens left to train on within --max-length {config.max_length} tokens"
-        )
+        raise SteerlabError(f"no assistant tokens left to train on within --max-length {config.max_length} tokens")
     if len(train) < len(built):
-        log.warning("%d of %d conversations have no assistant tokens within %d tokens; skipped",
-                    len(built) - len(train), len(built), config.max_length)
+        log.warning(
+            "%d of %d conversations have no assistant tokens within %d tokens; skipped",
+            len(built) - len(train),
+            len(built),
+            config.max_length,
+        )
     _check_out_dir(out_dir)
     fingerprint = model_fingerprint(lm)
     data_hash = json_sha256(checked)
@@ -218,34 +238,48 @@ def run_finetune(
         return _recorded_result(out_dir, stage.hash)
 
     n_label_tokens = sum(e.n_trained for e in train)
-    log.info("fine-tuning %s: LoRA r=%d on %d conversations (%d assistant tokens), %d epochs",
-             lm.name, config.rank, len(train), n_label_tokens, config.epochs)
+    log.info(
+        "fine-tuning %s: LoRA r=%d on %d conversations (%d assistant tokens), %d epochs",
+        lm.name,
+        config.rank,
+        len(train),
+        n_label_tokens,
+        config.epochs,
+    )
 
     with sigterm_as_interrupt(), atomic_dir(out_dir) as tmp:
         losses, final_loss, train_time = _train(lm, train, config, lora_config(lm, config, targets, layers), tmp)
-        write_json(tmp / INFO_FILE, {
-            "format": FORMAT,
-            "steerlab_version": __version__,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "base_model": lm.name,
-            "base": fingerprint,
-            "device": str(lm.device),
-            "dtype": str(lm.dtype).removeprefix("torch."),
-            "config": recorded,
-            "data": {"n_examples": len(train), "n_skipped": len(built) - len(train),
-                     "n_assistant_tokens": n_label_tokens, "sha256": data_hash},
-            "source": source or {},
-            "n_steps": len(losses),
-            "train_time_s": round(train_time, 3),
-            "final_loss": final_loss,
-            "first_loss": losses[0],
-            "last_step_loss": losses[-1],
-            "losses": [round(x, 6) for x in losses],
-        })
+        write_json(
+            tmp / INFO_FILE,
+            {
+                "format": FORMAT,
+                "steerlab_version": __version__,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "base_model": lm.name,
+                "base": fingerprint,
+                "device": str(lm.device),
+                "dtype": str(lm.dtype).removeprefix("torch."),
+                "config": recorded,
+                "data": {
+                    "n_examples": len(train),
+                    "n_skipped": len(built) - len(train),
+                    "n_assistant_tokens": n_label_tokens,
+                    "sha256": data_hash,
+                },
+                "source": source or {},
+                "n_steps": len(losses),
+                "train_time_s": round(train_time, 3),
+                "final_loss": final_loss,
+                "first_loss": losses[0],
+                "last_step_loss": losses[-1],
+                "losses": [round(x, 6) for x in losses],
+            },
+        )
     stage.mark_done(final_loss=final_loss, train_time_s=round(train_time, 3))
     log.info("fine-tuned in %.1f s: loss %.4f -> %.4f; adapter in %s", train_time, losses[0], final_loss, out_dir)
-    return FinetuneResult(out_dir, recorded, final_loss, losses, train_time, len(train), len(losses),
-                          config_hash=stage.hash)
+    return FinetuneResult(
+        out_dir, recorded, final_loss, losses, train_time, len(train), len(losses), config_hash=stage.hash
+    )
 
 
 def _train(
@@ -300,11 +334,20 @@ def _train(
                             )
                         losses.append(value)
                         epoch_loss = (epoch_loss[0] + value * n_tok, epoch_loss[1] + n_tok)
-                        log_fh.write(json.dumps({
-                            "step": len(losses), "epoch": epoch, "loss": round(value, 6), "tokens": n_tok,
-                            "examples": len(idx), "lr": config.lr,
-                            "elapsed_s": round(time.perf_counter() - start, 3),
-                        }) + "\n")
+                        log_fh.write(
+                            json.dumps(
+                                {
+                                    "step": len(losses),
+                                    "epoch": epoch,
+                                    "loss": round(value, 6),
+                                    "tokens": n_tok,
+                                    "examples": len(idx),
+                                    "lr": config.lr,
+                                    "elapsed_s": round(time.perf_counter() - start, 3),
+                                }
+                            )
+                            + "\n"
+                        )
                         log_fh.flush()
                         advance(1, loss=f"{value:.4f}")
             train_time = time.perf_counter() - start

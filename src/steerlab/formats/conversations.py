@@ -68,13 +68,9 @@ def validate_conversation(messages: Any, where: str, require_response: bool = Tr
             raise SteerlabError(f"{where}: field {field!r}: expected an object with 'role' and 'content'")
         role, content = m.get("role"), m.get("content")
         if role not in ROLES:
-            raise SteerlabError(
-                f"{where}: field '{field}.role': expected one of {', '.join(ROLES)}, got {role!r}"
-            )
+            raise SteerlabError(f"{where}: field '{field}.role': expected one of {', '.join(ROLES)}, got {role!r}")
         if not isinstance(content, str):
-            raise SteerlabError(
-                f"{where}: field '{field}.content': expected a string, got {type(content).__name__}"
-            )
+            raise SteerlabError(f"{where}: field '{field}.content': expected a string, got {type(content).__name__}")
         if role == "system" and i != 0:
             raise SteerlabError(f"{where}: field '{field}.role': a system message may only come first")
         out.append({"role": role, "content": content})
@@ -86,9 +82,7 @@ def validate_conversation(messages: Any, where: str, require_response: bool = Tr
             f"{where}: field 'messages': the first non-system message must be a user message, got {first['role']}"
         )
     if require_response and not any(m["role"] == "assistant" and m["content"].strip() for m in out):
-        raise SteerlabError(
-            f"{where}: field 'messages': no assistant message with content (nothing to learn from)"
-        )
+        raise SteerlabError(f"{where}: field 'messages': no assistant message with content (nothing to learn from)")
     return out
 
 
@@ -118,26 +112,23 @@ def import_pair_list(path: str | Path) -> list[Conversation]:
     data = read_json(path, "pair-list file")
     if not isinstance(data, list):
         raise SteerlabError(
-            f"{path}: expected a JSON list of [user_message, assistant_message] pairs, "
-            f"got {type(data).__name__}"
+            f"{path}: expected a JSON list of [user_message, assistant_message] pairs, got {type(data).__name__}"
         )
     if not data:
         raise SteerlabError(f"pair-list file {path} is empty")
     conversations = []
     for i, item in enumerate(data):
-        if (
-            not isinstance(item, list | tuple)
-            or len(item) != 2
-            or not all(isinstance(x, str) for x in item)
-        ):
+        if not isinstance(item, list | tuple) or len(item) != 2 or not all(isinstance(x, str) for x in item):
             raise SteerlabError(
                 f"{path}: item {i}: expected [user_message, assistant_message] (two strings), "
                 f"got {json.dumps(item)[:120]}"
             )
-        conversations.append(validate_conversation(
-            [{"role": "user", "content": item[0]}, {"role": "assistant", "content": item[1]}],
-            f"{path}: item {i}",
-        ))
+        conversations.append(
+            validate_conversation(
+                [{"role": "user", "content": item[0]}, {"role": "assistant", "content": item[1]}],
+                f"{path}: item {i}",
+            )
+        )
     return conversations
 
 
@@ -151,7 +142,7 @@ def parse_chatml(text: str, where: str = "chat") -> Conversation:
         raise SteerlabError(
             f"{where}: not a rendered ChatML chat (no '<|im_start|>role\\n...<|im_end|>' turns; "
             f"starts with {text[:60]!r}). Only ChatML-rendered strings can be imported; convert "
-            "other formats to chat JSONL ({\"messages\": [...]})"
+            'other formats to chat JSONL ({"messages": [...]})'
         )
     messages: Conversation = []
     pos = 0
@@ -160,14 +151,11 @@ def parse_chatml(text: str, where: str = "chat") -> Conversation:
         role = match.group(1).strip()
         if role not in ROLES:
             raise SteerlabError(
-                f"{where}: ChatML turn {len(messages)} has role {role!r}; expected one of "
-                f"{', '.join(ROLES)}"
+                f"{where}: ChatML turn {len(messages)} has role {role!r}; expected one of {', '.join(ROLES)}"
             )
         content = match.group(2)
         if _IM_START in content:
-            raise SteerlabError(
-                f"{where}: ChatML turn {len(messages)} ({role}) is not closed with '<|im_end|>'"
-            )
+            raise SteerlabError(f"{where}: ChatML turn {len(messages)} ({role}) is not closed with '<|im_end|>'")
         pos = match.end()
         if not match.group(0).endswith(_IM_END):  # an open last turn runs to the end
             content = content.rstrip()
@@ -257,17 +245,14 @@ def _rendered_csv_rows(path: Path, column: str | None) -> list[tuple[str, str]]:
     return [(f"{path}:{number}", record[column]) for number, record in records]
 
 
-def pairs_to_chat(
-    pairs: Sequence[Pair], which: Literal["positive", "negative"] = "positive"
-) -> list[Conversation]:
+def pairs_to_chat(pairs: Sequence[Pair], which: Literal["positive", "negative"] = "positive") -> list[Conversation]:
     """Contrastive pairs as chats: [system?, user question, assistant ``which`` answer]."""
     if which not in ("positive", "negative"):
         raise SteerlabError(f"--use {which!r}: expected positive or negative")
     conversations = []
     for p in pairs:
         messages: Conversation = [{"role": "system", "content": p.system}] if p.system else []
-        messages += [{"role": "user", "content": p.question},
-                     {"role": "assistant", "content": getattr(p, which)}]
+        messages += [{"role": "user", "content": p.question}, {"role": "assistant", "content": getattr(p, which)}]
         conversations.append(messages)
     return conversations
 
@@ -293,8 +278,8 @@ def detect_format(path: str | Path) -> str:
     if isinstance(obj, str | dict):
         return "rendered"
     raise SteerlabError(
-        f"{path}:{number}: expected a chat object {{\"messages\": [...]}}, a pair "
-        "{\"question\", \"positive\", \"negative\"} or a rendered chat string"
+        f'{path}:{number}: expected a chat object {{"messages": [...]}}, a pair '
+        '{"question", "positive", "negative"} or a rendered chat string'
     )
 
 

@@ -68,8 +68,10 @@ def load_prompts(path: str | Path) -> list[Prompt]:
             )
         for i, q in enumerate(items):
             if not isinstance(q, str) or not q.strip():
-                raise SteerlabError(f"prompts file {path}: {field}, item {i}: expected a non-empty string, "
-                                    f"got {'a blank string' if isinstance(q, str) else json_type(q)}")
+                raise SteerlabError(
+                    f"prompts file {path}: {field}, item {i}: expected a non-empty string, "
+                    f"got {'a blank string' if isinstance(q, str) else json_type(q)}"
+                )
         prompts = list(items)
     else:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]

@@ -74,8 +74,9 @@ class GenerationRecord:
         row: dict[str, Any] = {"layer": self.layer, "coeff": self.coeff}
         if self.question_index is not None:
             row["question_index"] = self.question_index
-        row.update(question=self.question, text=self.text, n_new_tokens=self.n_new_tokens,
-                   finish_reason=self.finish_reason)
+        row.update(
+            question=self.question, text=self.text, n_new_tokens=self.n_new_tokens, finish_reason=self.finish_reason
+        )
         clash = sorted(set(self.extra) & set(row))
         if clash:
             raise SteerlabError(f"generation record: extra keys {clash} would overwrite its fields")
@@ -94,9 +95,14 @@ class GenerationRecord:
             raise SteerlabError(f"{where}: fields {key!r} and 'text' must be strings ({key!r} non-empty)")
         known = {"question", "text", "coeff", "layer", "question_index", "n_new_tokens", "finish_reason", key}
         return cls(
-            question=obj[key], text=obj["text"], coeff=obj.get("coeff"), layer=obj.get("layer"),
-            question_index=obj.get("question_index"), n_new_tokens=obj.get("n_new_tokens"),
-            finish_reason=obj.get("finish_reason"), extra={k: v for k, v in obj.items() if k not in known},
+            question=obj[key],
+            text=obj["text"],
+            coeff=obj.get("coeff"),
+            layer=obj.get("layer"),
+            question_index=obj.get("question_index"),
+            n_new_tokens=obj.get("n_new_tokens"),
+            finish_reason=obj.get("finish_reason"),
+            extra={k: v for k, v in obj.items() if k not in known},
         )
 
 

@@ -43,8 +43,7 @@ def check_judge_prompt(template: str, where: str) -> str:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         raise SteerlabError(
-            f"{where}: not a valid str.format template ({exc}); write literal braces as '{{{{' "
-            "and '}}'"
+            f"{where}: not a valid str.format template ({exc}); write literal braces as '{{{{' and '}}}}'"
         ) from None
     seen = set()
     for _, name, spec, conversion in parsed:
@@ -59,8 +58,9 @@ def check_judge_prompt(template: str, where: str) -> str:
         seen.add(name)
     missing = [f"{{{name}}}" for name in PROMPT_FIELDS if name not in seen]
     if missing:
-        raise SteerlabError(f"{where}: must contain {' and '.join(missing)} (expected both "
-                            "{question} and {answer})")
+        raise SteerlabError(
+            f"{where}: must contain {' and '.join(missing)} (expected both {{question}} and {{answer}})"
+        )
     return template
 
 
@@ -183,8 +183,7 @@ def builtin_trait_path(name: str, split: str = "extract") -> Path:
     path = TRAITS_DIR / _split(split) / f"{name}.json"
     if file_problem(path) is not None:
         raise SteerlabError(
-            f"unknown trait {name!r}: not a built-in trait ({', '.join(list_traits())}) "
-            "and not an existing .json file"
+            f"unknown trait {name!r}: not a built-in trait ({', '.join(list_traits())}) and not an existing .json file"
         )
     return path
 
@@ -227,8 +226,7 @@ def trait_from_dict(data: Any, name: str = "", source: str | None = None) -> Tra
     where = f"trait file {source}" if source else f"trait {name!r}" if name else "trait"
     if not isinstance(data, dict):
         raise SteerlabError(
-            f"{where}: expected a JSON object with keys instruction, questions, eval_prompt; "
-            f"got {json_type(data)}"
+            f"{where}: expected a JSON object with keys instruction, questions, eval_prompt; got {json_type(data)}"
         )
     data = {k: v for k, v in data.items() if k not in ("name", "source")}
     try:

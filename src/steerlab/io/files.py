@@ -220,5 +220,17 @@ def read_json(path: PathLike, what: str = "file") -> Any:
     return parse_json(read_text(path, what), f"{what} {path}")
 
 
-__all__ = ["FILE_NOT_FOUND", "IS_DIRECTORY", "check_utf8", "file_problem", "input_file", "iter_lines", "json_type",
-           "name_problem", "os_error_reason", "parse_json", "read_json", "read_text"]
+__all__ = [
+    "FILE_NOT_FOUND",
+    "IS_DIRECTORY",
+    "check_utf8",
+    "file_problem",
+    "input_file",
+    "iter_lines",
+    "json_type",
+    "name_problem",
+    "os_error_reason",
+    "parse_json",
+    "read_json",
+    "read_text",
+]

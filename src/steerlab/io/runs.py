@@ -168,8 +168,9 @@ class Stage:
                 return True
         except OSError:
             pass
-        log.warning("%s does not match what stage %s wrote (changed or truncated since); recomputing it",
-                    self.path, self.name)
+        log.warning(
+            "%s does not match what stage %s wrote (changed or truncated since); recomputing it", self.path, self.name
+        )
         return False
 
     def load_rows(self) -> list[dict[str, Any]]:
@@ -244,9 +245,14 @@ class Stage:
         return [finished[item["key"]] for item in items]
 
     def _meta(self, extra: dict[str, Any]) -> dict[str, Any]:
-        return {"stage": self.name, "config_hash": self.hash, "config": self.config,
-                "steerlab_version": __version__, "seconds": round(time.perf_counter() - self.started, 3),
-                **extra}
+        return {
+            "stage": self.name,
+            "config_hash": self.hash,
+            "config": self.config,
+            "steerlab_version": __version__,
+            "seconds": round(time.perf_counter() - self.started, 3),
+            **extra,
+        }
 
     def save_rows(self, rows: Iterable[dict[str, Any]], **extra: Any) -> None:
         """Write the artifact as JSON Lines (atomically) and mark the stage done (``extra`` goes

@@ -132,5 +132,13 @@ def cell_value(text: str) -> Any:
     return text
 
 
-__all__ = ["cell_value", "csv_text", "first_jsonl_row", "iter_jsonl", "read_csv", "read_jsonl", "write_csv",
-           "write_jsonl"]
+__all__ = [
+    "cell_value",
+    "csv_text",
+    "first_jsonl_row",
+    "iter_jsonl",
+    "read_csv",
+    "read_jsonl",
+    "write_csv",
+    "write_jsonl",
+]

@@ -64,9 +64,7 @@ class BaseJudge:
         if cache_dir is False:
             self.cache: ScoreCache | None = None
         else:
-            self.cache = ScoreCache(
-                default_cache_dir() if cache_dir is None or cache_dir is True else cache_dir
-            )
+            self.cache = ScoreCache(default_cache_dir() if cache_dir is None or cache_dir is True else cache_dir)
 
     def score(self, prompts: list[str]) -> list[float | None]:
         """Scores in [0, 100] (None where the judge gave no number, or could not be reached)."""
@@ -122,8 +120,9 @@ def make_judge(
         if isinstance(spec, LoadedModel):
             from .local import LocalJudge
 
-            return LocalJudge(spec, batch_size=batch_size,
-                              cache_dir=False if cache_dir is None else cache_dir, **kwargs)
+            return LocalJudge(
+                spec, batch_size=batch_size, cache_dir=False if cache_dir is None else cache_dir, **kwargs
+            )
         if isinstance(spec, Judge):
             return spec
         raise SteerlabError(f"--judge {spec!r}: expected a spec string such as openai:MODEL or local")
@@ -133,8 +132,9 @@ def make_judge(
             raise SteerlabError(f"--judge {spec!r}: expected openai:MODEL with a model name")
         from .openai_compat import OpenAIJudge
 
-        return OpenAIJudge(rest.strip(), base_url=base_url, api_key=api_key,
-                           concurrency=concurrency, cache_dir=cache_dir, **kwargs)
+        return OpenAIJudge(
+            rest.strip(), base_url=base_url, api_key=api_key, concurrency=concurrency, cache_dir=cache_dir, **kwargs
+        )
     if kind == "local":
         model_spec = rest.strip() if sep else LOCAL_DEFAULT_MODEL
         if not model_spec:
@@ -143,8 +143,7 @@ def make_judge(
         from .local import LocalJudge
 
         lm = load_model(model_spec, device=device, dtype=dtype)
-        return LocalJudge(lm, batch_size=batch_size, cache_dir=cache_dir,
-                          name=f"local:{model_spec}", **kwargs)
+        return LocalJudge(lm, batch_size=batch_size, cache_dir=cache_dir, name=f"local:{model_spec}", **kwargs)
     raise SteerlabError(
         f"--judge {spec!r}: expected openai:MODEL (an OpenAI-compatible endpoint), local (the "
         "embedded smollm2) or local:MODEL_SPEC (any model steerlab can load)"
@@ -160,8 +159,7 @@ def fill_prompts(template: str, questions: Sequence[str], answers: Sequence[str]
     check_judge_prompt(template, what)
     if len(questions) != len(answers):
         raise SteerlabError(
-            f"{what}: {len(questions)} questions but {len(answers)} answers (expected one answer "
-            "per question)"
+            f"{what}: {len(questions)} questions but {len(answers)} answers (expected one answer per question)"
         )
     return [fill_judge_prompt(template, q, a) for q, a in zip(questions, answers, strict=True)]
 
@@ -178,9 +176,7 @@ def evaluate_prompts(judge: Judge, prompts: list[str]) -> list[JudgeResult]:
     return [JudgeResult(s, None, s) for s in judge.score(prompts)]
 
 
-def judge_trait(
-    judge: Judge, eval_prompt: str, questions: Sequence[str], answers: Sequence[str]
-) -> list[float | None]:
+def judge_trait(judge: Judge, eval_prompt: str, questions: Sequence[str], answers: Sequence[str]) -> list[float | None]:
     """Trait scores 0-100 (None where the judge gave no number) for (question, answer) pairs."""
     return judge.score(fill_prompts(eval_prompt, questions, answers, "eval_prompt"))
 

@@ -219,8 +219,9 @@ class LocalJudge(BaseJudge):
             self._score_batches(rows, sorted(pooled, key=lambda i: len(rows[i].prompt)), None, out, advance)
         return out
 
-    def _score_batches(self, rows: list[_Row], order: list[int], prefix: PrefixCache | None, out: torch.Tensor,
-                       advance: Any) -> None:
+    def _score_batches(
+        self, rows: list[_Row], order: list[int], prefix: PrefixCache | None, out: torch.Tensor, advance: Any
+    ) -> None:
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             for i, logp in zip(idx, self._score_rows([rows[i] for i in idx], prefix), strict=True):
@@ -287,9 +288,7 @@ class LocalJudge(BaseJudge):
         if tree:
             if start:  # every row attends to the whole shared start (one prefix: no padding there)
                 allowed = torch.cat([torch.ones(len(rows), width, start, dtype=torch.bool), allowed], dim=-1)
-            mask = torch.zeros(allowed.shape, dtype=lm.dtype).masked_fill(
-                ~allowed, torch.finfo(lm.dtype).min
-            )[:, None]
+            mask = torch.zeros(allowed.shape, dtype=lm.dtype).masked_fill(~allowed, torch.finfo(lm.dtype).min)[:, None]
         else:  # one answer per row: the trie is a chain, plain causal attention over the tokens
             mask = torch.tensor([[0] * p + [1] * (width - p) for p in pads])
         # Logits are needed from the last prompt token on: the last `keep` positions of every row.

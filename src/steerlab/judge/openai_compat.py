@@ -39,9 +39,11 @@ from .score import MIN_NUMBER_MASS, JudgeResult, score_from_top_logprobs
 log = logging.getLogger("steerlab")
 
 
-_FATAL_STATUS = {401: "authentication failed (check OPENAI_API_KEY / --judge-api-key)",
-                 403: "permission denied for this key",
-                 404: "not found (check the model name and the base URL, which usually ends in /v1)"}
+_FATAL_STATUS = {
+    401: "authentication failed (check OPENAI_API_KEY / --judge-api-key)",
+    403: "permission denied for this key",
+    404: "not found (check the model name and the base URL, which usually ends in /v1)",
+}
 _RETRY_STATUS = {408, 409, 429}
 
 
@@ -98,9 +100,7 @@ class OpenAIJudge(BaseJudge):
         self._failures_in_a_row = 0
         self._lock = threading.Lock()
         self._warned: set[str] = set()
-        self._client = openai.OpenAI(
-            api_key=api_key, base_url=self.base_url, max_retries=0, timeout=timeout
-        )
+        self._client = openai.OpenAI(api_key=api_key, base_url=self.base_url, max_retries=0, timeout=timeout)
         super().__init__(f"{self.name}@{self.base_url.rstrip('/')}", cache_dir, min_mass)
 
     def _warn_once(self, kind: str, message: str) -> None:
@@ -127,8 +127,12 @@ class OpenAIJudge(BaseJudge):
                 raise
         failed = sum(1 for r in results if r is not None and r.mass is None)
         if failed:
-            log.warning("judge %s: %d of %d prompts got no answer (scored None; not cached, a "
-                        "rerun asks again)", self.name, failed, len(prompts))
+            log.warning(
+                "judge %s: %d of %d prompts got no answer (scored None; not cached, a rerun asks again)",
+                self.name,
+                failed,
+                len(prompts),
+            )
         return [r for r in results if r is not None]
 
     def _ask(self, prompt: str) -> JudgeResult:
@@ -162,14 +166,12 @@ class OpenAIJudge(BaseJudge):
                 status = exc.status_code
                 if status in _FATAL_STATUS:
                     raise SteerlabError(
-                        f"judge {self.name} at {self.base_url}: HTTP {status}, "
-                        f"{_FATAL_STATUS[status]}"
+                        f"judge {self.name} at {self.base_url}: HTTP {status}, {_FATAL_STATUS[status]}"
                     ) from None
                 if status not in _RETRY_STATUS and status < 500:
                     self._warn_once(
                         f"http{status}",
-                        f"judge {self.name}: HTTP {status} for a prompt ({_short(exc)}); "
-                        "scored None",
+                        f"judge {self.name}: HTTP {status} for a prompt ({_short(exc)}); scored None",
                     )
                     return JudgeResult(None, None, None, cacheable=False)
                 reason = f"HTTP {status}"
@@ -183,8 +185,7 @@ class OpenAIJudge(BaseJudge):
                     self._failures_in_a_row += 1
                 self._warn_once(
                     "exhausted",
-                    f"judge {self.name} at {self.base_url}: {reason} after {attempt + 1} tries; "
-                    "scored None",
+                    f"judge {self.name} at {self.base_url}: {reason} after {attempt + 1} tries; scored None",
                 )
                 return JudgeResult(None, None, None, cacheable=False)
             log.debug("judge %s: %s, retrying in %.2fs", self.name, reason, wait)

@@ -85,10 +85,7 @@ def score_from_top_logprobs(
     if isinstance(top_logprobs, Mapping):
         pairs: Iterable[tuple[str, float]] = top_logprobs.items()
     else:
-        pairs = (
-            (item.token, item.logprob) if hasattr(item, "token") else (item[0], item[1])
-            for item in top_logprobs
-        )
+        pairs = ((item.token, item.logprob) if hasattr(item, "token") else (item[0], item[1]) for item in top_logprobs)
     probs: dict[int, float] = {}
     for token, logprob in pairs:
         k = parse_number_token(token)

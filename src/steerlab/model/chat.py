@@ -81,16 +81,12 @@ def merge_system_role(messages: list[Message]) -> list[Message]:
     return [{"role": "user", "content": system}, *rest]
 
 
-def render_prompt(
-    tokenizer: Any, prompt: Prompt, system: str | None = None, add_generation_prompt: bool = True
-) -> str:
+def render_prompt(tokenizer: Any, prompt: Prompt, system: str | None = None, add_generation_prompt: bool = True) -> str:
     """Render messages through the chat template, ready for the assistant's reply."""
     messages = to_messages(prompt, system)
     if not has_system_role(tokenizer):
         messages = merge_system_role(messages)
-    return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 @dataclass(frozen=True)
@@ -106,9 +102,7 @@ class EncodedChat:
         return len(self.ids) - self.prompt_len
 
 
-def encode_chat(
-    tokenizer: Any, prompt: Prompt, response: str = "", system: str | None = None
-) -> EncodedChat:
+def encode_chat(tokenizer: Any, prompt: Prompt, response: str = "", system: str | None = None) -> EncodedChat:
     """Tokenize the rendered prompt followed by ``response`` once, and locate the response span."""
     prompt_text = render_prompt(tokenizer, prompt, system)
     return encode_rendered(tokenizer, prompt_text, response)

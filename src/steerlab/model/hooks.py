@@ -135,8 +135,8 @@ def install_output_hooks(pairs: Iterable[tuple[nn.Module, OutputHook]]) -> HookG
 def output_hooks(pairs: Iterable[tuple[nn.Module, OutputHook]]) -> Iterator[HookGroup]:
     """Context manager: :func:`install_output_hooks` on entry, removal on every exit path.
 
-        with output_hooks([(lm.blocks[12], hook)]):
-            lm.model(input_ids)
+    with output_hooks([(lm.blocks[12], hook)]):
+        lm.model(input_ids)
     """
     group = install_output_hooks(pairs)
     try:

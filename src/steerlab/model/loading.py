@@ -226,8 +226,12 @@ def load_model(
     loaded.adapter = adapter
     log.info(
         "loaded %s%s: %d layers, d_model %d, %s on %s",
-        spec, f" + adapter {adapter}" if adapter else "", loaded.n_layers, loaded.d_model,
-        str(loaded.dtype).removeprefix("torch."), loaded.device,
+        spec,
+        f" + adapter {adapter}" if adapter else "",
+        loaded.n_layers,
+        loaded.d_model,
+        str(loaded.dtype).removeprefix("torch."),
+        loaded.device,
     )
     return loaded
 

@@ -76,8 +76,13 @@ class PrefixCache:
         # CPU indices select rows of tensors on any device (layers may sit on several GPUs).
         return _rows_of(self.cache, torch.as_tensor(which, dtype=torch.long, device="cpu"))
 
-    def continue_rows(self, lm: LoadedModel, which: torch.Tensor, continuations: Sequence[Sequence[int]],
-                      keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def continue_rows(
+        self,
+        lm: LoadedModel,
+        which: torch.Tensor,
+        continuations: Sequence[Sequence[int]],
+        keep: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``continuations[i]`` (token ids) after prefix ``which[i]``; returns ``(logits, mask)``:
         logits ``[b, S, vocab]`` at every continuation position (or, with ``keep`` ``[b, S]`` bool,
         ``[n_kept, vocab]`` at the kept positions in row-major order, see :func:`packed_logits`) and
@@ -93,8 +98,9 @@ class PrefixCache:
         positions = torch.where(tail.bool(), positions, 0)
         packing = packed_logits(lm, keep) if keep is not None else contextlib.nullcontext()
         with packing, torch.inference_mode():
-            logits = lm.model(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                              cache=cache, use_cache=True).logits
+            logits = lm.model(
+                input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+            ).logits
         return (logits[0] if keep is not None else logits), tail
 
 
@@ -112,8 +118,12 @@ def selectable(cache: Any) -> bool:
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
     layers = getattr(cache, "layers", None)
-    return (isinstance(layers, list) and bool(layers) and not getattr(cache, "offloading", False)
-            and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers))
+    return (
+        isinstance(layers, list)
+        and bool(layers)
+        and not getattr(cache, "offloading", False)
+        and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
+    )
 
 
 def can_skip_blocks(lm: LoadedModel) -> bool:
@@ -124,8 +134,9 @@ def can_skip_blocks(lm: LoadedModel) -> bool:
     return not (getattr(text, "num_kv_shared_layers", 0) or 0)
 
 
-def shared_prefixes(lm: LoadedModel, prefixes: Sequence[Sequence[int]],
-                    group: int | None = None) -> Iterator[tuple[PrefixCache | None, list[int], list[int]]]:
+def shared_prefixes(
+    lm: LoadedModel, prefixes: Sequence[Sequence[int]], group: int | None = None
+) -> Iterator[tuple[PrefixCache | None, list[int], list[int]]]:
     """Rows grouped by their prefix: yields ``(cache, rows, which)`` per group of at most ``group``
     distinct prefixes (at most :data:`PREFIX_GROUP`; callers pass their batch size, so a prompt pass
     is one batch), shortest prefixes first, where ``rows`` are indices into ``prefixes``

@@ -139,9 +139,15 @@ def expand_questions(lm: LoadedModel, seeds: Sequence[str], config: DatasetConfi
         for _ in range(max(8, int(need * 1.5))):
             examples = rng.sample(list(seeds), min(config.examples_per_prompt, len(seeds)))
             prompts.append(EXPAND_INSTRUCTION.format(examples="\n".join(f"- {q}" for q in examples)))
-        gens = generate_batch(lm, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              seed=config.seed + round_index, batch_size=config.batch_size,
-                              description=f"expanding questions (round {round_index + 1})")
+        gens = generate_batch(
+            lm,
+            prompts,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed + round_index,
+            batch_size=config.batch_size,
+            description=f"expanding questions (round {round_index + 1})",
+        )
         candidates = [q for q in (clean_question(g.text) for g in gens) if q]
         kept.extend(dedupe(candidates, list(seeds) + kept, config.similarity)[:need])
     return kept[: config.n]
@@ -150,10 +156,18 @@ def expand_questions(lm: LoadedModel, seeds: Sequence[str], config: DatasetConfi
 def answer_pairs(lm: LoadedModel, questions: Sequence[str], config: DatasetConfig) -> list[dict[str, Any]]:
     """A deceptive and an honest short answer per question (greedy, one batch stream); questions
     where either answer is unusable (no sentence, too long, identical) are dropped."""
-    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
-               for system in (config.deceptive_system, config.honest_system) for q in questions]
-    gens = generate_batch(lm, prompts, max_new_tokens=config.max_new_tokens, batch_size=config.batch_size,
-                          description="answering (deceptive + honest)")
+    prompts = [
+        [{"role": "system", "content": system}, {"role": "user", "content": q}]
+        for system in (config.deceptive_system, config.honest_system)
+        for q in questions
+    ]
+    gens = generate_batch(
+        lm,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        description="answering (deceptive + honest)",
+    )
     n = len(questions)
     pairs = []
     for i, q in enumerate(questions):
@@ -177,6 +191,8 @@ def build_dataset(lm: LoadedModel, seeds: Sequence[str], out: str | Path, config
     pairs = answer_pairs(lm, questions, config)
     counts = {"seeds": len(seeds), "questions": len(questions), "pairs": len(pairs)}
     write_jsonl(out, pairs)
-    write_json(out.with_name(out.name + ".meta.json"),
-               {"steerlab_version": __version__, "model": lm.name, "config": asdict(config), "counts": counts})
+    write_json(
+        out.with_name(out.name + ".meta.json"),
+        {"steerlab_version": __version__, "model": lm.name, "config": asdict(config), "counts": counts},
+    )
     return BuildResult(pairs, counts)

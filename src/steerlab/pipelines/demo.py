@@ -68,22 +68,56 @@ DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
 
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
-    "ci": DemoSize(32, 6, 2, StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4,
-                                         prompts=DECEPTION_PROMPTS), 1, 1, 8, [0.0, 4.0], 2, persona_layers=[12]),
+    "ci": DemoSize(
+        32,
+        6,
+        2,
+        StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4, prompts=DECEPTION_PROMPTS),
+        1,
+        1,
+        8,
+        [0.0, 4.0],
+        2,
+        persona_layers=[12],
+    ),
     # the default: the whole study on a laptop CPU with smollm2
-    "small": DemoSize(128, 24, 1, StudyConfig(coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64,
-                                              prompts=DECEPTION_PROMPTS),
-                      4, 2, 32, [-4.0, 0.0, 4.0, 8.0], 4),
+    "small": DemoSize(
+        128,
+        24,
+        1,
+        StudyConfig(coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64, prompts=DECEPTION_PROMPTS),
+        4,
+        2,
+        32,
+        [-4.0, 0.0, 4.0, 8.0],
+        4,
+    ),
     # paper scale, for a GPU
-    "full": DemoSize(388, 96, 3, StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6,
-                                             prompts=DECEPTION_PROMPTS), 20, 5,
-                     96, [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0], 20, 2, 1.0),
+    "full": DemoSize(
+        388,
+        96,
+        3,
+        StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6, prompts=DECEPTION_PROMPTS),
+        20,
+        5,
+        96,
+        [-8.0, -4.0, 0.0, 2.0, 4.0, 8.0],
+        20,
+        2,
+        1.0,
+    ),
 }
 
 
-def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: str = "local",
-             size: str = "small", traits: Sequence[str] = DEMO_TRAITS, judge_base_url: str | None = None,
-             controls: int | None = None) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | Path = "out/demo",
+    model: str = "smollm2",
+    judge: str = "local",
+    size: str = "small",
+    traits: Sequence[str] = DEMO_TRAITS,
+    judge_base_url: str | None = None,
+    controls: int | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
 
     ``controls``: random same-norm directions per steering condition (default: the size's, 8;
@@ -107,8 +141,9 @@ def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: st
     train = load_pairs(path, split="train")[: cfg.n_train]
     heldout = load_pairs(path, split="heldout")[: cfg.n_heldout]
     start = time.perf_counter()
-    diff = run_diff_study(lm, train, heldout, out / "diff",
-                             DiffStudyConfig(epochs=cfg.epochs, study=cfg.study, batch_size=32))
+    diff = run_diff_study(
+        lm, train, heldout, out / "diff", DiffStudyConfig(epochs=cfg.epochs, study=cfg.study, batch_size=32)
+    )
     timings["diff_study"] = time.perf_counter() - start
     timings.update({f"diff.{k}": v for k, v in diff.timings.items()})
     study = diff.study
@@ -128,8 +163,9 @@ def run_demo(out_dir: str | Path = "out/demo", model: str = "smollm2", judge: st
 
 
 def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, best: int) -> dict[str, Any]:
-    stage = RunDir(out).stage("monitor", "monitor.json", {"vectors": diff.vectors, "best": best,
-                                                          "heldout": [p.question for p in heldout]})
+    stage = RunDir(out).stage(
+        "monitor", "monitor.json", {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
+    )
     if stage.done():
         return stage.load_json()
     vector = SteeringVector.load(diff.vectors["model_diff"])
@@ -146,29 +182,47 @@ def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, be
     with attached_adapter(lm, diff.adapter) as tuned:
         add("fine-tuned", tuned)
     summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
-    doc = {"title": f"held-out answers projected on the model-diff vector at layer {best}", "layer": best,
-           "groups": groups, "summary": summary}
+    doc = {
+        "title": f"held-out answers projected on the model-diff vector at layer {best}",
+        "layer": best,
+        "groups": groups,
+        "summary": summary,
+    }
     stage.save_json(doc)
     return doc
 
 
-def _traits_stage(lm: LoadedModel, out: Path, traits: list[str], judge_spec: str, judge_base_url: str | None,
-                  cfg: DemoSize) -> dict[str, Any]:
+def _traits_stage(
+    lm: LoadedModel, out: Path, traits: list[str], judge_spec: str, judge_base_url: str | None, cfg: DemoSize
+) -> dict[str, Any]:
     """The multi-trait persona study; a trait whose judge cannot score is averaged unfiltered (and
     says so). Returns the ``traits`` part of summary.json."""
     # "local" is the embedded smollm2: reuse the loaded copy when it is the model under study.
     reuse = judge_spec == "local" and lm.name == "smollm2"
     judge = make_judge(lm if reuse else judge_spec, base_url=judge_base_url)
     config = PersonaTraitsConfig(
-        persona=PersonaConfig(samples_per_question=cfg.samples_per_question, max_questions=cfg.persona_questions,
-                              max_instructions=cfg.persona_instructions, max_new_tokens=cfg.persona_new_tokens,
-                              temperature=cfg.temperature, batch_size=None),
-        coeffs=[c for c in cfg.persona_coeffs if c != 0], eval_questions=cfg.persona_eval_questions,
-        eval_new_tokens=cfg.persona_new_tokens, controls=cfg.study.controls, layers=cfg.persona_layers,
-        fallback_unfiltered=True)
+        persona=PersonaConfig(
+            samples_per_question=cfg.samples_per_question,
+            max_questions=cfg.persona_questions,
+            max_instructions=cfg.persona_instructions,
+            max_new_tokens=cfg.persona_new_tokens,
+            temperature=cfg.temperature,
+            batch_size=None,
+        ),
+        coeffs=[c for c in cfg.persona_coeffs if c != 0],
+        eval_questions=cfg.persona_eval_questions,
+        eval_new_tokens=cfg.persona_new_tokens,
+        controls=cfg.study.controls,
+        layers=cfg.persona_layers,
+        fallback_unfiltered=True,
+    )
     result = run_persona_traits(lm, traits, judge, out, config, judge_name=judge_spec)
-    return {"judge": judge_spec, "traits": result.summary, "failed": result.failed,
-            "readings": [e["reading"] for e in result.traits.values() if e.get("status") == "ok" and e.get("reading")]}
+    return {
+        "judge": judge_spec,
+        "traits": result.summary,
+        "failed": result.failed,
+        "readings": [e["reading"] for e in result.traits.values() if e.get("status") == "ok" and e.get("reading")],
+    }
 
 
 def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[str, Any]:
@@ -181,24 +235,42 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
     for vector in ("model_diff", "contrastive"):
         for model_name, key in (("finetuned", "undone"), ("base", "induced")):
             for layers in (str(best), "all"):
-                row = best_coherent(study["rows"], key, max_drop, stage="sweep", vector=vector, model=model_name,
-                                    scale="raw", layers=layers)
+                row = best_coherent(
+                    study["rows"],
+                    key,
+                    max_drop,
+                    stage="sweep",
+                    vector=vector,
+                    model=model_name,
+                    scale="raw",
+                    layers=layers,
+                )
                 best_rows[f"{vector}|{model_name}|{layers}"] = row
     gap = ref["finetuned"] - ref["base"]
     summary = {
-        "steerlab_version": __version__, "model": model, "judge": judge, "size": size,
-        "n_layers": lm.n_layers, "d_model": lm.d_model,
+        "steerlab_version": __version__,
+        "model": model,
+        "judge": judge,
+        "size": size,
+        "n_layers": lm.n_layers,
+        "d_model": lm.d_model,
         "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": gap},
-        "cosine_per_layer": cos, "best_layer": best, "cosine_at_best_layer": cos[best],
+        "cosine_per_layer": cos,
+        "best_layer": best,
+        "cosine_at_best_layer": cos[best],
         "random_baseline": comparison["baseline"],
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
-        "best_steering": best_rows, "steering_positions": study["config"].get("positions", "all"),
+        "best_steering": best_rows,
+        "steering_positions": study["config"].get("positions", "all"),
         "prompting": study.get("prompting"),
         "model_diff_vs_contrastive": [c for c in study.get("comparisons", []) if c["layers"] == str(best)],
         "model_diff_positions": _positions_summary(diff.positions, best),
-        "monitor": monitor["summary"], "traits": persona["traits"], "traits_failed": persona["failed"],
-        "traits_judge": persona["judge"], "traits_readings": persona["readings"],
+        "monitor": monitor["summary"],
+        "traits": persona["traits"],
+        "traits_failed": persona["failed"],
+        "traits_judge": persona["judge"],
+        "traits_readings": persona["readings"],
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["reading"] = reading(summary, max_drop)
@@ -210,11 +282,18 @@ def _positions_summary(positions: dict[str, Any] | None, best: int) -> dict[str,
     interval) per token position, position 0 apart."""
     if not positions:
         return None
-    per = {i: {"cosine": doc["cosine_with_contrastive"][best], "ci95": doc["ci95"][best]}
-           for i, doc in positions["positions"].items()}
-    return {"layer": best, "random_band": positions["random_band"], "best_position": positions["best_position"],
-            "position_0": per.get("0"), "positions": {i: v for i, v in per.items() if i != "0"},
-            "n_prompts": positions["n_prompts"]}
+    per = {
+        i: {"cosine": doc["cosine_with_contrastive"][best], "ci95": doc["ci95"][best]}
+        for i, doc in positions["positions"].items()
+    }
+    return {
+        "layer": best,
+        "random_band": positions["random_band"],
+        "best_position": positions["best_position"],
+        "position_0": per.get("0"),
+        "positions": {i: v for i, v in per.items() if i != "0"},
+        "n_prompts": positions["n_prompts"],
+    }
 
 
 def _pct(x: float | None) -> str:
@@ -230,24 +309,34 @@ def _interval(ci: list[float | None] | None) -> str:
 def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | None) -> str:
     """How a steering row's effect compares with its interval, its random band and prompting."""
     delta = row.get("delta_ci95") or [None, None]
-    change = ("" if None in delta else f", margin change {row['delta']:+.3f} nats/token, 95% CI "
-              f"{delta[0]:+.3f} to {delta[1]:+.3f}")
+    change = (
+        ""
+        if None in delta
+        else f", margin change {row['delta']:+.3f} nats/token, 95% CI {delta[0]:+.3f} to {delta[1]:+.3f}"
+    )
     parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))}{change})"]
     rnd = row.get("random")
     if rnd:
-        parts.append(f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
-                     f"{_pct(rnd['hi'])}, p = {rnd['p']:.2g}) — {row['verdict']}")
+        parts.append(
+            f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
+            f"{_pct(rnd['hi'])}, p = {rnd['p']:.2g}) — {row['verdict']}"
+        )
     if row.get("steerable_fraction") is not None:
-        parts.append(f"{row['steerable_fraction']:.0%} of pairs moved the intended way, "
-                     f"{row['anti_steerable_fraction']:.0%} the wrong way")
+        parts.append(
+            f"{row['steerable_fraction']:.0%} of pairs moved the intended way, "
+            f"{row['anti_steerable_fraction']:.0%} the wrong way"
+        )
     if row.get("vs_prompting") is not None and prompting:
         parts.append(f"{row['vs_prompting']:.2g}× the effect of prompting")
     return "; ".join(parts)
 
 
 # How the reading names the study's steering positions (SPEC §4).
-STEERED_AT = {"response": "at the last prompt token and every answer token", "all": "at every token",
-              "prompt": "at the prompt tokens"}
+STEERED_AT = {
+    "response": "at the last prompt token and every answer token",
+    "all": "at every token",
+    "prompt": "at the prompt tokens",
+}
 
 
 def reading(s: dict[str, Any], max_drop: float) -> list[str]:
@@ -256,12 +345,16 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
     band = s["random_baseline"]["band"]
     lines = []
     if m["gap"] > 0:
-        lines.append(f"Fine-tuning on deceptive answers raised the held-out behaviour margin from {m['base']:+.3f} to "
-                     f"{m['finetuned']:+.3f} (log-likelihood per token, deceptive minus honest): the fine-tune learned "
-                     "something that generalises to unseen questions.")
+        lines.append(
+            f"Fine-tuning on deceptive answers raised the held-out behaviour margin from {m['base']:+.3f} to "
+            f"{m['finetuned']:+.3f} (log-likelihood per token, deceptive minus honest): the fine-tune learned "
+            "something that generalises to unseen questions."
+        )
     else:
-        lines.append(f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
-                     "comparisons below describe a fine-tune that did not take.")
+        lines.append(
+            f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
+            "comparisons below describe a fine-tune that did not take."
+        )
     cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
     ci = s.get("cosine_ci95_at_best_layer")
     ci_text = f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f} from resampling the pairs behind each vector)" if ci else ""
@@ -273,47 +366,66 @@ def reading(s: dict[str, Any], max_drop: float) -> list[str]:
         verdict = "its interval overlaps the random band: not clearly distinguishable from unrelated directions"
     else:
         verdict = "outside the random band" if abs(cos) > band else "inside the random band"
-    lines.append(f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}{ci_text}, "
-                 f"{verdict} (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
-                 f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
-                 "noisy estimates of the same direction could look.")
+    lines.append(
+        f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}{ci_text}, "
+        f"{verdict} (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
+        f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
+        "noisy estimates of the same direction could look."
+    )
     prompting = s.get("prompting")
     if prompting:
         ask = prompting.get("finetuned_asked_opposite", {})
         induce = prompting.get("base_asked_behaviour", {})
-        lines.append(f"Prompting baseline: asking the fine-tuned model to be honest undoes {_pct(ask.get('effect'))} "
-                     f"of the gap ({_interval(ask.get('ci95'))}); asking the base model to deceive induces "
-                     f"{_pct(induce.get('effect'))} ({_interval(induce.get('ci95'))}).")
+        lines.append(
+            f"Prompting baseline: asking the fine-tuned model to be honest undoes {_pct(ask.get('effect'))} "
+            f"of the gap ({_interval(ask.get('ci95'))}); asking the base model to deceive induces "
+            f"{_pct(induce.get('effect'))} ({_interval(induce.get('ci95'))})."
+        )
     for vector in ("model_diff", "contrastive"):
         row = s["best_steering"].get(f"{vector}|finetuned|{best}")
         if row:
-            lines.append(f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
-                         f"({STEERED_AT[s.get('steering_positions', 'all')]}, "
-                         f"coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
-                         f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}.")
+            lines.append(
+                f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
+                f"({STEERED_AT[s.get('steering_positions', 'all')]}, "
+                f"coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
+                f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}."
+            )
     paired = [c for c in s.get("model_diff_vs_contrastive") or [] if c["model"] == "finetuned"]
     if paired:
         sure = [c for c in paired if c["distinguishable"]]
-        lines.append(f"Model-diff vs contrastive at equal size (layer {best}, same pairs, paired bootstrap): the two "
-                     f"steer distinguishably at {len(sure)} of {len(paired)} coefficients"
-                     + (f" (e.g. c={sure[0]['coeff']:g}: margin difference {sure[0]['margin_difference']:+.3f}, 95% CI "
-                        f"{sure[0]['ci95'][0]:+.3f} to {sure[0]['ci95'][1]:+.3f})." if sure else "."))
+        lines.append(
+            f"Model-diff vs contrastive at equal size (layer {best}, same pairs, paired bootstrap): the two "
+            f"steer distinguishably at {len(sure)} of {len(paired)} coefficients"
+            + (
+                f" (e.g. c={sure[0]['coeff']:g}: margin difference {sure[0]['margin_difference']:+.3f}, 95% CI "
+                f"{sure[0]['ci95'][0]:+.3f} to {sure[0]['ci95'][1]:+.3f})."
+                if sure
+                else "."
+            )
+        )
     positions = s.get("model_diff_positions")
     if positions:
         best_pos = positions["positions"].get(str(positions["best_position"]), {})
         p0 = positions.get("position_0") or {}
-        lines.append(f"Read on {positions['n_prompts']} unrelated prompts, the fine-tune's activation difference "
-                     f"at token position {positions['best_position']} has cosine {best_pos.get('cosine', 0):+.3f} "
-                     f"with the contrastive vector at layer {best} (position 0, an attention sink, "
-                     f"{p0.get('cosine', 0):+.3f}; random band ±{positions['random_band']:.3f}).")
+        lines.append(
+            f"Read on {positions['n_prompts']} unrelated prompts, the fine-tune's activation difference "
+            f"at token position {positions['best_position']} has cosine {best_pos.get('cosine', 0):+.3f} "
+            f"with the contrastive vector at layer {best} (position 0, an attention sink, "
+            f"{p0.get('cosine', 0):+.3f}; random band ±{positions['random_band']:.3f})."
+        )
     lines.extend(s.get("traits_readings") or [])
-    unfiltered = [name for name, e in (s.get("traits") or {}).items()
-                  if isinstance(e, dict) and e.get("filter") == "none"]
+    unfiltered = [
+        name for name, e in (s.get("traits") or {}).items() if isinstance(e, dict) and e.get("filter") == "none"
+    ]
     if unfiltered:
-        lines.append(f"The {s['traits_judge']} judge could not score the persona answers of "
-                     f"{', '.join(unfiltered)} (too little probability on numbers), so their persona vectors "
-                     "average every pair, unfiltered; use a stronger judge (--judge openai:MODEL).")
-    lines.append("What a 135M model cannot show: judged trait scores with a reliable judge, long coherent steered "
-                 "answers, and behaviours that need a capable model to express. The same commands run on a GPU "
-                 "with a real model (--model, --judge openai:...) at --size full.")
+        lines.append(
+            f"The {s['traits_judge']} judge could not score the persona answers of "
+            f"{', '.join(unfiltered)} (too little probability on numbers), so their persona vectors "
+            "average every pair, unfiltered; use a stronger judge (--judge openai:MODEL)."
+        )
+    lines.append(
+        "What a 135M model cannot show: judged trait scores with a reliable judge, long coherent steered "
+        "answers, and behaviours that need a capable model to express. The same commands run on a GPU "
+        "with a real model (--model, --judge openai:...) at --size full."
+    )
     return lines

@@ -95,17 +95,31 @@ def run_diff_study(
         # The fine-tune is its own stage (steerlab.finetune.training): kept when config, data and base match.
         adapter_dir = run.path / "adapter"
         started = time.perf_counter()
-        ft_config = FinetuneConfig(rank=config.rank, alpha=config.alpha, epochs=config.epochs, lr=config.lr,
-                                   batch_size=config.train_batch_size, seed=config.seed)
+        ft_config = FinetuneConfig(
+            rank=config.rank,
+            alpha=config.alpha,
+            epochs=config.epochs,
+            lr=config.lr,
+            batch_size=config.train_batch_size,
+            seed=config.seed,
+        )
         result = run_finetune(base, pairs_to_chat(train, "positive"), adapter_dir, ft_config)
         finetune_hash = result.config_hash  # a retrained adapter makes the vectors stale
         if not result.reused:
             run.timings["finetune"] = round(time.perf_counter() - started, 3)
     adapter_dir = Path(adapter_dir)
 
-    vec_stage = run.stage("vectors", "vectors/manifest.json", {**data, "adapter": str(adapter_dir),
-                                                              "finetune": finetune_hash,
-                                                              "n_splits": config.n_splits, "seed": config.seed})
+    vec_stage = run.stage(
+        "vectors",
+        "vectors/manifest.json",
+        {
+            **data,
+            "adapter": str(adapter_dir),
+            "finetune": finetune_hash,
+            "n_splits": config.n_splits,
+            "seed": config.seed,
+        },
+    )
     paths = {name: run.path / "vectors" / f"{name}.safetensors" for name in ("contrastive", "model_diff")}
     samples_path = run.path / "vectors" / "per_sample.safetensors"  # per-pair / per-sample differences
     if vec_stage.done() and not samples_path.is_file():
@@ -127,8 +141,9 @@ def run_diff_study(
         model_diff.add({REDUCTION: plain}, -1.0)
         vectors = {
             "contrastive": contrastive.vectors(len(train), vector_metadata(base, "contrastive", len(train)))[REDUCTION],
-            "model_diff": model_diff.vectors(len(samples), vector_metadata(
-                base, "model_diff", len(samples), adapter=str(adapter_dir)))[REDUCTION],
+            "model_diff": model_diff.vectors(
+                len(samples), vector_metadata(base, "model_diff", len(samples), adapter=str(adapter_dir))
+            )[REDUCTION],
         }
         for name, vec in vectors.items():
             vec.save(paths[name])
@@ -150,8 +165,9 @@ def run_diff_study(
         comparison = compare_vectors(vectors).to_dict()
         comparison["reliability"] = manifest["reliability"]
         per_sample = load_file(str(samples_path))
-        ci = resampled_cosine_ci(per_sample["contrastive"], per_sample["model_diff"], config.study.n_bootstrap,
-                                 config.seed)
+        ci = resampled_cosine_ci(
+            per_sample["contrastive"], per_sample["model_diff"], config.study.n_bootstrap, config.seed
+        )
         comparison["cosine_ci95"] = {"contrastive|model_diff": [[float(lo), float(hi)] for lo, hi in ci]}
         cmp_stage.save_json(comparison)
 
@@ -160,12 +176,16 @@ def run_diff_study(
     if positions:
         best_position = positions["best_position"]
         study_vectors[f"model_diff_pos{best_position}"] = SteeringVector.load(
-            run.path / "vectors" / f"model_diff_pos{best_position}.safetensors")
+            run.path / "vectors" / f"model_diff_pos{best_position}.safetensors"
+        )
 
     study_cfg = asdict(config.study)
     best_position = positions["best_position"] if positions else None
-    study_stage = run.stage("study", "study.json", {"vectors": vec_stage.hash, "heldout": data["heldout"],
-                                                    "study": study_cfg, "position_vector": best_position})
+    study_stage = run.stage(
+        "study",
+        "study.json",
+        {"vectors": vec_stage.hash, "heldout": data["heldout"], "study": study_cfg, "position_vector": best_position},
+    )
     if study_stage.done():
         study = study_stage.load_json()
     else:
@@ -176,8 +196,15 @@ def run_diff_study(
     return DiffStudyResult(run.path, adapter_dir, paths, comparison, study, run.timings, positions)
 
 
-def _positions_stage(run: RunDir, base: LoadedModel, adapter_dir: Path, vectors_hash: str, samples_path: Path,
-                     comparison: dict[str, Any], config: DiffStudyConfig) -> dict[str, Any] | None:
+def _positions_stage(
+    run: RunDir,
+    base: LoadedModel,
+    adapter_dir: Path,
+    vectors_hash: str,
+    samples_path: Path,
+    comparison: dict[str, Any],
+    config: DiffStudyConfig,
+) -> dict[str, Any] | None:
     """Position-resolved model diff (Minder et al. 2025): (fine-tuned − base) at tokens 0..k-1 of the
     built-in generic prompts (plain text, unrelated to the behaviour), each position's cosine per
     layer with the contrastive vector, with resampling intervals and the random band. Position 0
@@ -187,8 +214,11 @@ def _positions_stage(run: RunDir, base: LoadedModel, adapter_dir: Path, vectors_
     k = config.positions
     if k < 1:
         return None
-    stage = run.stage("positions", "positions.json", {"vectors": vectors_hash, "k": k, "seed": config.seed,
-                                                      "n_bootstrap": config.study.n_bootstrap})
+    stage = run.stage(
+        "positions",
+        "positions.json",
+        {"vectors": vectors_hash, "k": k, "seed": config.seed, "n_bootstrap": config.study.n_bootstrap},
+    )
     if stage.done():
         return stage.load_json()
     prompts = generic_prompts()
@@ -200,21 +230,38 @@ def _positions_stage(run: RunDir, base: LoadedModel, adapter_dir: Path, vectors_
     contrast = load_file(str(samples_path))["contrastive"]
     contrastive = contrast.double().mean(0)
     band = comparison["baseline"]["band"]
-    doc: dict[str, Any] = {"k": k, "n_prompts": len(prompts), "inputs": "plain text (no chat template)",
-                           "random_band": band, "positions": {}}
+    doc: dict[str, Any] = {
+        "k": k,
+        "n_prompts": len(prompts),
+        "inputs": "plain text (no chat template)",
+        "random_band": band,
+        "positions": {},
+    }
     for i, name in enumerate(names):
         aggregate = MeanDifference()
         aggregate.add({name: tuned_acts[name]}, 1.0)
         aggregate.add({name: plain[name]}, -1.0)
-        vector = aggregate.vectors(len(samples), vector_metadata(
-            base, "model_diff", len(samples), adapter=str(adapter_dir), position=i, inputs="plain text",
-            prompts="generic"))[name]
+        vector = aggregate.vectors(
+            len(samples),
+            vector_metadata(
+                base,
+                "model_diff",
+                len(samples),
+                adapter=str(adapter_dir),
+                position=i,
+                inputs="plain text",
+                prompts="generic",
+            ),
+        )[name]
         vector.save(run.path / "vectors" / f"model_diff_pos{i}.safetensors")
         cos = cosine(vector.data.double(), contrastive)
         ci = resampled_cosine_ci(tuned_acts[name] - plain[name], contrast, config.study.n_bootstrap, config.seed)
-        doc["positions"][str(i)] = {"cosine_with_contrastive": [float(c) for c in cos],
-                                    "ci95": [[float(lo), float(hi)] for lo, hi in ci],
-                                    "norms": [float(n) for n in vector.norms()]}
+        doc["positions"][str(i)] = {
+            "cosine_with_contrastive": [float(c) for c in cos],
+            "ci95": [[float(lo), float(hi)] for lo, hi in ci],
+            "norms": [float(n) for n in vector.norms()],
+        }
+
     def mean_abs_cosine(i: int) -> float:
         values = doc["positions"][str(i)]["cosine_with_contrastive"]
         return sum(abs(c) for c in values) / len(values)

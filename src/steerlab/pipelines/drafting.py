@@ -50,8 +50,9 @@ class LocalChat:
 
     def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
         """The local model's reply (greedy at temperature 0, seeded sampling otherwise)."""
-        return generate_batch(self.lm, [messages], max_new_tokens=max_tokens, temperature=temperature, seed=0,
-                              description="drafting")[0].text
+        return generate_batch(
+            self.lm, [messages], max_new_tokens=max_tokens, temperature=temperature, seed=0, description="drafting"
+        )[0].text
 
 
 class OpenAIChat:
@@ -72,8 +73,9 @@ class OpenAIChat:
         from openai import OpenAIError
 
         try:
-            reply = self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
-                                                        temperature=temperature)
+            reply = self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+            )
         except OpenAIError as exc:
             raise SteerlabError(f"chat endpoint error ({type(exc).__name__}: {exc})") from None
         return reply.choices[0].message.content or ""
@@ -98,15 +100,27 @@ def parse_json_object(text: str) -> object:
 
 
 def draft_trait(
-    chat: ChatModel, description: str, name: str, n_instructions: int = 5, n_questions: int = 20,
-    attempts: int = 3, max_tokens: int = 3000, temperature: float = 0.7,
+    chat: ChatModel,
+    description: str,
+    name: str,
+    n_instructions: int = 5,
+    n_questions: int = 20,
+    attempts: int = 3,
+    max_tokens: int = 3000,
+    temperature: float = 0.7,
 ) -> tuple[Trait, int]:
     """Draft and validate a trait; returns (trait, attempts used). Raises after ``attempts`` failures
     with the last validation error."""
     if not description.strip():
         raise SteerlabError("traits new: the description is empty")
-    messages: Messages = [{"role": "user", "content": DRAFT_PROMPT.format(
-        description=description.strip(), n_instructions=n_instructions, n_questions=n_questions)}]
+    messages: Messages = [
+        {
+            "role": "user",
+            "content": DRAFT_PROMPT.format(
+                description=description.strip(), n_instructions=n_instructions, n_questions=n_questions
+            ),
+        }
+    ]
     error = ""
     for attempt in range(1, attempts + 1):
         reply = chat.complete(messages, max_tokens, temperature)
@@ -118,9 +132,13 @@ def draft_trait(
             error = "; ".join(short)
         except SteerlabError as exc:
             error = str(exc)
-        messages += [{"role": "assistant", "content": reply},
-                     {"role": "user", "content": f"That draft is not valid: {error}. Reply with the corrected "
-                                                 "JSON object only."}]
+        messages += [
+            {"role": "assistant", "content": reply},
+            {
+                "role": "user",
+                "content": f"That draft is not valid: {error}. Reply with the corrected JSON object only.",
+            },
+        ]
     raise SteerlabError(f"traits new: no valid trait after {attempts} attempts; last problem: {error}")
 
 
@@ -130,6 +148,6 @@ def _shortfalls(trait: Trait, n_instructions: int, n_questions: int) -> Sequence
         problems.append(f"'instruction' has {len(trait.instruction)} pairs, expected {n_instructions}")
     if len(trait.questions) < n_questions:
         problems.append(f"'questions' has {len(trait.questions)} questions, expected {n_questions}")
-    if len({re.sub(r'\W+', ' ', q.lower()).strip() for q in trait.questions}) < len(trait.questions):
+    if len({re.sub(r"\W+", " ", q.lower()).strip() for q in trait.questions}) < len(trait.questions):
         problems.append("'questions' contains duplicates")
     return problems

@@ -88,8 +88,9 @@ class NoEffectivePairsError(SteerlabError):
     counts (:func:`judge_answer_counts`); ``run_dir``: where responses and scores are kept.
     """
 
-    def __init__(self, message: str, trait: str, counts: dict[str, Any], answer_counts: dict[str, Any],
-                 run_dir: Path) -> None:
+    def __init__(
+        self, message: str, trait: str, counts: dict[str, Any], answer_counts: dict[str, Any], run_dir: Path
+    ) -> None:
         super().__init__(message)
         self.trait, self.counts, self.answer_counts, self.run_dir = trait, counts, answer_counts, run_dir
 
@@ -115,8 +116,17 @@ def response_items(trait: Trait, config: PersonaConfig) -> list[dict[str, Any]]:
         for q, question in enumerate(questions):
             for s in range(config.samples_per_question):
                 for kind, system in (("pos", pos[i]), ("neg", neg[i])):
-                    items.append({"key": f"{kind}/{i}/{q}/{s}", "kind": kind, "instruction": i,
-                                  "question_index": q, "sample": s, "question": question, "system": system})
+                    items.append(
+                        {
+                            "key": f"{kind}/{i}/{q}/{s}",
+                            "kind": kind,
+                            "instruction": i,
+                            "question_index": q,
+                            "sample": s,
+                            "question": question,
+                            "system": system,
+                        }
+                    )
     return items
 
 
@@ -143,30 +153,39 @@ def run_persona(
     if responses.done():
         rows = responses.load_rows()
     else:
+
         def generate_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return response_rows(items, generate_with_systems(lm, items, config, f"{name}: generating"))
 
         rows = responses.run_items(response_items(trait, config), generate_chunk, chunk=generation_chunk(config))
         responses.save_rows(rows, reused_items=responses.reused)
 
-    judged_stage = run.stage("judged", "judged.jsonl", {**base, "responses": responses.hash,
-                                                        "judge": judge_name or type(judge).__name__})
+    judged_stage = run.stage(
+        "judged", "judged.jsonl", {**base, "responses": responses.hash, "judge": judge_name or type(judge).__name__}
+    )
     if judged_stage.done():
         judged = judged_stage.load_rows()
     else:
+
         def judge_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             qs, answers = [it["question"] for it in items], [it["response"] for it in items]
             trait_results = evaluate_trait(judge, trait.eval_prompt, qs, answers)
             coherence = evaluate_coherence(judge, qs, answers)
-            return [{**it, "trait_score": t.score, "coherence": c.score, "trait_mass": t.mass, "coherence_mass": c.mass}
-                    for it, t, c in zip(items, trait_results, coherence, strict=True)]
+            return [
+                {**it, "trait_score": t.score, "coherence": c.score, "trait_mass": t.mass, "coherence_mass": c.mass}
+                for it, t, c in zip(items, trait_results, coherence, strict=True)
+            ]
 
         judged = judged_stage.run_items(rows, judge_chunk, chunk=config.judge_chunk)
         judged_stage.save_rows(judged, reused_items=judged_stage.reused)
 
     # The filtered stage's config is unchanged from before --no-filter existed: old runs resume as is.
-    pairs_cfg = {"judged": judged_stage.hash, "threshold": config.threshold, "min_coherence": config.min_coherence,
-                 **({} if config.filter else {"filter": "none"})}
+    pairs_cfg = {
+        "judged": judged_stage.hash,
+        "threshold": config.threshold,
+        "min_coherence": config.min_coherence,
+        **({} if config.filter else {"filter": "none"}),
+    }
     pairs_stage = run.stage("pairs", "pairs.json", pairs_cfg)
     if pairs_stage.done():
         pairs_doc = pairs_stage.load_json()
@@ -179,16 +198,25 @@ def run_persona(
     pairs = pairs_doc["pairs"]
     answers = judge_answer_counts(judged, getattr(judge, "min_mass", MIN_NUMBER_MASS))
     if not pairs:
-        raise NoEffectivePairsError(_no_pairs_message(name, pairs_doc["counts"], answers, config, run.path),
-                                    name, pairs_doc["counts"], answers, run.path)
+        raise NoEffectivePairsError(
+            _no_pairs_message(name, pairs_doc["counts"], answers, config, run.path),
+            name,
+            pairs_doc["counts"],
+            answers,
+            run.path,
+        )
 
     filter_name = "effective" if config.filter else "none"
     meta: dict[str, Any] = {"trait": name, "n_samples": len(pairs), "filter": filter_name}
     if config.filter:
         meta.update(threshold=config.threshold, min_coherence=config.min_coherence)
     else:
-        meta.update(n_effective=pairs_doc["counts"]["effective"], n_unscored_pairs=pairs_doc["counts"]["unscored"],
-                    n_answers=answers["answers"], n_unscored_answers=answers["unscored"])
+        meta.update(
+            n_effective=pairs_doc["counts"]["effective"],
+            n_unscored_pairs=pairs_doc["counts"]["unscored"],
+            n_answers=answers["answers"],
+            n_unscored_answers=answers["unscored"],
+        )
     vec_stage = run.stage("vectors", "vectors/manifest.json", {"pairs": pairs_stage.hash, "model": lm.name})
     paths = {r: run.path / "vectors" / f"{name}_{r}.safetensors" for r in PERSONA_REDUCTIONS}
     if not vec_stage.done():
@@ -196,10 +224,20 @@ def run_persona(
         for reduction, vec in vectors.items():
             vec.metadata.update(meta)
             vec.save(paths[reduction])
-        vec_stage.save_json({"vectors": {r: str(p.name) for r, p in paths.items()}, "n_pairs": len(pairs),
-                             "metadata": meta})
-    return PersonaResult(run.path, paths, len(rows), pairs_doc["counts"]["effective"], pairs_doc["counts"],
-                         run.timings, n_pairs=len(pairs), filter=filter_name, answer_counts=answers)
+        vec_stage.save_json(
+            {"vectors": {r: str(p.name) for r, p in paths.items()}, "n_pairs": len(pairs), "metadata": meta}
+        )
+    return PersonaResult(
+        run.path,
+        paths,
+        len(rows),
+        pairs_doc["counts"]["effective"],
+        pairs_doc["counts"],
+        run.timings,
+        n_pairs=len(pairs),
+        filter=filter_name,
+        answer_counts=answers,
+    )
 
 
 def judge_answer_counts(judged: list[dict[str, Any]], min_mass: float = MIN_NUMBER_MASS) -> dict[str, Any]:
@@ -220,38 +258,54 @@ def judge_answer_counts(judged: list[dict[str, Any]], min_mass: float = MIN_NUMB
         if missing:
             unscored += 1
             low += any(m is not None and m < min_mass for m in missing)
-    return {"answers": len(judged), "unscored": unscored, "below_min_mass": low, "no_answer": unscored - low,
-            "mean_mass": sum(masses) / len(masses) if masses else None, "min_mass": min_mass}
+    return {
+        "answers": len(judged),
+        "unscored": unscored,
+        "below_min_mass": low,
+        "no_answer": unscored - low,
+        "mean_mass": sum(masses) / len(masses) if masses else None,
+        "min_mass": min_mass,
+    }
 
 
-def _no_pairs_message(name: str, counts: dict[str, Any], answers: dict[str, Any], config: PersonaConfig,
-                      run_dir: Path) -> str:
+def _no_pairs_message(
+    name: str, counts: dict[str, Any], answers: dict[str, Any], config: PersonaConfig, run_dir: Path
+) -> str:
     """Why no pair is left: the judge's unscored answers and the filter's rejections, both counted."""
     scored = counts["candidates"] - counts["unscored"]
     why = []
     if answers["below_min_mass"]:
         mean = answers["mean_mass"]
-        why.append(f"for {answers['below_min_mass']} it put less than {answers['min_mass']:g} probability on the "
-                   f"number answers 0-100" + (f" (mean {mean:.3f} over all its answers)" if mean is not None else ""))
+        why.append(
+            f"for {answers['below_min_mass']} it put less than {answers['min_mass']:g} probability on the "
+            f"number answers 0-100" + (f" (mean {mean:.3f} over all its answers)" if mean is not None else "")
+        )
     if answers["no_answer"]:
         why.append(f"for {answers['no_answer']} it gave no answer (unreachable, malformed or no score; see the log)")
-    text = (f"{name}: no effective pairs among {counts['candidates']} candidate pairs. The judge could not score "
-            f"{answers['unscored']} of {answers['answers']} answers" + (f": {'; '.join(why)}" if why else "")
-            + f", leaving {counts['unscored']} pairs unscored. Of the {scored} scored pairs, "
-            f"{counts['pos_below_threshold']} had a positive answer below --threshold {config.threshold:g}, "
-            f"{counts['neg_above_threshold']} a negative answer at or above {100 - config.threshold:g} and "
-            f"{counts['incoherent']} an answer below --min-coherence {config.min_coherence:g}. ")
+    text = (
+        f"{name}: no effective pairs among {counts['candidates']} candidate pairs. The judge could not score "
+        f"{answers['unscored']} of {answers['answers']} answers"
+        + (f": {'; '.join(why)}" if why else "")
+        + f", leaving {counts['unscored']} pairs unscored. Of the {scored} scored pairs, "
+        f"{counts['pos_below_threshold']} had a positive answer below --threshold {config.threshold:g}, "
+        f"{counts['neg_above_threshold']} a negative answer at or above {100 - config.threshold:g} and "
+        f"{counts['incoherent']} an answer below --min-coherence {config.min_coherence:g}. "
+    )
     stronger = "use a stronger judge (-j openai:MODEL, or -j local:MODEL with a larger model)"
-    express = (f"the model may not express this trait when prompted: lower --threshold (now {config.threshold:g}) or "
-               "--min-coherence, or use a larger model")
+    express = (
+        f"the model may not express this trait when prompted: lower --threshold (now {config.threshold:g}) or "
+        "--min-coherence, or use a larger model"
+    )
     if scored == 0:
         text += f"The judge cannot score these answers: {stronger}"
     elif counts["unscored"] == 0:
         text += express[0].upper() + express[1:]
     else:
         text += f"For the unscored pairs {stronger}; for the scored ones {express}"
-    return (text + ", or pass --no-filter (PersonaConfig.filter=False) to average every pair unfiltered. "
-            f"Responses and scores are kept in {run_dir}")
+    return (
+        text + ", or pass --no-filter (PersonaConfig.filter=False) to average every pair unfiltered. "
+        f"Responses and scores are kept in {run_dir}"
+    )
 
 
 def responses_stage(run: RunDir, lm: LoadedModel, trait: Trait, config: PersonaConfig) -> Stage:
@@ -260,8 +314,9 @@ def responses_stage(run: RunDir, lm: LoadedModel, trait: Trait, config: PersonaC
     as rows of shared batches, :mod:`steerlab.pipelines.persona_traits`) and saved through it with
     :func:`response_rows` are the ones :func:`run_persona` reuses."""
     base = {"model": lm.name, "trait": trait.to_json(), "trait_name": trait.name or "trait"}
-    gen_cfg = {k: v for k, v in asdict(config).items()
-               if k not in ("threshold", "min_coherence", "judge_chunk", "filter")}
+    gen_cfg = {
+        k: v for k, v in asdict(config).items() if k not in ("threshold", "min_coherence", "judge_chunk", "filter")
+    }
     return run.stage("responses", "responses.jsonl", {**base, **gen_cfg})
 
 
@@ -279,7 +334,15 @@ def generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config: 
     """Generate for items that each carry their own system prompt (``system``, ``question``) as one
     batch stream with ``config``'s generation settings; one :class:`~steerlab.steering.generation.Generation`
     per item, in item order."""
-    prompts = [[{"role": "system", "content": it["system"]}, {"role": "user", "content": it["question"]}]
-               for it in items]
-    return generate_batch(lm, prompts, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                          seed=config.seed, batch_size=config.batch_size, description=description)
+    prompts = [
+        [{"role": "system", "content": it["system"]}, {"role": "user", "content": it["question"]}] for it in items
+    ]
+    return generate_batch(
+        lm,
+        prompts,
+        max_new_tokens=config.max_new_tokens,
+        temperature=config.temperature,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        description=description,
+    )

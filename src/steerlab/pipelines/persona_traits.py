@@ -161,8 +161,10 @@ def resolve_traits(traits: Sequence[TraitLike]) -> list[TraitSpec]:
     for name in names:
         if not name or name in RESERVED or names.count(name) > 1:
             why = "reserved" if name in RESERVED else "empty" if not name else "given twice"
-            raise SteerlabError(f"--trait {name!r}: trait name {why} (each trait gets DIR/<name>/ and a key in "
-                                f"traits.json; reserved: {', '.join(RESERVED)})")
+            raise SteerlabError(
+                f"--trait {name!r}: trait name {why} (each trait gets DIR/<name>/ and a key in "
+                f"traits.json; reserved: {', '.join(RESERVED)})"
+            )
     return specs
 
 
@@ -204,10 +206,22 @@ def run_persona_traits(
     chunk = 4 * generation_chunk(config.persona)
 
     start = time.perf_counter()
-    targets = {s.name: (responses_stage(runs[s.name], lm, s.extract, config.persona),
-                        response_items(s.extract, config.persona)) for s in specs}
-    shared_generation(run, "persona_responses", targets, lambda items: response_rows(
-        items, generate_with_systems(lm, items, config.persona, "persona answers (all traits)")), chunk)
+    targets = {
+        s.name: (
+            responses_stage(runs[s.name], lm, s.extract, config.persona),
+            response_items(s.extract, config.persona),
+        )
+        for s in specs
+    }
+    shared_generation(
+        run,
+        "persona_responses",
+        targets,
+        lambda items: response_rows(
+            items, generate_with_systems(lm, items, config.persona, "persona answers (all traits)")
+        ),
+        chunk,
+    )
     timings["responses"] = time.perf_counter() - start
 
     persona = {}
@@ -220,13 +234,31 @@ def run_persona_traits(
 
     # eval pairs: every trait's eval answers as rows of shared batches
     start = time.perf_counter()
-    eval_targets = {s.name: (runs[s.name].stage("eval_answers", "eval_answers.jsonl", {
-        "model": lm.name, "eval_trait": s.eval.to_json(), "questions": config.eval_questions,
-        "max_new_tokens": config.eval_new_tokens}), ts.eval_items(s.eval, config.eval_questions)) for s in ok}
+    eval_targets = {
+        s.name: (
+            runs[s.name].stage(
+                "eval_answers",
+                "eval_answers.jsonl",
+                {
+                    "model": lm.name,
+                    "eval_trait": s.eval.to_json(),
+                    "questions": config.eval_questions,
+                    "max_new_tokens": config.eval_new_tokens,
+                },
+            ),
+            ts.eval_items(s.eval, config.eval_questions),
+        )
+        for s in ok
+    }
 
     def eval_work(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        gens = generate_batch(lm, _messages(items), max_new_tokens=config.eval_new_tokens,
-                              batch_size=config.persona.batch_size, description="eval answers (all traits)")
+        gens = generate_batch(
+            lm,
+            _messages(items),
+            max_new_tokens=config.eval_new_tokens,
+            batch_size=config.persona.batch_size,
+            description="eval answers (all traits)",
+        )
         return [{**it, "response": g.text} for it, g in zip(items, gens, strict=True)]
 
     shared_generation(run, "eval_answers", eval_targets, eval_work, chunk)
@@ -236,26 +268,46 @@ def run_persona_traits(
     directions: dict[str, dict[str, Any]] = {}
     for s in ok:
         try:
-            entries[s.name], directions[s.name] = _evaluate(lm, s, runs[s.name], eval_targets[s.name][0],
-                                                             persona[s.name], config, layers)
+            entries[s.name], directions[s.name] = _evaluate(
+                lm, s, runs[s.name], eval_targets[s.name][0], persona[s.name], config, layers
+            )
         except SteerlabError as exc:
             failed[s.name] = {"status": "failed", "error": str(exc)}
     start = time.perf_counter()
-    _add_scores(lm, judge, judge_id, run, {s.name: s for s in ok if s.name in entries}, runs, entries, directions,
-                persona, config, chunk)
+    _add_scores(
+        lm,
+        judge,
+        judge_id,
+        run,
+        {s.name: s for s in ok if s.name in entries},
+        runs,
+        entries,
+        directions,
+        persona,
+        config,
+        chunk,
+    )
     timings["steered_scores"] = time.perf_counter() - start
 
     start = time.perf_counter()
     cosine = None
     if len(entries) >= 2:
-        stage = run.stage("cosine", "cosine.json", {"vectors": {n: d["hash"] for n, d in directions.items()},
-                                                    "reduction": config.reduction, "seed": config.seed,
-                                                    "n_resamples": config.n_resamples})
+        stage = run.stage(
+            "cosine",
+            "cosine.json",
+            {
+                "vectors": {n: d["hash"] for n, d in directions.items()},
+                "reduction": config.reduction,
+                "seed": config.seed,
+                "n_resamples": config.n_resamples,
+            },
+        )
         if stage.done():
             cosine = stage.load_json()
         else:
-            diffs = {n: pair_differences(lm, d["pairs"], config.reduction, config.batch_size)
-                     for n, d in directions.items()}
+            diffs = {
+                n: pair_differences(lm, d["pairs"], config.reduction, config.batch_size) for n, d in directions.items()
+            }
             cosine = trait_cosines(diffs, config.n_resamples, config.seed)
             stage.save_json(cosine)
         cosine["best_layers"] = {n: e["best_layer"] for n, e in entries.items()}
@@ -264,19 +316,40 @@ def run_persona_traits(
     traits_doc = {s.name: entries.get(s.name) or failed[s.name] for s in specs}
     table = [ts.table_row(name, entry, config.max_fluency_drop) for name, entry in traits_doc.items()]
     path = run.path / "traits.json"
-    write_json(path, {**traits_doc, "cosine": cosine, "steerlab_version": __version__, "model": lm.name,
-                      "judge": judge_id, "config": asdict(config), "table": table})
+    write_json(
+        path,
+        {
+            **traits_doc,
+            "cosine": cosine,
+            "steerlab_version": __version__,
+            "model": lm.name,
+            "judge": judge_id,
+            "config": asdict(config),
+            "table": table,
+        },
+    )
     write_csv(run.path / "traits.csv", table)
     for name, r in runs.items():
-        timings.update({f"{name}.{k}": v for k, v in {**(persona[name].timings if name in persona else {}),
-                                                       **r.timings}.items()})
-    return PersonaTraitsResult(run.path, traits_doc, cosine, {n: f["error"] for n, f in failed.items()}, path,
-                               table, {k: round(v, 3) for k, v in timings.items()})
+        timings.update(
+            {f"{name}.{k}": v for k, v in {**(persona[name].timings if name in persona else {}), **r.timings}.items()}
+        )
+    return PersonaTraitsResult(
+        run.path,
+        traits_doc,
+        cosine,
+        {n: f["error"] for n, f in failed.items()},
+        path,
+        table,
+        {k: round(v, 3) for k, v in timings.items()},
+    )
 
 
 def _messages(items: list[dict[str, Any]]) -> list[Any]:
-    return [([{"role": "system", "content": it["system"]}] if it.get("system") else [])
-            + [{"role": "user", "content": it["question"]}] for it in items]
+    return [
+        ([{"role": "system", "content": it["system"]}] if it.get("system") else [])
+        + [{"role": "user", "content": it["question"]}]
+        for it in items
+    ]
 
 
 def _counts(exc: SteerlabError) -> dict[str, Any]:
@@ -285,67 +358,123 @@ def _counts(exc: SteerlabError) -> dict[str, Any]:
     return {}
 
 
-def _extract(lm: LoadedModel, spec: TraitSpec, judge: Judge, run: RunDir, config: PersonaTraitsConfig,
-             judge_id: str):
+def _extract(lm: LoadedModel, spec: TraitSpec, judge: Judge, run: RunDir, config: PersonaTraitsConfig, judge_id: str):
     """run_persona for one trait; with ``fallback_unfiltered``, unfiltered when no pair is effective."""
     try:
         return run_persona(lm, spec.extract, judge, run.path, config.persona, judge_name=judge_id)
     except NoEffectivePairsError:
         if not config.fallback_unfiltered or not config.persona.filter:
             raise
-        return run_persona(lm, spec.extract, judge, run.path, replace(config.persona, filter=False),
-                           judge_name=judge_id)
+        return run_persona(
+            lm, spec.extract, judge, run.path, replace(config.persona, filter=False), judge_name=judge_id
+        )
 
 
-def _evaluate(lm: LoadedModel, spec: TraitSpec, run: RunDir, eval_stage: Stage, persona: Any,
-              config: PersonaTraitsConfig, layers: list[int]) -> tuple[dict[str, Any], dict[str, Any]]:
+def _evaluate(
+    lm: LoadedModel,
+    spec: TraitSpec,
+    run: RunDir,
+    eval_stage: Stage,
+    persona: Any,
+    config: PersonaTraitsConfig,
+    layers: list[int],
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Layer scan and margin sweep with controls for one trait: (its traits.json entry, its directions)."""
     pairs = ts.eval_pairs(eval_stage.load_rows())
     if not pairs:
-        raise SteerlabError(f"{spec.name}: no eval pairs: the model's answers to the {config.eval_questions} eval "
-                            f"questions were blank under the persona prompts (see {eval_stage.path})")
+        raise SteerlabError(
+            f"{spec.name}: no eval pairs: the model's answers to the {config.eval_questions} eval "
+            f"questions were blank under the persona prompts (see {eval_stage.path})"
+        )
     vector = SteeringVector.load(persona.vectors[config.reduction])
     vhash = _vector_hash(vector)
     systems = ts.prompting_systems(spec.eval, config.prompt_instruction)
-    scan_stage = run.stage("layer_scan", "layer_scan.json", {
-        "eval_answers": eval_stage.hash, "vector": vhash, "layers": layers, "coeff": config.scan_coeff,
-        "positions": config.positions, "systems": systems})
+    scan_stage = run.stage(
+        "layer_scan",
+        "layer_scan.json",
+        {
+            "eval_answers": eval_stage.hash,
+            "vector": vhash,
+            "layers": layers,
+            "coeff": config.scan_coeff,
+            "positions": config.positions,
+            "systems": systems,
+        },
+    )
     if scan_stage.done():
         scan = scan_stage.load_json()
     else:
-        scan = ts.layer_scan(lm, pairs, vector.data, layers, config.scan_coeff, config.positions, systems,
-                             config.batch_size)
+        scan = ts.layer_scan(
+            lm, pairs, vector.data, layers, config.scan_coeff, config.positions, systems, config.batch_size
+        )
         scan_stage.save_json(scan)
     best, scan_rows = ts.choose_layer(scan, config.max_fluency_drop)
     controls = random_directions(vector, config.controls, config.seed)
-    sweep_stage = run.stage("margins", "margins.json", {"layer_scan": scan_stage.hash, "layer": best,
-                                                        "coeffs": config.coeffs, "controls": config.controls,
-                                                        "seed": config.seed, "positions": config.positions})
+    sweep_stage = run.stage(
+        "margins",
+        "margins.json",
+        {
+            "layer_scan": scan_stage.hash,
+            "layer": best,
+            "coeffs": config.coeffs,
+            "controls": config.controls,
+            "seed": config.seed,
+            "positions": config.positions,
+        },
+    )
     if sweep_stage.done():
         sweep = sweep_stage.load_json()
     else:
-        sweep = ts.sweep_margins(lm, pairs, vector.data, controls, best, config.coeffs, config.positions,
-                                 config.batch_size)
+        sweep = ts.sweep_margins(
+            lm, pairs, vector.data, controls, best, config.coeffs, config.positions, config.batch_size
+        )
         sweep_stage.save_json(sweep)
     refs = ts.reference_summary(scan, config.n_resamples, config.seed)
     entry = {
-        "status": "ok", "effective_pairs": persona.n_effective, "pairs_averaged": persona.n_pairs,
-        "filter": persona.filter, "counts": persona.counts, "answer_counts": persona.answer_counts,
-        "held_out": spec.held_out, "vector": str(persona.vectors[config.reduction].relative_to(run.path.parent)),
-        "reduction": config.reduction, "n_eval_pairs": len(pairs), "best_layer": best,
-        "layer_scan": {"coeff": config.scan_coeff, "max_fluency_drop": config.max_fluency_drop, "rows": scan_rows,
-                       "coherent": any(r["coherent"] for r in scan_rows)},
-        "controls": {"k": config.controls, "seed": config.seed}, **refs,
-        "rows": ts.margin_rows(scan, sweep, config.n_resamples, config.seed), "scores": None,
+        "status": "ok",
+        "effective_pairs": persona.n_effective,
+        "pairs_averaged": persona.n_pairs,
+        "filter": persona.filter,
+        "counts": persona.counts,
+        "answer_counts": persona.answer_counts,
+        "held_out": spec.held_out,
+        "vector": str(persona.vectors[config.reduction].relative_to(run.path.parent)),
+        "reduction": config.reduction,
+        "n_eval_pairs": len(pairs),
+        "best_layer": best,
+        "layer_scan": {
+            "coeff": config.scan_coeff,
+            "max_fluency_drop": config.max_fluency_drop,
+            "rows": scan_rows,
+            "coherent": any(r["coherent"] for r in scan_rows),
+        },
+        "controls": {"k": config.controls, "seed": config.seed},
+        **refs,
+        "rows": ts.margin_rows(scan, sweep, config.n_resamples, config.seed),
+        "scores": None,
     }
-    direction = {"vector": vector.data, "layer": best, "hash": vhash,
-                 "pairs": json.loads((run.path / PAIRS).read_text(encoding="utf-8"))["pairs"]}
+    direction = {
+        "vector": vector.data,
+        "layer": best,
+        "hash": vhash,
+        "pairs": json.loads((run.path / PAIRS).read_text(encoding="utf-8"))["pairs"],
+    }
     return entry, direction
 
 
-def _add_scores(lm: LoadedModel, judge: Judge, judge_id: str, run: RunDir, specs: dict[str, TraitSpec],
-                runs: dict[str, RunDir], entries: dict[str, dict[str, Any]], directions: dict[str, dict[str, Any]],
-                persona: dict[str, Any], config: PersonaTraitsConfig, chunk: int) -> None:
+def _add_scores(
+    lm: LoadedModel,
+    judge: Judge,
+    judge_id: str,
+    run: RunDir,
+    specs: dict[str, TraitSpec],
+    runs: dict[str, RunDir],
+    entries: dict[str, dict[str, Any]],
+    directions: dict[str, dict[str, Any]],
+    persona: dict[str, Any],
+    config: PersonaTraitsConfig,
+    chunk: int,
+) -> None:
     """Judged steered answers (:mod:`steerlab.pipelines.trait_scores`) for the traits whose extraction
     answers the judge could score; their scores fill each entry's rows (``score_*``) and ``scores``."""
     k = config.controls if config.score_controls is None else config.score_controls
@@ -355,8 +484,9 @@ def _add_scores(lm: LoadedModel, judge: Judge, judge_id: str, run: RunDir, specs
         if not config.judge_scores:
             entries[name]["scores"] = {"skipped": "judge_scores is off"}
         elif counts["unscored"] >= counts["answers"]:
-            entries[name]["scores"] = {"skipped": f"the judge could not score any of the {counts['answers']} "
-                                                  "extraction answers"}
+            entries[name]["scores"] = {
+                "skipped": f"the judge could not score any of the {counts['answers']} extraction answers"
+            }
         else:
             scorable[name] = {"run": runs[name], "eval": specs[name].eval}
     if not scorable:

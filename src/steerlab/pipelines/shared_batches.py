@@ -16,8 +16,9 @@ from .runs import RunDir, Stage
 Work = Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
 
 
-def shared_generation(run: RunDir, name: str, targets: dict[str, tuple[Stage, list[dict[str, Any]]]],
-                      work: Work, chunk: int) -> None:
+def shared_generation(
+    run: RunDir, name: str, targets: dict[str, tuple[Stage, list[dict[str, Any]]]], work: Work, chunk: int
+) -> None:
     """Generate the items of every target stage that is not done as rows of shared batches, then save
     each target stage's rows (in its item order).
 

@@ -56,6 +56,7 @@ from ..vectors.vector import SteeringVector
 
 log = logging.getLogger("steerlab")
 
+
 @dataclass
 class StudyConfig:
     """Settings of the steering study: candidate single ``layers`` (default: five spread over the
@@ -88,8 +89,9 @@ def normalized_like(vector: SteeringVector, reference: SteeringVector) -> Steeri
     return scaled
 
 
-def _row(condition: dict[str, Any], coeff: float, result: MarginResult, i: int,
-         reference: dict[str, Any]) -> dict[str, Any]:
+def _row(
+    condition: dict[str, Any], coeff: float, result: MarginResult, i: int, reference: dict[str, Any]
+) -> dict[str, Any]:
     gap = reference["finetuned"] - reference["base"]
     margin, std, fluency = result.mean[i], result.std[i], result.fluency[i]
     row = {**condition, "coeff": coeff, "margin": margin, "std": std, "fluency": fluency}
@@ -102,12 +104,27 @@ def _row(condition: dict[str, Any], coeff: float, result: MarginResult, i: int,
     return row
 
 
-def _evidence(row: dict[str, Any], steered: torch.Tensor, controls: list[torch.Tensor],
-              per_pair: dict[str, torch.Tensor], prompting: dict[str, float | None], config: StudyConfig) -> None:
+def _evidence(
+    row: dict[str, Any],
+    steered: torch.Tensor,
+    controls: list[torch.Tensor],
+    per_pair: dict[str, torch.Tensor],
+    prompting: dict[str, float | None],
+    config: StudyConfig,
+) -> None:
     """Add the evidence fields to a sweep/ablation row (in place)."""
     origin, target = ("finetuned", "base") if row["model"] == "finetuned" else ("base", "finetuned")
-    row.update(steering_evidence(per_pair[origin], per_pair[target], steered, controls,
-                                 prompting.get(row["model"]), config.n_bootstrap, config.seed))
+    row.update(
+        steering_evidence(
+            per_pair[origin],
+            per_pair[target],
+            steered,
+            controls,
+            prompting.get(row["model"]),
+            config.n_bootstrap,
+            config.seed,
+        )
+    )
 
 
 def _prompted(pairs: Sequence[Pair], system: str) -> list[Pair]:
@@ -135,10 +152,15 @@ def run_study(
     diff = vectors["model_diff"]
     variants = {name: {"raw": v, "normalized": normalized_like(v, diff)} for name, v in vectors.items()}
     # One set of random directions per norm profile: a control has the norm of the vector it controls.
-    norm_profile = {(name, scale): "model_diff" if scale == "normalized" else name
-                    for name in vectors for scale in ("raw", "normalized")}
-    controls = {name: [SteeringVector(d) for d in random_directions(vectors[name], config.controls, config.seed)]
-                for name in vectors}
+    norm_profile = {
+        (name, scale): "model_diff" if scale == "normalized" else name
+        for name in vectors
+        for scale in ("raw", "normalized")
+    }
+    controls = {
+        name: [SteeringVector(d) for d in random_directions(vectors[name], config.controls, config.seed)]
+        for name in vectors
+    }
     rows: list[dict[str, Any]] = []
 
     def spec(vector: SteeringVector, layer_set: Any, operator: str = "add") -> SteeringSpec:
@@ -155,8 +177,9 @@ def run_study(
         models = {"base": base, "finetuned": tuned}
         contexts = {"base": tuned.model.disable_adapter, "finetuned": nullcontext}
 
-        def margins(model: str, conditions: list[list[SteeringSpec]], coeffs: Sequence[float],
-                    pairs: Sequence[Pair] = heldout) -> list[MarginResult]:
+        def margins(
+            model: str, conditions: list[list[SteeringSpec]], coeffs: Sequence[float], pairs: Sequence[Pair] = heldout
+        ) -> list[MarginResult]:
             with contexts[model]():
                 return condition_margins(models[model], pairs, conditions, coeffs, config.batch_size)
 
@@ -171,16 +194,25 @@ def run_study(
 
         def condition(model: str, vector: str, scale: str, layer_set: Any, operator: str = "add") -> dict[str, Any]:
             sign = -1.0 if model == "finetuned" and operator == "add" else 1.0
-            return {"stage": "", "model": model, "vector": vector, "scale": scale, "operator": operator,
-                    "direction": ("ablate" if operator == "ablate" else "subtract" if sign < 0 else "add"),
-                    "layers": "all" if layer_set == "all" else str(layer_set)}
+            return {
+                "stage": "",
+                "model": model,
+                "vector": vector,
+                "scale": scale,
+                "operator": operator,
+                "direction": ("ablate" if operator == "ablate" else "subtract" if sign < 0 else "add"),
+                "layers": "all" if layer_set == "all" else str(layer_set),
+            }
 
         # Layer scan: every (vector, layer) subtracted at coefficient 1, as rows of one stream.
         scan_conditions = [(name, layer) for name in vectors for layer in layers]
-        results = margins("finetuned", [[spec(variants[n][scales(n)[0]], layer)]
-                                        for n, layer in scan_conditions], [-1.0])
-        scan = [dict(_row(condition("finetuned", n, scales(n)[0], layer), 1.0, r, 0, reference), stage="layer_scan")
-                for (n, layer), r in zip(scan_conditions, results, strict=True)]
+        results = margins(
+            "finetuned", [[spec(variants[n][scales(n)[0]], layer)] for n, layer in scan_conditions], [-1.0]
+        )
+        scan = [
+            dict(_row(condition("finetuned", n, scales(n)[0], layer), 1.0, r, 0, reference), stage="layer_scan")
+            for (n, layer), r in zip(scan_conditions, results, strict=True)
+        ]
         rows += scan
         best = _best_layer(scan, "model_diff", config.max_fluency_drop)
         log.info("best layer (model_diff, coefficient 1): %d", best)
@@ -193,8 +225,10 @@ def run_study(
                 conditions = [[spec(variants[n][s], layer_set)] for n, s in real]
                 conditions += [[spec(c, layer_set)] for prof in profiles for c in controls[prof]]
                 results = margins(model, conditions, [sign * c for c in config.coeffs])
-                ctrl = {prof: results[len(real) + i * config.controls: len(real) + (i + 1) * config.controls]
-                        for i, prof in enumerate(profiles)}
+                ctrl = {
+                    prof: results[len(real) + i * config.controls : len(real) + (i + 1) * config.controls]
+                    for i, prof in enumerate(profiles)
+                }
                 for (n, s), r in zip(real, results, strict=False):
                     for i, c in enumerate(config.coeffs):
                         row = dict(_row(condition(model, n, s, layer_set), c, r, i, reference), stage="sweep")
@@ -206,16 +240,30 @@ def run_study(
             conditions += [[spec(c, layer_set, operator="ablate")] for c in controls["model_diff"]]
             results = margins("finetuned", conditions, [1.0])
             for n, r in zip(vectors, results, strict=False):
-                row = dict(_row(condition("finetuned", n, "raw", layer_set, "ablate"), 1.0, r, 0, reference),
-                           stage="ablation")
-                _evidence(row, r.per_pair[0].double(), [x.per_pair[0].double() for x in results[len(vectors):]],
-                          per_pair, prompting, config)
+                row = dict(
+                    _row(condition("finetuned", n, "raw", layer_set, "ablate"), 1.0, r, 0, reference), stage="ablation"
+                )
+                _evidence(
+                    row,
+                    r.per_pair[0].double(),
+                    [x.per_pair[0].double() for x in results[len(vectors) :]],
+                    per_pair,
+                    prompting,
+                    config,
+                )
                 rows.append(row)
 
         samples = _samples(models, contexts, variants, heldout, best, rows, config)
-    return {"reference": reference, "prompting": prompting_doc, "rows": rows, "best_layer": best,
-            "samples": samples, "layers_scanned": layers, "comparisons": paired_comparisons(rows, config),
-            "config": asdict(config)}
+    return {
+        "reference": reference,
+        "prompting": prompting_doc,
+        "rows": rows,
+        "best_layer": best,
+        "samples": samples,
+        "layers_scanned": layers,
+        "comparisons": paired_comparisons(rows, config),
+        "config": asdict(config),
+    }
 
 
 def paired_comparisons(rows: list[dict[str, Any]], config: StudyConfig) -> list[dict[str, Any]]:
@@ -224,8 +272,11 @@ def paired_comparisons(rows: list[dict[str, Any]], config: StudyConfig) -> list[
     at the model-diff vector's norms, nats/token) with a paired bootstrap 95% interval (the two share
     pairs, so what the pairs share cancels)."""
     out = []
-    index = {(r["model"], r["layers"], r["coeff"], r["vector"], r["scale"]): r for r in rows
-             if r["stage"] == "sweep" and r.get("per_pair")}
+    index = {
+        (r["model"], r["layers"], r["coeff"], r["vector"], r["scale"]): r
+        for r in rows
+        if r["stage"] == "sweep" and r.get("per_pair")
+    }
     for (model, layer_set, coeff, vector, scale), a in index.items():
         if vector != "model_diff" or scale != "raw":
             continue
@@ -233,28 +284,45 @@ def paired_comparisons(rows: list[dict[str, Any]], config: StudyConfig) -> list[
         if b is None or len(a["per_pair"]) < 2:
             continue
         lo, hi = paired_bootstrap_ci(a["per_pair"], b["per_pair"], config.n_bootstrap, config.seed)
-        out.append({"model": model, "layers": layer_set, "coeff": coeff, "a": "model_diff",
-                    "b": "contrastive (normalized)", "margin_difference": a["margin"] - b["margin"],
-                    "ci95": [lo, hi], "distinguishable": not lo <= 0.0 <= hi})
+        out.append(
+            {
+                "model": model,
+                "layers": layer_set,
+                "coeff": coeff,
+                "a": "model_diff",
+                "b": "contrastive (normalized)",
+                "margin_difference": a["margin"] - b["margin"],
+                "ci95": [lo, hi],
+                "distinguishable": not lo <= 0.0 <= hi,
+            }
+        )
     return out
 
 
-def _prompting(margins: Any, heldout: Sequence[Pair], per_pair: dict[str, torch.Tensor],
-               config: StudyConfig) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
+def _prompting(
+    margins: Any, heldout: Sequence[Pair], per_pair: dict[str, torch.Tensor], config: StudyConfig
+) -> tuple[dict[str, Any] | None, dict[str, float | None]]:
     """The prompting baseline: the base asked for the behaviour, the fine-tuned model asked for its
     opposite; their fractions of the gap (induced / undone) with intervals."""
     if not config.prompts:
         return None, {}
-    doc: dict[str, Any] = {"behaviour_system": config.prompts["behaviour"],
-                           "opposite_system": config.prompts["opposite"]}
+    doc: dict[str, Any] = {
+        "behaviour_system": config.prompts["behaviour"],
+        "opposite_system": config.prompts["opposite"],
+    }
     fractions: dict[str, float | None] = {}
-    for model, key, origin, target in (("base", "behaviour", "base", "finetuned"),
-                                       ("finetuned", "opposite", "finetuned", "base")):
+    for model, key, origin, target in (
+        ("base", "behaviour", "base", "finetuned"),
+        ("finetuned", "opposite", "finetuned", "base"),
+    ):
         (r,) = margins(model, [[]], [0.0], _prompted(heldout, config.prompts[key]))
-        ev = steering_evidence(per_pair[origin], per_pair[target], r.per_pair[0].double(), (), None,
-                               config.n_bootstrap, config.seed)
-        doc[f"{model}_asked_{key}"] = {k: ev[k] for k in ("effect", "ci95", "margin", "margin_ci95",
-                                                          "steerable_fraction", "anti_steerable_fraction")}
+        ev = steering_evidence(
+            per_pair[origin], per_pair[target], r.per_pair[0].double(), (), None, config.n_bootstrap, config.seed
+        )
+        doc[f"{model}_asked_{key}"] = {
+            k: ev[k]
+            for k in ("effect", "ci95", "margin", "margin_ci95", "steerable_fraction", "anti_steerable_fraction")
+        }
         fractions[model] = ev["effect"]
     return doc, fractions
 
@@ -267,8 +335,11 @@ def _best_layer(scan: list[dict[str, Any]], vector: str, max_drop: float) -> int
 
 def best_coherent(rows: list[dict[str, Any]], key: str, max_drop: float, **match: Any) -> dict[str, Any] | None:
     """The row with the largest ``key`` (undone / induced) among coherent rows matching ``match``."""
-    chosen = [r for r in rows if all(r.get(k) == v for k, v in match.items())
-              and r.get(key) is not None and r["fluency_drop"] <= max_drop]
+    chosen = [
+        r
+        for r in rows
+        if all(r.get(k) == v for k, v in match.items()) and r.get(key) is not None and r["fluency_drop"] <= max_drop
+    ]
     return max(chosen, key=lambda r: r[key]) if chosen else None
 
 
@@ -281,20 +352,50 @@ def _samples(models, contexts, variants, heldout, best, rows, config) -> list[di
     conditions: list[tuple[str, str | None, float]] = [("base", None, 0.0), ("finetuned", None, 0.0)]
     for name in variants:
         for model, key in (("finetuned", "undone"), ("base", "induced")):
-            row = best_coherent(rows, key, config.max_fluency_drop, stage="sweep", vector=name, model=model,
-                                scale="raw", layers=str(best))
+            row = best_coherent(
+                rows,
+                key,
+                config.max_fluency_drop,
+                stage="sweep",
+                vector=name,
+                model=model,
+                scale="raw",
+                layers=str(best),
+            )
             if row:
                 conditions.append((model, name, (-1 if model == "finetuned" else 1) * row["coeff"]))
     # One generation call per model: every condition's questions are rows, each spec acting on its own.
     for model in ("base", "finetuned"):
         chosen = [(vector, coeff) for m, vector, coeff in conditions if m == model]
         grid = [(vector, coeff, q) for vector, coeff in chosen for q in questions]
-        specs = [SteeringSpec(variants[vector]["raw"], best, coeff, positions=config.positions,
-                              rows=[i * len(questions) + j for j in range(len(questions))])
-                 for i, (vector, coeff) in enumerate(chosen) if vector]
+        specs = [
+            SteeringSpec(
+                variants[vector]["raw"],
+                best,
+                coeff,
+                positions=config.positions,
+                rows=[i * len(questions) + j for j in range(len(questions))],
+            )
+            for i, (vector, coeff) in enumerate(chosen)
+            if vector
+        ]
         with contexts[model]():
-            gens = generate_batch(models[model], [q for _, _, q in grid], steering=specs,
-                                  max_new_tokens=config.max_new_tokens, description=f"samples: {model}")
-        out += [{"model": model, "vector": vector, "layer": best if vector else None, "coeff": coeff,
-                 "question": q, "text": g.text} for (vector, coeff, q), g in zip(grid, gens, strict=True)]
+            gens = generate_batch(
+                models[model],
+                [q for _, _, q in grid],
+                steering=specs,
+                max_new_tokens=config.max_new_tokens,
+                description=f"samples: {model}",
+            )
+        out += [
+            {
+                "model": model,
+                "vector": vector,
+                "layer": best if vector else None,
+                "coeff": coeff,
+                "question": q,
+                "text": g.text,
+            }
+            for (vector, coeff, q), g in zip(grid, gens, strict=True)
+        ]
     return out

@@ -80,8 +80,9 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         """Raises SteerlabError for inconsistent cap options, before any model work."""
-        check_cap_options(self.operator, self.cap_ceiling, self.cap_floor,
-                          self.cap_percentile, self.cap_floor_percentile)
+        check_cap_options(
+            self.operator, self.cap_ceiling, self.cap_floor, self.cap_percentile, self.cap_floor_percentile
+        )
 
 
 @dataclass
@@ -134,33 +135,59 @@ def run_sweep(
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
     uncalibrated = SteeringSpec(
-        vector, layers, 1.0, config.operator, config.positions, config.scale, config.cap_ceiling, config.cap_floor,
-        ceiling_percentile=config.cap_percentile, floor_percentile=config.cap_floor_percentile,
+        vector,
+        layers,
+        1.0,
+        config.operator,
+        config.positions,
+        config.scale,
+        config.cap_ceiling,
+        config.cap_floor,
+        ceiling_percentile=config.cap_percentile,
+        floor_percentile=config.cap_floor_percentile,
     )
-    base = uncalibrated.calibrated(lm, questions if reference_prompts is None else reference_prompts,
-                                   config.batch_size or 16)
+    base = uncalibrated.calibrated(
+        lm, questions if reference_prompts is None else reference_prompts, config.batch_size or 16
+    )
     coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
     run = RunDir(out)
     judged = judge is not None and eval_prompt is not None
-    settings = {"positions": config.positions, "operator": config.operator, "scale": config.scale,
-                "max_new_tokens": config.max_new_tokens, "temperature": config.temperature, "seed": config.seed}
+    settings = {
+        "positions": config.positions,
+        "operator": config.operator,
+        "scale": config.scale,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "seed": config.seed,
+    }
     # cap: the thresholds used at each layer (given, or resolved from percentiles), in rows and hashes
     thresholds: dict[int, dict[str, float | None]] = {}
     if config.operator == "cap":
         settings.update(cap_percentile=config.cap_percentile, cap_floor_percentile=config.cap_floor_percentile)
-        thresholds = {layer: {"cap_ceiling": _at(base.ceiling, layer), "cap_floor": _at(base.floor, layer)}
-                      for layer in layers}
+        thresholds = {
+            layer: {"cap_ceiling": _at(base.ceiling, layer), "cap_floor": _at(base.floor, layer)} for layer in layers
+        }
     calibration = {"cap": {str(layer): t for layer, t in thresholds.items()}} if thresholds else {}
     if reference_norms is not None and config.scale == "relative":  # they may come from other prompts
         calibration["reference_norms"] = [round(float(reference_norms[layer]), 6) for layer in layers]
     vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
-    stage = run.stage(GENERATIONS.removesuffix(".jsonl"), GENERATIONS, {
-        "model": lm.name, "vector": vector_hash,
-        "questions": [_prompt_text(q) for q in questions], "coeffs": coeffs, "system": config.system,
-        "settings": settings, "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
-        "eval_prompt": eval_prompt if judged else None, "controls": config.controls, **calibration,
-    })
+    stage = run.stage(
+        GENERATIONS.removesuffix(".jsonl"),
+        GENERATIONS,
+        {
+            "model": lm.name,
+            "vector": vector_hash,
+            "questions": [_prompt_text(q) for q in questions],
+            "coeffs": coeffs,
+            "system": config.system,
+            "settings": settings,
+            "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
+            "eval_prompt": eval_prompt if judged else None,
+            "controls": config.controls,
+            **calibration,
+        },
+    )
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
     # Random directions of the vector's norm; with percentile caps each is calibrated on its own direction.
@@ -170,8 +197,9 @@ def run_sweep(
     bases = {id(vector): base}
     for d in controls:
         own = replace(uncalibrated, vector=d)
-        bases[id(d)] = (own.calibrated(lm, reference, config.batch_size or 16) if percentile_cap
-                        else replace(base, vector=d))
+        bases[id(d)] = (
+            own.calibrated(lm, reference, config.batch_size or 16) if percentile_cap else replace(base, vector=d)
+        )
 
     def spec(layer: int, coeff: Any, direction: SteeringVector = vector, rows: Any = None) -> SteeringSpec:
         return replace(bases[id(direction)], layers=layer, coeff=coeff, rows=rows)
@@ -182,26 +210,44 @@ def run_sweep(
         prompts, row_coeffs = expand_grid(questions, coeffs)
         n = len(prompts)
         # The real vector and each random control are row blocks of the same batches.
-        specs = [spec(layer, row_coeffs * (1 + len(controls)), d, list(range(k * n, (k + 1) * n)))
-                 for k, d in enumerate([vector, *controls])]
+        specs = [
+            spec(layer, row_coeffs * (1 + len(controls)), d, list(range(k * n, (k + 1) * n)))
+            for k, d in enumerate([vector, *controls])
+        ]
         gens = generate_batch(
-            lm, prompts * (1 + len(controls)), system=config.system, steering=specs,
-            max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
-            batch_size=config.batch_size, reference_norms=reference_norms, description=f"layer {layer}: generating",
+            lm,
+            prompts * (1 + len(controls)),
+            system=config.system,
+            steering=specs,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            reference_norms=reference_norms,
+            description=f"layer {layer}: generating",
         )
         timings["generation_s"] += time.perf_counter() - start
         rows = [
-            {"layer": layer, "coeff": row_coeffs[i % n], "question_index": i % len(questions),
-             "question": _prompt_text(prompts[i % n]), "text": g.text, "n_new_tokens": g.n_new_tokens,
-             "finish_reason": g.finish_reason, "control": None if i < n else i // n - 1, **settings,
-             **thresholds.get(layer, {})}
+            {
+                "layer": layer,
+                "coeff": row_coeffs[i % n],
+                "question_index": i % len(questions),
+                "question": _prompt_text(prompts[i % n]),
+                "text": g.text,
+                "n_new_tokens": g.n_new_tokens,
+                "finish_reason": g.finish_reason,
+                "control": None if i < n else i // n - 1,
+                **settings,
+                **thresholds.get(layer, {}),
+            }
             for i, g in enumerate(gens)
         ]
         if judged:
             start = time.perf_counter()
             qs, answers = [r["question"] for r in rows], [r["text"] for r in rows]
-            for r, t, c in zip(rows, judge_trait(judge, eval_prompt, qs, answers),
-                               judge_coherence(judge, qs, answers), strict=True):
+            for r, t, c in zip(
+                rows, judge_trait(judge, eval_prompt, qs, answers), judge_coherence(judge, qs, answers), strict=True
+            ):
                 r["trait_score"], r["coherence"] = t, c
             timings["judge_s"] += time.perf_counter() - start
         return [{"key": items[0]["key"], "rows": rows}]
@@ -211,8 +257,7 @@ def run_sweep(
         control_rows = read_jsonl_rows(out / CONTROL_GENERATIONS) if (out / CONTROL_GENERATIONS).is_file() else []
     else:
         # One checkpoint per layer: a killed sweep resumes at the first unfinished layer.
-        per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in layers],
-                                    generate_layer, chunk=1)
+        per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in layers], generate_layer, chunk=1)
         every = [row for item in per_layer for row in item["rows"]]
         rows_all = [r for r in every if r["control"] is None]
         control_rows = [r for r in every if r["control"] is not None]
@@ -221,48 +266,76 @@ def run_sweep(
 
     margins: list[dict[str, Any]] = []
     if pairs:
-        margin_stage = run.stage("margins", MARGINS, {
-            "model": lm.name, "vector": vector_hash, "layers": layers, "coeffs": coeffs, "settings": settings,
-            "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs], "controls": config.controls,
-            "seed": config.seed, "n_bootstrap": config.n_bootstrap, **calibration,
-        })
+        margin_stage = run.stage(
+            "margins",
+            MARGINS,
+            {
+                "model": lm.name,
+                "vector": vector_hash,
+                "layers": layers,
+                "coeffs": coeffs,
+                "settings": settings,
+                "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs],
+                "controls": config.controls,
+                "seed": config.seed,
+                "n_bootstrap": config.n_bootstrap,
+                **calibration,
+            },
+        )
         if margin_stage.done():
             margins = [{k: cell_value(v) for k, v in r.items()} for _, r in read_csv(margin_stage.path, "margins")[1]]
         else:
             start = time.perf_counter()
             for layer in layers:
-                margins += _layer_margins(lm, pairs, layer, coeffs, [vector, *controls], spec, config,
-                                          reference_norms)
+                margins += _layer_margins(lm, pairs, layer, coeffs, [vector, *controls], spec, config, reference_norms)
             timings["margin_s"] += time.perf_counter() - start
             write_csv(margin_stage.path, margins)
             margin_stage.mark_done()
     scores = score_table(rows_all + control_rows, config.n_bootstrap, config.seed) if judged else []
     if scores:
         write_csv(out / SCORES, scores)
-    write_json(out / SWEEP, {
-        "steerlab_version": __version__, "model": lm.name, "vector": vector.metadata,
-        "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
-        "n_questions": len(questions),
-        "n_pairs": len(pairs or []), "timings": timings,
-    })
+    write_json(
+        out / SWEEP,
+        {
+            "steerlab_version": __version__,
+            "model": lm.name,
+            "vector": vector.metadata,
+            "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
+            "n_questions": len(questions),
+            "n_pairs": len(pairs or []),
+            "timings": timings,
+        },
+    )
     return SweepResult(rows_all, margins, timings, scores)
 
 
-def _layer_margins(lm: LoadedModel, pairs: Sequence[Pair], layer: int, coeffs: list[float],
-                   directions: list[SteeringVector], spec: Any, config: SweepConfig,
-                   reference_norms: torch.Tensor | None) -> list[dict[str, Any]]:
+def _layer_margins(
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    layer: int,
+    coeffs: list[float],
+    directions: list[SteeringVector],
+    spec: Any,
+    config: SweepConfig,
+    reference_norms: torch.Tensor | None,
+) -> list[dict[str, Any]]:
     """Margins at one layer for the vector and its random controls (rows of one stream), with the
     unsteered margins: per coefficient the margin, its change from unsteered with a bootstrap
     interval over pairs, the controls' band and p, and the steerable / anti-steerable fractions."""
     conditions = [[]] + [[spec(layer, 1.0, d)] for d in directions]
-    unsteered, real, *null = condition_margins(lm, pairs, conditions, coeffs, config.batch_size or 16,
-                                               reference_norms)
+    unsteered, real, *null = condition_margins(lm, pairs, conditions, coeffs, config.batch_size or 16, reference_norms)
     rows = []
     for i, c in enumerate(coeffs):
         base = unsteered.per_pair[i].double()
         delta = real.per_pair[i].double() - base
-        row: dict[str, Any] = {"layer": layer, "coeff": c, "margin": real.mean[i], "std": real.std[i],
-                               "n_pairs": len(pairs), "delta": float(delta.mean())}
+        row: dict[str, Any] = {
+            "layer": layer,
+            "coeff": c,
+            "margin": real.mean[i],
+            "std": real.std[i],
+            "n_pairs": len(pairs),
+            "delta": float(delta.mean()),
+        }
         lo, hi = bootstrap_ci(delta, config.n_bootstrap, config.seed) if len(pairs) > 1 else (None, None)
         row.update(delta_ci95_lo=lo, delta_ci95_hi=hi)
         if c != 0:
@@ -306,8 +379,17 @@ def score_table(rows: list[dict[str, Any]], n_bootstrap: int = 1000, seed: int =
         coherence = [r["coherence"] for r in items if r.get("coherence") is not None]
         t_mean, t_std = _stats(trait)
         c_mean, c_std = _stats(coherence)
-        row = {"layer": layer, "coeff": coeff, "trait_mean": t_mean, "trait_std": t_std, "trait_n": len(trait),
-               "coherence_mean": c_mean, "coherence_std": c_std, "coherence_n": len(coherence), "n": len(items)}
+        row = {
+            "layer": layer,
+            "coeff": coeff,
+            "trait_mean": t_mean,
+            "trait_std": t_std,
+            "trait_n": len(trait),
+            "coherence_mean": c_mean,
+            "coherence_std": c_std,
+            "coherence_n": len(coherence),
+            "n": len(items),
+        }
         if len(trait) > 1:
             row["trait_ci95_lo"], row["trait_ci95_hi"] = bootstrap_ci(trait, n_bootstrap, seed)
         control_means = [sum(v) / len(v) for v in null.get((layer, coeff), {}).values() if v]

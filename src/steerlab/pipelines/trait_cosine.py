@@ -19,19 +19,25 @@ from ..evaluate.statistics import resampled_cosine_ci
 from ..model.loading import LoadedModel
 
 
-def pair_differences(lm: LoadedModel, pairs: Sequence[dict[str, Any]], reduction: str,
-                     batch_size: int = 16) -> torch.Tensor:
+def pair_differences(
+    lm: LoadedModel, pairs: Sequence[dict[str, Any]], reduction: str, batch_size: int = 16
+) -> torch.Tensor:
     """Per-pair (positive − negative) activations ``[n_pairs, n_layers, d_model]`` of persona pairs
     (``pairs.json`` rows: question, positive/negative answer and their system prompts), reduced by
     ``reduction``; their mean over pairs is the persona vector of that reduction."""
     pos = [ChatSample(p["question"], p["positive"], p["pos_system"]) for p in pairs]
     neg = [ChatSample(p["question"], p["negative"], p["neg_system"]) for p in pairs]
-    return capture(lm, pos, [reduction], batch_size=batch_size)[reduction] - \
-        capture(lm, neg, [reduction], batch_size=batch_size)[reduction]
+    return (
+        capture(lm, pos, [reduction], batch_size=batch_size)[reduction]
+        - capture(lm, neg, [reduction], batch_size=batch_size)[reduction]
+    )
 
 
 def trait_cosines(
-    diffs: Mapping[str, torch.Tensor], n_resamples: int = 1000, seed: int = 0, n_splits: int = 50,
+    diffs: Mapping[str, torch.Tensor],
+    n_resamples: int = 1000,
+    seed: int = 0,
+    n_splits: int = 50,
 ) -> dict[str, Any]:
     """Cosine between every two traits' vectors (the means of ``diffs[name]`` ``[n, n_layers, d]``).
 
@@ -51,8 +57,17 @@ def trait_cosines(
     for a, b in itertools.combinations(names, 2):
         if len(diffs[a]) >= 2 and len(diffs[b]) >= 2:
             ci[pair_key(a, b)] = resampled_cosine_ci(diffs[a], diffs[b], n_resamples, seed).tolist()
-    reliability = {name: split_half_reliability(d, n_splits=n_splits, seed=seed).mean.tolist()
-                   for name, d in diffs.items() if len(d) >= 2}
-    return {"names": names, "layers": list(range(n_layers)), "matrix": matrices,
-            "random_band": random_cosine_band(int(d_model), seed=seed), "ci95": ci, "reliability": reliability,
-            "n_pairs": {name: len(d) for name, d in diffs.items()}}
+    reliability = {
+        name: split_half_reliability(d, n_splits=n_splits, seed=seed).mean.tolist()
+        for name, d in diffs.items()
+        if len(d) >= 2
+    }
+    return {
+        "names": names,
+        "layers": list(range(n_layers)),
+        "matrix": matrices,
+        "random_band": random_cosine_band(int(d_model), seed=seed),
+        "ci95": ci,
+        "reliability": reliability,
+        "n_pairs": {name: len(d) for name, d in diffs.items()},
+    }

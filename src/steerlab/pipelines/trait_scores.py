@@ -27,25 +27,49 @@ from .trait_steering import interval, prompting_systems
 BASELINES = ("unsteered", "prompted/pos", "prompted/neg")
 
 
-def steered_items(trait: str, eval_trait: Any, n_questions: int, coeffs: Sequence[float], k: int,
-                  instruction: int) -> list[dict[str, Any]]:
+def steered_items(
+    trait: str, eval_trait: Any, n_questions: int, coeffs: Sequence[float], k: int, instruction: int
+) -> list[dict[str, Any]]:
     """The answers to generate for one trait: conditions ``real`` and ``control/0..k-1`` at every
     coefficient, then ``unsteered``, ``prompted/pos`` and ``prompted/neg`` (coefficient 0, the latter two
     with the prompting baseline's system prompts), each for the first ``n_questions`` eval questions."""
     questions = eval_trait.questions[:n_questions]
     systems = prompting_systems(eval_trait, instruction)
-    steered = [{"key": f"{cond}/{c}/{q}", "trait": trait, "condition": cond, "coeff": float(c), "question_index": q,
-                "question": question, "system": None}
-               for cond in ["real", *(f"control/{i}" for i in range(k))] for c in coeffs
-               for q, question in enumerate(questions)]
-    return steered + [{"key": f"{cond}/{q}", "trait": trait, "condition": cond, "coeff": 0.0, "question_index": q,
-                       "question": question, "system": systems[cond.removeprefix("prompted/")]
-                       if cond != "unsteered" else None}
-                      for cond in BASELINES for q, question in enumerate(questions)]
+    steered = [
+        {
+            "key": f"{cond}/{c}/{q}",
+            "trait": trait,
+            "condition": cond,
+            "coeff": float(c),
+            "question_index": q,
+            "question": question,
+            "system": None,
+        }
+        for cond in ["real", *(f"control/{i}" for i in range(k))]
+        for c in coeffs
+        for q, question in enumerate(questions)
+    ]
+    return steered + [
+        {
+            "key": f"{cond}/{q}",
+            "trait": trait,
+            "condition": cond,
+            "coeff": 0.0,
+            "question_index": q,
+            "question": question,
+            "system": systems[cond.removeprefix("prompted/")] if cond != "unsteered" else None,
+        }
+        for cond in BASELINES
+        for q, question in enumerate(questions)
+    ]
 
 
-def row_specs(items: Sequence[dict[str, Any]], directions: dict[str, dict[str, Any]], controls: dict[str, torch.Tensor],
-              positions: str) -> list[SteeringSpec]:
+def row_specs(
+    items: Sequence[dict[str, Any]],
+    directions: dict[str, dict[str, Any]],
+    controls: dict[str, torch.Tensor],
+    positions: str,
+) -> list[SteeringSpec]:
     """One spec per (trait, steered condition) in ``items``, acting only on its rows with per-row
     coefficients: the trait's vector (``directions[trait]["vector"]`` ``[n_layers, d_model]``) or control i
     (``controls[trait][i]``) at the trait's layer (``directions[trait]["layer"]``)."""
@@ -63,8 +87,15 @@ def row_specs(items: Sequence[dict[str, Any]], directions: dict[str, dict[str, A
 
 
 def judged_scores(
-    lm: LoadedModel, judge: Judge, judge_id: str, run: RunDir, traits: dict[str, dict[str, Any]],
-    directions: dict[str, dict[str, Any]], controls: dict[str, torch.Tensor], config: Any, chunk: int,
+    lm: LoadedModel,
+    judge: Judge,
+    judge_id: str,
+    run: RunDir,
+    traits: dict[str, dict[str, Any]],
+    directions: dict[str, dict[str, Any]],
+    controls: dict[str, torch.Tensor],
+    config: Any,
+    chunk: int,
 ) -> dict[str, list[dict[str, Any]]]:
     """Generate (shared batches) and judge (per trait) the steered answers; returns judged rows per trait.
 
@@ -76,27 +107,46 @@ def judged_scores(
     for name, t in traits.items():
         d = directions[name]
         items = steered_items(name, t["eval"], config.eval_questions, config.coeffs, k, config.prompt_instruction)
-        stage = t["run"].stage("steered_generations", "steered_generations.jsonl", {
-            "vector": d["hash"], "layer": d["layer"], "coeffs": config.coeffs, "controls": k, "seed": config.seed,
-            "positions": config.positions, "questions": t["eval"].questions[: config.eval_questions],
-            "systems": prompting_systems(t["eval"], config.prompt_instruction),
-            "max_new_tokens": config.eval_new_tokens})
+        stage = t["run"].stage(
+            "steered_generations",
+            "steered_generations.jsonl",
+            {
+                "vector": d["hash"],
+                "layer": d["layer"],
+                "coeffs": config.coeffs,
+                "controls": k,
+                "seed": config.seed,
+                "positions": config.positions,
+                "questions": t["eval"].questions[: config.eval_questions],
+                "systems": prompting_systems(t["eval"], config.prompt_instruction),
+                "max_new_tokens": config.eval_new_tokens,
+            },
+        )
         targets[name] = (stage, items)
 
     def work(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prompts = [([{"role": "system", "content": it["system"]}] if it["system"] else [])
-                   + [{"role": "user", "content": it["question"]}] for it in items]
-        gens = generate_batch(lm, prompts, steering=row_specs(items, directions, controls, config.positions),
-                              max_new_tokens=config.eval_new_tokens, batch_size=config.persona.batch_size,
-                              description="steered answers (all traits)")
+        prompts = [
+            ([{"role": "system", "content": it["system"]}] if it["system"] else [])
+            + [{"role": "user", "content": it["question"]}]
+            for it in items
+        ]
+        gens = generate_batch(
+            lm,
+            prompts,
+            steering=row_specs(items, directions, controls, config.positions),
+            max_new_tokens=config.eval_new_tokens,
+            batch_size=config.persona.batch_size,
+            description="steered answers (all traits)",
+        )
         return [{**it, "text": g.text} for it, g in zip(items, gens, strict=True)]
 
     shared_generation(run, "steered_answers", targets, work, chunk)
     out = {}
     for name, t in traits.items():
         gen_stage = targets[name][0]
-        stage = t["run"].stage("steered_judged", "steered_judged.jsonl", {"generations": gen_stage.hash,
-                                                                          "judge": judge_id})
+        stage = t["run"].stage(
+            "steered_judged", "steered_judged.jsonl", {"generations": gen_stage.hash, "judge": judge_id}
+        )
         if stage.done():
             out[name] = stage.load_rows()
             continue
@@ -105,8 +155,10 @@ def judged_scores(
             qs, answers = [it["question"] for it in items], [it["text"] for it in items]
             trait_res = evaluate_trait(judge, eval_prompt, qs, answers)
             coherence = evaluate_coherence(judge, qs, answers)
-            return [{**it, "trait_score": a.score, "coherence": c.score}
-                    for it, a, c in zip(items, trait_res, coherence, strict=True)]
+            return [
+                {**it, "trait_score": a.score, "coherence": c.score}
+                for it, a, c in zip(items, trait_res, coherence, strict=True)
+            ]
 
         out[name] = stage.run_items(gen_stage.load_rows(), judge_chunk, chunk=config.persona.judge_chunk)
         stage.save_rows(out[name], reused_items=stage.reused)
@@ -117,8 +169,9 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def score_summary(rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_resamples: int,
-                  seed: int) -> dict[str, Any]:
+def score_summary(
+    rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_resamples: int, seed: int
+) -> dict[str, Any]:
     """Judged scores (0-100) of steered generations, per condition.
 
     ``rows``: judged generation rows with ``condition`` (``"real"``, ``"control/K"``, ``"unsteered"``,
@@ -128,14 +181,22 @@ def score_summary(rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_res
     ``{score_mean, score_ci95, score_n, coherence_mean}`` and ``score_random`` the controls' band of
     mean scores with the empirical p of the score change (None without scored controls).
     """
+
     def scores(condition: str, coeff: float | None = None, key: str = "trait_score") -> list[float]:
-        return [r[key] for r in rows if r["condition"] == condition and (coeff is None or r["coeff"] == coeff)
-                and r.get(key) is not None]
+        return [
+            r[key]
+            for r in rows
+            if r["condition"] == condition and (coeff is None or r["coeff"] == coeff) and r.get(key) is not None
+        ]
 
     def stats(condition: str, coeff: float | None = None) -> dict[str, Any]:
         values, coherence = scores(condition, coeff), scores(condition, coeff, "coherence")
-        return {"score_mean": _mean(values) if values else None, "score_ci95": interval(values, n_resamples, seed),
-                "score_n": len(values), "coherence_mean": _mean(coherence) if coherence else None}
+        return {
+            "score_mean": _mean(values) if values else None,
+            "score_ci95": interval(values, n_resamples, seed),
+            "score_n": len(values),
+            "coherence_mean": _mean(coherence) if coherence else None,
+        }
 
     base = stats("unsteered")
     controls = sorted({r["condition"] for r in rows if r["condition"].startswith("control/")})
@@ -145,10 +206,12 @@ def score_summary(rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_res
         means = [_mean(v) for v in (scores(c, coeff) for c in controls) if v]
         if means and row["score_mean"] is not None and base["score_mean"] is not None:
             band = control_summary(row["score_mean"] - base["score_mean"], [m - base["score_mean"] for m in means])
-            row["score_random"] = {"mean": base["score_mean"] + band["mean"], "lo": base["score_mean"] + band["lo"],
-                                   "hi": base["score_mean"] + band["hi"], "p": band["p"], "k": band["k"]}
+            row["score_random"] = {
+                "mean": base["score_mean"] + band["mean"],
+                "lo": base["score_mean"] + band["lo"],
+                "hi": base["score_mean"] + band["hi"],
+                "p": band["p"],
+                "k": band["k"],
+            }
         out_rows.append(row)
     return {"unsteered": base, "prompting": {k: stats(f"prompted/{k}") for k in ("pos", "neg")}, "rows": out_rows}
-
-
-

@@ -57,8 +57,11 @@ def eval_items(eval_trait: Trait, n_questions: int) -> list[dict[str, Any]]:
     """The answers behind the eval pairs: each of the first ``n_questions`` eval questions under the
     first positive and the first negative persona prompt, keyed ``"{kind}/{question}"``."""
     systems = {"pos": eval_trait.system_prompts("pos")[0], "neg": eval_trait.system_prompts("neg")[0]}
-    return [{"key": f"{kind}/{q}", "kind": kind, "question_index": q, "question": question, "system": systems[kind]}
-            for kind in ("pos", "neg") for q, question in enumerate(eval_trait.questions[:n_questions])]
+    return [
+        {"key": f"{kind}/{q}", "kind": kind, "question_index": q, "question": question, "system": systems[kind]}
+        for kind in ("pos", "neg")
+        for q, question in enumerate(eval_trait.questions[:n_questions])
+    ]
 
 
 def eval_pairs(rows: Sequence[dict[str, Any]]) -> list[Pair]:
@@ -67,9 +70,11 @@ def eval_pairs(rows: Sequence[dict[str, Any]]) -> list[Pair]:
     by_q: dict[int, dict[str, dict[str, Any]]] = {}
     for row in rows:
         by_q.setdefault(row["question_index"], {})[row["kind"]] = row
-    return [Pair(question=r["pos"]["question"], positive=r["pos"]["response"], negative=r["neg"]["response"])
-            for _, r in sorted(by_q.items())
-            if "pos" in r and "neg" in r and r["pos"]["response"].strip() and r["neg"]["response"].strip()]
+    return [
+        Pair(question=r["pos"]["question"], positive=r["pos"]["response"], negative=r["neg"]["response"])
+        for _, r in sorted(by_q.items())
+        if "pos" in r and "neg" in r and r["pos"]["response"].strip() and r["neg"]["response"].strip()
+    ]
 
 
 def prompting_systems(eval_trait: Trait, instruction: int) -> dict[str, str]:
@@ -87,8 +92,14 @@ def _result_doc(r: MarginResult) -> dict[str, Any]:
 
 
 def layer_scan(
-    lm: LoadedModel, pairs: Sequence[Pair], vector: torch.Tensor, layers: Sequence[int], coeff: float,
-    positions: str, systems: dict[str, str], batch_size: int,
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    vector: torch.Tensor,
+    layers: Sequence[int],
+    coeff: float,
+    positions: str,
+    systems: dict[str, str],
+    batch_size: int,
 ) -> dict[str, Any]:
     """Margins for choosing the layer and for the prompting baseline (two batch streams).
 
@@ -104,13 +115,21 @@ def layer_scan(
     both = behaviour_margin(lm, prompted, batch_size=batch_size)
     half = {"pos": slice(0, n), "neg": slice(n, 2 * n)}
     return {
-        "layers": list(layers), "coeff": coeff, "systems": systems,
+        "layers": list(layers),
+        "coeff": coeff,
+        "systems": systems,
         "unsteered": {"per_pair": results[0].per_pair[0].tolist(), "fluency": results[0].fluency[0]},
-        "per_layer": [{"layer": layer, "per_pair": r.per_pair[0].tolist(), "fluency": r.fluency[0]}
-                      for layer, r in zip(layers, results[1:], strict=True)],
-        "prompted": {kind: {"per_pair": both.per_pair[0, s].tolist(),
-                            "fluency": float(((both.pos_logp + both.neg_logp) / 2)[0, s].mean())}
-                     for kind, s in half.items()},
+        "per_layer": [
+            {"layer": layer, "per_pair": r.per_pair[0].tolist(), "fluency": r.fluency[0]}
+            for layer, r in zip(layers, results[1:], strict=True)
+        ],
+        "prompted": {
+            kind: {
+                "per_pair": both.per_pair[0, s].tolist(),
+                "fluency": float(((both.pos_logp + both.neg_logp) / 2)[0, s].mean()),
+            }
+            for kind, s in half.items()
+        },
     }
 
 
@@ -130,16 +149,29 @@ def choose_layer(scan: dict[str, Any], max_drop: float) -> tuple[int, list[dict[
     for r in scan["per_layer"]:
         margin = sum(r["per_pair"]) / len(r["per_pair"])
         drop = base["fluency"] - r["fluency"]
-        rows.append({"layer": r["layer"], "margin": margin, "effect": margin - base_margin, "fluency_drop": drop,
-                     "coherent": drop <= max_drop})
+        rows.append(
+            {
+                "layer": r["layer"],
+                "margin": margin,
+                "effect": margin - base_margin,
+                "fluency_drop": drop,
+                "coherent": drop <= max_drop,
+            }
+        )
     coherent = [r for r in rows if r["coherent"]]
     best = max(coherent, key=lambda r: r["effect"]) if coherent else min(rows, key=lambda r: r["fluency_drop"])
     return int(best["layer"]), rows
 
 
 def sweep_margins(
-    lm: LoadedModel, pairs: Sequence[Pair], vector: torch.Tensor, controls: torch.Tensor, layer: int,
-    coeffs: Sequence[float], positions: str, batch_size: int,
+    lm: LoadedModel,
+    pairs: Sequence[Pair],
+    vector: torch.Tensor,
+    controls: torch.Tensor,
+    layer: int,
+    coeffs: Sequence[float],
+    positions: str,
+    batch_size: int,
 ) -> dict[str, Any]:
     """The vector and its K random controls at ``layer``, every coefficient, as rows of one stream.
 
@@ -150,8 +182,12 @@ def sweep_margins(
     specs = [vector[layer]] + [c[layer] for c in controls]
     conditions = [[SteeringSpec(v, layer, 1.0, positions=positions)] for v in specs]
     results = condition_margins(lm, pairs, conditions, coeffs, batch_size=batch_size)
-    return {"coeffs": [float(c) for c in coeffs], "layer": layer, "real": _result_doc(results[0]),
-            "controls": [{"margin": r.mean, "fluency": r.fluency} for r in results[1:]]}
+    return {
+        "coeffs": [float(c) for c in coeffs],
+        "layer": layer,
+        "real": _result_doc(results[0]),
+        "controls": [{"margin": r.mean, "fluency": r.fluency} for r in results[1:]],
+    }
 
 
 # --- statistics (pure) -----------------------------------------------------------------------------
@@ -192,8 +228,13 @@ def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, s
         per_pair = sweep["real"]["per_pair"][i]
         deltas = torch.tensor(per_pair, dtype=torch.float64) - base_t
         effect = float(deltas.mean())
-        row: dict[str, Any] = {"coeff": coeff, "effect": effect, "ci95": interval(deltas.tolist(), n_resamples, seed),
-                               "margin": _mean(per_pair), "margin_ci95": interval(per_pair, n_resamples, seed)}
+        row: dict[str, Any] = {
+            "coeff": coeff,
+            "effect": effect,
+            "ci95": interval(deltas.tolist(), n_resamples, seed),
+            "margin": _mean(per_pair),
+            "margin_ci95": interval(per_pair, n_resamples, seed),
+        }
         controls = [c["margin"][i] - base_mean for c in sweep["controls"]]
         if controls:
             band = control_summary(effect, controls)
@@ -220,14 +261,23 @@ def reference_summary(scan: dict[str, Any], n_resamples: int, seed: int) -> dict
     margin_ci95, fluency, per_pair}, "prompting": {"systems", "pos"|"neg": {margin, margin_ci95,
     effect, ci95}}}`` where a prompted ``effect`` is its change from unsteered (``ci95`` paired)."""
     base = scan["unsteered"]["per_pair"]
-    out: dict[str, Any] = {"unsteered": {"margin": _mean(base), "margin_ci95": interval(base, n_resamples, seed),
-                                         "fluency": scan["unsteered"]["fluency"], "per_pair": base}}
+    out: dict[str, Any] = {
+        "unsteered": {
+            "margin": _mean(base),
+            "margin_ci95": interval(base, n_resamples, seed),
+            "fluency": scan["unsteered"]["fluency"],
+            "per_pair": base,
+        }
+    }
     prompting: dict[str, Any] = {"systems": scan["systems"]}
     for kind, doc in scan["prompted"].items():
         deltas = [a - b for a, b in zip(doc["per_pair"], base, strict=True)]
-        prompting[kind] = {"margin": _mean(doc["per_pair"]),
-                           "margin_ci95": interval(doc["per_pair"], n_resamples, seed),
-                           "effect": _mean(deltas), "ci95": interval(deltas, n_resamples, seed)}
+        prompting[kind] = {
+            "margin": _mean(doc["per_pair"]),
+            "margin_ci95": interval(doc["per_pair"], n_resamples, seed),
+            "effect": _mean(deltas),
+            "ci95": interval(deltas, n_resamples, seed),
+        }
     out["prompting"] = prompting
     return out
 
@@ -238,22 +288,27 @@ def trait_reading(name: str, entry: dict[str, Any], max_drop: float) -> str:
     comparison (never the mean alone)."""
     rows = [r for r in entry["rows"] if r["coeff"] > 0 and r["fluency_drop"] <= max_drop]
     if not rows:
-        return (f"{name}: no positive coefficient at layer {entry['best_layer']} kept the answers' likelihood within "
-                f"{max_drop:g} nats/token of the unsteered model, so no steering effect is read.")
+        return (
+            f"{name}: no positive coefficient at layer {entry['best_layer']} kept the answers' likelihood within "
+            f"{max_drop:g} nats/token of the unsteered model, so no steering effect is read."
+        )
     r = max(rows, key=lambda r: r["coeff"])
     ci = r["ci95"]
-    text = (f"{name}: adding the persona vector at layer {entry['best_layer']} with coefficient {r['coeff']:g} changes "
-            f"the margin by {r['effect']:+.3f} nats/token" + (f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
-            + f", {r['verdict']}; {r['steerable_fraction']:.0%} of {len(r['per_pair'])} eval pairs moved towards "
-            f"the trait and {r['anti_steerable_fraction']:.0%} away")
+    text = (
+        f"{name}: adding the persona vector at layer {entry['best_layer']} with coefficient {r['coeff']:g} changes "
+        f"the margin by {r['effect']:+.3f} nats/token"
+        + (f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else "")
+        + f", {r['verdict']}; {r['steerable_fraction']:.0%} of {len(r['per_pair'])} eval pairs moved towards "
+        f"the trait and {r['anti_steerable_fraction']:.0%} away"
+    )
     pos = entry["prompting"]["pos"]
     pci = pos["ci95"]
     text += f"; asking for the trait in the system prompt moves it by {pos['effect']:+.3f}" + (
-        f" (95% CI {pci[0]:+.3f} to {pci[1]:+.3f})" if pci else "")
+        f" (95% CI {pci[0]:+.3f} to {pci[1]:+.3f})" if pci else ""
+    )
     fci = r["vs_prompting_ci95"]
     if fci:
-        text += (f", so steering reaches {r['vs_prompting']:.0%} of prompting "
-                 f"(95% CI {fci[0]:.0%} to {fci[1]:.0%})")
+        text += f", so steering reaches {r['vs_prompting']:.0%} of prompting (95% CI {fci[0]:.0%} to {fci[1]:.0%})"
     else:
         text += ", an effect the pairs cannot tell from 0, so steering is not read as a fraction of it"
     return text + "."
@@ -271,11 +326,27 @@ def table_row(name: str, entry: dict[str, Any], max_drop: float) -> dict[str, An
     r = max(rows, key=lambda r: r["coeff"]) if rows else {}
     rnd, ci = r.get("random") or {}, r.get("ci95") or [None, None]
     vs = r.get("vs_prompting_ci95") or [None, None]
-    return {"trait": name, "status": "ok", "filter": entry["filter"], "effective_pairs": entry["effective_pairs"],
-            "pairs_averaged": entry["pairs_averaged"], "eval_pairs": entry["n_eval_pairs"],
-            "best_layer": entry["best_layer"], "unsteered": entry["unsteered"]["margin"], "coeff": r.get("coeff"),
-            "margin": r.get("margin"), "effect": r.get("effect"), "effect_lo": ci[0], "effect_hi": ci[1],
-            "random_lo": rnd.get("lo"), "random_hi": rnd.get("hi"), "p": rnd.get("p"),
-            "steerable_fraction": r.get("steerable_fraction"),
-            "anti_steerable_fraction": r.get("anti_steerable_fraction"), "vs_prompting": r.get("vs_prompting"),
-            "vs_prompting_lo": vs[0], "vs_prompting_hi": vs[1], "score_mean": r.get("score_mean")}
+    return {
+        "trait": name,
+        "status": "ok",
+        "filter": entry["filter"],
+        "effective_pairs": entry["effective_pairs"],
+        "pairs_averaged": entry["pairs_averaged"],
+        "eval_pairs": entry["n_eval_pairs"],
+        "best_layer": entry["best_layer"],
+        "unsteered": entry["unsteered"]["margin"],
+        "coeff": r.get("coeff"),
+        "margin": r.get("margin"),
+        "effect": r.get("effect"),
+        "effect_lo": ci[0],
+        "effect_hi": ci[1],
+        "random_lo": rnd.get("lo"),
+        "random_hi": rnd.get("hi"),
+        "p": rnd.get("p"),
+        "steerable_fraction": r.get("steerable_fraction"),
+        "anti_steerable_fraction": r.get("anti_steerable_fraction"),
+        "vs_prompting": r.get("vs_prompting"),
+        "vs_prompting_lo": vs[0],
+        "vs_prompting_hi": vs[1],
+        "score_mean": r.get("score_mean"),
+    }

@@ -69,25 +69,49 @@ def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
     layers = list(range(n))
     band = comparison["baseline"]["band"]
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=layers + layers[::-1], y=[band] * n + [-band] * n, fill="toself",
-                             fillcolor="rgba(128,128,128,0.2)", line={"width": 0}, hoverinfo="skip",
-                             name=f"random directions (95% |cos| < {band:.3f})"))
+    fig.add_trace(
+        go.Scatter(
+            x=layers + layers[::-1],
+            y=[band] * n + [-band] * n,
+            fill="toself",
+            fillcolor="rgba(128,128,128,0.2)",
+            line={"width": 0},
+            hoverinfo="skip",
+            name=f"random directions (95% |cos| < {band:.3f})",
+        )
+    )
     intervals = comparison.get("cosine_ci95") or {}
     for pair, values in comparison["cosine"].items():
         ci = intervals.get(pair)
-        error = None if not ci else {"type": "data", "visible": True,
-                                     "array": [hi - c for (_, hi), c in zip(ci, values, strict=True)],
-                                     "arrayminus": [c - lo for (lo, _), c in zip(ci, values, strict=True)]}
+        error = (
+            None
+            if not ci
+            else {
+                "type": "data",
+                "visible": True,
+                "array": [hi - c for (_, hi), c in zip(ci, values, strict=True)],
+                "arrayminus": [c - lo for (lo, _), c in zip(ci, values, strict=True)],
+            }
+        )
         label = pair.replace("|", " vs ") + (" (95% CI from resampling pairs)" if ci else "")
         fig.add_trace(go.Scatter(x=layers, y=values, mode="lines+markers", name=label, error_y=error))
     reliability = comparison.get("reliability") or {}
     for name, rel in reliability.items():
-        fig.add_trace(go.Scatter(x=layers, y=rel["mean"], mode="lines", line={"dash": "dot"},
-                                 name=f"split-half reliability: {name}"))
+        fig.add_trace(
+            go.Scatter(
+                x=layers, y=rel["mean"], mode="lines", line={"dash": "dot"}, name=f"split-half reliability: {name}"
+            )
+        )
     if best_layer is not None:
         fig.add_vline(x=best_layer, line_dash="dash", line_color="black", annotation_text=f"best layer {best_layer}")
-    fig.update_layout(title="cosine per layer (layer L = output of block L)", xaxis_title="layer",
-                      yaxis_title="cosine", yaxis_range=[-1.05, 1.05], template="plotly_white", height=460)
+    fig.update_layout(
+        title="cosine per layer (layer L = output of block L)",
+        xaxis_title="layer",
+        yaxis_title="cosine",
+        yaxis_range=[-1.05, 1.05],
+        template="plotly_white",
+        height=460,
+    )
     return _fig(fig)
 
 
@@ -99,23 +123,43 @@ def study_sections(study: dict[str, Any]) -> list[Section]:
     ref, rows, best = study["reference"], study["rows"], study["best_layer"]
     out: list[Section] = []
     gap = ref["finetuned"] - ref["base"]
-    intro = (f"<p>Behaviour margin on held-out pairs (mean log-likelihood per token of the behaviour answer minus "
-             f"the other): base <b>{ref['base']:+.4f}</b>, fine-tuned <b>{ref['finetuned']:+.4f}</b> "
-             f"(gap {gap:+.4f}). Best layer for the model-diff vector: <b>{best}</b>.</p>")
+    intro = (
+        f"<p>Behaviour margin on held-out pairs (mean log-likelihood per token of the behaviour answer minus "
+        f"the other): base <b>{ref['base']:+.4f}</b>, fine-tuned <b>{ref['finetuned']:+.4f}</b> "
+        f"(gap {gap:+.4f}). Best layer for the model-diff vector: <b>{best}</b>.</p>"
+    )
     fig = make_subplots(rows=1, cols=2, subplot_titles=("subtract from fine-tuned", "add to base"))
     colors = {"model_diff": "#d62728", "contrastive": "#1f77b4"}
     for col, model in ((1, "finetuned"), (2, "base")):
         for vector in ("model_diff", "contrastive"):
             for layer_set, dash in ((str(best), "solid"), ("all", "dot")):
-                sel = sorted((r for r in rows if r["stage"] == "sweep" and r["model"] == model and r["vector"] == vector
-                              and r["scale"] == "raw" and r["layers"] == layer_set), key=lambda r: r["coeff"])
+                sel = sorted(
+                    (
+                        r
+                        for r in rows
+                        if r["stage"] == "sweep"
+                        and r["model"] == model
+                        and r["vector"] == vector
+                        and r["scale"] == "raw"
+                        and r["layers"] == layer_set
+                    ),
+                    key=lambda r: r["coeff"],
+                )
                 if not sel:
                     continue
-                fig.add_trace(go.Scatter(
-                    x=[0.0] + [r["coeff"] for r in sel], y=[ref[model]] + [r["margin"] for r in sel],
-                    mode="lines+markers", line={"color": colors[vector], "dash": dash},
-                    name=f"{vector} @ {'layer ' + layer_set if layer_set != 'all' else 'all layers'}",
-                    legendgroup=f"{vector}{layer_set}", showlegend=col == 1), row=1, col=col)
+                fig.add_trace(
+                    go.Scatter(
+                        x=[0.0] + [r["coeff"] for r in sel],
+                        y=[ref[model]] + [r["margin"] for r in sel],
+                        mode="lines+markers",
+                        line={"color": colors[vector], "dash": dash},
+                        name=f"{vector} @ {'layer ' + layer_set if layer_set != 'all' else 'all layers'}",
+                        legendgroup=f"{vector}{layer_set}",
+                        showlegend=col == 1,
+                    ),
+                    row=1,
+                    col=col,
+                )
         for name, value in (("base", ref["base"]), ("fine-tuned", ref["finetuned"])):
             fig.add_hline(y=value, line_dash="dash", line_color="gray", annotation_text=name, row=1, col=col)
     fig.update_xaxes(title_text="coefficient magnitude (raw vector)")
@@ -128,17 +172,33 @@ def study_sections(study: dict[str, Any]) -> list[Section]:
         fig = go.Figure()
         for vector in ("model_diff", "contrastive"):
             sel = sorted((r for r in scan if r["vector"] == vector), key=lambda r: int(r["layers"]))
-            fig.add_trace(go.Bar(x=[int(r["layers"]) for r in sel], y=[r["undone"] for r in sel], name=vector,
-                                 marker_color=colors[vector]))
-        fig.update_layout(title="fraction of the fine-tuning gap undone by subtracting each vector (coefficient 1)",
-                          xaxis_title="layer", yaxis_title="undone", template="plotly_white", barmode="group",
-                          height=380)
+            fig.add_trace(
+                go.Bar(
+                    x=[int(r["layers"]) for r in sel],
+                    y=[r["undone"] for r in sel],
+                    name=vector,
+                    marker_color=colors[vector],
+                )
+            )
+        fig.update_layout(
+            title="fraction of the fine-tuning gap undone by subtracting each vector (coefficient 1)",
+            xaxis_title="layer",
+            yaxis_title="undone",
+            template="plotly_white",
+            barmode="group",
+            height=380,
+        )
         out.append(("Layer scan", _fig(fig)))
     table_rows = [r for r in rows if r["stage"] in ("sweep", "ablation") and r["scale"] == "raw"]
     cols = ["stage", "vector", "model", "direction", "layers", "coeff", "margin", "undone", "induced", "fluency_drop"]
-    out.append(("All conditions (raw scale)", "<p class='muted'>undone = (fine-tuned − steered) / gap; induced = "
-                "(steered − base) / gap; fluency_drop = fall in mean log-likelihood of both answers (nats/token), "
-                "a judge-free incoherence signal.</p>" + _table(table_rows, cols)))
+    out.append(
+        (
+            "All conditions (raw scale)",
+            "<p class='muted'>undone = (fine-tuned − steered) / gap; induced = "
+            "(steered − base) / gap; fluency_drop = fall in mean log-likelihood of both answers (nats/token), "
+            "a judge-free incoherence signal.</p>" + _table(table_rows, cols),
+        )
+    )
     if study.get("samples"):
         out.append(("Sample generations", samples_table(study["samples"])))
     return out
@@ -156,7 +216,8 @@ def samples_table(samples: list[dict[str, Any]]) -> str:
     head = "<th>question</th>" + "".join(f"<th>{_esc(c)}</th>" for c in conditions)
     body = "".join(
         f"<tr><td><b>{_esc(q)}</b></td>" + "".join(f"<td>{_esc(texts.get(c, ''))}</td>" for c in conditions) + "</tr>"
-        for q, texts in by_question.items())
+        for q, texts in by_question.items()
+    )
     table = f"<table class='samples'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f"<div class='scroll'>{table}</div>"
 
@@ -175,8 +236,18 @@ def sweep_sections(run: Path) -> list[Section]:
     gens_path = run / "generations.jsonl"
     if gens_path.is_file():
         rows = read_jsonl_rows(gens_path)
-        samples = [{"model": f"layer {r['layer']}", "vector": "v", "coeff": r["coeff"], "layer": r["layer"],
-                    "question": r["question"], "text": r["text"]} for r in rows if r.get("question_index", 0) < 4]
+        samples = [
+            {
+                "model": f"layer {r['layer']}",
+                "vector": "v",
+                "coeff": r["coeff"],
+                "layer": r["layer"],
+                "question": r["question"],
+                "text": r["text"],
+            }
+            for r in rows
+            if r.get("question_index", 0) < 4
+        ]
         out.append(("Sweep: generations per coefficient", samples_table(samples)))
     return out
 
@@ -196,8 +267,10 @@ def persona_sections(run: Path) -> list[Section]:
                 fig.add_trace(go.Box(y=values, name=f"{name}: {label}", boxpoints="all"))
         unscored = sum(r["trait_score"] is None for r in judged)
         fig.update_layout(title="judged persona responses (0-100)", template="plotly_white", height=420)
-        note = (f"<p>{len(judged)} responses judged; {unscored} got no score (the judge put < 25% probability on "
-                "numbers — with a small local judge this is expected and is reported, not hidden).</p>")
+        note = (
+            f"<p>{len(judged)} responses judged; {unscored} got no score (the judge put < 25% probability on "
+            "numbers — with a small local judge this is expected and is reported, not hidden).</p>"
+        )
         out.append(("Persona pipeline: judged responses", note + _fig(fig)))
     if pairs:
         out.append(("Persona pipeline: effective pairs", _table([pairs["counts"]])))
@@ -218,19 +291,25 @@ def persona_vectors_section(manifest: dict[str, Any], pairs: dict[str, Any]) -> 
     parts = []
     if unfiltered:
         counts = pairs.get("counts", {})
-        unscored = (f"; the judge could not score {meta['n_unscored_answers']} of {meta['n_answers']} answers"
-                    if "n_answers" in meta else "")
+        unscored = (
+            f"; the judge could not score {meta['n_unscored_answers']} of {meta['n_answers']} answers"
+            if "n_answers" in meta
+            else ""
+        )
         parts.append(
             f"<p class='warning'><b>Unfiltered persona vectors</b> (--no-filter): they average all "
             f"{_esc(manifest.get('n_pairs', len(pairs.get('pairs', []))))} (positive, negative) pairs, not only the "
             f"effective ones ({_esc(meta.get('n_effective', counts.get('effective', '?')))} would pass the filter"
             f"{_esc(unscored)}). Read them as the direction between the two system prompts' answers, not as a "
-            "judged trait direction.</p>")
+            "judged trait direction.</p>"
+        )
     elif meta:
         t = meta.get("threshold")
-        parts.append(f"<p>Filtered as persona-vectors: {_esc(manifest.get('n_pairs'))} effective pairs (positive "
-                     f"answer's trait score &ge; {_esc(t)}, negative's &lt; {_esc(100 - t if t is not None else '?')}, "
-                     f"both coherence &ge; {_esc(meta.get('min_coherence'))}).</p>")
+        parts.append(
+            f"<p>Filtered as persona-vectors: {_esc(manifest.get('n_pairs'))} effective pairs (positive "
+            f"answer's trait score &ge; {_esc(t)}, negative's &lt; {_esc(100 - t if t is not None else '?')}, "
+            f"both coherence &ge; {_esc(meta.get('min_coherence'))}).</p>"
+        )
     files = [{"reduction": r, "file": f"vectors/{name}"} for r, name in manifest.get("vectors", {}).items()]
     if files:
         parts.append(_table(files))
@@ -244,8 +323,12 @@ def monitor_section(doc: dict[str, Any]) -> str:
     fig = go.Figure()
     for group, values in doc["groups"].items():
         fig.add_trace(go.Box(y=values, name=group, boxpoints="all"))
-    fig.update_layout(title=doc.get("title", "projections on the vector"), yaxis_title="(a·v)/‖v‖",
-                      template="plotly_white", height=420)
+    fig.update_layout(
+        title=doc.get("title", "projections on the vector"),
+        yaxis_title="(a·v)/‖v‖",
+        template="plotly_white",
+        height=420,
+    )
     return _fig(fig) + _table(doc.get("summary", []))
 
 
@@ -263,34 +346,63 @@ def traits_sections(doc: dict[str, Any]) -> list[Section]:
         if e["status"] != "ok":
             summary.append({"trait": name, "status": "failed", "reading": e.get("error")})
             continue
-        summary.append({"trait": name, "status": "ok", "pairs": e["pairs_averaged"],
-                        "filter": e["filter"], "eval pairs": e["n_eval_pairs"], "best layer": e["best_layer"],
-                        "reading": e.get("reading", "")})
-    note = ("<p class='muted'>Effect: change in the judge-free behaviour margin (nats/token) from the unsteered model, "
-            "on eval pairs (the model's own answers to held-out questions under the positive and negative persona "
-            "prompts). Each coefficient carries a bootstrap 95% interval over pairs, the band of same-norm random "
-            "directions under the same condition (2.5-97.5%, empirical p), the fractions of pairs moved towards / "
-            "away from the trait, and the effect as a fraction of asking for the trait (or its opposite) in the "
-            "system prompt.</p>")
+        summary.append(
+            {
+                "trait": name,
+                "status": "ok",
+                "pairs": e["pairs_averaged"],
+                "filter": e["filter"],
+                "eval pairs": e["n_eval_pairs"],
+                "best layer": e["best_layer"],
+                "reading": e.get("reading", ""),
+            }
+        )
+    note = (
+        "<p class='muted'>Effect: change in the judge-free behaviour margin (nats/token) from the unsteered model, "
+        "on eval pairs (the model's own answers to held-out questions under the positive and negative persona "
+        "prompts). Each coefficient carries a bootstrap 95% interval over pairs, the band of same-norm random "
+        "directions under the same condition (2.5-97.5%, empirical p), the fractions of pairs moved towards / "
+        "away from the trait, and the effect as a fraction of asking for the trait (or its opposite) in the "
+        "system prompt.</p>"
+    )
     out.append(("Multi-trait study", note + _table(summary)))
     cosine = doc.get("cosine")
     if cosine:
         band = cosine["random_band"]
-        text = (f"<p>Random band: |cos| of two unrelated directions in {band['d_model']} dimensions lies below "
-                f"<b>{band['band']:.3f}</b> in 95% of draws (expected {band['expected_abs_cos']:.3f}); cosines inside "
-                "it are not distinguishable from unrelated directions. Move the slider to change layer; hover for "
-                "each cell's resampling interval.</p>")
+        text = (
+            f"<p>Random band: |cos| of two unrelated directions in {band['d_model']} dimensions lies below "
+            f"<b>{band['band']:.3f}</b> in 95% of draws (expected {band['expected_abs_cos']:.3f}); cosines inside "
+            "it are not distinguishable from unrelated directions. Move the slider to change layer; hover for "
+            "each cell's resampling interval.</p>"
+        )
         out.append(("Trait × trait cosine per layer", text + _fig(trait_cosine_figure(cosine))))
-    cols = ["coeff", "effect", "ci95", "random", "verdict", "margin", "steerable_fraction", "anti_steerable_fraction",
-            "vs_prompting", "vs_prompting_ci95", "score_mean", "score_ci95", "score_random"]
+    cols = [
+        "coeff",
+        "effect",
+        "ci95",
+        "random",
+        "verdict",
+        "margin",
+        "steerable_fraction",
+        "anti_steerable_fraction",
+        "vs_prompting",
+        "vs_prompting_ci95",
+        "score_mean",
+        "score_ci95",
+        "score_random",
+    ]
     for name, e in entries.items():
         if e["status"] != "ok":
             continue
         rows = [{c: _short(r.get(c)) for c in cols} for r in e["rows"]]
-        scan = ", ".join(f"L{r['layer']}: {r['effect']:+.3f}" + ("" if r["coherent"] else " (incoherent)")
-                         for r in e["layer_scan"]["rows"])
-        head = (f"<p>Best layer {e['best_layer']} from a scan at coefficient {e['layer_scan']['coeff']:g} (margin "
-                f"increase; fluency drop &le; {e['layer_scan']['max_fluency_drop']:g} nats/token): {_esc(scan)}.</p>")
+        scan = ", ".join(
+            f"L{r['layer']}: {r['effect']:+.3f}" + ("" if r["coherent"] else " (incoherent)")
+            for r in e["layer_scan"]["rows"]
+        )
+        head = (
+            f"<p>Best layer {e['best_layer']} from a scan at coefficient {e['layer_scan']['coeff']:g} (margin "
+            f"increase; fluency drop &le; {e['layer_scan']['max_fluency_drop']:g} nats/token): {_esc(scan)}.</p>"
+        )
         if e.get("filter") == "none":
             head += "<p class='warning'>Unfiltered persona vector (--no-filter): every pair averaged.</p>"
         table = f"<div class='scroll'>{_table(rows)}</div>"
@@ -381,15 +493,27 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
     study = _load_json(diff_dir / "study.json")
     study = study if isinstance(study, dict) else None
     if isinstance(comparison, dict) and "cosine" in comparison:
-        sections += _guard(missing, "vector comparison (compare.json)", lambda: [(
-            "Do the two directions match? Cosine per layer",
-            cosine_section(comparison, study.get("best_layer") if study else None))])
+        sections += _guard(
+            missing,
+            "vector comparison (compare.json)",
+            lambda: [
+                (
+                    "Do the two directions match? Cosine per layer",
+                    cosine_section(comparison, study.get("best_layer") if study else None),
+                )
+            ],
+        )
     else:
         missing.append("vector comparison (compare.json)")
     if study:
         sections += _guard(missing, "steering study (study.json)", study_sections, study)
-        sections += _guard(missing, "steering evidence (study.json, positions.json)", evidence_sections, study,
-                           _load_json(diff_dir / "positions.json"))
+        sections += _guard(
+            missing,
+            "steering evidence (study.json, positions.json)",
+            evidence_sections,
+            study,
+            _load_json(diff_dir / "positions.json"),
+        )
     else:
         missing.append("steering study (study.json)")
 
@@ -404,8 +528,9 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
 
     monitor = _load_json(run / "monitor.json")
     if monitor:
-        sections += _guard(missing, "monitoring (monitor.json)",
-                           lambda: [("Monitoring: projections", monitor_section(monitor))])
+        sections += _guard(
+            missing, "monitoring (monitor.json)", lambda: [("Monitoring: projections", monitor_section(monitor))]
+        )
     else:
         missing.append("monitoring (monitor.json)")
 
@@ -416,12 +541,17 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
     reading = summary.get("reading") if isinstance(summary.get("reading"), list) else None
     head = [f"<h1>steerlab report</h1><p class='muted'>{_esc(run.resolve())}"]
     if summary:
-        head.append(f" · model {_esc(summary.get('model'))} · judge {_esc(summary.get('judge'))}"
-                    f" · steerlab {_esc(summary.get('steerlab_version'))}")
+        head.append(
+            f" · model {_esc(summary.get('model'))} · judge {_esc(summary.get('judge'))}"
+            f" · steerlab {_esc(summary.get('steerlab_version'))}"
+        )
     head.append("</p>")
     if reading:
-        head.append("<div class='reading'><h3>Reading of the results</h3>"
-                    + "".join(f"<p>{_esc(p)}</p>" for p in reading) + "</div>")
+        head.append(
+            "<div class='reading'><h3>Reading of the results</h3>"
+            + "".join(f"<p>{_esc(p)}</p>" for p in reading)
+            + "</div>"
+        )
     if isinstance(summary.get("timings"), dict):
         head.append("<h3>Timings (s)</h3>" + _table([summary["timings"]], fmt="{:.1f}"))
     if missing:

@@ -54,11 +54,19 @@ def score_vs_coeff_figure(scores: Sequence[dict[str, Any]], title: str = "judged
         rows = sorted((s for s in scores if s["layer"] == layer), key=lambda s: s["coeff"])
         coeffs = [r["coeff"] for r in rows]
         for col, key in ((1, "trait"), (2, "coherence")):
-            fig.add_trace(go.Scatter(
-                x=coeffs, y=[r[f"{key}_mean"] for r in rows], mode="lines+markers", name=f"layer {layer}",
-                legendgroup=f"layer {layer}", showlegend=col == 1,
-                error_y={"type": "data", "array": [r[f"{key}_std"] or 0 for r in rows], "visible": True},
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=coeffs,
+                    y=[r[f"{key}_mean"] for r in rows],
+                    mode="lines+markers",
+                    name=f"layer {layer}",
+                    legendgroup=f"layer {layer}",
+                    showlegend=col == 1,
+                    error_y={"type": "data", "array": [r[f"{key}_std"] or 0 for r in rows], "visible": True},
+                ),
+                row=1,
+                col=col,
+            )
     fig.update_xaxes(title_text="coefficient")
     fig.update_yaxes(range=[-2, 102])
     fig.update_layout(title=title, template="plotly_white", height=420)
@@ -76,20 +84,40 @@ def margin_vs_coeff_figure(margins: Sequence[dict[str, Any]], title: str = "beha
         groups.setdefault(label, []).append(m)
     for label, rows in groups.items():
         rows = sorted(rows, key=lambda r: r["coeff"])
-        fig.add_trace(go.Scatter(
-            x=[r["coeff"] for r in rows], y=[r["margin"] for r in rows], mode="lines+markers", name=label,
-            error_y={"type": "data", "array": [r.get("std") or 0 for r in rows], "visible": False},
-        ))
-    fig.update_layout(title=title, template="plotly_white", height=420, xaxis_title="coefficient",
-                      yaxis_title="margin (behaviour − other, log-lik per token)")
+        fig.add_trace(
+            go.Scatter(
+                x=[r["coeff"] for r in rows],
+                y=[r["margin"] for r in rows],
+                mode="lines+markers",
+                name=label,
+                error_y={"type": "data", "array": [r.get("std") or 0 for r in rows], "visible": False},
+            )
+        )
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=420,
+        xaxis_title="coefficient",
+        yaxis_title="margin (behaviour − other, log-lik per token)",
+    )
     return fig
 
 
-def _band_trace(go: Any, x: Sequence[float], lo: Sequence[float], hi: Sequence[float], color: str, name: str,
-                **kw: Any):
+def _band_trace(
+    go: Any, x: Sequence[float], lo: Sequence[float], hi: Sequence[float], color: str, name: str, **kw: Any
+):
     """A filled band between ``lo`` and ``hi`` over ``x`` (one closed polygon)."""
-    return go.Scatter(x=list(x) + list(x)[::-1], y=list(hi) + list(lo)[::-1], fill="toself", fillcolor=color,
-                      mode="lines", line={"width": 0}, hoverinfo="skip", name=name, **kw)
+    return go.Scatter(
+        x=list(x) + list(x)[::-1],
+        y=list(hi) + list(lo)[::-1],
+        fill="toself",
+        fillcolor=color,
+        mode="lines",
+        line={"width": 0},
+        hoverinfo="skip",
+        name=name,
+        **kw,
+    )
 
 
 def trait_cosine_figure(cosine: dict[str, Any], layer: int | None = None):
@@ -110,23 +138,60 @@ def trait_cosine_figure(cosine: dict[str, Any], layer: int | None = None):
         layer = max(set(best), key=best.count) if best else layers[len(layers) // 2]
     fig = go.Figure()
     for L, matrix in zip(layers, cosine["matrix"], strict=True):
-        hover = [[f"{a} vs {b}: cos {matrix[i][j]:+.3f}" + _ci_text(ci, a, b, L) for j, b in enumerate(names)]
-                 for i, a in enumerate(names)]
-        fig.add_trace(go.Heatmap(
-            z=matrix, x=names, y=names, zmin=-1, zmax=1, colorscale="RdBu", reversescale=True, visible=layer == L,
-            text=[[f"{v:+.2f}" for v in row] for row in matrix], texttemplate="%{text}", customdata=hover,
-            hovertemplate="%{customdata}<extra></extra>", colorbar={"title": "cosine"}, name=f"layer {L}"))
-    steps = [{"method": "update", "label": str(L),
-              "args": [{"visible": [k == i for k in range(len(layers))]},
-                       {"title.text": f"trait × trait cosine at layer {L}"}]} for i, L in enumerate(layers)]
+        hover = [
+            [f"{a} vs {b}: cos {matrix[i][j]:+.3f}" + _ci_text(ci, a, b, L) for j, b in enumerate(names)]
+            for i, a in enumerate(names)
+        ]
+        fig.add_trace(
+            go.Heatmap(
+                z=matrix,
+                x=names,
+                y=names,
+                zmin=-1,
+                zmax=1,
+                colorscale="RdBu",
+                reversescale=True,
+                visible=layer == L,
+                text=[[f"{v:+.2f}" for v in row] for row in matrix],
+                texttemplate="%{text}",
+                customdata=hover,
+                hovertemplate="%{customdata}<extra></extra>",
+                colorbar={"title": "cosine"},
+                name=f"layer {L}",
+            )
+        )
+    steps = [
+        {
+            "method": "update",
+            "label": str(L),
+            "args": [
+                {"visible": [k == i for k in range(len(layers))]},
+                {"title.text": f"trait × trait cosine at layer {L}"},
+            ],
+        }
+        for i, L in enumerate(layers)
+    ]
     size = max(420, 90 * len(names) + 220)
     fig.update_layout(
-        title=f"trait × trait cosine at layer {layer}", template="plotly_white", height=size + 80,
-        width=size + 120, yaxis={"autorange": "reversed"},
-        sliders=[{"active": layers.index(layer), "steps": steps, "currentvalue": {"prefix": "layer "},
-                  "pad": {"t": 40}}],
-        annotations=[{"text": f"random directions (d={band['d_model']}): 95% of |cos| < {band['band']:.3f}",
-                      "xref": "paper", "yref": "paper", "x": 0, "y": 1.08, "showarrow": False}])
+        title=f"trait × trait cosine at layer {layer}",
+        template="plotly_white",
+        height=size + 80,
+        width=size + 120,
+        yaxis={"autorange": "reversed"},
+        sliders=[
+            {"active": layers.index(layer), "steps": steps, "currentvalue": {"prefix": "layer "}, "pad": {"t": 40}}
+        ],
+        annotations=[
+            {
+                "text": f"random directions (d={band['d_model']}): 95% of |cos| < {band['band']:.3f}",
+                "xref": "paper",
+                "yref": "paper",
+                "x": 0,
+                "y": 1.08,
+                "showarrow": False,
+            }
+        ],
+    )
     return fig
 
 
@@ -154,42 +219,107 @@ def trait_steering_figure(name: str, entry: dict[str, Any]):
     coeffs = [r["coeff"] for r in rows]
     with_ci = [r for r in rows if r.get("ci95")]
     if with_ci:
-        fig.add_trace(_band_trace(go, [r["coeff"] for r in with_ci], [r["ci95"][0] for r in with_ci],
-                                  [r["ci95"][1] for r in with_ci], "rgba(214,39,40,0.18)", "95% interval (pairs)"),
-                      row=1, col=1)
+        fig.add_trace(
+            _band_trace(
+                go,
+                [r["coeff"] for r in with_ci],
+                [r["ci95"][0] for r in with_ci],
+                [r["ci95"][1] for r in with_ci],
+                "rgba(214,39,40,0.18)",
+                "95% interval (pairs)",
+            ),
+            row=1,
+            col=1,
+        )
     with_random = [r for r in rows if r.get("random")]
     if with_random:
-        fig.add_trace(_band_trace(go, [r["coeff"] for r in with_random], [r["random"]["lo"] for r in with_random],
-                                  [r["random"]["hi"] for r in with_random], "rgba(128,128,128,0.25)",
-                                  f"random directions ({with_random[0]['random']['k']}, 2.5-97.5%)"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=coeffs, y=[r["effect"] for r in rows], mode="lines+markers", name="persona vector",
-                             line={"color": "#d62728"}), row=1, col=1)
+        fig.add_trace(
+            _band_trace(
+                go,
+                [r["coeff"] for r in with_random],
+                [r["random"]["lo"] for r in with_random],
+                [r["random"]["hi"] for r in with_random],
+                "rgba(128,128,128,0.25)",
+                f"random directions ({with_random[0]['random']['k']}, 2.5-97.5%)",
+            ),
+            row=1,
+            col=1,
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=coeffs,
+            y=[r["effect"] for r in rows],
+            mode="lines+markers",
+            name="persona vector",
+            line={"color": "#d62728"},
+        ),
+        row=1,
+        col=1,
+    )
     fig.add_hline(y=0, line_dash="dot", line_color="black", annotation_text="unsteered", row=1, col=1)
     for kind, color in (("pos", "#2ca02c"), ("neg", "#1f77b4")):
         prompted = (entry.get("prompting") or {}).get(kind)
         if prompted:
-            fig.add_hline(y=prompted["effect"], line_dash="dash", line_color=color,
-                          annotation_text=f"{'positive' if kind == 'pos' else 'negative'} system prompt", row=1, col=1)
+            fig.add_hline(
+                y=prompted["effect"],
+                line_dash="dash",
+                line_color=color,
+                annotation_text=f"{'positive' if kind == 'pos' else 'negative'} system prompt",
+                row=1,
+                col=1,
+            )
     base = entry["unsteered"]["per_pair"]
     for r in rows:
-        fig.add_trace(go.Violin(y=[m - b for m, b in zip(r["per_pair"], base, strict=True)], name=f"{r['coeff']:g}",
-                                points="all", box_visible=True, showlegend=False, line_color="#555", pointpos=0,
-                                jitter=0.3), row=1, col=2)
+        fig.add_trace(
+            go.Violin(
+                y=[m - b for m, b in zip(r["per_pair"], base, strict=True)],
+                name=f"{r['coeff']:g}",
+                points="all",
+                box_visible=True,
+                showlegend=False,
+                line_color="#555",
+                pointpos=0,
+                jitter=0.3,
+            ),
+            row=1,
+            col=2,
+        )
     fig.add_hline(y=0, line_dash="dot", line_color="black", row=1, col=2)
     if scored:
         srows = [r for r in rows if r.get("score_mean") is not None]
         rand = [r for r in srows if r.get("score_random")]
         if rand:
-            fig.add_trace(_band_trace(go, [r["coeff"] for r in rand], [r["score_random"]["lo"] for r in rand],
-                                      [r["score_random"]["hi"] for r in rand], "rgba(128,128,128,0.25)",
-                                      "random directions (score)", showlegend=False), row=1, col=3)
-        fig.add_trace(go.Scatter(
-            x=[r["coeff"] for r in srows], y=[r["score_mean"] for r in srows], mode="lines+markers",
-            name="judged score", line={"color": "#9467bd"},
-            error_y={"type": "data", "symmetric": False, "visible": True,
-                     "array": [(r["score_ci95"] or [0, r["score_mean"]])[1] - r["score_mean"] for r in srows],
-                     "arrayminus": [r["score_mean"] - (r["score_ci95"] or [r["score_mean"], 0])[0] for r in srows]}),
-            row=1, col=3)
+            fig.add_trace(
+                _band_trace(
+                    go,
+                    [r["coeff"] for r in rand],
+                    [r["score_random"]["lo"] for r in rand],
+                    [r["score_random"]["hi"] for r in rand],
+                    "rgba(128,128,128,0.25)",
+                    "random directions (score)",
+                    showlegend=False,
+                ),
+                row=1,
+                col=3,
+            )
+        fig.add_trace(
+            go.Scatter(
+                x=[r["coeff"] for r in srows],
+                y=[r["score_mean"] for r in srows],
+                mode="lines+markers",
+                name="judged score",
+                line={"color": "#9467bd"},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "visible": True,
+                    "array": [(r["score_ci95"] or [0, r["score_mean"]])[1] - r["score_mean"] for r in srows],
+                    "arrayminus": [r["score_mean"] - (r["score_ci95"] or [r["score_mean"], 0])[0] for r in srows],
+                },
+            ),
+            row=1,
+            col=3,
+        )
         fig.update_yaxes(title_text="trait score (0-100)", row=1, col=3)
     fig.update_xaxes(title_text="coefficient", row=1, col=1)
     fig.update_xaxes(title_text="coefficient", type="category", row=1, col=2)

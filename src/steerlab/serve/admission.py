@@ -38,8 +38,13 @@ def limit_error(param: str, value: int, unit: str, setting: str, config: ServeCo
     """The 400 answer for a request over one of the server's limits (code ``limit_exceeded``), naming
     the field, its value, the limit and the flag that sets it, e.g. ``max_tokens: 5000 tokens, more
     than this server's limit of 2048 (steerlab serve --max-tokens-limit)``."""
-    return APIError(400, f"{param}: {value}{unit}, more than this server's limit of {getattr(config, setting)} "
-                    f"(steerlab serve {flag(setting)})", param=param, code="limit_exceeded")
+    return APIError(
+        400,
+        f"{param}: {value}{unit}, more than this server's limit of {getattr(config, setting)} "
+        f"(steerlab serve {flag(setting)})",
+        param=param,
+        code="limit_exceeded",
+    )
 
 
 class Admission:
@@ -59,8 +64,9 @@ class Admission:
             self.tokenizer = lm.tokenizer
 
     # size limits, before any tokenization or vector loading
-    def _check_limits(self, body: GenerationRequest, n_prompts: int, max_tokens: int | None,
-                      max_tokens_param: str) -> None:
+    def _check_limits(
+        self, body: GenerationRequest, n_prompts: int, max_tokens: int | None, max_tokens_param: str
+    ) -> None:
         cfg = self.config
         if body.n > cfg.max_n:
             raise limit_error("n", body.n, "", "max_n", cfg)
@@ -69,8 +75,13 @@ class Admission:
         if body.steering is not None and len(body.steering) > cfg.max_steering_items:
             raise limit_error("steering", len(body.steering), " items", "max_steering_items", cfg)
         if n_prompts * body.n > cfg.max_batch:
-            raise APIError(400, f"n: {n_prompts} prompt(s) x n={body.n} rows exceed this server's limit of "
-                           f"{cfg.max_batch} rows (steerlab serve --max-batch)", param="n", code="limit_exceeded")
+            raise APIError(
+                400,
+                f"n: {n_prompts} prompt(s) x n={body.n} rows exceed this server's limit of "
+                f"{cfg.max_batch} rows (steerlab serve --max-batch)",
+                param="n",
+                code="limit_exceeded",
+            )
 
     def _check_prompt(self, prompt_tokens: int, param: str) -> None:
         if prompt_tokens == 0:
@@ -89,15 +100,30 @@ class Admission:
             except SteerlabError as exc:
                 raise APIError(400, str(exc), param=f"{where}.layer", code="invalid_layer") from None
             if item.operator == "cap" and item.ceiling is None and item.floor is None:
-                raise APIError(400, f"{where}: operator 'cap' needs a ceiling and/or a floor on h·v̂",
-                               param=f"{where}.ceiling")
+                raise APIError(
+                    400, f"{where}: operator 'cap' needs a ceiling and/or a floor on h·v̂", param=f"{where}.ceiling"
+                )
             if item.operator != "cap" and (item.ceiling is not None or item.floor is not None):
-                raise APIError(400, f"{where}: ceiling/floor apply to operator 'cap' only, not {item.operator!r}",
-                               param=f"{where}.operator")
+                raise APIError(
+                    400,
+                    f"{where}: ceiling/floor apply to operator 'cap' only, not {item.operator!r}",
+                    param=f"{where}.operator",
+                )
             base = (item.vector, id(vector), layers, item.operator, item.positions, item.scale)
             seen[base] = seen.get(base, -1) + 1
-            resolved.append(ResolvedItem((*base, seen[base]), vector, layers, item.coeff, item.operator,
-                                         item.positions, item.scale, item.ceiling, item.floor))
+            resolved.append(
+                ResolvedItem(
+                    (*base, seen[base]),
+                    vector,
+                    layers,
+                    item.coeff,
+                    item.operator,
+                    item.positions,
+                    item.scale,
+                    item.ceiling,
+                    item.floor,
+                )
+            )
             try:  # shapes, zero or NaN directions at these layers, ...
                 resolved[-1].spec().interventions(self.lm)
             except SteerlabError as exc:
@@ -120,18 +146,37 @@ class Admission:
                 f"This model's maximum context length is {self.context} tokens. However, you requested "
                 f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {param}, {requested} in the "
                 "completion). Please reduce the length of the prompt or of max_tokens.",
-                param=param, code="context_length_exceeded",
+                param=param,
+                code="context_length_exceeded",
             )
         return requested
 
-    def _job(self, body: GenerationRequest, prompts: list[Prompt], prompt_tokens: list[int], chat: bool,
-             max_tokens: int | None, default_max: int, logprobs: int | None, param: str) -> Job:
+    def _job(
+        self,
+        body: GenerationRequest,
+        prompts: list[Prompt],
+        prompt_tokens: list[int],
+        chat: bool,
+        max_tokens: int | None,
+        default_max: int,
+        logprobs: int | None,
+        param: str,
+    ) -> Job:
         stop = self._stop(body.stop)
         limit = min(self._max_tokens(max_tokens, default_max, t, param) for t in prompt_tokens)
         return Job(
-            prompts=prompts, prompt_tokens=prompt_tokens, n=body.n, chat=chat, max_tokens=limit,
-            temperature=body.temperature, top_p=body.top_p, seed=body.seed, stop=stop,
-            logprobs=logprobs, items=self._steering(body.steering), stream=body.stream,
+            prompts=prompts,
+            prompt_tokens=prompt_tokens,
+            n=body.n,
+            chat=chat,
+            max_tokens=limit,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=stop,
+            logprobs=logprobs,
+            items=self._steering(body.steering),
+            stream=body.stream,
             stream_usage=bool(body.stream and body.stream_options and body.stream_options.include_usage),
             loop=asyncio.get_running_loop(),
         )
@@ -148,8 +193,9 @@ class Admission:
             content = m.content
             if isinstance(content, list):
                 if any(part.type != "text" or part.text is None for part in content):
-                    raise APIError(400, f"messages[{i}].content: only text parts are supported",
-                                   param=f"messages[{i}].content")
+                    raise APIError(
+                        400, f"messages[{i}].content: only text parts are supported", param=f"messages[{i}].content"
+                    )
                 content = "".join(part.text or "" for part in content)
             messages.append({"role": "system" if m.role == "developer" else m.role, "content": content or ""})
         if body.top_logprobs is not None and not body.logprobs:
@@ -163,8 +209,9 @@ class Admission:
         n_prompt = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         self._check_prompt(n_prompt, "messages")
         logprobs = (body.top_logprobs or 0) if body.logprobs else None
-        return self._job(body, [messages], [n_prompt], True, max_tokens, self.config.default_max_tokens, logprobs,
-                         "messages")
+        return self._job(
+            body, [messages], [n_prompt], True, max_tokens, self.config.default_max_tokens, logprobs, "messages"
+        )
 
     def completion_job(self, body: CompletionRequest) -> Job:
         """The job for a completions request (raw text, special tokens added). Must run on the event
@@ -179,5 +226,6 @@ class Admission:
         for i, p in enumerate(prompts):
             counts.append(len(self.tokenizer(p, add_special_tokens=True)["input_ids"]))
             self._check_prompt(counts[-1], "prompt" if isinstance(body.prompt, str) else f"prompt[{i}]")
-        return self._job(body, list(prompts), counts, False, body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS,
-                         body.logprobs, "prompt")
+        return self._job(
+            body, list(prompts), counts, False, body.max_tokens, COMPLETION_DEFAULT_MAX_TOKENS, body.logprobs, "prompt"
+        )

@@ -76,8 +76,9 @@ class ServerState:
     created: int
 
 
-def create_app(lm: LoadedModel, vectors_dir: Path | None = None, *, config: ServeConfig | None = None,
-               **settings: Any) -> FastAPI:
+def create_app(
+    lm: LoadedModel, vectors_dir: Path | None = None, *, config: ServeConfig | None = None, **settings: Any
+) -> FastAPI:
     """The OpenAI-compatible app serving ``lm`` (see the module docstring). Settings come from
     ``config`` (default ``ServeConfig()``, whose API key is ``$STEERLAB_API_KEY``), then ``vectors_dir``
     and keyword ``settings`` named as :class:`ServeConfig` fields (``max_batch=8``, ``api_key="k"``);
@@ -128,11 +129,22 @@ def create_app(lm: LoadedModel, vectors_dir: Path | None = None, *, config: Serv
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{
-            "id": lm.name, "object": "model", "created": server.created, "owned_by": "steerlab",
-            "n_layers": lm.n_layers, "d_model": lm.d_model, "max_context": admission.context,
-            "device": str(lm.device), "dtype": str(lm.dtype).removeprefix("torch."),
-        }]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": lm.name,
+                    "object": "model",
+                    "created": server.created,
+                    "owned_by": "steerlab",
+                    "n_layers": lm.n_layers,
+                    "d_model": lm.d_model,
+                    "max_context": admission.context,
+                    "device": str(lm.device),
+                    "dtype": str(lm.dtype).removeprefix("torch."),
+                }
+            ],
+        }
 
     @app.get("/v1/vectors")
     async def list_vectors() -> dict[str, Any]:

@@ -40,8 +40,10 @@ class APIKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if token is None:
-            message = ("no API key given: this server needs one, sent as the header 'Authorization: Bearer KEY' "
-                       "(the openai client's api_key)")
+            message = (
+                "no API key given: this server needs one, sent as the header 'Authorization: Bearer KEY' "
+                "(the openai client's api_key)"
+            )
         else:
             message = "incorrect API key"
         error = APIError(401, message, param=None, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

@@ -70,8 +70,14 @@ class Batcher:
     ``context`` bounds a group's longest prompt + largest max_tokens (tokens); ``max_queue`` bounds
     the jobs waiting for the model. Raises SteerlabError for ``max_batch`` or ``max_queue`` below 1."""
 
-    def __init__(self, lm: LoadedModel, max_batch: int = 32, batch_window_ms: float = 10.0,
-                 context: int | None = None, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        lm: LoadedModel,
+        max_batch: int = 32,
+        batch_window_ms: float = 10.0,
+        context: int | None = None,
+        max_queue: int = 64,
+    ) -> None:
         if max_batch < 1:
             raise SteerlabError(f"--max-batch {max_batch}: expected at least 1")
         if max_queue < 1:
@@ -82,8 +88,15 @@ class Batcher:
         self.context = context
         self.window = max(0.0, batch_window_ms) / 1000.0
         self.decoder = RowDecoder(lm.tokenizer, stop_token_ids(lm))
-        self.stats = {"batches": 0, "rows": 0, "requests": 0, "max_batch_rows": 0, "failed_batches": 0,
-                      "submitted": 0, "rejected": 0}
+        self.stats = {
+            "batches": 0,
+            "rows": 0,
+            "requests": 0,
+            "max_batch_rows": 0,
+            "failed_batches": 0,
+            "submitted": 0,
+            "rejected": 0,
+        }
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending: list[Job] = []
         self._waiting = 0  # accepted jobs not yet taken into a batch (queue + pending)
@@ -117,9 +130,14 @@ class Batcher:
             if self._waiting >= self.max_queue:
                 self.stats["rejected"] += 1
                 retry = max(1, math.ceil(self._batch_seconds))
-                raise APIError(429, f"the server is busy: {self._waiting} requests are waiting for the model "
-                               f"(its queue holds at most {self.max_queue}, --max-queue); retry after {retry} s",
-                               "requests", code="rate_limit_exceeded", headers={"Retry-After": str(retry)})
+                raise APIError(
+                    429,
+                    f"the server is busy: {self._waiting} requests are waiting for the model "
+                    f"(its queue holds at most {self.max_queue}, --max-queue); retry after {retry} s",
+                    "requests",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(retry)},
+                )
             self._waiting += 1
             self.stats["submitted"] += 1
         self._queue.put(job)
@@ -129,8 +147,7 @@ class Batcher:
         submitted and rejected (429) requests, ``queue_depth`` (jobs waiting), ``running`` (jobs in
         the current batch) and ``max_queue``."""
         with self._count_lock:
-            return {**self.stats, "queue_depth": self._waiting, "running": self._running,
-                    "max_queue": self.max_queue}
+            return {**self.stats, "queue_depth": self._waiting, "running": self._running, "max_queue": self.max_queue}
 
     def _release(self, n: int) -> None:
         with self._count_lock:
@@ -166,8 +183,9 @@ class Batcher:
                 with self._count_lock:
                     self._running = 0
                     elapsed = time.monotonic() - start
-                    self._batch_seconds = elapsed if not self._batch_seconds else (
-                        0.8 * self._batch_seconds + 0.2 * elapsed)
+                    self._batch_seconds = (
+                        elapsed if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * elapsed)
+                    )
         for job in self._pending:
             job.fail(APIError(503, "the server is shutting down", "server_error", code="shutting_down"))
         self._release(len(self._pending))
@@ -256,10 +274,17 @@ class Batcher:
         head = group[0]
         ks = [j.logprobs for j in group if j.logprobs is not None]
         gens = generate_batch(
-            self.lm, prompts, steering=self._group_specs(group, order, len(rows)),
-            max_new_tokens=max(j.max_tokens for j in group), temperature=head.temperature,
-            top_p=head.top_p, seed=head.seed if head.temperature > 0 else None, batch_size=len(rows),
-            top_logprobs=max(ks) if ks else None, chat=head.chat, description="serving",
+            self.lm,
+            prompts,
+            steering=self._group_specs(group, order, len(rows)),
+            max_new_tokens=max(j.max_tokens for j in group),
+            temperature=head.temperature,
+            top_p=head.top_p,
+            seed=head.seed if head.temperature > 0 else None,
+            batch_size=len(rows),
+            top_logprobs=max(ks) if ks else None,
+            chat=head.chat,
+            description="serving",
             batch_kwargs=self.decoder.batch_kwargs(rows),
         )
         for row, gen in zip(rows, gens, strict=True):

@@ -58,8 +58,15 @@ class ServeConfig:
             object.__setattr__(self, "vectors_dir", Path(self.vectors_dir))
             if not self.vectors_dir.is_dir():
                 raise SteerlabError(f"--vectors {self.vectors_dir}: not a directory")
-        at_least = {"max_batch": 1, "max_queue": 1, "max_prompt_tokens": 1, "max_tokens_limit": 1, "max_n": 1,
-                    "max_steering_items": 0, "default_max_tokens": 1}
+        at_least = {
+            "max_batch": 1,
+            "max_queue": 1,
+            "max_prompt_tokens": 1,
+            "max_tokens_limit": 1,
+            "max_n": 1,
+            "max_steering_items": 0,
+            "default_max_tokens": 1,
+        }
         for name, low in at_least.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -69,13 +76,16 @@ class ServeConfig:
         if not self.batch_window_ms >= 0:  # also NaN
             raise SteerlabError(f"--batch-window-ms {self.batch_window_ms!r}: expected a number >= 0")
         if self.default_max_tokens > self.max_tokens_limit:
-            raise SteerlabError(f"--default-max-tokens {self.default_max_tokens}: expected at most "
-                                f"--max-tokens-limit {self.max_tokens_limit}")
+            raise SteerlabError(
+                f"--default-max-tokens {self.default_max_tokens}: expected at most "
+                f"--max-tokens-limit {self.max_tokens_limit}"
+            )
         if not 0 <= self.port <= 65535:
             raise SteerlabError(f"--port {self.port}: expected 0..65535")
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
-            raise SteerlabError(f"--api-key: expected a non-empty key (or none, to serve without one; "
-                                f"${API_KEY_ENV} sets it too)")
+            raise SteerlabError(
+                f"--api-key: expected a non-empty key (or none, to serve without one; ${API_KEY_ENV} sets it too)"
+            )
 
     def replace(self, **changes: object) -> ServeConfig:
         """A copy with ``changes`` applied (validated again). Raises SteerlabError naming an unknown
@@ -83,8 +93,9 @@ class ServeConfig:
         names = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - names)
         if unknown:
-            raise SteerlabError(f"unknown serve setting(s) {', '.join(unknown)}; expected one of "
-                                f"{', '.join(sorted(names))}")
+            raise SteerlabError(
+                f"unknown serve setting(s) {', '.join(unknown)}; expected one of {', '.join(sorted(names))}"
+            )
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 

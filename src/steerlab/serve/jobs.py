@@ -43,8 +43,16 @@ class ResolvedItem:
     def spec(self, coeff: float | torch.Tensor | None = None) -> SteeringSpec:
         """The SteeringSpec, with ``coeff`` (a float, or a tensor ``[rows]`` of per-row coefficients)
         in place of the item's own coefficient when given."""
-        return SteeringSpec(self.vector, list(self.layers), self.coeff if coeff is None else coeff,
-                            self.operator, self.positions, self.scale, self.ceiling, self.floor)
+        return SteeringSpec(
+            self.vector,
+            list(self.layers),
+            self.coeff if coeff is None else coeff,
+            self.operator,
+            self.positions,
+            self.scale,
+            self.ceiling,
+            self.floor,
+        )
 
 
 @dataclass

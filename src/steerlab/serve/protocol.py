@@ -20,9 +20,15 @@ class APIError(Exception):
     """An error answered in OpenAI's shape with an HTTP ``status``; ``param`` names the request field at
     fault, ``code`` is a machine-readable reason, ``headers`` go with the response (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

@@ -21,8 +21,11 @@ from .jobs import Choice, Job, LogprobEntry
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     """The ``usage`` object (token counts)."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse(data: Any) -> str:
@@ -33,11 +36,14 @@ def sse(data: Any) -> str:
 def chat_logprobs(entries: list[LogprobEntry]) -> dict[str, Any]:
     """Chat ``logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs: [...]}, ...], "refusal"}``;
     ``bytes`` is the token's UTF-8 encoding."""
+
     def one(token: str, lp: float) -> dict[str, Any]:
         return {"token": token, "logprob": lp, "bytes": list(token.encode("utf-8"))}
 
-    return {"content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in top]} for t, lp, top in entries],
-            "refusal": None}
+    return {
+        "content": [{**one(t, lp), "top_logprobs": [one(a, b) for a, b in top]} for t, lp, top in entries],
+        "refusal": None,
+    }
 
 
 def completion_logprobs(entries: list[LogprobEntry], k: int, offset: int) -> dict[str, Any]:
@@ -69,12 +75,18 @@ class Responder:
     @staticmethod
     def _choice_json(job: Job, choice: Choice) -> dict[str, Any]:
         if job.chat:
-            return {"index": choice.index, "message": {"role": "assistant", "content": choice.text},
-                    "logprobs": chat_logprobs(choice.logprobs) if choice.logprobs is not None else None,
-                    "finish_reason": choice.finish_reason}
+            return {
+                "index": choice.index,
+                "message": {"role": "assistant", "content": choice.text},
+                "logprobs": chat_logprobs(choice.logprobs) if choice.logprobs is not None else None,
+                "finish_reason": choice.finish_reason,
+            }
         prompt = job.prompts[choice.index // job.n]
-        lp = (completion_logprobs(choice.logprobs, job.logprobs or 0, len(prompt))  # type: ignore[arg-type]
-              if choice.logprobs is not None else None)
+        lp = (
+            completion_logprobs(choice.logprobs, job.logprobs or 0, len(prompt))  # type: ignore[arg-type]
+            if choice.logprobs is not None
+            else None
+        )
         return {"index": choice.index, "text": choice.text, "logprobs": lp, "finish_reason": choice.finish_reason}
 
     @staticmethod
@@ -87,8 +99,9 @@ class Responder:
         self.batcher.submit(job)
         rid = f"{'chatcmpl' if job.chat else 'cmpl'}-{uuid.uuid4().hex}"
         if job.stream:
-            return StreamingResponse(self._stream(job, rid), media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(
+                self._stream(job, rid), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
         try:
             while True:
                 event = await job.events.get()
@@ -100,20 +113,34 @@ class Responder:
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
-        return {**self._head("chat" if job.chat else "text", rid),
-                "choices": [self._choice_json(job, c) for c in choices], "usage": self._job_usage(job, choices)}
+        return {
+            **self._head("chat" if job.chat else "text", rid),
+            "choices": [self._choice_json(job, c) for c in choices],
+            "usage": self._job_usage(job, choices),
+        }
 
-    def _chunk(self, job: Job, rid: str, index: int, text: str | None, finish: str | None,
-               logprobs: list[LogprobEntry] | None = None, role: bool = False) -> dict[str, Any]:
+    def _chunk(
+        self,
+        job: Job,
+        rid: str,
+        index: int,
+        text: str | None,
+        finish: str | None,
+        logprobs: list[LogprobEntry] | None = None,
+        role: bool = False,
+    ) -> dict[str, Any]:
         if job.chat:
             delta: dict[str, Any] = {}
             if role:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            choice = {"index": index, "delta": delta,
-                      "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
-                      "finish_reason": finish}
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": chat_logprobs(logprobs) if logprobs is not None else None,
+                "finish_reason": finish,
+            }
             return {**self._head("chat.chunk", rid), "choices": [choice]}
         lp = None
         if logprobs is not None:
@@ -147,13 +174,19 @@ class Responder:
                                 chunk = self._chunk(job, rid, c.index, piece, None, [entry])
                                 if not job.chat:
                                     chunk["choices"][0]["logprobs"]["text_offset"] = [
-                                        len(job.prompts[c.index // job.n]) + offset]
+                                        len(job.prompts[c.index // job.n]) + offset
+                                    ]
                                 offset += len(entry[0])
                                 yield sse(chunk)
                             yield sse(self._chunk(job, rid, c.index, None if job.chat else "", c.finish_reason))
                     if job.stream_usage:
-                        yield sse({**self._head("chat.chunk" if job.chat else "text", rid), "choices": [],
-                                   "usage": self._job_usage(job, choices)})
+                        yield sse(
+                            {
+                                **self._head("chat.chunk" if job.chat else "text", rid),
+                                "choices": [],
+                                "usage": self._job_usage(job, choices),
+                            }
+                        )
                     break
             finished = True
             yield "data: [DONE]\n\n"

@@ -34,8 +34,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(lm: LoadedModel, vectors_dir: Path | None = None, *, config: ServeConfig | None = None,
-          log_level: str = "info", **settings: Any) -> None:
+def serve(
+    lm: LoadedModel,
+    vectors_dir: Path | None = None,
+    *,
+    config: ServeConfig | None = None,
+    log_level: str = "info",
+    **settings: Any,
+) -> None:
     """Serve ``lm`` on ``config.host:config.port`` until interrupted (blocking). Settings as in
     :func:`steerlab.serve.create_app`. Logs a warning when listening beyond loopback without an API key.
     Raises SteerlabError for bad settings."""
@@ -45,14 +51,19 @@ def serve(lm: LoadedModel, vectors_dir: Path | None = None, *, config: ServeConf
     os.environ.setdefault("STEERLAB_PROGRESS", "0")  # no progress bar per batch
     app = create_app(lm, config=cfg)
     if cfg.api_key is None and not is_loopback(cfg.host):
-        log.warning("listening on %s without an API key: anyone who can reach port %d can use the model "
-                    "(set --api-key or $STEERLAB_API_KEY)", cfg.host, cfg.port)
+        log.warning(
+            "listening on %s without an API key: anyone who can reach port %d can use the model "
+            "(set --api-key or $STEERLAB_API_KEY)",
+            cfg.host,
+            cfg.port,
+        )
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=log_level)
 
 
 @contextlib.contextmanager
-def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
-                      log_level: str = "warning") -> Iterator[str]:
+def background_server(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning"
+) -> Iterator[str]:
     """Run ``app`` with uvicorn on a background thread; yields its base URL (``http://host:port``).
     ``port=0`` picks a free port. Raises SteerlabError when it does not start within 60 s. Used by
     the tests and benchmarks."""
@@ -63,8 +74,7 @@ def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0,
     sock.bind((host, port))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="steerlab-serve-http",
-                              daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="steerlab-serve-http", daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 60

@@ -62,15 +62,20 @@ class VectorStore:
             if self.directory is None:
                 where = "no vectors directory is configured (start the server with --vectors DIR)"
             else:
-                where = (f"available in {self.directory}: {', '.join(files)}" if files
-                         else f"{self.directory} holds no .safetensors or .gguf vectors")
-            raise APIError(404, f"{param}: unknown steering vector {name!r}; {where}",
-                           param=param, code="vector_not_found")
+                where = (
+                    f"available in {self.directory}: {', '.join(files)}"
+                    if files
+                    else f"{self.directory} holds no .safetensors or .gguf vectors"
+                )
+            raise APIError(
+                404, f"{param}: unknown steering vector {name!r}; {where}", param=param, code="vector_not_found"
+            )
         try:
             value = self._load(path)
         except OSError as exc:  # removed between listing and loading
-            raise APIError(404, f"{param}: vector file {path} cannot be read ({exc})", param=param,
-                           code="vector_not_found") from None
+            raise APIError(
+                404, f"{param}: vector file {path} cannot be read ({exc})", param=param, code="vector_not_found"
+            ) from None
         if isinstance(value, SteerlabError):
             raise APIError(400, f"{param}: {value}", param=param, code="invalid_vector")
         return value
@@ -80,8 +85,13 @@ class VectorStore:
         metadata and whether the vector fits ``lm`` (same n_layers and d_model), or the load error."""
         out = []
         for name, path in self.files().items():
-            entry: dict[str, Any] = {"id": name, "object": "steering_vector", "name": name, "file": path.name,
-                                     "format": path.suffix.lstrip(".")}
+            entry: dict[str, Any] = {
+                "id": name,
+                "object": "steering_vector",
+                "name": name,
+                "file": path.name,
+                "format": path.suffix.lstrip("."),
+            }
             try:
                 value = self._load(path)
             except OSError as exc:
@@ -90,7 +100,9 @@ class VectorStore:
                 entry.update(error=str(value), compatible=False)
             else:
                 entry.update(
-                    n_layers=value.n_layers, d_model=value.d_model, method=value.metadata.get("method"),
+                    n_layers=value.n_layers,
+                    d_model=value.d_model,
+                    method=value.metadata.get("method"),
                     metadata=json.loads(json.dumps(value.metadata, default=str)),
                     compatible=value.n_layers == lm.n_layers and value.d_model == lm.d_model,
                 )

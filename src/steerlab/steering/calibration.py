@@ -32,9 +32,7 @@ def _as_samples(prompts: Sequence[Prompt | ChatSample]) -> list[ChatSample]:
     return [p if isinstance(p, ChatSample) else ChatSample(p) for p in prompts]
 
 
-def mean_residual_norms(
-    lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16
-) -> torch.Tensor:
+def mean_residual_norms(lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16) -> torch.Tensor:
     """Mean ‖h‖ (L2, activation units) over every non-pad token of the prompts, per layer:
     ``[n_layers]`` float32 (sums in float64), the reference norm of scale ``relative``.
 
@@ -55,7 +53,9 @@ def mean_residual_norms(
 
 
 def layer_projections(
-    lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], directions: Mapping[int, torch.Tensor],
+    lm: LoadedModel,
+    prompts: Sequence[Prompt | ChatSample],
+    directions: Mapping[int, torch.Tensor],
     batch_size: int = 16,
 ) -> dict[int, torch.Tensor]:
     """h·v̂_L at each layer L of ``directions`` (``{layer: v_L [d_model]}``) for every non-pad token
@@ -96,8 +96,12 @@ def percentile_of(values: torch.Tensor, q: float, flag: str = "--cap-percentile"
 
 
 def cap_threshold(
-    lm: LoadedModel, vector: SteeringVector | torch.Tensor, layer: int, prompts: Sequence[Prompt | ChatSample],
-    percentile: float, batch_size: int = 16,
+    lm: LoadedModel,
+    vector: SteeringVector | torch.Tensor,
+    layer: int,
+    prompts: Sequence[Prompt | ChatSample],
+    percentile: float,
+    batch_size: int = 16,
 ) -> float:
     """The cap threshold τ at ``layer`` from a percentile: the ``percentile`` (0-100) of h·v̂ over
     every token of the reference ``prompts`` (activation units). ``vector`` is a SteeringVector

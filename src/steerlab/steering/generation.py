@@ -89,9 +89,7 @@ def _check_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[SteeringSp
             if tensor.numel() == 1:
                 spec = spec.with_coeff(float(tensor))
             elif tensor.numel() != n_rows:
-                raise SteerlabError(
-                    f"--coeff: {tensor.numel()} per-row coefficients given for {n_rows} prompts"
-                )
+                raise SteerlabError(f"--coeff: {tensor.numel()} per-row coefficients given for {n_rows} prompts")
         out.append(spec)
     return out
 
@@ -145,10 +143,7 @@ def generate_batch(
         raise SteerlabError("temperature must be >= 0 and top_p in (0, 1]")
     specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
     specs = _check_coeffs(specs, len(prompts))
-    texts = [
-        render_prompt(lm.tokenizer, p, system) if chat or not isinstance(p, str) else p
-        for p in prompts
-    ]
+    texts = [render_prompt(lm.tokenizer, p, system) if chat or not isinstance(p, str) else p for p in prompts]
     encoded = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     if batch_size is None:
@@ -165,10 +160,14 @@ def generate_batch(
             width = batch.width
             batch_specs = [spec.select_rows(idx, len(prompts)) for spec in specs]
             kwargs = dict(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
-                pad_token_id=pad_id, eos_token_id=eos_ids,
-                do_sample=temperature > 0, return_dict_in_generate=True,
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens or None,
+                pad_token_id=pad_id,
+                eos_token_id=eos_ids,
+                do_sample=temperature > 0,
+                return_dict_in_generate=True,
                 output_logits=top_logprobs is not None,
             )
             if temperature > 0:
@@ -181,19 +180,23 @@ def generate_batch(
                 out = lm.model.generate(**kwargs)
             new = out.sequences[:, width:].cpu()
             step_logprobs = (
-                [torch.log_softmax(s.float(), -1).cpu() for s in out.logits]
-                if top_logprobs is not None else None
+                [torch.log_softmax(s.float(), -1).cpu() for s in out.logits] if top_logprobs is not None else None
             )
             for row, i in enumerate(idx):
-                results[i] = _finish_row(lm, new[row], eos_ids, len(encoded[i]), stop,
-                                         step_logprobs, row, top_logprobs)
+                results[i] = _finish_row(lm, new[row], eos_ids, len(encoded[i]), stop, step_logprobs, row, top_logprobs)
             advance(len(idx))
     return [r for r in results if r is not None]
 
 
 def _finish_row(
-    lm: LoadedModel, tokens: torch.Tensor, eos_ids: list[int], n_prompt: int, stop: Sequence[str],
-    step_logprobs: list[torch.Tensor] | None, row: int, k: int | None,
+    lm: LoadedModel,
+    tokens: torch.Tensor,
+    eos_ids: list[int],
+    n_prompt: int,
+    stop: Sequence[str],
+    step_logprobs: list[torch.Tensor] | None,
+    row: int,
+    k: int | None,
 ) -> Generation:
     token_list = tokens.tolist()
     end = next((j for j, t in enumerate(token_list) if t in eos_ids), None)

@@ -68,9 +68,16 @@ def check_cap_options(
     for flag, value in (("--cap-percentile", ceiling_percentile), ("--cap-floor-percentile", floor_percentile)):
         if value is not None and not (isinstance(value, int | float) and 0 <= value <= 100):
             raise SteerlabError(f"{flag} {value!r}: expected a number in 0..100")
-    given = [flag for flag, value in (("--cap-ceiling", ceiling), ("--cap-floor", floor),
-                                      ("--cap-percentile", ceiling_percentile),
-                                      ("--cap-floor-percentile", floor_percentile)) if value is not None]
+    given = [
+        flag
+        for flag, value in (
+            ("--cap-ceiling", ceiling),
+            ("--cap-floor", floor),
+            ("--cap-percentile", ceiling_percentile),
+            ("--cap-floor-percentile", floor_percentile),
+        )
+        if value is not None
+    ]
     if operator != "cap":
         if given:
             raise SteerlabError(f"{'/'.join(given)}: for --operator cap only, not {operator!r}")
@@ -177,9 +184,7 @@ def _row_coeff(coeff: Coeff, batch: int, like: torch.Tensor) -> torch.Tensor | f
     if coeff.numel() == 1:
         return float(coeff)
     if coeff.numel() != batch:
-        raise SteerlabError(
-            f"per-row coefficients: got {coeff.numel()} values but the batch has {batch} rows"
-        )
+        raise SteerlabError(f"per-row coefficients: got {coeff.numel()} values but the batch has {batch} rows")
     return coeff.to(device=like.device, dtype=like.dtype)[:, None, None]
 
 
@@ -219,9 +224,7 @@ def row_mask(rows: Rows, n_rows: int) -> torch.Tensor:
     return mask
 
 
-def _position_mask(
-    positions: str, hidden: torch.Tensor, response_start: torch.Tensor | None
-) -> torch.Tensor | None:
+def _position_mask(positions: str, hidden: torch.Tensor, response_start: torch.Tensor | None) -> torch.Tensor | None:
     """``[b, T, 1]`` bool mask of steered positions, or None for every position."""
     b, t, _ = hidden.shape
     if positions == "all":

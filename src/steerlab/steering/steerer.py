@@ -196,9 +196,7 @@ class SteeringSpec:
             raise SteerlabError(f"vector d_model {vec.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}")
         return dict.fromkeys(layers, vec)
 
-    def calibrated(
-        self, lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16
-    ) -> SteeringSpec:
+    def calibrated(self, lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16) -> SteeringSpec:
         """This spec with ``ceiling_percentile``/``floor_percentile`` resolved on reference ``prompts``
         (strings, message lists or :class:`~steerlab.activations.capture.ChatSample`): a copy whose
         ``ceiling``/``floor`` is ``{layer: τ_L}``, τ_L the percentile of h·v̂_L over every token of
@@ -218,14 +216,14 @@ class SteeringSpec:
             return given if q is None else {layer: percentile_of(v, q, flag) for layer, v in values.items()}
 
         return replace(
-            self, ceiling=resolve(self.ceiling_percentile, self.ceiling, "--cap-percentile"),
+            self,
+            ceiling=resolve(self.ceiling_percentile, self.ceiling, "--cap-percentile"),
             floor=resolve(self.floor_percentile, self.floor, "--cap-floor-percentile"),
-            ceiling_percentile=None, floor_percentile=None,
+            ceiling_percentile=None,
+            floor_percentile=None,
         )
 
-    def interventions(
-        self, lm: LoadedModel, reference_norms: torch.Tensor | None = None
-    ) -> list[Intervention]:
+    def interventions(self, lm: LoadedModel, reference_norms: torch.Tensor | None = None) -> list[Intervention]:
         """The spec resolved on ``lm``: one :class:`Intervention` per layer, in layer order.
 
         ``reference_norms[L]`` (mean residual norm at layer L, ``[n_layers]``) is needed for scale
@@ -250,9 +248,16 @@ class SteeringSpec:
 
         return [
             Intervention(
-                layer, rows[layer], self.coeff, self.operator, self.positions, self.scale,
-                at(self.ceiling, layer, "ceiling"), at(self.floor, layer, "floor"),
-                None if reference_norms is None else float(reference_norms[layer]), self.rows,
+                layer,
+                rows[layer],
+                self.coeff,
+                self.operator,
+                self.positions,
+                self.scale,
+                at(self.ceiling, layer, "ceiling"),
+                at(self.floor, layer, "floor"),
+                None if reference_norms is None else float(reference_norms[layer]),
+                self.rows,
             )
             for layer in rows
         ]

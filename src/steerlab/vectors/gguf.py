@@ -92,15 +92,19 @@ def _read_directions(path: Path, reader: gguf.GGUFReader) -> dict[int, np.ndarra
         if prefix != "direction" or not (index.isascii() and index.isdigit()) or int(index) < 1:
             raise SteerlabError(f"{path}: unexpected tensor {tensor.name!r} (want direction.N, N >= 1)")
         if int(index) > MAX_LAYERS:
-            raise SteerlabError(f"{path}: tensor {tensor.name!r} is for layer {index}; expected a layer of a model "
-                                f"(at most {MAX_LAYERS})")
+            raise SteerlabError(
+                f"{path}: tensor {tensor.name!r} is for layer {index}; expected a layer of a model "
+                f"(at most {MAX_LAYERS})"
+            )
         if tensor.tensor_type not in _FLOAT_TYPES:
             raise SteerlabError(
                 f"{path}: tensor {tensor.name!r} has type {tensor.tensor_type.name}, expected F32 or F16"
             )
         if sum(int(n) > 1 for n in tensor.shape) > 1:
-            raise SteerlabError(f"{path}: tensor {tensor.name!r} has shape {[int(n) for n in tensor.shape]}, "
-                                "expected one dimension (d_model)")
+            raise SteerlabError(
+                f"{path}: tensor {tensor.name!r} has shape {[int(n) for n in tensor.shape]}, "
+                "expected one dimension (d_model)"
+            )
         values = np.asarray(tensor.data, dtype=np.float32).reshape(-1)
         if directions and len(values) != len(next(iter(directions.values()))):
             raise SteerlabError(
@@ -160,9 +164,7 @@ def _import(path: Path) -> SteeringVector:
             raise SteerlabError(f"{path}: key 'steerlab.metadata' is not a JSON object")
         n_rows = (count if count is not None else max(directions)) + 1
         if max(directions) >= n_rows:
-            raise SteerlabError(
-                f"{path}: tensor 'direction.{max(directions)}' is beyond {ARCH}.layer_count {count}"
-            )
+            raise SteerlabError(f"{path}: tensor 'direction.{max(directions)}' is beyond {ARCH}.layer_count {count}")
     else:  # written elsewhere: rows up to the highest direction, as llama.cpp reads it
         meta = {"method": "imported"}
         if count is not None:

@@ -59,9 +59,7 @@ def _check_present(value: Any, n_rows: int) -> list[int]:
         raise SteerlabError(f"metadata 'layers_present' must be a list of layer indices, got {value!r}")
     present = sorted(set(value))
     if present and not 0 <= present[0] <= present[-1] < n_rows:
-        raise SteerlabError(
-            f"metadata 'layers_present' {format_layers(present)} is outside the vector's {n_rows} rows"
-        )
+        raise SteerlabError(f"metadata 'layers_present' {format_layers(present)} is outside the vector's {n_rows} rows")
     return present
 
 
@@ -116,8 +114,10 @@ class SteeringVector:
         data = data.to(torch.float32).cpu().contiguous()  # values beyond float32's range become inf: refused
         if not torch.isfinite(data).all():
             bad = sorted({int(i) for i in (~torch.isfinite(data)).nonzero()[:, 0]})
-            raise SteerlabError(f"steering vector has NaN/inf values at layers {bad[:10]}"
-                                + (" (float64 values beyond float32's range count as inf)" if wide else ""))
+            raise SteerlabError(
+                f"steering vector has NaN/inf values at layers {bad[:10]}"
+                + (" (float64 values beyond float32's range count as inf)" if wide else "")
+            )
         self.data = data
         self.metadata = dict(self.metadata)
         self.metadata.setdefault("steerlab_version", steerlab_version())
@@ -243,8 +243,12 @@ class SteeringVector:
         if not vectors or len(vectors) != len(weights):
             raise SteerlabError("blend needs as many weights as vectors (at least one)")
         data = sum(float(w) * vectors[0]._other(v) for v, w in zip(vectors, weights, strict=True))
-        meta = {"method": "blend", "sources": [v.metadata.get("method") for v in vectors],
-                "weights": [float(w) for w in weights], "model": vectors[0].metadata.get("model")}
+        meta = {
+            "method": "blend",
+            "sources": [v.metadata.get("method") for v in vectors],
+            "weights": [float(w) for w in weights],
+            "model": vectors[0].metadata.get("model"),
+        }
         present = _union_present(vectors)
         if present is not None:
             meta["layers_present"] = present
@@ -321,8 +325,11 @@ class SteeringVector:
     def _from_file(cls, path: Path, tensor: Any, meta: dict[str, Any]) -> SteeringVector:
         """A vector from a file's tensor; every problem a SteerlabError naming ``path``."""
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            got = f"dtype {str(tensor.dtype).removeprefix('torch.')}" if isinstance(tensor, torch.Tensor) else (
-                type(tensor).__name__)
+            got = (
+                f"dtype {str(tensor.dtype).removeprefix('torch.')}"
+                if isinstance(tensor, torch.Tensor)
+                else (type(tensor).__name__)
+            )
             raise SteerlabError(f"{path}: expected a floating-point tensor, got {got}")
         try:
             return cls(tensor, meta)
@@ -340,8 +347,9 @@ class SteeringVector:
             ) from None
         if not isinstance(data, torch.Tensor) or data.ndim != 2 or data.shape[0] < 2:
             got = f"a tensor of shape {list(data.shape)}" if isinstance(data, torch.Tensor) else type(data).__name__
-            raise SteerlabError(f"{path}: expected a [n_layers + 1, d_model] tensor (persona-vectors layout), "
-                                f"got {got}")
+            raise SteerlabError(
+                f"{path}: expected a [n_layers + 1, d_model] tensor (persona-vectors layout), got {got}"
+            )
         warnings.warn(
             f"{path}: persona-vectors layout assumed (row 0 = embedding output, dropped)",
             stacklevel=3,
@@ -382,9 +390,7 @@ def cosine(
     return (unit_directions(x) * unit_directions(y)).sum(-1).clamp(-1.0, 1.0).to(dtype)
 
 
-def cosine_matrix(
-    a: torch.Tensor, b: torch.Tensor | None = None, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
+def cosine_matrix(a: torch.Tensor, b: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Cosine between every row of ``a [k, d]`` and every row of ``b [m, d]`` (default: ``a``):
     ``[k, m]`` in ``dtype``, the same formula as :func:`cosine` (0 where a row is zero). Raises
     SteerlabError when the last dimensions differ."""
