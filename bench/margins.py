@@ -23,8 +23,8 @@ import torch
 from steerlab import extract_contrastive, load_model, load_pairs
 from steerlab.activations.samples import pair_samples
 from steerlab.evaluate.controls import random_directions
-from steerlab.evaluate.logprobs import response_logprobs
 from steerlab.formats.pairs import builtin_pairs_path
+from steerlab.steering.scoring import response_logprobs
 from steerlab.steering.steerer import SteeringSpec
 from steerlab.vectors.vector import SteeringVector
 

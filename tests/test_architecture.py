@@ -22,6 +22,7 @@ LEVELS: list[set[str]] = [
     {"formats", "vectors"},
     {"activations"},
     {"steering", "finetune", "judge"},
+    {"engines"},
     {"extract", "evaluate", "serve"},
     {"pipelines"},
     {"report"},

@@ -68,7 +68,7 @@ _FACE: dict[str, str] = {
     "extract_model_diffs": "extract.model_diff",
     "pair_diff_samples": "extract.model_diff",
     "extract_position_diffs": "extract.positions",
-    "attached_adapter": "extract.adapters",
+    "attached_adapter": "model.adapters",
     "persona_vectors": "extract.persona",
     # evaluation
     "behaviour_margin": "evaluate.margin",

@@ -3,9 +3,10 @@ import torch
 
 from steerlab import SteeringVector
 from steerlab.activations.capture import ChatSample
-from steerlab.evaluate.margin import behaviour_margin, response_logprobs
+from steerlab.evaluate.margin import behaviour_margin
 from steerlab.formats.pairs import Pair
 from steerlab.model.chat import encode_chat
+from steerlab.steering.scoring import response_logprobs
 from steerlab.steering.steerer import SteeringSpec
 
 PAIRS = [

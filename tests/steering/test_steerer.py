@@ -48,15 +48,15 @@ def run_prefill_and_decode(lm, specs, texts=("how should I store bread", "yes"),
                 with torch.no_grad():
                     pos = (mask.cumsum(-1) - 1).clamp(min=0)
                     out = lm.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
-                    cache = out.cache
+                    cache = out.past_key_values
                     for step in range(steps):
                         nxt = torch.full((ids.shape[0], 1), 5 + step)
                         mask = torch.cat([mask, torch.ones_like(nxt)], -1)
                         pos = pos[:, -1:] + 1
                         out = lm.model(
-                            input_ids=nxt, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True
+                            input_ids=nxt, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=True
                         )
-                        cache = out.cache
+                        cache = out.past_key_values
             finally:
                 h_after.remove()
     finally:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..activations.samples import pair_samples
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..steering.steerer import SteeringSpec
-from .logprobs import response_logprobs
 
 
 @dataclass
@@ -53,7 +54,7 @@ class MarginResult:
 
 
 def behaviour_margin(
-    lm: LoadedModel,
+    lm: Engine | LoadedModel,
     pairs: Sequence[Pair],
     steering: SteeringSpec | Sequence[SteeringSpec] = (),
     coeffs: Sequence[float] | None = None,
@@ -69,6 +70,7 @@ def behaviour_margin(
     coefficient. Rows are (coefficient, side, pair) with per-row coefficients, so a sweep of k
     coefficients is one pass over 2·k·n_pairs sequences.
 
+    ``lm`` is an engine (:mod:`steerlab.engines`) or a loaded model (run on the ``hf`` engine).
     Without ``coeffs`` the specs' own coefficients are used (a single row of results; no steering
     reports coefficient 0). ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``.
     Raises SteerlabError for no pairs, an empty answer, or steering that does not fit the model
@@ -79,19 +81,21 @@ def behaviour_margin(
     n = len(pairs)
     if not specs or coeffs is None:
         # One row: unsteered (reported as coefficient 0) or the specs' own coefficients.
-        logps = response_logprobs(lm, pos + neg, specs, None, batch_size, reference_norms)
+        logps = as_engine(lm).response_logprobs(pos + neg, specs, None, batch_size, reference_norms)
         first = float(specs[0].coeff) if specs and isinstance(specs[0].coeff, int | float) else 0.0
         pos_logp, neg_logp = logps[:n].float()[None], logps[n:].float()[None]
         return MarginResult([first], pos_logp - neg_logp, pos_logp, neg_logp)
     coeffs_used = [float(c) for c in coeffs]
     samples = [s for _ in coeffs_used for s in pos + neg]
     row_coeffs = [c for c in coeffs_used for _ in range(2 * n)]
-    grid = response_logprobs(lm, samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n).float()
+    grid = (
+        as_engine(lm).response_logprobs(samples, specs, row_coeffs, batch_size, reference_norms).view(-1, 2, n).float()
+    )
     return MarginResult(coeffs_used, grid[:, 0] - grid[:, 1], grid[:, 0], grid[:, 1])
 
 
 def condition_margins(
-    lm: LoadedModel,
+    lm: Engine | LoadedModel,
     pairs: Sequence[Pair],
     conditions: Sequence[Sequence[SteeringSpec]],
     coeffs: Sequence[float],
@@ -116,6 +120,6 @@ def condition_margins(
         for i, condition in enumerate(conditions)
         for spec in condition
     ]
-    grid = response_logprobs(lm, samples, specs, None, batch_size, reference_norms).float()
+    grid = as_engine(lm).response_logprobs(samples, specs, None, batch_size, reference_norms).float()
     grid = grid.view(len(conditions), len(coeffs_used), 2, n)
     return [MarginResult(coeffs_used, g[:, 0] - g[:, 1], g[:, 0], g[:, 1]) for g in grid]

@@ -6,7 +6,7 @@ every sample is tokenized once, with the base model's tokenizer and chat templat
 batch goes through both models, so the difference is about the models, never about the inputs.
 
 The fine-tuned side is a PEFT adapter directory (applied to the base model **without merging** by
-:func:`~steerlab.extract.adapters.attached_adapter`, whose base pass runs the true base weights even
+:func:`~steerlab.model.adapters.attached_adapter`, whose base pass runs the true base weights even
 for adapters that carry trained biases or replaced modules, so one copy of the base weights serves
 both, a zero adapter gives exactly a zero vector, and the base model is left bit-identical) or a
 separate model (a :class:`LoadedModel` or a model spec), whose tokenizer must match the base's (same
@@ -37,10 +37,10 @@ from ..finetune.fingerprint import fingerprint_mismatch, model_fingerprint, read
 from ..formats.conversations import detect_format, load_chat_jsonl
 from ..formats.pairs import Pair, load_pairs
 from ..io.files import file_problem, input_file, json_type, name_problem, read_json, read_text
+from ..model.adapters import attached_adapter
 from ..model.blocks import unwrap_model
 from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
-from .adapters import attached_adapter
 from .mean_difference import MeanDifference, vector_metadata
 
 log = logging.getLogger("steerlab")
@@ -310,7 +310,7 @@ def extract_model_diff(
     Args:
         base: the base model.
         finetuned: a PEFT adapter directory for ``base`` (applied unmerged by
-            :func:`~steerlab.extract.adapters.attached_adapter`: the base pass runs the true base
+            :func:`~steerlab.model.adapters.attached_adapter`: the base pass runs the true base
             and ``base`` is bit-identical afterwards, also after an error), or a fine-tuned model
             (:class:`LoadedModel` or spec) with the same tokenizer and shape.
         samples: the inputs, fed identically to both models (see the module docstring for which).

@@ -45,7 +45,7 @@ from ..errors import SteerlabError
 from ..model.blocks import unwrap_model
 from ..model.chat import has_system_role, merge_system_role, render_prompt, to_messages
 from ..model.loading import LoadedModel
-from ..model.prefix_cache import PrefixCache
+from ..model.prefix_cache import PrefixCache, cache_argument
 from ..progress import progress_bar
 from .base import BaseJudge
 from .score import ANSWERS, MIN_NUMBER_MASS, JudgeResult, score_from_distribution
@@ -295,7 +295,9 @@ class LocalJudge(BaseJudge):
         keep = max(len(t.tokens) for t in tries) + 1
         kwargs: dict[str, Any] = {"logits_to_keep": keep} if self._keep_arg else {}
         if prefix is not None:
-            kwargs.update(cache=prefix.select(torch.zeros(len(rows), dtype=torch.long)), use_cache=True)
+            kwargs.update(
+                {cache_argument(self.lm): prefix.select(torch.zeros(len(rows), dtype=torch.long))}, use_cache=True
+            )
         else:
             kwargs["use_cache"] = False
         with torch.inference_mode():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,14 +65,14 @@ class PrefixCache:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with packed_logits(lm, torch.zeros_like(mask, dtype=torch.bool)), torch.inference_mode():
             out = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache = getattr(out, "cache", None)
+        cache = getattr(out, cache_argument(lm), None)
         if not selectable(cache):
             return None
         return cls(cache, mask, torch.tensor(lengths, device=lm.device))
 
     def select(self, which: torch.Tensor) -> Any:
         """A transformers ``Cache`` holding prefixes ``which`` (``[b]`` indices, repeats allowed) as
-        its rows, to pass as ``cache=`` to a forward that continues them; the shared cache is left as
+        its rows, to pass (as :func:`cache_argument`) to a forward that continues them; the shared cache is left as
         it is (the per-layer objects are copied, not their tensors)."""
         # CPU indices select rows of tensors on any device (layers may sit on several GPUs).
         return _rows_of(self.cache, torch.as_tensor(which, dtype=torch.long, device="cpu"))
@@ -99,9 +100,20 @@ class PrefixCache:
         packing = packed_logits(lm, keep) if keep is not None else contextlib.nullcontext()
         with packing, torch.inference_mode():
             logits = lm.model(
-                input_ids=ids, attention_mask=full_mask, position_ids=positions, cache=cache, use_cache=True
+                input_ids=ids,
+                attention_mask=full_mask,
+                position_ids=positions,
+                use_cache=True,
+                **{cache_argument(lm): cache},
             ).logits
         return (logits[0] if keep is not None else logits), tail
+
+
+def cache_argument(lm: LoadedModel) -> str:
+    """The name under which the model's forward takes, and its output returns, the KV cache:
+    ``past_key_values`` (transformers up to 5.20 at least) or ``cache`` (later releases renamed it)."""
+    forward = inspect.signature(type(unwrap_model(lm.model)).forward).parameters
+    return "cache" if "cache" in forward and "past_key_values" not in forward else "past_key_values"
 
 
 def can_share_prompts(lm: LoadedModel, prompt_lens: Sequence[int]) -> bool:

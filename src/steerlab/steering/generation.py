@@ -94,6 +94,37 @@ def _check_coeffs(specs: Sequence[SteeringSpec], n_rows: int) -> list[SteeringSp
     return out
 
 
+def check_generation_args(
+    prompts: Sequence[Prompt],
+    steering: SteeringSpec | Sequence[SteeringSpec],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+) -> list[SteeringSpec]:
+    """Check a generation request (every engine does, before any work) and return its steering specs
+    as a list, one-value coefficient tensors made scalars.
+
+    Raises SteerlabError for no prompts, ``max_new_tokens < 1``, a negative temperature, ``top_p``
+    outside (0, 1], or per-row coefficients whose count is not ``len(prompts)``.
+    """
+    if not prompts:
+        raise SteerlabError("no prompts given")
+    if max_new_tokens < 1:
+        raise SteerlabError(f"--max-new-tokens {max_new_tokens}: expected at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise SteerlabError("temperature must be >= 0 and top_p in (0, 1]")
+    specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
+    return _check_coeffs(specs, len(prompts))
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[Prompt], system: str | None, chat: bool) -> list[list[int]]:
+    """Token ids of each prompt as generation feeds it: rendered through the chat template (with
+    ``system``) and tokenized without adding special tokens; with ``chat=False`` a string prompt is raw
+    text tokenized as the tokenizer does for text (its BOS added)."""
+    texts = [render_prompt(tokenizer, p, system) if chat or not isinstance(p, str) else p for p in prompts]
+    return [list(tokenizer(t, add_special_tokens=not chat)["input_ids"]) for t in texts]
+
+
 def _truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     return (text[:cut], True) if cut >= 0 else (text, False)
@@ -135,25 +166,17 @@ def generate_batch(
     outside (0, 1], per-row coefficients whose count is not ``len(prompts)``, or steering that does
     not fit the model.
     """
-    if not prompts:
-        raise SteerlabError("no prompts given")
-    if max_new_tokens < 1:
-        raise SteerlabError(f"--max-new-tokens {max_new_tokens}: expected at least 1")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise SteerlabError("temperature must be >= 0 and top_p in (0, 1]")
-    specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
-    specs = _check_coeffs(specs, len(prompts))
-    texts = [render_prompt(lm.tokenizer, p, system) if chat or not isinstance(p, str) else p for p in prompts]
-    encoded = [lm.tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
+    specs = check_generation_args(prompts, steering, max_new_tokens, temperature, top_p)
+    encoded = encode_prompts(lm.tokenizer, prompts, system, chat)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     if batch_size is None:
-        batch_size = auto_batch_size(lm, len(texts), max(map(len, encoded)) + max_new_tokens)
+        batch_size = auto_batch_size(lm, len(encoded), max(map(len, encoded)) + max_new_tokens)
     eos_ids = stop_token_ids(lm)
     pad_id = lm.tokenizer.pad_token_id
     if seed is not None:
         torch.manual_seed(seed)
-    results: list[Generation | None] = [None] * len(texts)
-    with progress_bar(description, len(texts)) as advance:
+    results: list[Generation | None] = [None] * len(encoded)
+    with progress_bar(description, len(encoded)) as advance:
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             batch = collate([encoded[i] for i in idx], pad_id, lm.device)
@@ -199,20 +222,42 @@ def _finish_row(
     k: int | None,
 ) -> Generation:
     token_list = tokens.tolist()
+    logprobs = tops = None
+    if step_logprobs is not None:
+        steps = step_logprobs[: len(token_list)]
+        logprobs = [float(s[row, t]) for s, t in zip(steps, token_list, strict=True)]
+        if k:
+            top = [s[row].topk(k) for s in steps]
+            tops = [list(zip(t.indices.tolist(), t.values.tolist(), strict=True)) for t in top]
+    return finish_generation(lm.tokenizer, token_list, eos_ids, n_prompt, stop, logprobs, tops)
+
+
+def finish_generation(
+    tokenizer: Any,
+    token_ids: Sequence[int],
+    eos_ids: Sequence[int],
+    n_prompt: int,
+    stop: Sequence[str] = (),
+    logprobs: Sequence[float] | None = None,
+    top_logprobs: Sequence[list[tuple[int, float]]] | None = None,
+) -> Generation:
+    """A :class:`Generation` from the tokens a row generated, the same way on every engine: the tokens
+    up to (not including) the first end-of-turn id, decoded with special tokens skipped, the text cut
+    at the first stop string. ``finish_reason`` is ``stop`` (end of turn or stop string) or ``length``.
+    ``logprobs`` / ``top_logprobs`` (one entry per generated token) are cut to the kept tokens."""
+    token_list = [int(t) for t in token_ids]
     end = next((j for j, t in enumerate(token_list) if t in eos_ids), None)
     finish = "stop" if end is not None else "length"
     token_list = token_list[:end] if end is not None else token_list
-    text = lm.tokenizer.decode(token_list, skip_special_tokens=True)
+    text = tokenizer.decode(token_list, skip_special_tokens=True)
     text, stopped = _truncate_at_stop(text, stop)
     if stopped:
         finish = "stop"
     gen = Generation(text, token_list, n_prompt, finish)
-    if step_logprobs is not None:
-        steps = step_logprobs[: len(token_list)]
-        gen.logprobs = [float(s[row, t]) for s, t in zip(steps, token_list, strict=True)]
-        if k:
-            tops = [s[row].topk(k) for s in steps]
-            gen.top_logprobs = [list(zip(t.indices.tolist(), t.values.tolist(), strict=True)) for t in tops]
+    if logprobs is not None:
+        gen.logprobs = [float(x) for x in logprobs[: len(token_list)]]
+    if top_logprobs is not None:
+        gen.top_logprobs = [list(t) for t in top_logprobs[: len(token_list)]]
     return gen
 
 
@@ -228,4 +273,12 @@ def expand_grid(prompts: Sequence[Prompt], coeffs: Sequence[float]) -> tuple[lis
     return rows, row_coeffs
 
 
-__all__ = ["Generation", "expand_grid", "generate", "generate_batch"]
+__all__ = [
+    "Generation",
+    "check_generation_args",
+    "encode_prompts",
+    "expand_grid",
+    "finish_generation",
+    "generate",
+    "generate_batch",
+]

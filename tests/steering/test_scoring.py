@@ -9,11 +9,11 @@ from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from steerlab import SteeringVector
 from steerlab.activations.capture import ChatSample
-from steerlab.evaluate.logprobs import response_logprobs
 from steerlab.model import prefix_cache
 from steerlab.model.chat import encode_chat
 from steerlab.model.loading import wrap_model
 from steerlab.model.prefix_cache import PrefixCache
+from steerlab.steering.scoring import response_logprobs
 from steerlab.steering.steerer import SteeringSpec
 
 QUESTIONS = ["how should I store bread", "yes or no", "is water wet and why does it feel that way"]
@@ -127,7 +127,7 @@ def test_caches_other_than_key_value_layers_use_whole_sequences(tiny_llama):
 
     ids = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
-        cache = tiny_llama.model(ids, use_cache=True).cache
+        cache = tiny_llama.model(ids, use_cache=True).past_key_values
     assert isinstance(cache, DynamicCache) and selectable(cache)
 
     class StateLayer:  # e.g. a linear-attention layer: rows of its state would not be selected

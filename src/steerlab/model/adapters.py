@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from ..errors import SteerlabError
-from ..model.loading import LoadedModel, _attach_adapter
+from .loading import LoadedModel, _attach_adapter
 
 SUPPORTED_TYPES = ("LORA", "ADALORA", "IA3", "LOHA", "LOKR", "VERA", "OFT", "LN_TUNING", "TRAINABLE_TOKENS")
 

@@ -38,8 +38,8 @@ from ..model.prefix_cache import (
     skipped_blocks,
 )
 from ..progress import progress_bar
-from ..steering.operators import row_mask
-from ..steering.steerer import SteeringSpec, steer
+from .operators import row_mask
+from .steerer import SteeringSpec, steer
 
 
 def response_logprobs(

@@ -31,12 +31,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 
 from steerlab.activations.capture import ChatSample, mean_activations
 from steerlab.errors import SteerlabError
-from steerlab.extract.adapters import attached_adapter, check_adapter_features
 from steerlab.extract.model_diff import extract_model_diff, extract_model_diffs, pair_diff_samples
 from steerlab.finetune.config import FinetuneConfig
 from steerlab.finetune.training import run_finetune
 from steerlab.formats.conversations import pairs_to_chat
 from steerlab.formats.pairs import Pair
+from steerlab.model.adapters import attached_adapter, check_adapter_features
 from steerlab.model.loading import wrap_model
 
 pytestmark = [
