@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..activations.capture import ChatSample
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..formats.pairs import Pair
 from ..formats.traits import Trait
 from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from .monitor import project
@@ -43,8 +44,7 @@ def persona_monitor(
     }
     groups, texts = {}, {}
     for name, kwargs in conditions.items():
-        gens = generate_batch(
-            lm,
+        gens = as_engine(lm).generate(
             kwargs.pop("prompts"),
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
@@ -67,7 +67,7 @@ def persona_monitor(
 
 
 def persona_margin_pairs(
-    lm: LoadedModel,
+    lm: Engine | LoadedModel,
     trait: Trait,
     max_questions: int = 16,
     max_new_tokens: int = 48,
@@ -81,8 +81,8 @@ def persona_margin_pairs(
         for s in (trait.system_prompts("pos")[0], trait.system_prompts("neg")[0])
         for q in questions
     ]
-    gens = generate_batch(
-        lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, description="persona answers"
+    gens = as_engine(lm).generate(
+        prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, description="persona answers"
     )
     n = len(questions)
     return [

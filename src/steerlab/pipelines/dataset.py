@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..errors import SteerlabError
 from ..formats.pairs import read_jsonl
 from ..io.atomic import write_json, write_jsonl
 from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from ..version import __version__
 
 HONEST_SYSTEM = (
@@ -127,7 +128,7 @@ def clean_answer(text: str, max_words: int) -> str | None:
     return sentence
 
 
-def expand_questions(lm: LoadedModel, seeds: Sequence[str], config: DatasetConfig) -> list[str]:
+def expand_questions(lm: Engine | LoadedModel, seeds: Sequence[str], config: DatasetConfig) -> list[str]:
     """New questions (not near-duplicates of the seeds or each other), up to ``config.n``."""
     rng = random.Random(config.seed)
     kept: list[str] = []
@@ -139,8 +140,7 @@ def expand_questions(lm: LoadedModel, seeds: Sequence[str], config: DatasetConfi
         for _ in range(max(8, int(need * 1.5))):
             examples = rng.sample(list(seeds), min(config.examples_per_prompt, len(seeds)))
             prompts.append(EXPAND_INSTRUCTION.format(examples="\n".join(f"- {q}" for q in examples)))
-        gens = generate_batch(
-            lm,
+        gens = as_engine(lm).generate(
             prompts,
             max_new_tokens=config.max_new_tokens,
             temperature=config.temperature,
@@ -153,7 +153,7 @@ def expand_questions(lm: LoadedModel, seeds: Sequence[str], config: DatasetConfi
     return kept[: config.n]
 
 
-def answer_pairs(lm: LoadedModel, questions: Sequence[str], config: DatasetConfig) -> list[dict[str, Any]]:
+def answer_pairs(lm: Engine | LoadedModel, questions: Sequence[str], config: DatasetConfig) -> list[dict[str, Any]]:
     """A deceptive and an honest short answer per question (greedy, one batch stream); questions
     where either answer is unusable (no sentence, too long, identical) are dropped."""
     prompts = [
@@ -161,8 +161,7 @@ def answer_pairs(lm: LoadedModel, questions: Sequence[str], config: DatasetConfi
         for system in (config.deceptive_system, config.honest_system)
         for q in questions
     ]
-    gens = generate_batch(
-        lm,
+    gens = as_engine(lm).generate(
         prompts,
         max_new_tokens=config.max_new_tokens,
         batch_size=config.batch_size,
@@ -178,7 +177,9 @@ def answer_pairs(lm: LoadedModel, questions: Sequence[str], config: DatasetConfi
     return pairs
 
 
-def build_dataset(lm: LoadedModel, seeds: Sequence[str], out: str | Path, config: DatasetConfig) -> BuildResult:
+def build_dataset(
+    lm: Engine | LoadedModel, seeds: Sequence[str], out: str | Path, config: DatasetConfig
+) -> BuildResult:
     """Expand, dedupe, answer, and write pairs JSONL + ``.meta.json`` sidecar (atomic)."""
     if not seeds:
         raise SteerlabError("dataset build needs at least one seed question")

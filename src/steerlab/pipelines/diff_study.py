@@ -21,6 +21,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from ..activations.capture import ChatSample, capture
+from ..engines.base import Engine
 from ..evaluate.geometry import compare_vectors, split_half_reliability
 from ..evaluate.statistics import resampled_cosine_ci
 from ..extract.mean_difference import MeanDifference, vector_metadata
@@ -84,8 +85,13 @@ def run_diff_study(
     out_dir: str | Path,
     config: DiffStudyConfig | None = None,
     adapter_dir: str | Path | None = None,
+    engine: Engine | None = None,
 ) -> DiffStudyResult:
-    """Run (or resume) the stages into ``out_dir``; with ``adapter_dir`` the fine-tune is skipped."""
+    """Run (or resume) the stages into ``out_dir``; with ``adapter_dir`` the fine-tune is skipped.
+
+    ``base`` (transformers) fine-tunes and captures the vectors; ``engine`` (default: the ``hf``
+    engine of ``base``) scores and generates in the steering study (:mod:`steerlab.engines`).
+    """
     config = config or DiffStudyConfig()
     run = RunDir(out_dir)
     data = {"model": base.name, "train": _pairs_key(train), "heldout": _pairs_key(heldout)}
@@ -184,12 +190,18 @@ def run_diff_study(
     study_stage = run.stage(
         "study",
         "study.json",
-        {"vectors": vec_stage.hash, "heldout": data["heldout"], "study": study_cfg, "position_vector": best_position},
+        {
+            "vectors": vec_stage.hash,
+            "heldout": data["heldout"],
+            "study": study_cfg,
+            "position_vector": best_position,
+            **(engine.fingerprint() if engine is not None else {}),
+        },
     )
     if study_stage.done():
         study = study_stage.load_json()
     else:
-        study = run_study(base, adapter_dir, study_vectors, heldout, config.study)
+        study = run_study(engine or base, adapter_dir, study_vectors, heldout, config.study)
         write_csv(run.path / "study_margins.csv", study["rows"])
         write_jsonl(run.path / "samples.jsonl", study["samples"])
         study_stage.save_json(study)

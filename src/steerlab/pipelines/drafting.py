@@ -14,10 +14,11 @@ import re
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..errors import SteerlabError
 from ..formats.traits import Trait, trait_from_dict
 from ..model.loading import LoadedModel, load_model
-from ..steering.generation import generate_batch
 
 Messages = list[dict[str, str]]
 
@@ -45,13 +46,13 @@ class ChatModel(Protocol):
 class LocalChat:
     """A local model through steerlab's batched generation."""
 
-    def __init__(self, lm: LoadedModel) -> None:
-        self.lm = lm
+    def __init__(self, lm: Engine | LoadedModel) -> None:
+        self.lm = as_engine(lm)
 
     def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
         """The local model's reply (greedy at temperature 0, seeded sampling otherwise)."""
-        return generate_batch(
-            self.lm, [messages], max_new_tokens=max_tokens, temperature=temperature, seed=0, description="drafting"
+        return self.lm.generate(
+            [messages], max_new_tokens=max_tokens, temperature=temperature, seed=0, description="drafting"
         )[0].text
 
 

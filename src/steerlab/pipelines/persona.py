@@ -25,12 +25,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..engines.base import Engine
+from ..engines.hf import HfEngine
 from ..errors import SteerlabError
 from ..extract.persona import PERSONA_REDUCTIONS, all_pairs, effective_pairs, persona_vectors
 from ..formats.traits import Trait
 from ..judge import MIN_NUMBER_MASS, Judge, evaluate_coherence, evaluate_trait
 from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from .runs import RunDir, Stage
 
 
@@ -137,8 +138,12 @@ def run_persona(
     out_dir: str | Path,
     config: PersonaConfig | None = None,
     judge_name: str | None = None,
+    engine: Engine | None = None,
 ) -> PersonaResult:
     """Run (or resume) the persona pipeline for ``trait`` into ``out_dir`` (stages in the module docstring).
+
+    ``lm`` (transformers) captures the activations behind the vectors; ``engine`` (default: the ``hf``
+    engine of ``lm``) generates the answers (:mod:`steerlab.engines`).
 
     ``judge_name`` identifies the judge in the judged stage's config (default: its class name), so a
     different judge re-judges. Raises :class:`NoEffectivePairsError` when no pair is left to average
@@ -149,13 +154,14 @@ def run_persona(
     name = trait.name or "trait"
     base = {"model": lm.name, "trait": trait.to_json(), "trait_name": name}
 
-    responses = responses_stage(run, lm, trait, config)
+    engine = engine or HfEngine(lm)
+    responses = responses_stage(run, engine, trait, config)
     if responses.done():
         rows = responses.load_rows()
     else:
 
         def generate_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return response_rows(items, generate_with_systems(lm, items, config, f"{name}: generating"))
+            return response_rows(items, generate_with_systems(engine, items, config, f"{name}: generating"))
 
         rows = responses.run_items(response_items(trait, config), generate_chunk, chunk=generation_chunk(config))
         responses.save_rows(rows, reused_items=responses.reused)
@@ -308,12 +314,12 @@ def _no_pairs_message(
     )
 
 
-def responses_stage(run: RunDir, lm: LoadedModel, trait: Trait, config: PersonaConfig) -> Stage:
+def responses_stage(run: RunDir, lm: Engine, trait: Trait, config: PersonaConfig) -> Stage:
     """The ``responses.jsonl`` stage of ``trait``'s run directory ``run``: its config is the model,
     the trait and the generation settings, so answers generated elsewhere (e.g. for several traits
     as rows of shared batches, :mod:`steerlab.pipelines.persona_traits`) and saved through it with
     :func:`response_rows` are the ones :func:`run_persona` reuses."""
-    base = {"model": lm.name, "trait": trait.to_json(), "trait_name": trait.name or "trait"}
+    base = {"model": lm.name, "trait": trait.to_json(), "trait_name": trait.name or "trait", **lm.fingerprint()}
     gen_cfg = {
         k: v for k, v in asdict(config).items() if k not in ("threshold", "min_coherence", "judge_chunk", "filter")
     }
@@ -330,15 +336,14 @@ def generation_chunk(config: PersonaConfig) -> int:
     return config.batch_size or 32
 
 
-def generate_with_systems(lm: LoadedModel, items: list[dict[str, Any]], config: PersonaConfig, description: str):
+def generate_with_systems(lm: Engine, items: list[dict[str, Any]], config: PersonaConfig, description: str):
     """Generate for items that each carry their own system prompt (``system``, ``question``) as one
     batch stream with ``config``'s generation settings; one :class:`~steerlab.steering.generation.Generation`
     per item, in item order."""
     prompts = [
         [{"role": "system", "content": it["system"]}, {"role": "user", "content": it["question"]}] for it in items
     ]
-    return generate_batch(
-        lm,
+    return lm.generate(
         prompts,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,

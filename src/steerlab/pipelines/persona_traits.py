@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..engines.base import Engine
+from ..engines.hf import HfEngine
 from ..errors import SteerlabError
 from ..evaluate.controls import random_directions
 from ..extract.persona import PERSONA_REDUCTIONS
@@ -42,7 +44,6 @@ from ..io.atomic import write_json
 from ..io.tables import write_csv
 from ..judge import Judge
 from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from ..steering.operators import POSITIONS
 from ..vectors.vector import SteeringVector
 from ..version import __version__
@@ -179,8 +180,12 @@ def run_persona_traits(
     out_dir: str | Path,
     config: PersonaTraitsConfig | None = None,
     judge_name: str | None = None,
+    engine: Engine | None = None,
 ) -> PersonaTraitsResult:
     """Run (or resume) the multi-trait study into ``out_dir`` (stages in the module docstring).
+
+    ``lm`` (transformers) captures the activations behind the vectors and their cosines; ``engine``
+    (default: the ``hf`` engine of ``lm``) generates and scores (:mod:`steerlab.engines`).
 
     ``traits``: see :func:`resolve_traits`; ``judge``: scores extraction answers (and steered answers);
     ``judge_name`` identifies it in stage configs (default: its class name). A trait that fails is recorded
@@ -188,6 +193,7 @@ def run_persona_traits(
     model work).
     """
     config = config or PersonaTraitsConfig()
+    engine = engine or HfEngine(lm)
     specs = resolve_traits(traits)
     layers = [lm.check_layer(layer, "--layers") for layer in config.layers or default_layers(lm.n_layers)]
     if config.controls < 0 or (config.score_controls or 0) < 0:
@@ -208,7 +214,7 @@ def run_persona_traits(
     start = time.perf_counter()
     targets = {
         s.name: (
-            responses_stage(runs[s.name], lm, s.extract, config.persona),
+            responses_stage(runs[s.name], engine, s.extract, config.persona),
             response_items(s.extract, config.persona),
         )
         for s in specs
@@ -218,7 +224,7 @@ def run_persona_traits(
         "persona_responses",
         targets,
         lambda items: response_rows(
-            items, generate_with_systems(lm, items, config.persona, "persona answers (all traits)")
+            items, generate_with_systems(engine, items, config.persona, "persona answers (all traits)")
         ),
         chunk,
     )
@@ -227,7 +233,7 @@ def run_persona_traits(
     persona = {}
     for s in specs:
         try:
-            persona[s.name] = _extract(lm, s, judge, runs[s.name], config, judge_id)
+            persona[s.name] = _extract(lm, engine, s, judge, runs[s.name], config, judge_id)
         except SteerlabError as exc:
             failed[s.name] = {"status": "failed", "error": str(exc), **_counts(exc)}
     ok = [s for s in specs if s.name in persona]
@@ -241,6 +247,7 @@ def run_persona_traits(
                 "eval_answers.jsonl",
                 {
                     "model": lm.name,
+                    **engine.fingerprint(),
                     "eval_trait": s.eval.to_json(),
                     "questions": config.eval_questions,
                     "max_new_tokens": config.eval_new_tokens,
@@ -252,8 +259,7 @@ def run_persona_traits(
     }
 
     def eval_work(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        gens = generate_batch(
-            lm,
+        gens = engine.generate(
             _messages(items),
             max_new_tokens=config.eval_new_tokens,
             batch_size=config.persona.batch_size,
@@ -269,13 +275,13 @@ def run_persona_traits(
     for s in ok:
         try:
             entries[s.name], directions[s.name] = _evaluate(
-                lm, s, runs[s.name], eval_targets[s.name][0], persona[s.name], config, layers
+                engine, s, runs[s.name], eval_targets[s.name][0], persona[s.name], config, layers
             )
         except SteerlabError as exc:
             failed[s.name] = {"status": "failed", "error": str(exc)}
     start = time.perf_counter()
     _add_scores(
-        lm,
+        engine,
         judge,
         judge_id,
         run,
@@ -358,20 +364,28 @@ def _counts(exc: SteerlabError) -> dict[str, Any]:
     return {}
 
 
-def _extract(lm: LoadedModel, spec: TraitSpec, judge: Judge, run: RunDir, config: PersonaTraitsConfig, judge_id: str):
+def _extract(
+    lm: LoadedModel,
+    engine: Engine,
+    spec: TraitSpec,
+    judge: Judge,
+    run: RunDir,
+    config: PersonaTraitsConfig,
+    judge_id: str,
+):
     """run_persona for one trait; with ``fallback_unfiltered``, unfiltered when no pair is effective."""
     try:
-        return run_persona(lm, spec.extract, judge, run.path, config.persona, judge_name=judge_id)
+        return run_persona(lm, spec.extract, judge, run.path, config.persona, judge_name=judge_id, engine=engine)
     except NoEffectivePairsError:
         if not config.fallback_unfiltered or not config.persona.filter:
             raise
         return run_persona(
-            lm, spec.extract, judge, run.path, replace(config.persona, filter=False), judge_name=judge_id
+            lm, spec.extract, judge, run.path, replace(config.persona, filter=False), judge_name=judge_id, engine=engine
         )
 
 
 def _evaluate(
-    lm: LoadedModel,
+    lm: Engine,
     spec: TraitSpec,
     run: RunDir,
     eval_stage: Stage,
@@ -394,6 +408,7 @@ def _evaluate(
         "layer_scan.json",
         {
             "eval_answers": eval_stage.hash,
+            **lm.fingerprint(),
             "vector": vhash,
             "layers": layers,
             "coeff": config.scan_coeff,
@@ -463,7 +478,7 @@ def _evaluate(
 
 
 def _add_scores(
-    lm: LoadedModel,
+    lm: Engine,
     judge: Judge,
     judge_id: str,
     run: RunDir,

@@ -34,22 +34,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..errors import SteerlabError
 from ..evaluate.controls import random_directions
 from ..evaluate.evidence import steering_evidence
 from ..evaluate.margin import MarginResult, condition_margins
 from ..evaluate.statistics import paired_bootstrap_ci
-from ..extract.model_diff import attached_adapter
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from ..steering.operators import POSITIONS
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
@@ -132,7 +131,7 @@ def _prompted(pairs: Sequence[Pair], system: str) -> list[Pair]:
 
 
 def run_study(
-    base: LoadedModel,
+    base: Engine | LoadedModel,
     adapter_dir: str | Path,
     vectors: dict[str, SteeringVector],
     heldout: Sequence[Pair],
@@ -142,8 +141,11 @@ def run_study(
 
     ``vectors`` must include ``model_diff`` (its norms define the normalized scale). Margins are in
     nats/token; fractions are of the base → fine-tuned gap. See the module docstring for the rows.
+    ``base`` is the engine (:mod:`steerlab.engines`) that scores and generates, or a loaded model (run
+    on the ``hf`` engine); the fine-tuned model is the engine's view with ``adapter_dir`` applied.
     """
     config = config or StudyConfig()
+    base = as_engine(base)
     if config.positions not in POSITIONS:
         raise SteerlabError(f"--steering-positions {config.positions!r}: expected one of {', '.join(POSITIONS)}")
     layers = config.layers or default_layers(base.n_layers)
@@ -173,15 +175,13 @@ def run_study(
             return ("raw",)
         return ("normalized",) if name.startswith("model_diff_pos") else ("raw", "normalized")
 
-    with attached_adapter(base, adapter_dir) as tuned:
-        models = {"base": base, "finetuned": tuned}
-        contexts = {"base": tuned.model.disable_adapter, "finetuned": nullcontext}
+    with base.adapter(str(adapter_dir)) as tuned:
+        models: dict[str, Engine] = {"base": base, "finetuned": tuned}
 
         def margins(
             model: str, conditions: list[list[SteeringSpec]], coeffs: Sequence[float], pairs: Sequence[Pair] = heldout
         ) -> list[MarginResult]:
-            with contexts[model]():
-                return condition_margins(models[model], pairs, conditions, coeffs, config.batch_size)
+            return condition_margins(models[model], pairs, conditions, coeffs, config.batch_size)
 
         reference: dict[str, Any] = {}
         per_pair: dict[str, torch.Tensor] = {}
@@ -253,7 +253,7 @@ def run_study(
                 )
                 rows.append(row)
 
-        samples = _samples(models, contexts, variants, heldout, best, rows, config)
+        samples = _samples(models, variants, heldout, best, rows, config)
     return {
         "reference": reference,
         "prompting": prompting_doc,
@@ -343,7 +343,7 @@ def best_coherent(rows: list[dict[str, Any]], key: str, max_drop: float, **match
     return max(chosen, key=lambda r: r[key]) if chosen else None
 
 
-def _samples(models, contexts, variants, heldout, best, rows, config) -> list[dict[str, Any]]:
+def _samples(models, variants, heldout, best, rows, config) -> list[dict[str, Any]]:
     """Greedy answers to a few held-out questions: unsteered base / fine-tuned, and each vector
     subtracted from the fine-tuned model / added to the base at the best layer, at the largest
     coherent coefficient."""
@@ -379,14 +379,12 @@ def _samples(models, contexts, variants, heldout, best, rows, config) -> list[di
             for i, (vector, coeff) in enumerate(chosen)
             if vector
         ]
-        with contexts[model]():
-            gens = generate_batch(
-                models[model],
-                [q for _, _, q in grid],
-                steering=specs,
-                max_new_tokens=config.max_new_tokens,
-                description=f"samples: {model}",
-            )
+        gens = models[model].generate(
+            [q for _, _, q in grid],
+            steering=specs,
+            max_new_tokens=config.max_new_tokens,
+            description=f"samples: {model}",
+        )
         out += [
             {
                 "model": model,

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from ..engines.base import Engine
+from ..engines.hf import as_engine
 from ..evaluate.controls import control_summary, random_directions
 from ..evaluate.margin import condition_margins
 from ..evaluate.statistics import bootstrap_ci, steerable_fractions
@@ -40,7 +42,7 @@ from ..io.tables import cell_value, read_csv, write_csv
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
-from ..steering.generation import expand_grid, generate_batch
+from ..steering.generation import expand_grid
 from ..steering.operators import check_cap_options
 from ..steering.steerer import SteeringSpec, parse_layers
 from ..vectors.vector import SteeringVector
@@ -101,7 +103,7 @@ def _prompt_text(prompt: Prompt) -> str:
 
 
 def run_sweep(
-    lm: LoadedModel,
+    lm: Engine | LoadedModel,
     vector: SteeringVector,
     questions: Sequence[Prompt],
     out_dir: str | Path,
@@ -117,7 +119,8 @@ def run_sweep(
     """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
 
     Args:
-        lm: the model; ``vector``: ``[n_layers, d_model]``, row L used at layer L.
+        lm: the engine (:mod:`steerlab.engines`), or a loaded model run on the ``hf`` engine.
+        vector: ``[n_layers, d_model]``, row L used at layer L.
         questions: prompts (strings or message lists); every (layer, coeff, question) is a generation.
         config: layers, coefficients and generation settings.
         pairs: held-out pairs: adds the behaviour margin (nats/token) per (layer, coeff).
@@ -132,6 +135,7 @@ def run_sweep(
     Raises:
         SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale/cap options.
     """
+    lm = as_engine(lm)
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
     uncalibrated = SteeringSpec(
@@ -177,6 +181,7 @@ def run_sweep(
         GENERATIONS,
         {
             "model": lm.name,
+            **lm.fingerprint(),
             "vector": vector_hash,
             "questions": [_prompt_text(q) for q in questions],
             "coeffs": coeffs,
@@ -214,8 +219,7 @@ def run_sweep(
             spec(layer, row_coeffs * (1 + len(controls)), d, list(range(k * n, (k + 1) * n)))
             for k, d in enumerate([vector, *controls])
         ]
-        gens = generate_batch(
-            lm,
+        gens = lm.generate(
             prompts * (1 + len(controls)),
             system=config.system,
             steering=specs,
@@ -271,6 +275,7 @@ def run_sweep(
             MARGINS,
             {
                 "model": lm.name,
+                **lm.fingerprint(),
                 "vector": vector_hash,
                 "layers": layers,
                 "coeffs": coeffs,
@@ -299,6 +304,8 @@ def run_sweep(
         {
             "steerlab_version": __version__,
             "model": lm.name,
+            "engine": lm.kind,
+            **lm.fingerprint(),
             "vector": vector.metadata,
             "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
             "n_questions": len(questions),
@@ -310,7 +317,7 @@ def run_sweep(
 
 
 def _layer_margins(
-    lm: LoadedModel,
+    lm: Engine,
     pairs: Sequence[Pair],
     layer: int,
     coeffs: list[float],

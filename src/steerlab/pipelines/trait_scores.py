@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 
+from ..engines.base import Engine
 from ..evaluate.controls import control_summary
 from ..judge import Judge, evaluate_coherence, evaluate_trait
-from ..model.loading import LoadedModel
-from ..steering.generation import generate_batch
 from ..steering.steerer import SteeringSpec
 from .runs import RunDir
 from .shared_batches import shared_generation
@@ -87,7 +86,7 @@ def row_specs(
 
 
 def judged_scores(
-    lm: LoadedModel,
+    lm: Engine,
     judge: Judge,
     judge_id: str,
     run: RunDir,
@@ -112,6 +111,7 @@ def judged_scores(
             "steered_generations.jsonl",
             {
                 "vector": d["hash"],
+                **lm.fingerprint(),
                 "layer": d["layer"],
                 "coeffs": config.coeffs,
                 "controls": k,
@@ -130,8 +130,7 @@ def judged_scores(
             + [{"role": "user", "content": it["question"]}]
             for it in items
         ]
-        gens = generate_batch(
-            lm,
+        gens = lm.generate(
             prompts,
             steering=row_specs(items, directions, controls, config.positions),
             max_new_tokens=config.eval_new_tokens,

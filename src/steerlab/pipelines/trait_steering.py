@@ -28,12 +28,12 @@ from typing import Any
 
 import torch
 
+from ..engines.base import Engine
 from ..evaluate.controls import control_summary, control_verdict
 from ..evaluate.margin import MarginResult, behaviour_margin, condition_margins
 from ..evaluate.statistics import bootstrap_ci, ratio_of_means_ci, steerable_fractions
 from ..formats.pairs import Pair
 from ..formats.traits import Trait
-from ..model.loading import LoadedModel
 from ..steering.steerer import SteeringSpec
 
 
@@ -92,7 +92,7 @@ def _result_doc(r: MarginResult) -> dict[str, Any]:
 
 
 def layer_scan(
-    lm: LoadedModel,
+    lm: Engine,
     pairs: Sequence[Pair],
     vector: torch.Tensor,
     layers: Sequence[int],
@@ -164,7 +164,7 @@ def choose_layer(scan: dict[str, Any], max_drop: float) -> tuple[int, list[dict[
 
 
 def sweep_margins(
-    lm: LoadedModel,
+    lm: Engine,
     pairs: Sequence[Pair],
     vector: torch.Tensor,
     controls: torch.Tensor,

@@ -243,6 +243,36 @@ def _position_mask(positions: str, hidden: torch.Tensor, response_start: torch.T
     return mask
 
 
+def operator_delta(
+    hidden: torch.Tensor,
+    direction: torch.Tensor,
+    coeff: torch.Tensor | float,
+    operator: str,
+    ceiling: float | None = None,
+    floor: float | None = None,
+) -> torch.Tensor:
+    """What an operator adds to block outputs ``hidden`` ``[..., d_model]``: the delta, same shape.
+
+    ``direction`` ``[d_model]`` is the vector added per unit coefficient for ``add`` (v, v̂ or
+    ‖h‖_ref·v̂ by scale) and the unit vector v̂ for ``ablate`` and ``cap``; ``coeff`` is a number or a
+    tensor broadcasting against ``hidden[..., :1]`` (one value per row or per token). ``add``: c·s;
+    ``ablate``: −c·(h·v̂)v̂; ``cap``: (clamp(h·v̂, floor, ceiling) − h·v̂)·v̂ (the coefficient unused).
+    The one implementation of the operators' arithmetic: the hooks of the ``hf`` engine and the
+    workers of the ``vllm`` engine both call it.
+    """
+    if operator == "add":
+        return coeff * direction
+    proj = hidden @ direction  # [...]
+    if operator == "ablate":
+        return -coeff * proj[..., None] * direction
+    target = proj
+    if ceiling is not None:
+        target = target.clamp(max=ceiling)
+    if floor is not None:
+        target = target.clamp(min=floor)
+    return (target - proj)[..., None] * direction
+
+
 def apply_intervention(
     hidden: torch.Tensor, iv: Intervention, response_start: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -257,22 +287,12 @@ def apply_intervention(
     if mask is not None and not bool(mask.any()):
         return hidden
     coeff = _row_coeff(iv.coeff, hidden.shape[0], hidden)
-    if iv.operator == "add":
-        if isinstance(coeff, float) and coeff == 0.0:
-            return hidden
-        delta = coeff * iv.direction().to(device=hidden.device, dtype=hidden.dtype)
-    else:
-        unit = iv.unit.to(device=hidden.device, dtype=hidden.dtype)
-        proj = hidden @ unit  # [b, T]
-        if iv.operator == "ablate":
-            delta = -coeff * proj[..., None] * unit
-        else:
-            target = proj
-            if iv.ceiling is not None:
-                target = target.clamp(max=iv.ceiling)
-            if iv.floor is not None:
-                target = target.clamp(min=iv.floor)
-            delta = (target - proj)[..., None] * unit
+    if iv.operator == "add" and isinstance(coeff, float) and coeff == 0.0:
+        return hidden
+    direction = iv.direction() if iv.operator == "add" else iv.unit
+    delta = operator_delta(
+        hidden, direction.to(device=hidden.device, dtype=hidden.dtype), coeff, iv.operator, iv.ceiling, iv.floor
+    )
     if mask is None:
         return hidden + delta
     return torch.where(mask, hidden + delta, hidden)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -177,8 +177,9 @@ class SteeringSpec:
             spec = replace(spec, rows=row_mask(self.rows, n_rows)[idx])
         return spec
 
-    def layer_vectors(self, lm: LoadedModel) -> dict[int, torch.Tensor]:
-        """``{layer: direction [d_model]}`` for the spec's layers on ``lm``, in layer-spec order.
+    def layer_vectors(self, lm: Any) -> dict[int, torch.Tensor]:
+        """``{layer: direction [d_model]}`` for the spec's layers on ``lm`` (a :class:`LoadedModel` or an
+        engine: anything with ``n_layers``, ``d_model`` and ``name``), in layer-spec order.
 
         Raises SteerlabError for layers out of range or a vector that does not fit ``lm`` (d_model,
         layer count; for a partial vector, a layer it does not hold).
@@ -196,8 +197,9 @@ class SteeringSpec:
             raise SteerlabError(f"vector d_model {vec.shape[-1]} does not match {lm.name}'s d_model {lm.d_model}")
         return dict.fromkeys(layers, vec)
 
-    def calibrated(self, lm: LoadedModel, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16) -> SteeringSpec:
+    def calibrated(self, lm: Any, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16) -> SteeringSpec:
         """This spec with ``ceiling_percentile``/``floor_percentile`` resolved on reference ``prompts``
+        read by ``lm`` (a :class:`LoadedModel` or an engine, :mod:`steerlab.engines`)
         (strings, message lists or :class:`~steerlab.activations.capture.ChatSample`): a copy whose
         ``ceiling``/``floor`` is ``{layer: τ_L}``, τ_L the percentile of h·v̂_L over every token of
         the prompts at layer L (:func:`steerlab.steering.calibration.layer_projections`, linear
@@ -210,7 +212,12 @@ class SteeringSpec:
             return self
         from .calibration import layer_projections, percentile_of
 
-        values = layer_projections(lm, prompts, self.layer_vectors(lm), batch_size)
+        vectors = self.layer_vectors(lm)
+        # an engine (steerlab.engines) measures on its own model; a LoadedModel through transformers
+        measure = getattr(lm, "layer_projections", None)
+        values = (
+            measure(prompts, vectors, batch_size) if measure else layer_projections(lm, prompts, vectors, batch_size)
+        )
 
         def resolve(q: float | None, given: Threshold | None, flag: str) -> Threshold | None:
             return given if q is None else {layer: percentile_of(v, q, flag) for layer, v in values.items()}
