@@ -167,8 +167,10 @@ def _gguf_cache_dir(path: Path) -> Path:
     return embedded.cache_dir() / "models" / f"{path.stem}-{key}"
 
 
-def _resolve_source(spec: str) -> str:
-    """Map a spec to something from_pretrained reads (converting GGUF files once)."""
+def resolve_source(spec: str) -> str:
+    """Map a model spec (``smollm2``, a ``.gguf`` file, a HF id or directory) to something
+    ``from_pretrained`` (and vLLM) reads: the embedded model's and GGUF files' cached safetensors
+    directories (converted once), other specs as they are. Raises SteerlabError for a missing GGUF file."""
     if spec == embedded.EMBEDDED_NAME:
         target = embedded.converted_dir()
         if not (target / "config.json").is_file():
@@ -184,6 +186,27 @@ def _resolve_source(spec: str) -> str:
             embedded.convert_gguf(path, target)
         return str(target)
     return spec
+
+
+def load_tokenizer(spec: str) -> tuple[str, Any, bool]:
+    """``(source, tokenizer, fallback)`` for a model spec without loading its weights: the source as
+    :func:`resolve_source` gives it, the tokenizer prepared as :func:`load_model` prepares it (left
+    padding, a pad token, a chat template) and whether the chat template is steerlab's fallback.
+    Raises SteerlabError for an unknown model."""
+    from transformers import AutoTokenizer
+
+    if not spec or not spec.strip():
+        raise SteerlabError("--model: empty model spec")
+    source = resolve_source(spec)
+    try:
+        with _quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SteerlabError(
+            f"unknown model {spec!r}: no tokenizer could be loaded from it ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200]})"
+        ) from None
+    return source, tokenizer, prepare_tokenizer(tokenizer)
 
 
 def load_model(
@@ -202,7 +225,7 @@ def load_model(
         spec, adapter = spec.split("+", 1)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    source = _resolve_source(spec)
+    source = resolve_source(spec)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if device == "auto":
         kwargs["device_map"] = "auto"

@@ -46,11 +46,16 @@ class Generation:
 
 def stop_token_ids(lm: LoadedModel) -> list[int]:
     """End-of-turn ids: the tokenizer's EOS plus the generation config's EOS ids."""
+    return eos_token_ids(lm.tokenizer, getattr(lm.model, "generation_config", None))
+
+
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """End-of-turn ids of a tokenizer and a ``GenerationConfig`` (either's ``eos_token_id``: an id or a
+    list), sorted: what every engine stops generation at."""
     ids: set[int] = set()
-    if lm.tokenizer.eos_token_id is not None:
-        ids.add(int(lm.tokenizer.eos_token_id))
-    config = getattr(lm.model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    eos = getattr(generation_config, "eos_token_id", None)
     if isinstance(eos, int):
         ids.add(eos)
     elif eos:
@@ -277,6 +282,7 @@ __all__ = [
     "Generation",
     "check_generation_args",
     "encode_prompts",
+    "eos_token_ids",
     "expand_grid",
     "finish_generation",
     "generate",
