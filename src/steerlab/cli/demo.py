@@ -11,7 +11,15 @@ from ..pipelines.demo import DEMO_TRAITS, SIZES, run_demo
 from ..report.html import build_report
 from .app import app
 from .diff_study import print_study
-from .options import JudgeUrlOpt
+from .options import (
+    EngineOpt,
+    GpuMemoryOpt,
+    JudgeUrlOpt,
+    MaxModelLenOpt,
+    PipelineParallelOpt,
+    TensorParallelOpt,
+    engine_config,
+)
 
 
 @app.command()
@@ -33,6 +41,11 @@ def demo(
     controls: int = typer.Option(
         None, "--controls", min=0, help="Random same-norm directions per steering condition (default 8; 0: off)."
     ),
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Contrastive vs fine-tuning directions on the built-in deception data, steering study, persona
     pipeline and monitoring; writes DIR/summary.json and DIR/report.html.
@@ -43,7 +56,8 @@ def demo(
 
     GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
-    summary = run_demo(out, model, judge, size, traits, judge_base_url, controls)
+    engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
+    summary = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
     study = json.loads((out / "diff" / "study.json").read_text())
     comparison = json.loads((out / "diff" / "compare.json").read_text())
     print_study(study, comparison)

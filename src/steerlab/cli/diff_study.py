@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..engines.factory import make_engine
 from ..errors import SteerlabError
 from ..formats.pairs import load_pairs
 from ..model.layers import parse_layers
@@ -18,7 +19,13 @@ from .diff import diff_app
 from .options import (
     DeviceOpt,
     DtypeOpt,
+    EngineOpt,
+    GpuMemoryOpt,
+    MaxModelLenOpt,
+    PipelineParallelOpt,
+    TensorParallelOpt,
     coeff_option,
+    engine_config,
     layer_option,
     parse_floats,
     seed_option,
@@ -87,6 +94,11 @@ def study_cmd(
     seed: int = seed_option("Random seed of the fine-tune, the random directions and the bootstrap."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Does the fine-tuning direction match the contrastive direction, and do they steer alike?
 
@@ -98,6 +110,7 @@ def study_cmd(
     prompts = {"behaviour": behaviour_prompt, "opposite": opposite_prompt} if behaviour_prompt else None
     train = load_pairs(pairs, split=train_split)[:max_train]
     heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
+    engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     lm = load_model(base, device=device, dtype=dtype)
     layer_list = parse_layers(layers, lm.n_layers, "--layers") if layers is not None else None
     config = DiffStudyConfig(
@@ -117,7 +130,8 @@ def study_cmd(
             positions=steering_positions,
         ),
     )
-    result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned)
+    with make_engine(engines, base, lm, dtype=dtype, enable_lora=True) as scorer:
+        result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned, engine=scorer)
     print_study(result.study, result.comparison)
 
 

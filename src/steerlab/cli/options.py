@@ -48,8 +48,39 @@ JudgeUrlOpt = typer.Option(
     None, "--judge-base-url", help="Base URL of the OpenAI-compatible judge (default: $OPENAI_BASE_URL)."
 )
 BatchOpt = typer.Option(16, "--batch-size", "-b", min=1, help="Sequences per forward pass.")
+EngineOpt = typer.Option(
+    "hf",
+    "--engine",
+    help="Where generation and scoring run: hf (transformers, the reference) | vllm (vLLM: continuous batching, "
+    "tensor/pipeline parallel; pip install 'steerlab[vllm]'). Activation capture always runs on hf.",
+)
+TensorParallelOpt = typer.Option(
+    1, "--tensor-parallel-size", min=1, help="--engine vllm: GPUs (CPU processes) each layer is split over."
+)
+PipelineParallelOpt = typer.Option(
+    1, "--pipeline-parallel-size", min=1, help="--engine vllm: GPUs (CPU processes) the layers are spread over."
+)
+GpuMemoryOpt = typer.Option(
+    0.85, "--gpu-memory-utilization", help="--engine vllm: fraction of GPU memory for weights and KV cache."
+)
+MaxModelLenOpt = typer.Option(
+    None, "--max-model-len", help="--engine vllm: longest sequence in tokens (default: the model's context)."
+)
 
 LAYER_GRAMMAR = "12 | 10,12 | 10-15 | -1 (from the end) | all; layer L = output of block L"
+
+
+def engine_config(
+    engine: str,
+    tensor_parallel_size: int,
+    pipeline_parallel_size: int,
+    gpu_memory_utilization: float,
+    max_model_len: int | None,
+) -> Any:
+    """The :class:`~steerlab.engines.base.EngineConfig` of the ``--engine`` flags (checked: SteerlabError)."""
+    from ..engines.base import EngineConfig
+
+    return EngineConfig(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
 
 
 def _flag(param: Any) -> str:

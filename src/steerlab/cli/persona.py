@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..engines.factory import make_engine
 from ..errors import SteerlabError
 from ..formats.traits import load_trait
 from ..judge import make_judge
@@ -20,9 +21,15 @@ from .options import (
     AdapterOpt,
     DeviceOpt,
     DtypeOpt,
+    EngineOpt,
+    GpuMemoryOpt,
     JudgeOpt,
     JudgeUrlOpt,
+    MaxModelLenOpt,
     ModelOpt,
+    PipelineParallelOpt,
+    TensorParallelOpt,
+    engine_config,
     parse_floats,
     steering_positions_option,
 )
@@ -110,6 +117,11 @@ def extract(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Generate answers under positive/negative persona system prompts, judge them, keep effective
     pairs, and write persona vectors (response_avg, prompt_avg, prompt_last) for every layer.
@@ -132,6 +144,7 @@ def extract(
         "--eval-questions": eval_questions,
         "--steering-positions": steering_positions,
     }
+    engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     several = len(trait) > 1 or trait == ["all"]
     if not several and any(v is not None for v in study_flags.values()):
         given = ", ".join(k for k, v in study_flags.items() if v is not None)
@@ -169,22 +182,23 @@ def extract(
         if layers is not None:
             study.layers = parse_layers(layers, lm.n_layers, "--layers")
         scorer = make_judge(judge, base_url=judge_base_url)
-        _print_study(
-            run_persona_traits(
+        with make_engine(engines, model, lm, dtype=dtype) as generator:
+            result = run_persona_traits(
                 lm,
                 [(s.extract, s.eval) if s.held_out else s.extract for s in specs],
                 scorer,
                 out,
                 study,
                 judge_name=judge,
-            ),
-            out,
-        )
+                engine=generator,
+            )
+        _print_study(result, out)
         return
     trait_def = load_trait(trait[0], "extract")
     lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
     scorer = make_judge(judge, base_url=judge_base_url)
-    result = run_persona(lm, trait_def, scorer, out, config, judge_name=judge)
+    with make_engine(engines, model, lm, dtype=dtype) as generator:
+        result = run_persona(lm, trait_def, scorer, out, config, judge_name=judge, engine=generator)
     table = Table(title=f"persona extract: {trait_def.name}")
     table.add_column("")
     table.add_column("value")

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..engines.factory import make_engine
 from ..errors import SteerlabError
 from ..formats.pairs import load_pairs
 from ..formats.prompts import load_prompts
@@ -14,21 +15,24 @@ from ..formats.records import GenerationRecord, prompt_text
 from ..formats.traits import load_trait
 from ..io.tables import write_jsonl
 from ..judge import make_judge
-from ..model.loading import load_model
 from ..pipelines.sweep import SweepConfig, run_sweep
 from ..progress import console
 from ..report.html import build_report
-from ..steering.calibration import mean_residual_norms
-from ..steering.generation import expand_grid, generate_batch
+from ..steering.generation import expand_grid
 from ..vectors.vector import SteeringVector
 from .app import app
 from .options import (
     AdapterOpt,
     DeviceOpt,
     DtypeOpt,
+    EngineOpt,
+    GpuMemoryOpt,
     JudgeOpt,
     JudgeUrlOpt,
+    MaxModelLenOpt,
     ModelOpt,
+    PipelineParallelOpt,
+    TensorParallelOpt,
     cap_ceiling_option,
     cap_floor_option,
     cap_floor_percentile_option,
@@ -36,6 +40,7 @@ from .options import (
     check_out,
     check_reference_prompts,
     coeff_option,
+    engine_config,
     layer_option,
     operator_option,
     parse_floats,
@@ -78,6 +83,11 @@ def generate(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Generate (optionally steered) completions, batched.
 
@@ -111,9 +121,7 @@ def generate(
     if vector is not None and layer is None:
         raise SteerlabError("--vector needs --layer (e.g. --layer 12, 10-15 or all)")
     rows, row_coeffs = expand_grid(items, coeffs) if vector is not None else (items, [0.0] * len(items))
-    specs = []
-    reference_norms = None
-    cap_settings = {}
+    spec = reference = None
     if vector is not None:
         vec = SteeringVector.load(vector)
         spec = steering_spec(
@@ -129,35 +137,15 @@ def generate(
             cap_floor_percentile,
         )  # checks the cap flags before loading
         reference = load_prompts(reference_prompts) if reference_prompts else items
-    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
-    if vector is not None:
-        spec.layer_vectors(lm)  # layers and shapes checked before any forward pass
-        if scale == "relative":
-            reference_norms = mean_residual_norms(lm, reference)
-        spec = spec.calibrated(lm, reference)
-        spec.interventions(lm, reference_norms)  # validate operators before any work
-        specs = [spec]
-        if operator == "cap":
-            cap_settings = {
-                "cap_percentile": cap_percentile,
-                "cap_floor_percentile": cap_floor_percentile,
-                "cap_ceiling": _per_layer(spec.ceiling),
-                "cap_floor": _per_layer(spec.floor),
-            }
-    gens = generate_batch(
-        lm,
-        rows,
-        system=system,
-        steering=specs,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
-        batch_size=batch_size,
-        reference_norms=reference_norms,
-    )
+    config = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
+    with make_engine(config, model, device=device, dtype=dtype, adapter=adapter) as lm:
+        gens, cap_settings = _generate_rows(
+            lm, rows, spec, reference, scale, operator, cap_percentile,
+            cap_floor_percentile, system, max_new_tokens, temperature, top_p, seed, batch_size,
+        )  # fmt: skip
     settings = {
         "model": model,
+        "engine": engine,
         "adapter": adapter,
         "vector": str(vector) if vector else None,
         "positions": positions,
@@ -171,6 +159,45 @@ def generate(
         "top_p": top_p,
         "seed": seed,
     }
+    _print_generations(rows, row_coeffs, gens, vector, layer, settings, out)
+
+
+def _generate_rows(
+    lm, rows, spec, reference, scale, operator, cap_percentile, cap_floor_percentile, system,
+    max_new_tokens, temperature, top_p, seed, batch_size,
+):  # fmt: skip
+    """Resolve the steering on the engine (checked before any generation) and generate every row."""
+    specs, reference_norms, cap_settings = [], None, {}
+    if spec is not None:
+        spec.layer_vectors(lm)  # layers and shapes checked before any forward pass
+        if scale == "relative":
+            reference_norms = lm.mean_residual_norms(reference)
+        spec = spec.calibrated(lm, reference)
+        spec.interventions(lm, reference_norms)  # validate operators before any work
+        specs = [spec]
+        if operator == "cap":
+            cap_settings = {
+                "cap_percentile": cap_percentile,
+                "cap_floor_percentile": cap_floor_percentile,
+                "cap_ceiling": _per_layer(spec.ceiling),
+                "cap_floor": _per_layer(spec.floor),
+            }
+    gens = lm.generate(
+        rows,
+        system=system,
+        steering=specs,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        reference_norms=reference_norms,
+    )
+    return gens, cap_settings
+
+
+def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out) -> None:
+    """Write the generation records (``--out``) and print them as a table."""
     records = [
         GenerationRecord(
             prompt_text(p),
@@ -249,6 +276,11 @@ def sweep(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Generate every (layer, coefficient, question) cell, coefficients packed per batch.
 
@@ -283,10 +315,27 @@ def sweep(
     pair_rows = load_pairs(pairs, split=pairs_split) if pairs else None
     reference = load_prompts(reference_prompts) if reference_prompts else qs
     vec = SteeringVector.load(vector)
-    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
-    reference_norms = mean_residual_norms(lm, reference) if scale == "relative" else None
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
-    result = run_sweep(
+    config_engine = engine_config(
+        engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len
+    )
+    with make_engine(config_engine, model, device=device, dtype=dtype, adapter=adapter) as lm:
+        result = _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, {
+            "vector_path": str(vector),
+            "questions": str(questions),
+            "pairs": str(pairs) if pairs else None,
+            "adapter": adapter,
+            "judge": judge,
+            "trait": trait,
+            "reference_prompts": str(reference_prompts) if reference_prompts else None,
+        })  # fmt: skip
+    _print_sweep(result, out, trait)
+
+
+def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, extra):
+    """run_sweep on the engine, with reference norms for scale relative measured on it."""
+    reference_norms = lm.mean_residual_norms(reference) if scale == "relative" else None
+    return run_sweep(
         lm,
         vec,
         qs,
@@ -295,18 +344,14 @@ def sweep(
         pairs=pair_rows,
         reference_norms=reference_norms,
         reference_prompts=reference,
-        extra_config={
-            "vector_path": str(vector),
-            "questions": str(questions),
-            "pairs": str(pairs) if pairs else None,
-            "adapter": adapter,
-            "judge": judge,
-            "trait": trait,
-            "reference_prompts": str(reference_prompts) if reference_prompts else None,
-        },
+        extra_config=extra,
         judge=scorer,
         eval_prompt=trait_def.eval_prompt if trait_def else None,
     )
+
+
+def _print_sweep(result, out, trait) -> None:
+    """Say where the generations went; print the margin table."""
     console.print(f"wrote {len(result.generations)} generations to {out / 'generations.jsonl'}")
     if result.margins:
         table = Table(

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ..activations.capture import ChatSample
+from ..engines.base import Engine, EngineConfig
+from ..engines.factory import make_engine
 from ..errors import SteerlabError
 from ..evaluate.monitor import project
 from ..extract.model_diff import attached_adapter
@@ -117,11 +119,14 @@ def run_demo(
     traits: Sequence[str] = DEMO_TRAITS,
     judge_base_url: str | None = None,
     controls: int | None = None,
+    engine: EngineConfig | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
 
     ``controls``: random same-norm directions per steering condition (default: the size's, 8;
-    0 turns them off). Raises SteerlabError for an unknown size or a model/judge that cannot load.
+    0 turns them off). ``engine``: where generation and scoring run (default ``hf``; with ``vllm`` the
+    fine-tuned model's rows run as LoRA requests; the vectors, the monitor and the local judge stay on
+    transformers). Raises SteerlabError for an unknown size or a model/judge that cannot load.
     """
     if size not in SIZES:
         raise SteerlabError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
@@ -135,14 +140,27 @@ def run_demo(
     timings: dict[str, float] = {}
     start = time.perf_counter()
     lm = load_model(model)
-    timings["load"] = time.perf_counter() - start
+    with make_engine(engine or EngineConfig(), model, lm, enable_lora=True) as runner:
+        timings["load"] = time.perf_counter() - start
+        summary = _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings)
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings) -> dict[str, Any]:
+    """The demo's stages on a loaded model (captures) and an engine (generation and scoring)."""
 
     path = builtin_pairs_path("deception")
     train = load_pairs(path, split="train")[: cfg.n_train]
     heldout = load_pairs(path, split="heldout")[: cfg.n_heldout]
     start = time.perf_counter()
     diff = run_diff_study(
-        lm, train, heldout, out / "diff", DiffStudyConfig(epochs=cfg.epochs, study=cfg.study, batch_size=32)
+        lm,
+        train,
+        heldout,
+        out / "diff",
+        DiffStudyConfig(epochs=cfg.epochs, study=cfg.study, batch_size=32),
+        engine=runner,
     )
     timings["diff_study"] = time.perf_counter() - start
     timings.update({f"diff.{k}": v for k, v in diff.timings.items()})
@@ -154,11 +172,10 @@ def run_demo(
     timings["monitor"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    persona = _traits_stage(lm, out / "traits", list(traits), judge, judge_base_url, cfg)
+    persona = _traits_stage(lm, runner, out / "traits", list(traits), judge, judge_base_url, cfg)
     timings["traits"] = time.perf_counter() - start
-
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
-    write_json(out / SUMMARY, summary)
+    summary["engine"] = runner.kind
     return summary
 
 
@@ -193,7 +210,13 @@ def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, be
 
 
 def _traits_stage(
-    lm: LoadedModel, out: Path, traits: list[str], judge_spec: str, judge_base_url: str | None, cfg: DemoSize
+    lm: LoadedModel,
+    runner: Engine,
+    out: Path,
+    traits: list[str],
+    judge_spec: str,
+    judge_base_url: str | None,
+    cfg: DemoSize,
 ) -> dict[str, Any]:
     """The multi-trait persona study; a trait whose judge cannot score is averaged unfiltered (and
     says so). Returns the ``traits`` part of summary.json."""
@@ -216,7 +239,7 @@ def _traits_stage(
         layers=cfg.persona_layers,
         fallback_unfiltered=True,
     )
-    result = run_persona_traits(lm, traits, judge, out, config, judge_name=judge_spec)
+    result = run_persona_traits(lm, traits, judge, out, config, judge_name=judge_spec, engine=runner)
     return {
         "judge": judge_spec,
         "traits": result.summary,
