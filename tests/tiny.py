@@ -109,3 +109,28 @@ def make_number_judge(seed: int = 1) -> LoadedModel:
                 biased.bias[index] = 6.0
     lm.model.lm_head = biased
     return lm
+
+
+def save_tiny_for_vllm(arch: str, path, seed: int = 0):
+    """A tiny random Llama or Qwen2 saved as a model directory vLLM loads: head size 32 (vLLM's CPU
+    attention has no kernel for the 16 of the other tiny models), 4 heads and 2 KV heads (so tensor
+    parallel 2 splits them), 4 layers, the test tokenizer. Returns ``path``."""
+    from transformers import GenerationConfig
+
+    tok = make_tokenizer()
+    torch.manual_seed(seed)
+    kwargs = dict(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    if arch == "llama":
+        model = LlamaForCausalLM(LlamaConfig(**kwargs))
+    elif arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(**kwargs))
+    else:
+        raise ValueError(arch)
+    model.generation_config = GenerationConfig(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path

@@ -7,7 +7,7 @@ import pytest
 import torch
 from cli_helpers import invoke
 
-import steerlab.cli.steer as steer_cli
+import steerlab.engines.factory as engine_factory
 from steerlab.model.chat import encode_chat
 from steerlab.model.loading import load_model
 from steerlab.steering.calibration import cap_threshold
@@ -103,7 +103,7 @@ def test_generate_cap_percentile_caps_at_the_percentile_of_reference_projections
         models.append(lm)
         return lm
 
-    monkeypatch.setattr(steer_cli, "load_model", load_and_watch)
+    monkeypatch.setattr(engine_factory, "load_model", load_and_watch)
     out = tmp_path / "gens.jsonl"
     extra = []
     ref_prompts = CAP_PROMPTS

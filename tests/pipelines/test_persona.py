@@ -5,6 +5,7 @@ import torch
 from cli_helpers import assert_user_error, flat, invoke
 from tiny import make_number_judge
 
+import steerlab.engines.hf as hf_engine_module
 import steerlab.pipelines.persona as persona_module
 from steerlab import SteeringVector
 from steerlab.activations.capture import ChatSample, capture
@@ -52,7 +53,7 @@ def test_rerun_skips_and_kill_resumes(tiny_llama, judge, tmp_path, monkeypatch):
     full = run_persona(tiny_llama, trait, judge, tmp_path / "a", CONFIG)
 
     generated = []
-    real = persona_module.generate_batch
+    real = hf_engine_module.generate_batch
 
     def counting(lm, prompts, **kw):
         generated.append(len(prompts))
@@ -62,7 +63,7 @@ def test_rerun_skips_and_kill_resumes(tiny_llama, judge, tmp_path, monkeypatch):
         return real(lm, prompts, **kw)
 
     kill = {"armed": True}
-    monkeypatch.setattr(persona_module, "generate_batch", counting)
+    monkeypatch.setattr(hf_engine_module, "generate_batch", counting)
     with pytest.raises(KeyboardInterrupt):
         run_persona(tiny_llama, trait, judge, tmp_path / "b", CONFIG)
     done_before = sum(generated[:-1])
@@ -245,10 +246,12 @@ def test_demo_traits_fall_back_to_unfiltered_when_the_judge_cannot_score(tiny_ll
     # (recorded as filter "none" with the unscored counts), nothing fails, and the summary says so
     from dataclasses import replace
 
+    from steerlab.engines.hf import HfEngine
     from steerlab.pipelines.demo import SIZES, _traits_stage
 
     size = replace(SIZES["ci"], persona_layers=[1], study=replace(SIZES["ci"].study, controls=2))
-    result = _traits_stage(tiny_llama, tmp_path, ["evil", "optimistic"], f"local:{tiny_dir}", None, size)
+    engine = HfEngine(tiny_llama)
+    result = _traits_stage(tiny_llama, engine, tmp_path, ["evil", "optimistic"], f"local:{tiny_dir}", None, size)
     assert result["failed"] == {}
     for name in ("evil", "optimistic"):
         entry = result["traits"][name]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny import make_number_judge
 
-import steerlab.pipelines.persona as persona_module
+import steerlab.pipelines.persona_traits as persona_traits_module
 from steerlab import SteeringVector
 from steerlab.errors import SteerlabError
 from steerlab.evaluate.controls import random_directions
@@ -203,16 +203,17 @@ def test_rerun_reuses_every_stage(study, tiny_llama, judge):
 
 def test_a_killed_run_resumes_and_matches(tiny_llama, judge, tmp_path, monkeypatch):
     clean = run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "clean", CONFIG)
-    real = persona_module.generate_batch
+    # the persona answers of both traits are one shared stream of generation calls
+    real = persona_traits_module.generate_with_systems
     calls = []
 
-    def killed_on_second_chunk(lm, prompts, **kw):
-        calls.append(len(prompts))
+    def killed_on_second_chunk(engine, items, config, description):
+        calls.append(len(items))
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(lm, prompts, **kw)
+        return real(engine, items, config, description)
 
-    monkeypatch.setattr(persona_module, "generate_batch", killed_on_second_chunk)
+    monkeypatch.setattr(persona_traits_module, "generate_with_systems", killed_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
         run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "run", CONFIG)
     # the shared stream of both traits' answers checkpointed its first chunk (8 of 16 answers)

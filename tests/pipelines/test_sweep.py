@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import steerlab.engines.hf as hf_engine_module
 from steerlab import SteeringVector
 from steerlab.formats.pairs import Pair
 from steerlab.pipelines.sweep import SweepConfig, run_sweep
@@ -31,10 +32,9 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
     assert not (out / ".partial" / "generations.jsonl").exists()
 
     # A killed run: layer 1 finishes, the kill lands while layer 2 generates. Resume generates only layer 2.
-    import steerlab.pipelines.sweep as sweep_module
 
     calls = []
-    real = sweep_module.generate_batch
+    real = hf_engine_module.generate_batch
 
     def counting(*a, **k):
         calls.append(k)
@@ -43,7 +43,7 @@ def test_sweep_writes_every_cell_and_resumes(tiny_llama, tmp_path, monkeypatch):
         return real(*a, **k)
 
     kill = True
-    monkeypatch.setattr(sweep_module, "generate_batch", counting)
+    monkeypatch.setattr(hf_engine_module, "generate_batch", counting)
     killed = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         run_sweep(tiny_llama, vec, QUESTIONS, killed, SweepConfig("1,2", [-2, 0, 2], max_new_tokens=4))

@@ -36,6 +36,7 @@ class Generation:
     finish_reason: str  # "stop" (end of turn / stop string) or "length"
     logprobs: list[float] | None = None
     top_logprobs: list[list[tuple[int, float]]] | None = None
+    cached_tokens: int | None = None  # prompt tokens served from a prefix cache (None: the engine does not say)
 
     @property
     def n_new_tokens(self) -> int:

@@ -32,6 +32,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,18 @@ def _bar_factory(description: str, total: int) -> Any:
         return _Quiet(args[0]) if args else _Bar(description, total)
 
     return make
+
+
+@dataclass
+class Capture:
+    """What :meth:`VllmEngine.capture` recorded for one sample: per layer ``{"sum", "count", "norm_sum",
+    "last", "proj", "full", "pre", "forwards"}`` (see :func:`~steerlab.engines.vllm.protocol.capture_request`;
+    ``forwards``: how many forward passes computed some of its tokens), the generated ``token_ids`` and
+    vLLM's ``num_cached_tokens`` (prompt tokens served from the prefix cache)."""
+
+    layers: dict[int, dict[str, Any]]
+    token_ids: list[int]
+    num_cached_tokens: int
 
 
 class VllmEngine(Engine):
@@ -374,7 +387,9 @@ class VllmEngine(Engine):
                     [(int(t), float(lp.logprob)) for t, lp in sorted(step.items(), key=lambda kv: kv[1].rank)][:k]
                     for step in completion.logprobs
                 ]
-        return finish_generation(self.tokenizer, tokens, self.eos_ids, n_prompt, stop, logprobs, tops)
+        generation = finish_generation(self.tokenizer, tokens, self.eos_ids, n_prompt, stop, logprobs, tops)
+        generation.cached_tokens = int(output.num_cached_tokens or 0)
+        return generation
 
     def response_logprobs(
         self,
@@ -420,16 +435,19 @@ class VllmEngine(Engine):
         steering: Sequence[SteeringSpec] = (),
         max_new_tokens: int = 1,
         full: bool = False,
+        pre: bool = False,
+        salt: str | None = None,
         description: str = "capturing",
-    ) -> list[dict[int, dict[str, Any]]]:
+    ) -> list[Capture]:
         """Block outputs of each sample at ``layers``, as the workers record them (for reference
-        statistics and tests): per sample ``{layer: {"sum", "count", "norm_sum", "last", "proj", "full"}}``
-        over the tokens before ``boundary`` (``prompt``: the prompt; ``all``: prompt and response).
+        statistics and tests): a :class:`Capture` per sample, statistics over the tokens before
+        ``boundary`` (``prompt``: the prompt; ``all``: prompt and response).
 
         ``directions``: projections h·v̂ of each counted token on each; ``steering``: specs applied as in
         generation; ``full``: every computed token's output by absolute position, generated ones included
-        (``max_new_tokens`` of them). Each request is salted with a fresh id, so no cached block hides a
-        token from the capture.
+        (``max_new_tokens`` of them), and ``pre`` the same before the layer's steering. Each request is
+        salted with a fresh id, so no cached block hides a token from the capture, unless ``salt`` is
+        given (tests of prefix-cache hits: requests with equal salts and prompts share cached blocks).
         """
         for layer in layers:
             self.check_layer(layer, "--layers")
@@ -437,7 +455,7 @@ class VllmEngine(Engine):
         self._register(directions)
         dir_ids = [vector_id(d) for d in directions]
         rows = self._rows(list(steering), len(encoded), None)
-        result: list[dict[int, dict[str, Any]]] = []
+        result: list[Capture] = []
         for start in range(0, len(encoded), CAPTURE_CHUNK):
             chunk = encoded[start : start + CAPTURE_CHUNK]
             keys = [uuid.uuid4().hex for _ in chunk]
@@ -445,8 +463,8 @@ class VllmEngine(Engine):
             for j, (e, key) in enumerate(zip(chunk, keys, strict=True)):
                 boundary_len = e.prompt_len if boundary == "prompt" else len(e.ids)
                 items = rows[start + j]
-                capture = capture_request(key, layers, boundary_len, dir_ids, full)
-                requests.append(self._prompt(e.ids, f"capture-{key}"))
+                capture = capture_request(key, layers, boundary_len, dir_ids, full, pre)
+                requests.append(self._prompt(e.ids, salt or f"capture-{key}"))
                 params.append(
                     self._params(
                         {"steer": items, "capture": capture},
@@ -455,8 +473,9 @@ class VllmEngine(Engine):
                         stop_token_ids=self.eos_ids if max_new_tokens > 1 else None,
                     )
                 )
-            self._run(requests, params, description)
-            result.extend(self._fetch(keys))
+            outputs = self._run(requests, params, description)
+            for layers_of, out in zip(self._fetch(keys), outputs, strict=True):
+                result.append(Capture(layers_of, list(out.outputs[0].token_ids), int(out.num_cached_tokens or 0)))
         return result
 
     def _fetch(self, keys: list[str]) -> list[dict[int, dict[str, Any]]]:
@@ -476,9 +495,9 @@ class VllmEngine(Engine):
         total = torch.zeros(self.n_layers, dtype=torch.float64)
         count = 0
         for cap in caps:
-            for layer, entry in cap.items():
+            for layer, entry in cap.layers.items():
                 total[layer] += entry["norm_sum"]
-            count += cap[0]["count"]
+            count += cap.layers[0]["count"]
         return (total / count).float()
 
     def layer_projections(
@@ -491,7 +510,7 @@ class VllmEngine(Engine):
         out: dict[int, torch.Tensor] = {}
         for layer, direction in directions.items():
             caps = self.capture(samples, [layer], boundary="all", directions=[direction], description="projections")
-            out[layer] = torch.tensor([p for cap in caps for p in cap[layer]["proj"][0]], dtype=torch.float32)
+            out[layer] = torch.tensor([p for cap in caps for p in cap.layers[layer]["proj"][0]], dtype=torch.float32)
         return out
 
     def prompt_activations(
@@ -509,7 +528,7 @@ class VllmEngine(Engine):
         out = torch.empty(len(caps), len(layers), self.d_model)
         for i, cap in enumerate(caps):
             for j, layer in enumerate(layers):
-                entry = cap[layer]
+                entry = cap.layers[layer]
                 out[i, j] = (entry["sum"] / entry["count"]).float() if kind == "prompt_avg" else entry["last"]
         return out
 

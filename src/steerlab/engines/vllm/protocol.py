@@ -89,13 +89,21 @@ def row_interventions(
     return out
 
 
-def capture_request(key: str, layers: Sequence[int], prompt_len: int, directions: Sequence[str] = (), full=False):
+def capture_request(
+    key: str,
+    layers: Sequence[int],
+    prompt_len: int,
+    directions: Sequence[str] = (),
+    full: bool = False,
+    pre: bool = False,
+) -> dict[str, Any]:
     """The ``capture`` entry of a request that records its block outputs at ``layers``.
 
     Statistics over the prompt's tokens (positions < ``prompt_len``): the sum and the last token's
-    output ``[d_model]``, the sum of norms, and each token's projection on each registered direction
-    id in ``directions`` (in that order). ``full`` also keeps every computed token's output by
-    absolute position (prompt and generated; for tests). ``key`` names the capture when fetched.
+    output ``[d_model]``, their count, the sum of norms, and each token's projection on each registered
+    direction id in ``directions`` (in that order). ``full`` also keeps every computed token's output
+    (after steering) by absolute position, prompt and generated, and ``pre`` the same before this
+    layer's steering (for tests of what steering did). ``key`` names the capture when fetched.
     """
     return {
         "key": key,
@@ -103,6 +111,7 @@ def capture_request(key: str, layers: Sequence[int], prompt_len: int, directions
         "P": int(prompt_len),
         "dirs": list(directions),
         "full": bool(full),
+        "pre": bool(pre),
     }
 
 

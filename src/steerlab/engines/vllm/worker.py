@@ -309,6 +309,9 @@ def _layer_hook(state: _State, index: int):
         if plan is None or (index not in plan.steer and index not in plan.capture):
             return None
         out0, out1 = _hidden(output)
+        for key, positions, rows, capture in plan.capture.get(index, ()):
+            if capture.get("pre"):  # the block's output before steering, to compare with after
+                _record(state, key, index, positions, rows, out0, out1, capture, "pre")
         for group, rows, coeffs in plan.steer.get(index, ()):
             h = out0[rows].float() if out1 is None else out0[rows].float() + out1[rows].float()
             delta = operator_delta(h, _direction(state, group), coeffs[:, None], group.op, group.ceil, group.floor)
@@ -332,8 +335,10 @@ def _record(
     out0: torch.Tensor,
     out1: torch.Tensor | None,
     capture: dict[str, Any],
+    when: str = "post",
 ) -> None:
-    """Add one forward's tokens of a capture request to its statistics (see protocol.capture_request)."""
+    """Add one forward's tokens of a capture request to its statistics (see protocol.capture_request);
+    ``when="pre"`` records the block's output before this layer's steering into ``pre`` only."""
     rows = rows.to(out0.device)
     h = (out0[rows].float() if out1 is None else out0[rows].float() + out1[rows].float()).cpu()
     entry = state.captures[key]["layers"].setdefault(
@@ -345,8 +350,15 @@ def _record(
             "last": None,
             "proj": [[] for _ in capture["dirs"]],
             "full": {},
+            "pre": {},
+            "forwards": 0,
         },
     )
+    if when == "pre":
+        for p, row in zip(positions.tolist(), h, strict=True):
+            entry["pre"][int(p)] = row.clone()
+        return
+    entry["forwards"] += 1
     prompt_len = int(capture["P"])
     in_prompt = torch.from_numpy(positions < prompt_len)
     hp = h[in_prompt]
