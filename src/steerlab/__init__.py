@@ -76,6 +76,7 @@ _FACE: dict[str, str] = {
     "compare_vectors": "evaluate.geometry",
     "split_half_reliability": "evaluate.geometry",
     "trait_matrix": "evaluate.geometry",
+    "readout_vector": "evaluate.readout",
     # pipelines
     "SweepConfig": "pipelines.sweep",
     "run_sweep": "pipelines.sweep",
@@ -90,6 +91,8 @@ _FACE: dict[str, str] = {
     "run_diff_study": "pipelines.diff_study",
     "DemoSize": "pipelines.demo",
     "run_demo": "pipelines.demo",
+    "ReadoutConfig": "pipelines.readouts",
+    "write_readouts": "pipelines.readouts",
     # report
     "build_report": "report.html",
     # serving
