@@ -52,6 +52,7 @@ _FACE: dict[str, str] = {
     "generate_batch": "steering.generation",
     "cap_threshold": "steering.calibration",
     "mean_residual_norms": "steering.calibration",
+    "bake_direction": "steering.bake",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",
