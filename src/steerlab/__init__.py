@@ -52,6 +52,7 @@ _FACE: dict[str, str] = {
     "generate_batch": "steering.generation",
     "cap_threshold": "steering.calibration",
     "mean_residual_norms": "steering.calibration",
+    "bake_direction": "steering.bake",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",
@@ -76,6 +77,7 @@ _FACE: dict[str, str] = {
     "compare_vectors": "evaluate.geometry",
     "split_half_reliability": "evaluate.geometry",
     "trait_matrix": "evaluate.geometry",
+    "readout_vector": "evaluate.readout",
     # pipelines
     "SweepConfig": "pipelines.sweep",
     "run_sweep": "pipelines.sweep",
@@ -90,6 +92,8 @@ _FACE: dict[str, str] = {
     "run_diff_study": "pipelines.diff_study",
     "DemoSize": "pipelines.demo",
     "run_demo": "pipelines.demo",
+    "ReadoutConfig": "pipelines.readouts",
+    "write_readouts": "pipelines.readouts",
     # report
     "build_report": "report.html",
     # serving

@@ -9,6 +9,7 @@ import subprocess
 import pytest
 from tiny import make_number_judge
 
+from steerlab.evaluate.readout import readout_vector
 from steerlab.formats.pairs import Pair
 from steerlab.formats.traits import load_trait
 from steerlab.judge import make_judge
@@ -17,6 +18,7 @@ from steerlab.pipelines.persona import PersonaConfig, run_persona
 from steerlab.pipelines.persona_traits import PersonaTraitsConfig, run_persona_traits
 from steerlab.pipelines.study import StudyConfig
 from steerlab.report.html import build_report
+from steerlab.vectors.vector import SteeringVector
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TRAIN = [
@@ -70,6 +72,11 @@ def run_dir(tiny_llama, tmp_path_factory):
             }
         )
     )
+    # a vector readout (steerlab inspect --out): its norm figure renders with the others
+    contrastive = SteeringVector.load(out / "diff" / "vectors" / "contrastive.safetensors")
+    readout = readout_vector(tiny_llama, contrastive, "1-2", top_k=3, prompts=["how do I keep bread fresh"])
+    (out / "readouts").mkdir()
+    (out / "readouts" / "contrastive.json").write_text(json.dumps(readout))
     (out / "summary.json").write_text(
         json.dumps({"model": "tiny", "judge": "local", "reading": ["a reading"], "timings": {"load": 1.0}})
     )
@@ -124,6 +131,8 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
         "humorous: steering at layer",
         "per-pair change",
         "judged trait score",
+        "Vector readout: contrastive",
+        "norm per layer against the residual stream",
     ):
         assert title in html, title
     assert int(attrs["plots"]) == expected_plots

@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("compare",),
         "Cosine per layer between every two vectors, norms, distances, and the random-direction baseline.",
     ),
+    "inspect": (("readout",), "Read a vector per layer: the tokens it promotes and suppresses, its size, its cosines."),
+    "bake": (("bake",), "Bake one direction into the weights"),
     "diff": (("diff", "diff_study"), "Vectors from fine-tuning: LoRA-fine-tune a model on behaviour data"),
     "dataset": (("dataset",), "Build contrastive pair datasets and import chat data."),
     "serve": (("serve",), "Serve a model with an OpenAI-compatible API (chat, completions, streaming, logprobs)"),

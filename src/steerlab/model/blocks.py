@@ -63,3 +63,30 @@ def find_decoder_blocks(model: nn.Module, path: str | None = None) -> tuple[nn.M
         f"{', '.join(KNOWN_BLOCK_PATHS)}. Module lists seen: {', '.join(seen) or 'none'}. "
         "Pass the dotted path of the block list (blocks_path=... / --blocks-path)."
     )
+
+
+# Names of the norm applied to the last block's output before the unembedding, looked up beside the
+# block list (Llama/Qwen/Mistral/Gemma ``model.norm``, GPT-2 ``transformer.ln_f``, GPT-NeoX
+# ``gpt_neox.final_layer_norm``, OPT ``model.decoder.final_layer_norm``, Phi ``final_layernorm``).
+FINAL_NORM_NAMES: tuple[str, ...] = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "norm_f")
+
+
+def find_final_norm(model: nn.Module, blocks_path: str) -> tuple[nn.Module, str]:
+    """Return ``(module, dotted_path)`` of the final norm: the module that normalises the last
+    block's output before the unembedding (``lm_head``), found beside the block list at
+    ``blocks_path`` under one of :data:`FINAL_NORM_NAMES`.
+
+    Raises SteerlabError naming the children seen beside the blocks when none is there.
+    """
+    root = unwrap_model(model)
+    parent_path = blocks_path.rpartition(".")[0]
+    parent = _get_path(root, parent_path) if parent_path else root
+    for name in FINAL_NORM_NAMES:
+        module = getattr(parent, name, None) if parent is not None else None
+        if isinstance(module, nn.Module):
+            return module, f"{parent_path}.{name}" if parent_path else name
+    seen = [name for name, _ in parent.named_children()] if parent is not None else []
+    raise SteerlabError(
+        f"cannot find the final norm of {type(root).__name__}: looked for {', '.join(FINAL_NORM_NAMES)} "
+        f"beside the blocks at {blocks_path!r}; modules there: {', '.join(seen) or 'none'}"
+    )

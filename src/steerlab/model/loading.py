@@ -230,7 +230,7 @@ def load_model(
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
             model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError) as exc:
@@ -260,8 +260,9 @@ def load_model(
 
 
 @contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Hide transformers' per-load progress bars (steerlab logs what was loaded instead)."""
+def quiet_transformers() -> Iterator[None]:
+    """Hide transformers' progress bars (loading, writing shards) inside the block; steerlab logs
+    what was loaded or written instead."""
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()

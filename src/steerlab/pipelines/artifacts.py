@@ -25,5 +25,7 @@ SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 MONITOR = "monitor.json"
 PERSONA_STEERING = "persona_steering.json"
+# vector readouts (steerlab inspect --out; pipelines.readouts): one readout document per vector
+READOUTS_DIR = "readouts"
 # report
 REPORT = "report.html"

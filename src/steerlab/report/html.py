@@ -1,9 +1,11 @@
 """`steerlab report DIR`: one self-contained ``report.html`` for any run directory.
 
 It renders whatever the directory holds — a demo, ``diff study``, ``persona extract`` or ``sweep``
-run — and says which parts are missing; it never fails on a partial run. plotly.js is inlined once,
-so the page needs no network. A status element (``#steerlab-status``) records, after the page's
-scripts ran, how many plots rendered and any JavaScript errors (used by the browser test).
+run, and the vector readouts in ``readouts/*.json`` (``steerlab inspect --out``,
+:func:`steerlab.pipelines.readouts.write_readouts`) — and says which parts are missing; it never
+fails on a partial run. plotly.js is inlined once, so the page needs no network. A status element
+(``#steerlab-status``) records, after the page's scripts ran, how many plots rendered and any
+JavaScript errors (used by the browser test).
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from ..errors import SteerlabError
 from ..io.atomic import write_text
 from ..io.files import file_problem, name_problem, read_json
 from ..io.tables import cell_value, read_csv
+from ..pipelines.artifacts import READOUTS_DIR
 from ..pipelines.runs import read_jsonl_rows
 from .evidence import evidence_sections
 from .html_parts import Section
 from .html_parts import fig_html as _fig
 from .html_parts import table_html as _table
+from .readout import readout_section
 
 # Files that exist but could not be read while building one report (listed on the page, never fatal).
 _UNREADABLE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("unreadable", default=None)
@@ -533,6 +537,15 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
         )
     else:
         missing.append("monitoring (monitor.json)")
+
+    for path in sorted((run / READOUTS_DIR).glob("*.json")):
+        doc = _load_json(path)
+        if isinstance(doc, dict):
+            sections += _guard(
+                missing,
+                f"vector readout ({READOUTS_DIR}/{path.name})",
+                lambda doc=doc: [(f"Vector readout: {doc['name']}", readout_section(doc))],
+            )
 
     sweep_dir = run / "sweep" if (run / "sweep").is_dir() else run
     sections += _guard(missing, "sweep (margins.csv, scores.csv, generations.jsonl)", sweep_sections, sweep_dir)
