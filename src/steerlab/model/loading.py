@@ -199,7 +199,7 @@ def load_tokenizer(spec: str) -> tuple[str, Any, bool]:
         raise SteerlabError("--model: empty model spec")
     source = resolve_source(spec)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
         raise SteerlabError(
