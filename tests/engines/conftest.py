@@ -9,9 +9,10 @@ from steerlab.engines.base import EngineConfig
 from steerlab.engines.hf import HfEngine
 from steerlab.model.loading import load_model
 
-# A small token budget per forward: prompts of 20-40 tokens are prefilled in several chunks, so every
-# test here also runs under chunked prefill; blocks of 16 tokens make prefix-cache hits reachable.
-CHUNKED = {"max_num_batched_tokens": 16, "max_num_seqs": 16, "block_size": 16}
+# A small token budget per forward: prompts of 18-60 tokens are prefilled in chunks of 16, so every test
+# here also runs under chunked prefill; blocks of 32 tokens (the smallest vLLM's CPU attention takes)
+# make prefix-cache hits reachable for prompts past 32 tokens.
+CHUNKED = {"max_num_batched_tokens": 16, "max_num_seqs": 16, "block_size": 32}
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ QUESTIONS = [
     "is water wet",
     "always back up your files before updating the system, why",
     "answer yes or no: is the sky blue",
-    "drink water rest and see a doctor if the fever lasts more than three days",
+    "drink water rest and see a doctor if the fever lasts more than three days, then store your files and "
+    "answer the question about the lazy dog",
 ]
 LAYER = 2
 
@@ -80,13 +81,13 @@ def test_steered_minus_unsteered_is_c_v_exactly_at_the_steered_positions(vllm_ll
 
 def test_steering_is_exact_after_a_prefix_cache_hit(vllm_llama):
     v, c = _vector(2), -2.0
-    sample = ChatSample(QUESTIONS[5])  # 30+ tokens: its first full block of 16 can be served from the cache
+    sample = ChatSample(QUESTIONS[5])  # 50+ tokens: its first full block of 32 can be served from the cache
     prompt_len = len(encode_chat(vllm_llama.tokenizer, sample.prompt).ids)
     spec = SteeringSpec(v, LAYER, c, positions="response")
     kwargs = dict(steering=[spec], max_new_tokens=3, full=True, pre=True, salt="steered-hit-test")
     (first,) = vllm_llama.capture([sample], [LAYER], **kwargs)
     (second,) = vllm_llama.capture([sample], [LAYER], **kwargs)
-    assert first.num_cached_tokens == 0 and second.num_cached_tokens >= 16
+    assert first.num_cached_tokens == 0 and second.num_cached_tokens >= 32
     entry = second.layers[LAYER]
     assert min(entry["full"]) == second.num_cached_tokens  # cached tokens never reach the hooks
     for p, after in entry["full"].items():
@@ -125,8 +126,9 @@ def test_operators_and_scales_act_on_the_block_output(vllm_llama, hf_llama):
     spec = SteeringSpec(v, LAYER, 0.5, scale="relative")
     with pytest.raises(SteerlabError, match="relative"):
         vllm_llama.generate([QUESTIONS[0]], steering=spec, max_new_tokens=2)
-    gens = vllm_llama.generate([QUESTIONS[0]], steering=spec, max_new_tokens=4, reference_norms=norms)
-    assert gens == hf_llama.generate([QUESTIONS[0]], steering=spec, max_new_tokens=4, reference_norms=norms)
+    (ours,) = vllm_llama.generate([QUESTIONS[0]], steering=spec, max_new_tokens=4, reference_norms=norms)
+    (theirs,) = hf_llama.generate([QUESTIONS[0]], steering=spec, max_new_tokens=4, reference_norms=norms)
+    assert ours.token_ids == theirs.token_ids
 
 
 def _specs() -> list[SteeringSpec]:
@@ -180,10 +182,10 @@ def test_steered_requests_never_share_cache_blocks_with_unsteered_ones(vllm_llam
     again = vllm_llama.generate(prompt, max_new_tokens=8)[0]
     assert steered.token_ids != baseline.token_ids  # the steering changes the text ...
     assert steered.cached_tokens == 0  # ... and its blocks are its own
-    assert again.token_ids == baseline.token_ids and again.cached_tokens >= 16  # unsteered rows still share
+    assert again.token_ids == baseline.token_ids and again.cached_tokens >= 32  # unsteered rows still share
     other = vllm_llama.generate(prompt, steering=SteeringSpec(_vector(7), 1, 21.0), max_new_tokens=8)[0]
     same = vllm_llama.generate(prompt, steering=SteeringSpec(_vector(7), 1, 20.0), max_new_tokens=8)[0]
-    assert other.cached_tokens == 0 and same.cached_tokens >= 16 and same.token_ids == steered.token_ids
+    assert other.cached_tokens == 0 and same.cached_tokens >= 32 and same.token_ids == steered.token_ids
 
 
 def test_an_adapter_runs_as_lora_rows_beside_the_base(vllm_llama, hf_llama, tiny_vllm_llama_dir, tmp_path):

@@ -547,6 +547,13 @@ class VllmEngine(Engine):
                 f"adapter {adapter_dir}: peft type {config.get('peft_type')} — the vllm engine runs LoRA adapters "
                 "only (use --engine hf for other peft types)"
             )
+        trained = [str(m) for m in [*(_names(config.get("target_modules"))), *(_names(config.get("modules_to_save")))]]
+        if any(name.endswith(("lm_head", "embed_tokens", "wte", "embed_out")) for name in trained):
+            raise SteerlabError(
+                f"adapter {adapter_dir}: it trains the embeddings or the unembedding ({', '.join(trained)}), which "
+                "the vllm engine's prompt scoring does not apply (vLLM's LoRA logits path cannot score prompts); "
+                "use --engine hf"
+            )
         if int(config.get("r", 0)) > self.config.max_lora_rank:
             raise SteerlabError(
                 f"adapter {adapter_dir}: LoRA rank {config.get('r')} is above --max-lora-rank "
@@ -580,6 +587,13 @@ class VllmEngine(Engine):
         with contextlib.suppress(Exception):
             llm.llm_engine.engine_core.shutdown()
         del llm
+
+
+def _names(value: Any) -> list[str]:
+    """Module names of an adapter config field (a list, one name, or a regex string)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 def _samples(prompts: Sequence[Prompt | ChatSample]) -> list[ChatSample]:

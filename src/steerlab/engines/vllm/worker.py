@@ -145,6 +145,7 @@ class SteerlabWorker:
                 state.plan = None
 
         runner._model_forward = model_forward  # this runner instance only; vLLM itself is not patched
+        _score_prompts_without_lora_logits(runner, model)
         for index, layer in local.items():
             state.handles.append(layer.register_forward_hook(_layer_hook(state, index)))
         return self.steerlab_status()
@@ -184,6 +185,29 @@ class SteerlabWorker:
         buffer = io.BytesIO()
         torch.save(out, buffer)
         return buffer.getvalue()
+
+
+def _score_prompts_without_lora_logits(runner: Any, model: torch.nn.Module) -> None:
+    """With LoRA enabled, vLLM 0.32 computes prompt log-probabilities through its LoRA logits processor
+    with the sampling step's LoRA mapping (one row per request), which breaks on the prompt's many rows
+    (vllm-project/vllm#16668: an einsum shape error kills the engine). Adapters that steerlab runs never
+    train the unembedding (:meth:`steerlab.engines.vllm.engine.VllmEngine.adapter` refuses those), so the
+    LoRA logits processor adds nothing: prompt log-probabilities run through its base layer instead, on
+    this runner instance only."""
+    processor = getattr(model, "logits_processor", None)
+    base = getattr(processor, "base_layer", None)
+    original = getattr(runner, "_get_prompt_logprobs_dict", None)
+    if base is None or original is None:
+        return
+
+    def prompt_logprobs(*args: Any, **kwargs: Any) -> Any:
+        model.logits_processor = base
+        try:
+            return original(*args, **kwargs)
+        finally:
+            model.logits_processor = processor
+
+    runner._get_prompt_logprobs_dict = prompt_logprobs
 
 
 def _runner_problems(worker: Any, runner: Any) -> list[str]:
