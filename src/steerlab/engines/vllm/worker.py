@@ -146,6 +146,7 @@ class SteerlabWorker:
 
         runner._model_forward = model_forward  # this runner instance only; vLLM itself is not patched
         _score_prompts_without_lora_logits(runner, model)
+        _allocate_pipeline_buffers(runner)
         for index, layer in local.items():
             state.handles.append(layer.register_forward_hook(_layer_hook(state, index)))
         return self.steerlab_status()
@@ -208,6 +209,20 @@ def _score_prompts_without_lora_logits(runner: Any, model: torch.nn.Module) -> N
             model.logits_processor = processor
 
     runner._get_prompt_logprobs_dict = prompt_logprobs
+
+
+def _allocate_pipeline_buffers(runner: Any) -> None:
+    """A pipeline stage after the first receives the previous stage's hidden states into a buffer the
+    runner allocates in its warm-up pass; vLLM 0.32 skips that pass on CPU in eager mode, so the first
+    request fails (``assert self.intermediate_tensors is not None``) even without steerlab. Allocate it
+    here, as the warm-up would (same shapes, dtype and device), on this runner instance only."""
+    from vllm.distributed.parallel_state import get_pp_group
+
+    if get_pp_group().is_first_rank or getattr(runner, "intermediate_tensors", None) is not None:
+        return
+    runner.intermediate_tensors = runner.model.make_empty_intermediate_tensors(
+        batch_size=runner.max_num_tokens, dtype=runner.model_config.dtype, device=runner.device
+    )
 
 
 def _runner_problems(worker: Any, runner: Any) -> list[str]:

@@ -1,0 +1,63 @@
+"""The vllm engine under tensor parallel 2 (tiny Qwen2) and pipeline parallel 2 (tiny Llama) on the CPU:
+every rank steers alike, each pipeline stage steers the layers it holds, and the results equal the
+hf engine's (which equals vLLM on one process: tests/engines/test_vllm_engine.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steerlab.activations.capture import ChatSample
+from steerlab.engines.base import EngineConfig
+from steerlab.engines.hf import HfEngine
+from steerlab.model.chat import encode_chat
+from steerlab.model.loading import load_model
+from steerlab.steering.steerer import SteeringSpec
+
+pytestmark = pytest.mark.vllm
+
+PROMPTS = ["how should I store fresh bread so it stays soft", "is water wet", "answer yes or no: is the sky blue"]
+
+
+def _specs() -> list[SteeringSpec]:
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(128, generator=gen)
+    v = v / v.norm() * 6.0
+    return [
+        SteeringSpec(v, 3, [2.0, -2.0, 0.0], positions="response"),  # last stage under pipeline parallel
+        SteeringSpec(v, 1, 1.0, operator="ablate", positions="all", rows=[0, 2]),  # first stage
+    ]
+
+
+@pytest.mark.parametrize(("parallel", "arch"), [("tensor", "qwen2"), ("pipeline", "llama")])
+def test_parallel_engines_equal_one_process(parallel, arch, request):
+    from steerlab.engines.vllm.engine import VllmEngine
+
+    path = request.getfixturevalue(f"tiny_vllm_{arch}_dir")
+    sizes = {"tensor_parallel_size": 2} if parallel == "tensor" else {"pipeline_parallel_size": 2}
+    reference = HfEngine(load_model(str(path)))
+    with VllmEngine(str(path), EngineConfig("vllm", max_model_len=256, **sizes)) as engine:
+        ranks = engine.statuses
+        assert len(ranks) == 2
+        if parallel == "tensor":  # both ranks hold every layer and run the same steering
+            assert [s["layers"] for s in ranks] == [[0, 1, 2, 3]] * 2
+        else:  # each stage holds its half
+            assert sorted(tuple(s["layers"]) for s in ranks) == [(0, 1), (2, 3)]
+        specs = _specs()
+        ours = engine.generate(PROMPTS, steering=specs, max_new_tokens=8, top_logprobs=1)
+        theirs = reference.generate(PROMPTS, steering=specs, max_new_tokens=8, top_logprobs=1)
+        for a, b in zip(ours, theirs, strict=True):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4, rtol=0)
+        samples = [ChatSample(p, "an answer of a few words") for p in PROMPTS]
+        torch.testing.assert_close(
+            engine.response_logprobs(samples, specs), reference.response_logprobs(samples, specs), atol=1e-4, rtol=0
+        )
+        # block outputs from every rank or stage, merged: layer L = hidden_states[L + 1]
+        caps = engine.capture([ChatSample(PROMPTS[0])], [0, 2], full=True)
+        ids = torch.tensor([encode_chat(reference.tokenizer, PROMPTS[0]).ids])
+        with torch.no_grad():
+            hidden = reference.lm.model(ids, output_hidden_states=True).hidden_states
+        for layer in (0, 2):
+            got = torch.stack([caps[0].layers[layer]["full"][p] for p in range(ids.shape[1])])
+            torch.testing.assert_close(got, hidden[layer + 1][0], atol=1e-4, rtol=1e-4)
