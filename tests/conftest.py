@@ -16,7 +16,7 @@ os.environ.setdefault("STEERLAB_PROGRESS", "0")
 # terminal; tests/cli/test_output_width.py sets it small to show that).
 os.environ["COLUMNS"] = "100"
 
-from tiny import make_tiny
+from tiny import make_tiny, save_tiny_for_vllm
 
 
 class _DeprecationLogsAsWarnings(logging.Handler):
@@ -67,6 +67,46 @@ def tiny_dir(tmp_path_factory):
     lm.model.save_pretrained(path)
     lm.tokenizer.save_pretrained(path)
     return path
+
+
+# vLLM engines (tests/engines, tests/serve). A small token budget per forward: prompts of 18-60 tokens
+# are prefilled in chunks of 16, so every test on this engine also runs under chunked prefill; blocks
+# of 32 tokens (the smallest vLLM's CPU attention takes) make prefix-cache hits reachable past 32 tokens.
+CHUNKED = {"max_num_batched_tokens": 16, "max_num_seqs": 16, "block_size": 32}
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_llama_dir(tmp_path_factory):
+    """A tiny random Llama that vLLM's CPU kernels run (head size 32), saved with its tokenizer."""
+    return save_tiny_for_vllm("llama", tmp_path_factory.mktemp("vllm-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm_qwen2_dir(tmp_path_factory):
+    """The same for Qwen2."""
+    return save_tiny_for_vllm("qwen2", tmp_path_factory.mktemp("vllm-qwen2"))
+
+
+@pytest.fixture(scope="session")
+def hf_llama(tiny_vllm_llama_dir):
+    """That tiny Llama on the hf engine: the reference the vllm engine is compared with."""
+    from steerlab.engines.hf import HfEngine
+    from steerlab.model.loading import load_model
+
+    return HfEngine(load_model(str(tiny_vllm_llama_dir)))
+
+
+@pytest.fixture(scope="session")
+def vllm_llama(tiny_vllm_llama_dir):
+    """That tiny Llama on vLLM (fp32, chunked prefill, LoRA enabled), started once per session (~20 s)."""
+    from steerlab.engines.base import EngineConfig
+    from steerlab.engines.vllm.engine import VllmEngine
+
+    engine = VllmEngine(
+        str(tiny_vllm_llama_dir), EngineConfig("vllm", max_model_len=256, options=CHUNKED), enable_lora=True
+    )
+    yield engine
+    engine.close()
 
 
 @pytest.fixture

@@ -228,11 +228,3 @@ def test_settings_that_would_bypass_the_hooks_are_refused(tiny_vllm_llama_dir, m
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     with pytest.raises(SteerlabError, match=r"VLLM_USE_V2_MODEL_RUNNER=1.*V2 model runner"):
         VllmEngine(str(tiny_vllm_llama_dir))
-
-
-def test_closing_shuts_the_engine_down(vllm_llama):
-    # last in this module: the fixture's engine is closed here (closing again is harmless)
-    vllm_llama.close()
-    vllm_llama.close()
-    with pytest.raises(SteerlabError, match="after close"):
-        vllm_llama.generate(QUESTIONS[:1], max_new_tokens=2)

@@ -10,6 +10,7 @@ import torch
 from steerlab.activations.capture import ChatSample
 from steerlab.engines.base import EngineConfig
 from steerlab.engines.hf import HfEngine
+from steerlab.errors import SteerlabError
 from steerlab.model.chat import encode_chat
 from steerlab.model.loading import load_model
 from steerlab.steering.steerer import SteeringSpec
@@ -61,3 +62,7 @@ def test_parallel_engines_equal_one_process(parallel, arch, request):
         for layer in (0, 2):
             got = torch.stack([caps[0].layers[layer]["full"][p] for p in range(ids.shape[1])])
             torch.testing.assert_close(got, hidden[layer + 1][0], atol=1e-4, rtol=1e-4)
+    # leaving the block shut every process down; closing again is harmless, using it a clear error
+    engine.close()
+    with pytest.raises(SteerlabError, match="after close"):
+        engine.generate(PROMPTS[:1], max_new_tokens=2)

@@ -9,7 +9,18 @@ import typer
 
 from ..serve.config import API_KEY_ENV, DEFAULTS, ServeConfig
 from .app import app
-from .options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt
+from .options import (
+    AdapterOpt,
+    DeviceOpt,
+    DtypeOpt,
+    EngineOpt,
+    GpuMemoryOpt,
+    MaxModelLenOpt,
+    ModelOpt,
+    PipelineParallelOpt,
+    TensorParallelOpt,
+    engine_config,
+)
 
 D = DEFAULTS
 
@@ -65,10 +76,18 @@ def serve(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
+    engine: str = EngineOpt,
+    tensor_parallel_size: int = TensorParallelOpt,
+    pipeline_parallel_size: int = PipelineParallelOpt,
+    gpu_memory_utilization: float = GpuMemoryOpt,
+    max_model_len: int = MaxModelLenOpt,
 ) -> None:
     """Serve a model with an OpenAI-compatible API (chat, completions, streaming, logprobs), with
     per-request steering: add ``"steering": [{"vector": NAME, "layer": 12, "coeff": 4}]`` to the body.
     Listens on 127.0.0.1 unless --host says otherwise; GET /health reports the queue.
+
+    With --engine vllm the same API runs on vLLM's continuous batching (requests join the running batch
+    at the next step), with its tensor and pipeline parallelism.
 
     Example: steerlab serve -m smollm2 --vectors vectors/ --port 8000 --api-key secret
     """
@@ -90,5 +109,11 @@ def serve(
         max_n=max_n,
         max_steering_items=max_steering_items,
     )
-    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
-    runner.serve(lm, config=config)
+    engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
+    if engines.kind == "hf":
+        runner.serve(load_model(model, device=device, dtype=dtype, adapter=adapter), config=config)
+        return
+    from ..engines.factory import make_engine
+
+    with make_engine(engines, model, device=device, dtype=dtype, adapter=adapter) as vllm_engine:
+        runner.serve(vllm_engine, config=config)

@@ -13,7 +13,6 @@ from typing import Any
 from ..errors import SteerlabError
 from ..model.blocks import unwrap_model
 from ..model.chat import Prompt, render_prompt
-from ..model.loading import LoadedModel
 from ..steering.steerer import parse_layers
 from .config import ServeConfig, flag
 from .jobs import Job, ResolvedItem
@@ -24,8 +23,11 @@ MAX_STOP_STRINGS = 16
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # as in the OpenAI API
 
 
-def max_positions(lm: LoadedModel) -> int | None:
-    """The model's context length (tokens) from its config, if it declares one."""
+def max_positions(lm: Any) -> int | None:
+    """The model's context length (tokens): an engine's own limit (``max_context``), else the one a
+    transformers model's config declares, if any."""
+    if getattr(lm, "max_context", None):
+        return int(lm.max_context)
     config = unwrap_model(lm.model).config
     for name in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
         value = getattr(config, name, None)
@@ -48,11 +50,12 @@ def limit_error(param: str, value: int, unit: str, setting: str, config: ServeCo
 
 
 class Admission:
-    """Validates requests for ``lm`` under ``config``; ``vectors`` resolves steering vector names.
+    """Validates requests for ``lm`` (a :class:`LoadedModel`, or the vLLM engine) under ``config``;
+    ``vectors`` resolves steering vector names.
     ``context`` is the smaller of the model's context length and ``config.max_context`` (None if
     neither is known). Methods raise APIError (400, or 404 for an unknown vector)."""
 
-    def __init__(self, lm: LoadedModel, vectors: VectorStore, config: ServeConfig) -> None:
+    def __init__(self, lm: Any, vectors: VectorStore, config: ServeConfig) -> None:
         self.lm = lm
         self.vectors = vectors
         self.config = config

@@ -67,19 +67,22 @@ class ServerState:
     """What a running app holds (``app.state.steerlab``): its config, the vectors directory, the
     admission checks, the batching worker and the responder."""
 
-    lm: LoadedModel
+    lm: Any
     config: ServeConfig
     vectors: VectorStore
     admission: Admission
-    batcher: Batcher
+    batcher: Any
     responder: Responder
     created: int
 
 
 def create_app(
-    lm: LoadedModel, vectors_dir: Path | None = None, *, config: ServeConfig | None = None, **settings: Any
+    lm: LoadedModel | Any, vectors_dir: Path | None = None, *, config: ServeConfig | None = None, **settings: Any
 ) -> FastAPI:
-    """The OpenAI-compatible app serving ``lm`` (see the module docstring). Settings come from
+    """The OpenAI-compatible app serving ``lm`` (see the module docstring): a :class:`LoadedModel` (the
+    ``hf`` engine's batching worker, :mod:`steerlab.serve.batcher`) or a
+    :class:`~steerlab.engines.vllm.engine.VllmEngine` (vLLM's continuous batching,
+    :mod:`steerlab.serve.continuous`); the API, limits and answers are the same. Settings come from
     ``config`` (default ``ServeConfig()``, whose API key is ``$STEERLAB_API_KEY``), then ``vectors_dir``
     and keyword ``settings`` named as :class:`ServeConfig` fields (``max_batch=8``, ``api_key="k"``);
     ``host``/``port`` are not used here (see :func:`steerlab.serve.serve`). The batching worker starts
@@ -89,7 +92,14 @@ def create_app(
     cfg = make_config(config, vectors_dir, **settings)
     vectors = VectorStore(cfg.vectors_dir)
     admission = Admission(lm, vectors, cfg)
-    batcher = Batcher(lm, cfg.max_batch, cfg.batch_window_ms, admission.context, cfg.max_queue)
+    if getattr(lm, "kind", None) == "vllm":
+        from .continuous import ContinuousBatcher
+
+        batcher: Any = ContinuousBatcher(lm, cfg.max_batch, cfg.max_queue)
+        device, dtype = "vllm", str(lm.llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    else:
+        batcher = Batcher(lm, cfg.max_batch, cfg.batch_window_ms, admission.context, cfg.max_queue)
+        device, dtype = str(lm.device), str(lm.dtype).removeprefix("torch.")
     server = ServerState(lm, cfg, vectors, admission, batcher, Responder(lm.name, batcher), int(time.time()))
 
     @contextlib.asynccontextmanager
@@ -140,8 +150,8 @@ def create_app(
                     "n_layers": lm.n_layers,
                     "d_model": lm.d_model,
                     "max_context": admission.context,
-                    "device": str(lm.device),
-                    "dtype": str(lm.dtype).removeprefix("torch."),
+                    "device": device,
+                    "dtype": dtype,
                 }
             ],
         }

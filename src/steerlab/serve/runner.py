@@ -35,7 +35,7 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(
-    lm: LoadedModel,
+    lm: LoadedModel | Any,
     vectors_dir: Path | None = None,
     *,
     config: ServeConfig | None = None,

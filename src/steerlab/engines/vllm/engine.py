@@ -272,6 +272,16 @@ class VllmEngine(Engine):
                 "not call the model through the path steerlab wraps); refusing to run unsteered"
             )
 
+    @property
+    def lora_request(self) -> Any:
+        """The vLLM ``LoRARequest`` every request of this engine (view) carries, or None for the base."""
+        return self._lora
+
+    @property
+    def max_context(self) -> int:
+        """The longest sequence (prompt + generated tokens) the engine takes: vLLM's ``max_model_len``."""
+        return int(self.llm.llm_engine.model_config.max_model_len)
+
     def fingerprint(self) -> dict[str, Any]:
         """The engine, its vLLM version and parallel sizes (stage hashes; results differ by float rounding)."""
         return {
@@ -355,6 +365,32 @@ class VllmEngine(Engine):
         end there, where the ``hf`` engine keeps generating and only cuts the text)."""
         specs = check_generation_args(prompts, steering, max_new_tokens, temperature, top_p)
         encoded = encode_prompts(self.tokenizer, prompts, system, chat)
+        requests, params = self.generation_requests(
+            encoded, specs, reference_norms, max_tokens=max_new_tokens, min_tokens=min_new_tokens,
+            temperature=temperature, top_p=top_p, seed=seed, stop=stop, logprobs=top_logprobs,
+        )  # fmt: skip
+        outputs = self._run(requests, params, description)
+        return [self._generation(out, len(ids), stop, top_logprobs) for out, ids in zip(outputs, encoded, strict=True)]
+
+    def generation_requests(
+        self,
+        encoded: Sequence[Sequence[int]],
+        specs: Sequence[SteeringSpec],
+        reference_norms: torch.Tensor | None = None,
+        *,
+        max_tokens: int,
+        min_tokens: int = 0,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        logprobs: int | None = None,
+    ) -> tuple[list[dict[str, Any]], list[Any]]:
+        """vLLM prompts and ``SamplingParams`` for generating after each token sequence of ``encoded``
+        under ``specs`` (per-row coefficients and ``rows`` over ``encoded``): the steering of every row
+        resolved and checked here (SteerlabError before anything is sent), its vectors registered, its
+        cache salt set. Row i samples with seed ``seed + i``. Used by :meth:`generate` and by
+        ``steerlab serve --engine vllm``, which adds the requests to the running engine itself."""
         rows = self._rows(specs, len(encoded), reference_norms)
         requests, params = [], []
         for i, (ids, items) in enumerate(zip(encoded, rows, strict=True)):
@@ -362,19 +398,18 @@ class VllmEngine(Engine):
             params.append(
                 self._params(
                     {"steer": items} if items else None,
-                    max_tokens=max_new_tokens,
-                    min_tokens=min_new_tokens,
+                    max_tokens=max_tokens,
+                    min_tokens=min_tokens,
                     temperature=temperature,
                     top_p=top_p if temperature > 0 else 1.0,
                     seed=None if seed is None else seed + i,
                     stop=list(stop) or None,
                     stop_token_ids=self.eos_ids,
-                    logprobs=top_logprobs,
+                    logprobs=logprobs,
                     skip_special_tokens=True,
                 )
             )
-        outputs = self._run(requests, params, description)
-        return [self._generation(out, len(ids), stop, top_logprobs) for out, ids in zip(outputs, encoded, strict=True)]
+        return requests, params
 
     def _generation(self, output: Any, n_prompt: int, stop: Sequence[str], k: int | None) -> Generation:
         completion = output.outputs[0]
