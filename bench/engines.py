@@ -89,7 +89,8 @@ def main() -> None:
     for name, engine in (("hf", hf), ("vllm", vllm)):
         plain_rows, plain_specs = sweep_rows(questions, coeffs, vector, [], args.layer)
         all_rows, all_specs = sweep_rows(questions, coeffs, vector, controls, args.layer)
-        timed(engine, plain_rows[:8], steering=[s.select_rows(range(8), len(plain_rows)) for s in plain_specs],
+        warm = min(8, len(plain_rows))
+        timed(engine, plain_rows[:warm], steering=[s.select_rows(range(warm), len(plain_rows)) for s in plain_specs],
               max_new_tokens=4)  # fmt: skip
         no_controls = timed(engine, plain_rows, steering=plain_specs, **fixed)
         with_controls = timed(engine, all_rows, steering=all_specs, **fixed)

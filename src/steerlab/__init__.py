@@ -53,6 +53,11 @@ _FACE: dict[str, str] = {
     "cap_threshold": "steering.calibration",
     "mean_residual_norms": "steering.calibration",
     "bake_direction": "steering.bake",
+    # engines
+    "Engine": "engines.base",
+    "EngineConfig": "engines.base",
+    "HfEngine": "engines.hf",
+    "make_engine": "engines.factory",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",
