@@ -72,6 +72,21 @@ def test_condition_json_gates_generate(tiny_dir, files):
     assert [r["condition_met"] for r in auto] == met and auto[0]["condition_accuracy"] == doc["accuracy"]
 
 
+def test_sweep_takes_the_condition_flags(tiny_dir, files, tmp_path):
+    out = tmp_path / "sweep"
+    result = invoke(
+        "sweep", "-m", tiny_dir, "-v", files / "v.safetensors", "-l", "1", "-c", "2", "-n", "2",
+        "-q", files / "prompts.txt", "--controls", "0", "-o", out, "--condition", files / "cond.json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    gated = _generate(tiny_dir, files, "--condition", files / "cond.json")
+    assert [r["condition_met"] for r in rows] == [r["condition_met"] for r in gated]
+    meta = json.loads((out / "sweep.json").read_text())
+    assert meta["config"]["condition"]["threshold"] == json.loads((files / "cond.json").read_text())["threshold"]
+    assert meta["config"]["condition_layer"] == meta["config"]["condition"]["layer"]
+
+
 def test_bad_condition_flags_fail_with_one_line(tiny_dir, files, tmp_path):
     doc = json.loads((files / "cond.json").read_text())
     base = ["generate", "-m", tiny_dir, "-v", files / "v.safetensors", "-l", "1", "-n", "2", "hello"]

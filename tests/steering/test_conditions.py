@@ -219,6 +219,8 @@ def test_bad_conditions_fail_with_one_clear_error(tiny_llama, vec):
         generate_batch(tiny_llama, ["yes"], steering=SteeringSpec(vec, 1, condition=Condition(torch.zeros(d), 1, 0.0)))
     with pytest.raises(SteerlabError, match=r"must be in \[-1, 1\]"):
         Condition(torch.ones(d), 1, 1.5)
+    with pytest.raises(SteerlabError, match="auto is fitted on example prompts"):
+        Condition(torch.ones(d), 1, "auto")
     with pytest.raises(SteerlabError, match="outside the similarities observed"):
         Condition(torch.ones(d), 1, 0.5, observed=(-0.1, 0.2))
     with pytest.raises(SteerlabError, match="condition comparator"):

@@ -126,7 +126,7 @@ class ConditionFlags:
             vector, layer, reduction = source.vector, source.layer, source.reduction
         else:
             vector, layer, reduction = source, int(self.layer), "prompt_avg"  # type: ignore[arg-type]
-        record: dict[str, Any] = {"condition": str(self.path)}
+        record: dict[str, Any] = {"condition_file": str(self.path)}
         if self._examples is not None:
             threshold = "auto" if self.threshold is None else self.threshold.strip().lower()
             comparator = self.comparator

@@ -169,6 +169,11 @@ def check_threshold(
 ) -> float:
     """θ as a float: finite, in [-1, 1] (a cosine) and, when ``observed`` = (min, max) of the
     calibration similarities is known, within it. Raises SteerlabError naming ``flag`` otherwise."""
+    if isinstance(threshold, str) and threshold.strip().lower() == "auto":
+        raise SteerlabError(
+            f"{flag} auto is fitted on example prompts: steerlab.calibrate_condition (CLI: steerlab condition, or "
+            "--condition-positive/--condition-negative)"
+        )
     try:
         value = float(threshold)
     except (TypeError, ValueError):
