@@ -30,6 +30,7 @@ _FACE: dict[str, str] = {
     "builtin_pairs_path": "formats.pairs",
     "pairs_to_chat": "formats.conversations",
     "generic_prompts": "formats.prompts",
+    "condition_examples": "formats.condition_examples",
     "Trait": "formats.traits",
     "list_traits": "formats.traits",
     "load_trait": "formats.traits",
@@ -58,6 +59,9 @@ _FACE: dict[str, str] = {
     "EngineConfig": "engines.base",
     "HfEngine": "engines.hf",
     "make_engine": "engines.factory",
+    "Condition": "steering.conditions",
+    "calibrate_condition": "steering.condition_threshold",
+    "load_condition": "steering.condition_threshold",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
     "FinetuneResult": "finetune.training",
@@ -70,6 +74,7 @@ _FACE: dict[str, str] = {
     # extraction
     "MeanDifference": "extract.mean_difference",
     "extract_contrastive": "extract.contrastive",
+    "extract_condition_vector": "extract.condition",
     "extract_model_diff": "extract.model_diff",
     "extract_model_diffs": "extract.model_diff",
     "pair_diff_samples": "extract.model_diff",

@@ -175,6 +175,37 @@ def test_a_mixed_batch_equals_each_row_run_alone(vllm_llama):
         torch.testing.assert_close(torch.tensor(alone.logprobs), torch.tensor(batch[i].logprobs), atol=1e-5, rtol=0)
 
 
+def test_a_cast_condition_gates_rows_as_on_the_hf_engine(vllm_llama, hf_llama):
+    """The gate is decided host-side from the workers' prompt activations: the hf engine's similarities;
+    gated rows equal vLLM's plain steering, the others its unsteered generation; margins as on hf."""
+    from steerlab.steering.conditions import Condition, condition_similarities, gate_samples
+
+    probe = Condition(_vector(9), LAYER, 0.0)
+    sims = condition_similarities(vllm_llama, [probe], gate_samples(QUESTIONS))[0]
+    torch.testing.assert_close(
+        sims, condition_similarities(hf_llama, [probe], gate_samples(QUESTIONS))[0], atol=1e-5, rtol=0
+    )
+    ordered = sims.sort().values
+    cond = Condition(probe.vector, LAYER, float(ordered[2] + ordered[3]) / 2)  # between two prompts, far from both
+    met = cond.passes(sims).tolist()
+    spec = SteeringSpec(_vector(1), LAYER, 3.0)
+    plain = vllm_llama.generate(QUESTIONS, steering=[spec], max_new_tokens=8)
+    unsteered = vllm_llama.generate(QUESTIONS, max_new_tokens=8)
+    gated = vllm_llama.generate(
+        QUESTIONS, steering=[SteeringSpec(_vector(1), LAYER, 3.0, condition=cond)], max_new_tokens=8
+    )
+    for passed, p, u, g in zip(met, plain, unsteered, gated, strict=True):
+        assert g.token_ids == (p.token_ids if passed else u.token_ids)
+    samples = [ChatSample(q, "yes it is the answer you wanted") for q in QUESTIONS]
+    conditional = [SteeringSpec(_vector(6), LAYER, 2.0, positions="response", condition=cond)]
+    torch.testing.assert_close(
+        vllm_llama.response_logprobs(samples, conditional),
+        hf_llama.response_logprobs(samples, conditional),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
 def test_steered_requests_never_share_cache_blocks_with_unsteered_ones(vllm_llama):
     prompt = [QUESTIONS[5]]
     baseline = vllm_llama.generate(prompt, max_new_tokens=8)[0]

@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "extract": (("vectors",), "Extract steering vectors."),
     "generate": (("steer",), "Generate (optionally steered) completions, batched."),
     "sweep": (("steer",), "Generate every (layer, coefficient, question) cell, coefficients packed per batch."),
+    "condition": (
+        ("condition",),
+        "Calibrate a CAST condition: the layer, threshold and comparator that best separate prompts to steer.",
+    ),
     "persona": (("persona",), "Persona vectors (Chen et al. 2025): prompted personas, judged, filtered, extracted."),
     "traits": (("traits",), "Built-in traits (persona-vectors schema): list them, show one."),
     "monitor": (("monitor",), "Project activations on a vector: (a·v)/‖v‖ per sample, layer and reduction."),

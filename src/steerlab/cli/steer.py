@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import typer
@@ -18,9 +19,19 @@ from ..judge import make_judge
 from ..pipelines.sweep import SweepConfig, run_sweep
 from ..progress import console
 from ..report.html import build_report
+from ..steering.conditions import condition_similarities, gate_samples
 from ..steering.generation import expand_grid
 from ..vectors.vector import SteeringVector
 from .app import app
+from .condition_flags import (
+    ConditionComparatorOpt,
+    ConditionFlags,
+    ConditionLayerOpt,
+    ConditionNegativeOpt,
+    ConditionOpt,
+    ConditionPositiveOpt,
+    ConditionThresholdOpt,
+)
 from .options import (
     AdapterOpt,
     DeviceOpt,
@@ -70,6 +81,12 @@ def generate(
     cap_percentile: float = cap_percentile_option(),
     cap_floor_percentile: float = cap_floor_percentile_option(),
     reference_prompts: Path = reference_prompts_option(),
+    condition: Path = ConditionOpt,
+    condition_layer: int = ConditionLayerOpt,
+    condition_threshold: str = ConditionThresholdOpt,
+    condition_comparator: str = ConditionComparatorOpt,
+    condition_positive: Path = ConditionPositiveOpt,
+    condition_negative: Path = ConditionNegativeOpt,
     prompts_file: Path = typer.Option(
         None, "--prompts-file", help=".txt (one per line), .jsonl (question/prompt/messages) or .json list."
     ),
@@ -96,6 +113,8 @@ def generate(
     With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
     --operator cap clamps h·v̂ at each steered layer to --cap-ceiling/--cap-floor, or to a percentile
     of h·v̂ measured on --reference-prompts (default: these prompts): --cap-percentile 90.
+    --condition (CAST) steers only the prompts whose similarity with a condition direction passes a
+    threshold (see steerlab condition); rows record condition_met and condition_similarity.
     """
     if out is not None:
         check_out(out, ".jsonl")
@@ -118,6 +137,9 @@ def generate(
     if vector is None and (steering_only or coeff != "1.0" or operator != "add" or scale != "raw"):
         raise SteerlabError(f"{'/'.join(steering_only) or '--coeff/--operator/--scale'}: steering flags need --vector")
     check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
+    gate = ConditionFlags(
+        condition, condition_layer, condition_threshold, condition_comparator, condition_positive, condition_negative
+    ).check(vector is not None)
     if vector is not None and layer is None:
         raise SteerlabError("--vector needs --layer (e.g. --layer 12, 10-15 or all)")
     rows, row_coeffs = expand_grid(items, coeffs) if vector is not None else (items, [0.0] * len(items))
@@ -139,9 +161,9 @@ def generate(
         reference = load_prompts(reference_prompts) if reference_prompts else items
     config = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     with make_engine(config, model, device=device, dtype=dtype, adapter=adapter) as lm:
-        gens, cap_settings = _generate_rows(
+        gens, cap_settings, gated = _generate_rows(
             lm, rows, spec, reference, scale, operator, cap_percentile,
-            cap_floor_percentile, system, max_new_tokens, temperature, top_p, seed, batch_size,
+            cap_floor_percentile, system, max_new_tokens, temperature, top_p, seed, batch_size, gate,
         )  # fmt: skip
     settings = {
         "model": model,
@@ -152,6 +174,7 @@ def generate(
         "operator": operator,
         "scale": scale,
         **cap_settings,
+        **gated.pop("record", {}),
         "reference_prompts": str(reference_prompts) if reference_prompts else None,
         "system": system,
         "max_new_tokens": max_new_tokens,
@@ -159,21 +182,29 @@ def generate(
         "top_p": top_p,
         "seed": seed,
     }
-    _print_generations(rows, row_coeffs, gens, vector, layer, settings, out)
+    _print_generations(rows, row_coeffs, gens, vector, layer, settings, out, gated)
 
 
 def _generate_rows(
     lm, rows, spec, reference, scale, operator, cap_percentile, cap_floor_percentile, system,
-    max_new_tokens, temperature, top_p, seed, batch_size,
+    max_new_tokens, temperature, top_p, seed, batch_size, gate=None,
 ):  # fmt: skip
-    """Resolve the steering on the engine (checked before any generation) and generate every row."""
-    specs, reference_norms, cap_settings = [], None, {}
+    """Resolve the steering on the engine (checked before any generation) and generate every row. With a
+    CAST gate the condition is built and decided per prompt here, once: the spec acts on the rows that
+    pass; returns the per-row gate (``met``, ``similarity``) and what to record of the condition."""
+    specs, reference_norms, cap_settings, gated = [], None, {}, {}
     if spec is not None:
         spec.layer_vectors(lm)  # layers and shapes checked before any forward pass
         if scale == "relative":
             reference_norms = lm.mean_residual_norms(reference)
         spec = spec.calibrated(lm, reference)
         spec.interventions(lm, reference_norms)  # validate operators before any work
+        if gate is not None:
+            condition, record = gate.build(lm, system, batch_size or 16)
+            sims = condition_similarities(lm, [condition], gate_samples(rows, system), batch_size or 16)[0]
+            met = condition.passes(sims)
+            spec = replace(spec, rows=met)  # what resolve_conditions does, kept here for the records
+            gated = {"met": met.tolist(), "similarity": sims.tolist(), "record": record}
         specs = [spec]
         if operator == "cap":
             cap_settings = {
@@ -193,11 +224,12 @@ def _generate_rows(
         batch_size=batch_size,
         reference_norms=reference_norms,
     )
-    return gens, cap_settings
+    return gens, cap_settings, gated
 
 
-def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out) -> None:
+def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out, gated=None) -> None:
     """Write the generation records (``--out``) and print them as a table."""
+    gated = gated or {}
     records = [
         GenerationRecord(
             prompt_text(p),
@@ -206,9 +238,12 @@ def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out) -> 
             layer=layer,
             n_new_tokens=g.n_new_tokens,
             finish_reason=g.finish_reason,
-            extra=settings,
+            extra={
+                **settings,
+                **({"condition_met": gated["met"][i], "condition_similarity": gated["similarity"][i]} if gated else {}),
+            },
         ).to_json()
-        for p, c, g in zip(rows, row_coeffs, gens, strict=True)
+        for i, (p, c, g) in enumerate(zip(rows, row_coeffs, gens, strict=True))
     ]
     if out is not None:
         write_jsonl(out, records)
@@ -216,10 +251,13 @@ def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out) -> 
     table = Table(show_lines=True)
     if vector is not None:
         table.add_column("coeff", justify="right")
+    if gated:
+        table.add_column("gate (sim)", justify="right")
     table.add_column("question", max_width=40)
     table.add_column("completion")
     for r in records:
-        table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), r["question"], r["text"])
+        gate_cell = [f"{'steer' if r['condition_met'] else 'off'} ({r['condition_similarity']:.4f})"] if gated else []
+        table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), *gate_cell, r["question"], r["text"])
     console.print(table)
 
 
@@ -261,6 +299,12 @@ def sweep(
     cap_percentile: float = cap_percentile_option(),
     cap_floor_percentile: float = cap_floor_percentile_option(),
     reference_prompts: Path = reference_prompts_option(),
+    condition: Path = ConditionOpt,
+    condition_layer: int = ConditionLayerOpt,
+    condition_threshold: str = ConditionThresholdOpt,
+    condition_comparator: str = ConditionComparatorOpt,
+    condition_positive: Path = ConditionPositiveOpt,
+    condition_negative: Path = ConditionNegativeOpt,
     system: str = typer.Option(None, "--system", "-s"),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", min=1),
     temperature: float = typer.Option(0.0, "--temperature", min=0.0),
@@ -286,6 +330,7 @@ def sweep(
 
     Rerunning with the same --out resumes: finished layers are not generated again.
     --scale relative and --cap-percentile are measured on --reference-prompts (default: the questions).
+    --condition (CAST) steers only the questions (and pairs) that pass a condition, random controls alike.
     """
     coeff_values = parse_floats(coeffs, "--coeffs")
     check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
@@ -314,13 +359,18 @@ def sweep(
     qs = load_prompts(questions) if questions is not None else list(trait_def.questions)
     pair_rows = load_pairs(pairs, split=pairs_split) if pairs else None
     reference = load_prompts(reference_prompts) if reference_prompts else qs
+    gate = ConditionFlags(
+        condition, condition_layer, condition_threshold, condition_comparator, condition_positive, condition_negative
+    ).check(True)
     vec = SteeringVector.load(vector)
     scorer = make_judge(judge, base_url=judge_base_url) if judge else None
     config_engine = engine_config(
         engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len
     )
     with make_engine(config_engine, model, device=device, dtype=dtype, adapter=adapter) as lm:
-        result = _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, {
+        gated, record = gate.build(lm, system, batch_size or 16) if gate is not None else (None, {})
+        result = _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, gated, {
+            **record,
             "vector_path": str(vector),
             "questions": str(questions),
             "pairs": str(pairs) if pairs else None,
@@ -332,7 +382,7 @@ def sweep(
     _print_sweep(result, out, trait)
 
 
-def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, extra):
+def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, condition, extra):
     """run_sweep on the engine, with reference norms for scale relative measured on it."""
     reference_norms = lm.mean_residual_norms(reference) if scale == "relative" else None
     return run_sweep(
@@ -347,6 +397,7 @@ def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, tr
         extra_config=extra,
         judge=scorer,
         eval_prompt=trait_def.eval_prompt if trait_def else None,
+        condition=condition,
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from ..extract.condition import extract_condition_vector
 from ..extract.contrastive import extract_contrastive
 from ..formats.pairs import load_pairs
 from ..model.loading import load_model
@@ -57,6 +58,39 @@ def contrastive(
         f"wrote {out}: {vector.n_layers} layers x {vector.d_model}, {len(rows)} pairs, "
         f"largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})"
     )
+
+
+@extract_app.command("condition")
+def condition_vector(
+    model: str = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="Output condition vector, .safetensors."),
+    examples: str = typer.Option(
+        None, "--examples", help="Built-in condition examples (cooking; its train lines are used)."
+    ),
+    positive: Path = typer.Option(None, "--positive", help="Prompts that should pass the gate (.txt, .jsonl, .json)."),
+    negative: Path = typer.Option(None, "--negative", help="Prompts that should not pass (.txt, .jsonl, .json)."),
+    reduction: str = typer.Option("prompt_avg", "--reduction", "-r", help="prompt_avg | prompt_last."),
+    system: str = typer.Option(None, "--system", "-s", help="System prompt the prompts are rendered with."),
+    batch_size: int = BatchOpt,
+    device: str = DeviceOpt,
+    dtype: str = DtypeOpt,
+    adapter: str = AdapterOpt,
+) -> None:
+    """Condition vector (CAST) per layer = mean prompt activation of the positives - of the negatives.
+
+    Layer L of the vector is for the output of block L; calibrate its gate with steerlab condition. Example:
+
+        steerlab extract condition -m smollm2 --examples cooking -o cooking.safetensors
+    """
+    from .condition import examples_from_flags
+
+    check_out(out, ".safetensors")
+    (pos, neg), _, source = examples_from_flags(examples, positive, negative)
+    lm = load_model(model, device=device, dtype=dtype, adapter=adapter)
+    vector = extract_condition_vector(lm, pos, neg, reduction=reduction, system=system, batch_size=batch_size)
+    vector.metadata["config"] = {"examples": source, "reduction": reduction, "system": system}
+    vector.save(out)
+    console.print(f"wrote {out}: {vector.n_layers} layers x {vector.d_model}, {len(pos)} + {len(neg)} prompts")
 
 
 @export_app.command("gguf")

@@ -138,7 +138,9 @@ class Engine(ABC):
         random controls are rows of one call; ``temperature`` 0 is greedy; ``top_logprobs`` k adds
         each generated token's log-probability and the k most likely tokens (nats); ``stop`` strings
         cut the text; ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``;
-        ``batch_size`` bounds rows per forward where the engine batches itself.
+        ``batch_size`` bounds rows per forward where the engine batches itself. A spec with a
+        ``condition`` (CAST) acts only on the prompts that pass it, decided once per prompt from
+        :meth:`prompt_activations` before any steering (:func:`steerlab.steering.conditions.resolve_conditions`).
 
         Raises SteerlabError before any generation for no prompts, bad sampling settings, per-row
         values whose count is not ``len(prompts)``, or steering that does not fit the model.
@@ -157,7 +159,8 @@ class Engine(ABC):
         float64, nats/token.
 
         With ``row_coeffs`` (one per sample) every spec uses that sample's coefficient; a spec's own
-        per-row coefficients and ``rows`` are honoured, so conditions are rows of one stream. Steering
+        per-row coefficients and ``rows`` are honoured, so conditions are rows of one stream; a spec's
+        ``condition`` (CAST) gates it on each sample's prompt (without the response). Steering
         acts where generation would: ``response`` positions are the last prompt token and every
         response token, ``prompt`` the prompt tokens. Raises SteerlabError for no samples, an empty
         prompt or response, or steering that does not fit the model.

@@ -23,6 +23,7 @@ from ..model.adapters import attached_adapter
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.calibration import layer_projections, mean_residual_norms
+from ..steering.conditions import gate_samples, resolve_conditions
 from ..steering.generation import Generation, generate_batch
 from ..steering.scoring import response_logprobs
 from ..steering.steerer import SteeringSpec
@@ -46,8 +47,14 @@ class HfEngine(Engine):
         return self._base_pass() if self._base_pass is not None else contextlib.nullcontext()
 
     def generate(self, prompts: Sequence[Prompt], **kwargs: Any) -> list[Generation]:
-        """See :meth:`Engine.generate`; runs :func:`~steerlab.steering.generation.generate_batch`."""
+        """See :meth:`Engine.generate`; runs :func:`~steerlab.steering.generation.generate_batch` after
+        deciding conditional specs' gates from :meth:`prompt_activations`."""
+        steering = kwargs.get("steering", ())
+        specs = [steering] if isinstance(steering, SteeringSpec) else list(steering)
         with self._context():
+            if any(s.condition is not None for s in specs):
+                samples = gate_samples(prompts, kwargs.get("system"), kwargs.get("chat", True))
+                kwargs["steering"] = resolve_conditions(self, specs, samples, kwargs.get("batch_size") or 16)
             return generate_batch(self.lm, prompts, **kwargs)
 
     def response_logprobs(
@@ -58,8 +65,11 @@ class HfEngine(Engine):
         batch_size: int = 16,
         reference_norms: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """See :meth:`Engine.response_logprobs`; runs :func:`~steerlab.steering.scoring.response_logprobs`."""
+        """See :meth:`Engine.response_logprobs`; runs :func:`~steerlab.steering.scoring.response_logprobs`
+        after deciding conditional specs' gates from :meth:`prompt_activations`."""
         with self._context():
+            if any(s.condition is not None for s in steering):
+                steering = resolve_conditions(self, steering, gate_samples(samples), batch_size)
             return response_logprobs(self.lm, samples, steering, row_coeffs, batch_size, reference_norms)
 
     def mean_residual_norms(self, prompts: Sequence[Prompt | ChatSample], batch_size: int = 16) -> torch.Tensor:

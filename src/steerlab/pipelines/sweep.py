@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..activations.samples import pair_samples
 from ..engines.base import Engine
 from ..engines.hf import as_engine
 from ..evaluate.controls import control_summary, random_directions
@@ -42,6 +43,7 @@ from ..io.tables import cell_value, read_csv, write_csv
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
+from ..steering.conditions import Condition, condition_similarities, gate_samples
 from ..steering.generation import expand_grid
 from ..steering.operators import check_cap_options
 from ..steering.steerer import SteeringSpec, parse_layers
@@ -115,6 +117,7 @@ def run_sweep(
     reference_norms: torch.Tensor | None = None,
     reference_prompts: Sequence[Prompt] | None = None,
     extra_config: dict[str, Any] | None = None,
+    condition: Condition | None = None,
 ) -> SweepResult:
     """Run (or resume) a sweep into ``out_dir``; see the module docstring for the files.
 
@@ -131,11 +134,18 @@ def run_sweep(
             (default: ``questions``). With ``operator="cap"`` every generation row records the
             thresholds used at its layer (``cap_ceiling``, ``cap_floor``), and ``sweep.json`` all of them.
         extra_config: recorded in ``sweep.json`` (e.g. the CLI's file paths).
+        condition: a CAST condition (:mod:`steerlab.steering.conditions`): the vector and its random
+            controls steer only the questions (and, for margins, the pairs' questions) that pass it,
+            decided once per prompt; generation rows record ``condition_met`` and
+            ``condition_similarity``, margin rows ``n_pairs_steered``, ``sweep.json`` the condition.
 
     Raises:
-        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale/cap options.
+        SteerlabError: bad layer spec, vector/model mismatch, bad operator/positions/scale/cap options, a
+            condition that does not fit the model.
     """
     lm = as_engine(lm)
+    if condition is not None:
+        condition.direction(lm)  # checked before any work
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
     uncalibrated = SteeringSpec(
@@ -173,6 +183,8 @@ def run_sweep(
             layer: {"cap_ceiling": _at(base.ceiling, layer), "cap_floor": _at(base.floor, layer)} for layer in layers
         }
     calibration = {"cap": {str(layer): t for layer, t in thresholds.items()}} if thresholds else {}
+    if condition is not None:  # only then, so that the hashes of unconditioned runs stay as they were
+        calibration["condition"] = condition.describe()
     if reference_norms is not None and config.scale == "relative":  # they may come from other prompts
         calibration["reference_norms"] = [round(float(reference_norms[layer]), 6) for layer in layers]
     vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
@@ -206,17 +218,39 @@ def run_sweep(
             own.calibrated(lm, reference, config.batch_size or 16) if percentile_cap else replace(base, vector=d)
         )
 
-    def spec(layer: int, coeff: Any, direction: SteeringVector = vector, rows: Any = None) -> SteeringSpec:
-        return replace(bases[id(direction)], layers=layer, coeff=coeff, rows=rows)
+    def spec(layer: int, coeff: Any, direction: SteeringVector = vector, rows: Any = None, gated: bool = False):
+        return replace(
+            bases[id(direction)], layers=layer, coeff=coeff, rows=rows, condition=condition if gated else None
+        )
+
+    # The gate of each question, decided once for the whole sweep (rows of a question share it).
+    gate: dict[str, Any] = {}
+    if condition is not None:
+        sims = condition_similarities(lm, [condition], gate_samples(questions, config.system), config.batch_size or 16)
+        gate = {"similarity": sims[0].tolist(), "met": condition.passes(sims[0]).tolist()}
+
+    def gate_of(question: int) -> dict[str, Any]:
+        return (
+            {"condition_met": gate["met"][question], "condition_similarity": gate["similarity"][question]}
+            if gate
+            else {}
+        )
 
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
         start = time.perf_counter()
         prompts, row_coeffs = expand_grid(questions, coeffs)
         n = len(prompts)
-        # The real vector and each random control are row blocks of the same batches.
+        met = [True] * n if not gate else [gate["met"][i % len(questions)] for i in range(n)]
+        total = n * (1 + len(controls))
+        # The real vector and each random control are row blocks of the same batches (gated rows only).
         specs = [
-            spec(layer, row_coeffs * (1 + len(controls)), d, list(range(k * n, (k + 1) * n)))
+            spec(
+                layer,
+                row_coeffs * (1 + len(controls)),
+                d,
+                torch.tensor([k * n <= i < (k + 1) * n and met[i % n] for i in range(total)]),
+            )
             for k, d in enumerate([vector, *controls])
         ]
         gens = lm.generate(
@@ -241,6 +275,7 @@ def run_sweep(
                 "n_new_tokens": g.n_new_tokens,
                 "finish_reason": g.finish_reason,
                 "control": None if i < n else i // n - 1,
+                **gate_of(i % len(questions)),
                 **settings,
                 **thresholds.get(layer, {}),
             }
@@ -292,7 +327,9 @@ def run_sweep(
         else:
             start = time.perf_counter()
             for layer in layers:
-                margins += _layer_margins(lm, pairs, layer, coeffs, [vector, *controls], spec, config, reference_norms)
+                margins += _layer_margins(
+                    lm, pairs, layer, coeffs, [vector, *controls], spec, config, reference_norms, condition
+                )
             timings["margin_s"] += time.perf_counter() - start
             write_csv(margin_stage.path, margins)
             margin_stage.mark_done()
@@ -325,11 +362,18 @@ def _layer_margins(
     spec: Any,
     config: SweepConfig,
     reference_norms: torch.Tensor | None,
+    condition: Condition | None = None,
 ) -> list[dict[str, Any]]:
     """Margins at one layer for the vector and its random controls (rows of one stream), with the
     unsteered margins: per coefficient the margin, its change from unsteered with a bootstrap
-    interval over pairs, the controls' band and p, and the steerable / anti-steerable fractions."""
-    conditions = [[]] + [[spec(layer, 1.0, d)] for d in directions]
+    interval over pairs, the controls' band and p, and the steerable / anti-steerable fractions.
+    With a CAST ``condition`` every steered condition acts only on the pairs whose question passes it
+    (``n_pairs_steered``)."""
+    conditions = [[]] + [[spec(layer, 1.0, d, gated=condition is not None)] for d in directions]
+    steered = None
+    if condition is not None:
+        sims = condition_similarities(lm, [condition], gate_samples(pair_samples(pairs)[0]), config.batch_size or 16)
+        steered = int(condition.passes(sims[0]).sum())  # pairs (question + system prompt) that pass
     unsteered, real, *null = condition_margins(lm, pairs, conditions, coeffs, config.batch_size or 16, reference_norms)
     rows = []
     for i, c in enumerate(coeffs):
@@ -342,6 +386,7 @@ def _layer_margins(
             "std": real.std[i],
             "n_pairs": len(pairs),
             "delta": float(delta.mean()),
+            **({"n_pairs_steered": steered} if steered is not None else {}),
         }
         lo, hi = bootstrap_ci(delta, config.n_bootstrap, config.seed) if len(pairs) > 1 else (None, None)
         row.update(delta_ci95_lo=lo, delta_ci95_hi=hi)

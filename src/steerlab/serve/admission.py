@@ -2,17 +2,21 @@
 model work. Checks run cheapest first: the server's size limits (``n``, ``max_tokens``, number of
 steering items, stop strings, rows), then the prompt (rendered with the chat template and tokenized on
 the event loop, with this object's own tokenizer copy) against ``max_prompt_tokens`` and the context,
-then the steering items (vectors loaded, layers parsed, shapes checked against the model)."""
+then the steering items (vectors loaded, layers parsed, shapes checked against the model) and their
+CAST conditions (condition vector, layer and width checked)."""
 
 from __future__ import annotations
 
 import asyncio
 import copy
+from dataclasses import replace
 from typing import Any
 
 from ..errors import SteerlabError
 from ..model.blocks import unwrap_model
 from ..model.chat import Prompt, render_prompt
+from ..model.layers import check_layer_index
+from ..steering.conditions import Condition
 from ..steering.steerer import parse_layers
 from .config import ServeConfig, flag
 from .jobs import Job, ResolvedItem
@@ -112,7 +116,8 @@ class Admission:
                     f"{where}: ceiling/floor apply to operator 'cap' only, not {item.operator!r}",
                     param=f"{where}.operator",
                 )
-            base = (item.vector, id(vector), layers, item.operator, item.positions, item.scale)
+            condition, condition_key = self._condition(item, where)
+            base = (item.vector, id(vector), layers, item.operator, item.positions, item.scale, condition_key)
             seen[base] = seen.get(base, -1) + 1
             resolved.append(
                 ResolvedItem(
@@ -125,13 +130,35 @@ class Admission:
                     item.scale,
                     item.ceiling,
                     item.floor,
+                    condition,
                 )
             )
             try:  # shapes, zero or NaN directions at these layers, ...
-                resolved[-1].spec().interventions(self.lm)
+                replace(resolved[-1].spec(), condition=None).interventions(self.lm)
             except SteerlabError as exc:
                 raise APIError(400, f"{where}: {exc}", param=where, code="invalid_steering") from None
         return resolved
+
+    def _condition(self, item: SteeringItem, where: str) -> tuple[Condition | None, tuple | None]:
+        """The item's CAST condition (vector loaded, layer, width and direction checked) and its batching
+        key, or (None, None). Raises APIError 404 for an unknown vector, 400 for one that does not fit."""
+        cond = item.condition
+        if cond is None:
+            return None, None
+        vector = self.vectors.get(cond.vector, f"{where}.condition.vector")
+        try:
+            check_layer_index(cond.layer, self.lm.n_layers, f"{where}.condition.layer", self.lm.name)
+        except SteerlabError as exc:
+            raise APIError(400, str(exc), param=f"{where}.condition.layer", code="invalid_layer") from None
+        try:
+            condition = Condition(vector, cond.layer, cond.threshold, cond.comparator, cond.reduction)
+            condition.direction(self.lm)  # width, layers held, zero or non-finite direction
+        except SteerlabError as exc:
+            raise APIError(
+                400, f"{where}.condition: {exc}", param=f"{where}.condition", code="invalid_condition"
+            ) from None
+        key = (cond.vector, id(vector), cond.layer, cond.threshold, condition.comparator, cond.reduction)
+        return condition, key
 
     @staticmethod
     def _stop(stop: str | list[str] | None) -> list[str]:

@@ -250,13 +250,16 @@ class Batcher:
             return [it.spec() for it in head.items]
         items: dict[tuple, ResolvedItem] = {}
         coeffs = {key: torch.zeros(n_rows) for key in order}
+        rows = {key: torch.zeros(n_rows, dtype=torch.bool) for key in order}
         start = 0
         for job in group:
             for it in job.items:
                 items.setdefault(it.key, it)
                 coeffs[it.key][start : start + job.n_rows] = it.coeff
+                rows[it.key][start : start + job.n_rows] = True
             start += job.n_rows
-        return [items[key].spec(coeffs[key]) for key in order]
+        # A conditional item acts on (and reads the prompts of) its own jobs' rows only.
+        return [items[key].spec(coeffs[key], rows[key] if items[key].condition else None) for key in order]
 
     def _run_group(self, group: list[Job], order: list[tuple]) -> None:
         rows: list[Row] = []

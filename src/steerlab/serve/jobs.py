@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..model.chat import Prompt
+from ..steering.conditions import Condition
 from ..steering.steerer import SteeringSpec
 from ..vectors.vector import SteeringVector
 from .protocol import APIError
@@ -28,7 +29,9 @@ LogprobEntry = tuple[str, float, list[tuple[str, float]]]
 @dataclass
 class ResolvedItem:
     """One steering item with its vector loaded and layers parsed. ``key`` identifies it for per-row
-    coefficient merging: (vector name, vector object id, layers, operator, positions, scale, repeat)."""
+    coefficient merging: (vector name, vector object id, layers, operator, positions, scale, condition,
+    repeat), the condition as (vector name, vector object id, layer, threshold, comparator, reduction)
+    or None."""
 
     key: tuple
     vector: SteeringVector
@@ -39,10 +42,12 @@ class ResolvedItem:
     scale: str
     ceiling: float | None
     floor: float | None
+    condition: Condition | None = None
 
-    def spec(self, coeff: float | torch.Tensor | None = None) -> SteeringSpec:
-        """The SteeringSpec, with ``coeff`` (a float, or a tensor ``[rows]`` of per-row coefficients)
-        in place of the item's own coefficient when given."""
+    def spec(self, coeff: float | torch.Tensor | None = None, rows: torch.Tensor | None = None) -> SteeringSpec:
+        """The SteeringSpec (with the item's condition), with ``coeff`` (a float, or a tensor ``[rows]``
+        of per-row coefficients) in place of the item's own coefficient when given, on ``rows`` (a bool
+        mask) when given."""
         return SteeringSpec(
             self.vector,
             list(self.layers),
@@ -52,6 +57,8 @@ class ResolvedItem:
             self.scale,
             self.ceiling,
             self.floor,
+            rows=rows,
+            condition=self.condition,
         )
 
 

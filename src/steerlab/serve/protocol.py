@@ -63,10 +63,26 @@ def validation_error(errors: list[dict[str, Any]]) -> APIError:
     return APIError(400, "; ".join(parts) or "invalid request body", param=param, code="invalid_request")
 
 
+class ConditionItem(BaseModel):
+    """A CAST condition on a steering item (:mod:`steerlab.steering.conditions`): the item steers a row
+    only when its prompt's condition similarity with the named vector's direction at ``layer`` passes
+    ``threshold`` (a cosine in [-1, 1]) by ``comparator`` (``>``: above it, ``<``: below it), read on
+    the ``reduction`` of the prompt's tokens. Calibrate the threshold with ``steerlab condition``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str = Field(min_length=1)
+    layer: int
+    threshold: float = Field(ge=-1.0, le=1.0, allow_inf_nan=False)
+    comparator: Literal[">", "<"] = ">"
+    reduction: Literal["prompt_avg", "prompt_last"] = "prompt_avg"
+
+
 class SteeringItem(BaseModel):
     """One intervention of a request: a named vector from the vectors directory at some layers
     (layer L = output of decoder block L), with ``operator``/``positions``/``scale`` as in
-    :class:`steerlab.steering.steerer.SteeringSpec`; ``ceiling``/``floor`` bound h·v̂ for ``cap``."""
+    :class:`steerlab.steering.steerer.SteeringSpec`; ``ceiling``/``floor`` bound h·v̂ for ``cap``;
+    ``condition`` (:class:`ConditionItem`) gates the item on each prompt (CAST)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -78,6 +94,7 @@ class SteeringItem(BaseModel):
     scale: Literal["raw", "unit"] = "raw"
     ceiling: float | None = Field(None, allow_inf_nan=False)
     floor: float | None = Field(None, allow_inf_nan=False)
+    condition: ConditionItem | None = None
 
 
 class StreamOptions(BaseModel):

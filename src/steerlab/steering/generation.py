@@ -23,6 +23,7 @@ from ..model.batching import collate
 from ..model.chat import Prompt, render_prompt
 from ..model.loading import LoadedModel
 from ..progress import progress_bar
+from .conditions import gate_samples, resolve_conditions
 from .steerer import SteeringSpec, steer
 
 
@@ -166,13 +167,16 @@ def generate_batch(
     batches of similar length (``batch_size``, default :func:`auto_batch_size`); a spec's per-row
     ``coeff``/``rows`` are given per prompt (``[len(prompts)]``), so a coefficient sweep is one call
     (see :func:`expand_grid`). ``temperature`` 0 is greedy; ``seed`` seeds sampling.
-    ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``.
+    ``reference_norms`` (``[n_layers]``) is needed for scale ``relative``. A spec with a ``condition``
+    steers only the prompts that pass it, decided once per prompt before generating
+    (:mod:`steerlab.steering.conditions`).
 
     Raises SteerlabError for no prompts, ``max_new_tokens < 1``, a negative temperature or ``top_p``
-    outside (0, 1], per-row coefficients whose count is not ``len(prompts)``, or steering that does
-    not fit the model.
+    outside (0, 1], per-row coefficients whose count is not ``len(prompts)``, or steering (or a
+    condition) that does not fit the model.
     """
     specs = check_generation_args(prompts, steering, max_new_tokens, temperature, top_p)
+    specs = resolve_conditions(lm, specs, gate_samples(prompts, system, chat), batch_size or 16)
     encoded = encode_prompts(lm.tokenizer, prompts, system, chat)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     if batch_size is None:

@@ -38,6 +38,7 @@ from ..model.prefix_cache import (
     skipped_blocks,
 )
 from ..progress import progress_bar
+from .conditions import gate_samples, resolve_conditions
 from .operators import row_mask
 from .steerer import SteeringSpec, steer
 
@@ -61,8 +62,10 @@ def response_logprobs(
     sequences, as does a steerlab hook already on the model (an outer steerer). Hooks of your own on
     the model's modules see the prompt pass and the continuations separately, and none on skipped
     blocks: pass ``share_prompts=False`` to keep whole forward passes. ``batch_size`` is rows per
-    forward pass (and distinct prompts per prompt pass). Raises SteerlabError for no samples, a
-    batch size below 1, an empty prompt or response, or steering that does not fit the model.
+    forward pass (and distinct prompts per prompt pass). A spec with a ``condition`` acts only on
+    samples whose prompt (without the response) passes it (:mod:`steerlab.steering.conditions`).
+    Raises SteerlabError for no samples, a batch size below 1, an empty prompt or response, or
+    steering (or a condition) that does not fit the model.
     """
     if not samples:
         raise SteerlabError("no samples given")
@@ -72,6 +75,7 @@ def response_logprobs(
         coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
         steering = [s.with_coeff(coeffs) for s in steering]
     encoded = encode_samples(lm, samples, need_response=True)
+    steering = resolve_conditions(lm, steering, gate_samples(samples), batch_size)
     # Not under another steerer: its hooks would see the prompt pass and the continuations apart.
     if (
         share_prompts

@@ -30,6 +30,7 @@ from ..model.hooks import HookGroup, install_output_hooks
 from ..model.layers import LayerSpec, parse_layers
 from ..model.loading import LoadedModel, wrap_model
 from ..vectors.vector import SteeringVector
+from .conditions import Condition
 from .operators import (
     Coeff,
     Intervention,
@@ -128,6 +129,10 @@ class SteeringSpec:
     - ``ceiling_percentile``/``floor_percentile``: ``cap`` thresholds as percentiles (0-100) of the
       projections h·v̂ on reference prompts at each layer; :meth:`calibrated` turns them into
       per-layer ``ceiling``/``floor`` values before the spec is applied.
+    - ``condition``: a :class:`~steerlab.steering.conditions.Condition` (CAST): the spec acts only on
+      rows whose prompt passes it, decided once per sequence from the unsteered prompt before any
+      steering (:func:`~steerlab.steering.conditions.resolve_conditions`, which generation, scoring
+      and every engine call); a passing row is steered exactly as without it, another is untouched.
 
     Raises SteerlabError at construction for inconsistent cap options (:func:`check_cap_options`) or
     non-finite thresholds; model-dependent checks happen in :meth:`interventions`.
@@ -148,9 +153,14 @@ class SteeringSpec:
     rows: Rows | None = None
     ceiling_percentile: float | None = None
     floor_percentile: float | None = None
+    condition: Condition | None = None
 
     def __post_init__(self) -> None:
         check_cap_options(self.operator, self.ceiling, self.floor, self.ceiling_percentile, self.floor_percentile)
+        if self.condition is not None and not isinstance(self.condition, Condition):
+            raise SteerlabError(
+                f"SteeringSpec condition: expected a steerlab Condition, got {type(self.condition).__name__}"
+            )
         self.ceiling = as_threshold(self.ceiling, "ceiling")
         self.floor = as_threshold(self.floor, "floor")
 
@@ -237,8 +247,14 @@ class SteeringSpec:
         ``relative``. Raises SteerlabError for layers out of range, a vector that does not fit ``lm``
         (d_model, layer count; for a partial vector, a layer it does not hold), cap percentiles not
         yet resolved by :meth:`calibrated`, a per-layer threshold missing a steered layer, or invalid
-        operator options.
+        operator options, or a condition not yet resolved per prompt.
         """
+        if self.condition is not None:
+            raise SteerlabError(
+                "a conditional spec is decided per prompt before steering: run it through generate_batch, "
+                "response_logprobs or an engine (or resolve it with steerlab.steering.conditions.resolve_conditions); "
+                "steer() cannot see the prompts"
+            )
         if self.ceiling_percentile is not None or self.floor_percentile is not None:
             raise SteerlabError(
                 "cap percentiles are measured on reference prompts: call spec.calibrated(lm, prompts) "

@@ -6,7 +6,9 @@ How a call runs:
 
 1. Prompts are rendered and tokenized host-side with the model's own tokenizer and chat template,
    exactly as the ``hf`` engine does, and reach vLLM as token ids.
-2. Steering specs are resolved on the model (:meth:`SteeringSpec.interventions`: layers, widths,
+2. Conditional specs (CAST) become ordinary specs on the rows whose prompt passes the gate, decided from
+   the workers' prompt activations (:func:`steerlab.steering.conditions.resolve_conditions`). Steering
+   specs are resolved on the model (:meth:`SteeringSpec.interventions`: layers, widths,
    scales, thresholds — every error before any request is sent); each direction is registered once
    per engine under the hash of its content; each row becomes one request whose steering travels as
    plain JSON in ``SamplingParams.extra_args`` (:mod:`steerlab.engines.vllm.protocol`).
@@ -43,6 +45,7 @@ from ...errors import SteerlabError
 from ...model.chat import Prompt
 from ...model.loading import load_tokenizer
 from ...progress import progress_bar
+from ...steering.conditions import gate_samples, resolve_conditions
 from ...steering.generation import (
     Generation,
     check_generation_args,
@@ -364,6 +367,7 @@ class VllmEngine(Engine):
         ``seed``, row i samples with seed ``seed + i``; a stop string ends the row early (its ``token_ids``
         end there, where the ``hf`` engine keeps generating and only cuts the text)."""
         specs = check_generation_args(prompts, steering, max_new_tokens, temperature, top_p)
+        specs = resolve_conditions(self, specs, gate_samples(prompts, system, chat))  # CAST gates, once per prompt
         encoded = encode_prompts(self.tokenizer, prompts, system, chat)
         requests, params = self.generation_requests(
             encoded, specs, reference_norms, max_tokens=max_new_tokens, min_tokens=min_new_tokens,
@@ -444,6 +448,7 @@ class VllmEngine(Engine):
             coeffs = torch.as_tensor(row_coeffs, dtype=torch.float32)
             steering = [s.with_coeff(coeffs) for s in steering]
         encoded = encode_samples(self, samples, need_response=True)
+        steering = resolve_conditions(self, steering, gate_samples(samples), batch_size)  # CAST gates
         rows = self._rows(list(steering), len(encoded), reference_norms, [e.prompt_len for e in encoded])
         requests = [self._salted(e.ids, items, e.prompt_len) for e, items in zip(encoded, rows, strict=True)]
         params = [
