@@ -4,14 +4,19 @@ Stages (each resumable; a rerun reuses finished artifacts):
 
 1. ``diff/``        contrastive vector from the built-in deception pairs; LoRA fine-tune on their
                     deceptive answers; model-diff vector; cosine per layer with the random baseline
-                    and split-half reliabilities; the steering study (see :mod:`steerlab.study`);
+                    and split-half reliabilities; the steering study (see :mod:`steerlab.pipelines.study`);
 2. ``monitor.json`` projections of held-out honest vs deceptive answers on the model-diff vector,
                     read by the base and by the fine-tuned model;
 3. ``traits/``      the seed's multi-trait persona study (evil, sycophantic, hallucinating by
                     default; :mod:`steerlab.pipelines.persona_traits`): per trait the effective pairs,
                     best layer and the margin per coefficient with intervals, random controls and
                     the prompting baseline; across traits the trait × trait cosine per layer;
-4. ``summary.json`` headline figures and a plain-language reading; ``report.html``.
+4. ``summary.json`` headline figures and a plain-language reading
+                    (:class:`~steerlab.pipelines.records.DemoSummary`); ``report.html``.
+
+:func:`run_demo` returns a :class:`DemoResult`. Every steering effect in the reading comes with its
+verdict (:func:`steerlab.evaluate.controls.control_verdict`), which says when the number of random
+controls cannot reach p = 0.05 (fewer than 19); ``--size full`` runs 19 by default.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..activations.capture import ChatSample
 from ..engines.base import Engine, EngineConfig
 from ..engines.factory import make_engine
 from ..errors import SteerlabError
+from ..evaluate.controls import min_controls
 from ..evaluate.monitor import project
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import builtin_pairs_path, load_pairs
@@ -34,13 +40,14 @@ from ..judge import make_judge
 from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
 from ..version import __version__
-from .artifacts import SUMMARY
+from .artifacts import MONITOR, SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
-from .diff_study import DiffStudyConfig, run_diff_study
+from .diff_study import DiffStudyConfig, DiffStudyResult, run_diff_study
 from .persona import PersonaConfig
 from .persona_traits import PersonaTraitsConfig, run_persona_traits
+from .records import DemoSummary, DirectionsDoc, MonitorDoc, PositionsDoc, StudyPrompting, StudyRow
 from .runs import RunDir
-from .study import StudyConfig, best_coherent
+from .study import StudyConfig, StudyResult, best_coherent
 
 
 @dataclass
@@ -94,12 +101,17 @@ SIZES = {
         [-4.0, 0.0, 4.0, 8.0],
         4,
     ),
-    # paper scale, for a GPU
+    # paper scale, for a GPU: enough random controls for a test at p = 0.05 (19)
     "full": DemoSize(
         388,
         96,
         3,
-        StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6, prompts=DECEPTION_PROMPTS),
+        StudyConfig(
+            coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+            n_samples=6,
+            prompts=DECEPTION_PROMPTS,
+            controls=min_controls(),
+        ),
         20,
         5,
         96,
@@ -111,6 +123,27 @@ SIZES = {
 }
 
 
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made: the run directory, ``summary`` (also ``summary.json``), the steering
+    study and the comparison of the two directions it reads from."""
+
+    run_dir: Path
+    summary: DemoSummary
+    study: StudyResult
+    comparison: DirectionsDoc
+
+    @property
+    def reading(self) -> list[str]:
+        """The plain-language reading of the headline numbers."""
+        return self.summary["reading"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage run now (stages reused from an earlier run are absent)."""
+        return self.summary["timings"]
+
+
 def run_demo(
     out_dir: str | Path = "out/demo",
     model: str = "smollm2",
@@ -120,13 +153,15 @@ def run_demo(
     judge_base_url: str | None = None,
     controls: int | None = None,
     engine: EngineConfig | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
+) -> DemoResult:
+    """Run (or resume) the demo into ``out_dir``; returns a :class:`DemoResult` (the summary is also
+    written to summary.json).
 
-    ``controls``: random same-norm directions per steering condition (default: the size's, 8;
-    0 turns them off). ``engine``: where generation and scoring run (default ``hf``; with ``vllm`` the
-    fine-tuned model's rows run as LoRA requests; the vectors, the monitor and the local judge stay on
-    transformers). Raises SteerlabError for an unknown size or a model/judge that cannot load.
+    ``controls``: random same-norm directions per steering condition (default: the size's, 8 for
+    ci/small and 19 for full, enough for p = 0.05; 0 turns them off). ``engine``: where generation and
+    scoring run (default ``hf``; with ``vllm`` the fine-tuned model's rows run as LoRA requests; the
+    vectors, the monitor and the local judge stay on transformers). Raises SteerlabError for an
+    unknown size or a model/judge that cannot load.
     """
     if size not in SIZES:
         raise SteerlabError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
@@ -142,12 +177,14 @@ def run_demo(
     lm = load_model(model)
     with make_engine(engine or EngineConfig(), model, lm, enable_lora=True) as runner:
         timings["load"] = time.perf_counter() - start
-        summary = _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings)
+        summary, diff = _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings)
     write_json(out / SUMMARY, summary)
-    return summary
+    return DemoResult(out, summary, diff.study, diff.comparison)
 
 
-def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings) -> dict[str, Any]:
+def _run(
+    lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings
+) -> tuple[DemoSummary, DiffStudyResult]:
     """The demo's stages on a loaded model (captures) and an engine (generation and scoring)."""
 
     path = builtin_pairs_path("deception")
@@ -164,11 +201,9 @@ def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timin
     )
     timings["diff_study"] = time.perf_counter() - start
     timings.update({f"diff.{k}": v for k, v in diff.timings.items()})
-    study = diff.study
-    best = study["best_layer"]
 
     start = time.perf_counter()
-    monitor = _monitor_stage(lm, out, diff, heldout, best)
+    monitor = _monitor_stage(lm, out, diff, heldout, diff.study.best_layer)
     timings["monitor"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -176,37 +211,37 @@ def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timin
     timings["traits"] = time.perf_counter() - start
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
     summary["engine"] = runner.kind
-    return summary
+    return summary, diff
 
 
-def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, best: int) -> dict[str, Any]:
-    stage = RunDir(out).stage(
-        "monitor", "monitor.json", {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
-    )
-    if stage.done():
-        return stage.load_json()
-    vector = SteeringVector.load(diff.vectors["model_diff"])
-    honest = [ChatSample(p.question, p.negative) for p in heldout]
-    deceptive = [ChatSample(p.question, p.positive) for p in heldout]
-    groups: dict[str, list[float]] = {}
+def _monitor_stage(lm: LoadedModel, out: Path, diff: DiffStudyResult, heldout, best: int) -> MonitorDoc:
+    """Projections of held-out honest vs deceptive answers on the model-diff vector at ``best``, read
+    by the base and by the fine-tuned model (``monitor.json``)."""
 
-    def add(label: str, model: LoadedModel) -> None:
-        for name, samples in (("honest", honest), ("deceptive", deceptive)):
-            values = project(model, samples, vector, [best], ["response_avg"])["response_avg"][:, 0]
-            groups[f"{name} answers · {label}"] = [float(v) for v in values]
+    def compute(_: Any) -> MonitorDoc:
+        vector = SteeringVector.load(diff.vectors["model_diff"])
+        honest = [ChatSample(p.question, p.negative) for p in heldout]
+        deceptive = [ChatSample(p.question, p.positive) for p in heldout]
+        groups: dict[str, list[float]] = {}
 
-    add("base", lm)
-    with attached_adapter(lm, diff.adapter) as tuned:
-        add("fine-tuned", tuned)
-    summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
-    doc = {
-        "title": f"held-out answers projected on the model-diff vector at layer {best}",
-        "layer": best,
-        "groups": groups,
-        "summary": summary,
-    }
-    stage.save_json(doc)
-    return doc
+        def add(label: str, model: LoadedModel) -> None:
+            for name, samples in (("honest", honest), ("deceptive", deceptive)):
+                values = project(model, samples, vector, [best], ["response_avg"])["response_avg"][:, 0]
+                groups[f"{name} answers · {label}"] = [float(v) for v in values]
+
+        add("base", lm)
+        with attached_adapter(lm, diff.adapter) as tuned:
+            add("fine-tuned", tuned)
+        summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
+        return {
+            "title": f"held-out answers projected on the model-diff vector at layer {best}",
+            "layer": best,
+            "groups": groups,
+            "summary": summary,
+        }
+
+    config = {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
+    return RunDir(out).cached("monitor", MONITOR, config, compute).value
 
 
 def _traits_stage(
@@ -248,18 +283,18 @@ def _traits_stage(
     }
 
 
-def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[str, Any]:
+def _summary(lm, model, judge, size, diff: DiffStudyResult, monitor, persona, timings) -> DemoSummary:
     study, comparison = diff.study, diff.comparison
-    ref, best = study["reference"], study["best_layer"]
+    ref, best = study.reference, study.best_layer
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    max_drop = study["config"]["max_fluency_drop"]
+    max_drop = study.max_fluency_drop
     best_rows = {}
     for vector in ("model_diff", "contrastive"):
         for model_name, key in (("finetuned", "undone"), ("base", "induced")):
-            for layers in (str(best), "all"):
+            for layers in (best, "all"):
                 row = best_coherent(
-                    study["rows"],
+                    study.rows,
                     key,
                     max_drop,
                     stage="sweep",
@@ -269,7 +304,6 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
                     layers=layers,
                 )
                 best_rows[f"{vector}|{model_name}|{layers}"] = row
-    gap = ref["finetuned"] - ref["base"]
     summary = {
         "steerlab_version": __version__,
         "model": model,
@@ -277,7 +311,7 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "size": size,
         "n_layers": lm.n_layers,
         "d_model": lm.d_model,
-        "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": gap},
+        "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": study.gap},
         "cosine_per_layer": cos,
         "best_layer": best,
         "cosine_at_best_layer": cos[best],
@@ -285,9 +319,10 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
         "best_steering": best_rows,
-        "steering_positions": study["config"].get("positions", "all"),
-        "prompting": study.get("prompting"),
-        "model_diff_vs_contrastive": [c for c in study.get("comparisons", []) if c["layers"] == str(best)],
+        "steering_positions": study.config.get("positions", "all"),
+        "controls": study.config.get("controls", 0),
+        "prompting": study.prompting,
+        "model_diff_vs_contrastive": [c for c in study.comparisons if c["layers"] == best],
         "model_diff_positions": _positions_summary(diff.positions, best),
         "monitor": monitor["summary"],
         "traits": persona["traits"],
@@ -297,10 +332,10 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["reading"] = reading(summary, max_drop)
-    return summary
+    return summary  # type: ignore[return-value]
 
 
-def _positions_summary(positions: dict[str, Any] | None, best: int) -> dict[str, Any] | None:
+def _positions_summary(positions: PositionsDoc | None, best: int) -> dict[str, Any] | None:
     """The position-resolved model diff at the best layer: cosine with the contrastive vector (and its
     interval) per token position, position 0 apart."""
     if not positions:
@@ -329,7 +364,7 @@ def _interval(ci: list[float | None] | None) -> str:
     return f"95% CI {ci[0]:.0%} to {ci[1]:.0%}"
 
 
-def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | None) -> str:
+def _effect_sentence(row: StudyRow, key: str, prompting: StudyPrompting | None) -> str:
     """How a steering row's effect compares with its interval, its random band and prompting."""
     delta = row.get("delta_ci95") or [None, None]
     change = (
@@ -340,9 +375,10 @@ def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | 
     parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))}{change})"]
     rnd = row.get("random")
     if rnd:
+        sided = "two-sided" if rnd.get("alternative", "greater") == "two-sided" else "one-sided"
         parts.append(
             f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
-            f"{_pct(rnd['hi'])}, p = {rnd['p']:.2g}) — {row['verdict']}"
+            f"{_pct(rnd['hi'])}, {sided} p = {rnd['p']:.2g}) — {row['verdict']}"
         )
     if row.get("steerable_fraction") is not None:
         parts.append(
@@ -362,7 +398,7 @@ STEERED_AT = {
 }
 
 
-def reading(s: dict[str, Any], max_drop: float) -> list[str]:
+def reading(s: DemoSummary, max_drop: float) -> list[str]:
     """A short plain-language reading of the headline numbers (no claims beyond them)."""
     m, best = s["margins"], s["best_layer"]
     band = s["random_baseline"]["band"]
