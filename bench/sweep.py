@@ -60,23 +60,25 @@ def timed(fn):
 
 
 def controls_cost(lm, vector, layer, questions, coeffs, pairs, n, repeats, judge=None, eval_prompt=None):
-    """Seconds of the default sweep (controls included) and of the same sweep with controls=0, each
-    the best of ``repeats`` alternated runs in fresh directories, and the default sweep's plan."""
+    """The default sweep (controls included) and the same sweep with controls=0, each the best of
+    ``repeats`` alternated runs in fresh directories: ``{name: {"total_s", "generation_s",
+    "margin_s", "judge_s"}}`` (each the best over runs), and the default sweep's plan."""
     from steerlab.pipelines.sweep import SweepConfig, run_sweep, sweep_plan
 
     default = SweepConfig(str(layer), coeffs, max_new_tokens=n)
     off = SweepConfig(str(layer), coeffs, max_new_tokens=n, controls=0)
-    runs: dict[str, list[float]] = {"default": [], "controls_0": []}
+    runs: dict[str, list[dict[str, float]]] = {"default": [], "controls_0": []}
     for _ in range(repeats):
         for name, config in (("default", default), ("controls_0", off)):
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                run_sweep(
+                result = run_sweep(
                     lm, vector, questions, Path(tmp) / "run", config, pairs=pairs, judge=judge, eval_prompt=eval_prompt
                 )
-                runs[name].append(time.perf_counter() - start)
+                runs[name].append({"total_s": time.perf_counter() - start, **result.timings})
+    best = {name: {k: min(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
     plan = sweep_plan(default, 1, len(questions), judge is not None, len(pairs or []))
-    return min(runs["default"]), min(runs["controls_0"]), plan
+    return best, plan
 
 
 def main() -> None:
@@ -116,25 +118,31 @@ def main() -> None:
         judge = make_judge(lm if args.judge == "local" else args.judge)
         eval_prompt = load_trait("deceptive").eval_prompt
     sweep_coeffs = [float(c) for c in args.sweep_coeffs.split(",")]
-    default_s, off_s, plan = controls_cost(
+    best, plan = controls_cost(
         lm, vector, args.layer, sweep_questions, sweep_coeffs, sweep_pairs, args.sweep_tokens, args.repeats,
         judge, eval_prompt,
     )  # fmt: skip
+    default_s, off_s = best["default"]["total_s"], best["controls_0"]["total_s"]
+    gen = best["default"]["generation_s"] / best["controls_0"]["generation_s"]
     result.update(
         controls_plan=plan.describe(),
-        default_sweep_s=default_s,
-        controls_0_sweep_s=off_s,
+        default_sweep=best["default"],
+        controls_0_sweep=best["controls_0"],
         default_vs_controls_0=default_s / off_s,
+        generation_default_vs_controls_0=gen,
     )
     print_controls = (
         f"{args.model}: sweep of {len(sweep_questions)} questions x {len(sweep_coeffs)} coefficients x "
         f"{args.sweep_tokens} tokens at layer {args.layer}"
         + (f", margins on {len(sweep_pairs)} pairs" if sweep_pairs else "")
         + (f", judged ({args.judge})" if judge else "")
-        + f"\n  {plan.describe()}"
-        + f"\n  default (8 controls)           {default_s:9.1f} s"
-        + f"\n  --controls 0                   {off_s:9.1f} s"
-        + f"\n  ratio default / --controls 0   {default_s / off_s:9.2f}x  (target <= 2)"
+        + f" (best of {args.repeats} alternated runs)\n  {plan.describe()}"
+        + "".join(
+            f"\n  {label:30} {best[k]['total_s']:7.1f} s (generation {best[k]['generation_s']:.1f} s, margins "
+            f"{best[k]['margin_s']:.1f} s, judge {best[k]['judge_s']:.1f} s)"
+            for k, label in (("default", "default (8 controls)"), ("controls_0", "--controls 0"))
+        )
+        + f"\n  ratio default / --controls 0   {default_s / off_s:7.2f}x  (target <= 2); generation alone {gen:.2f}x"
     )
     if args.controls_only:
         print(json.dumps(result, indent=2) if args.json else print_controls)

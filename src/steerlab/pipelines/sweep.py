@@ -48,7 +48,7 @@ from ..evaluate.evidence import EVIDENCE_FORMAT
 from ..evaluate.margin import condition_margins
 from ..formats.pairs import Pair
 from ..io.atomic import write_json, write_jsonl
-from ..io.runs import Codec, Stage
+from ..io.runs import ROWS, Codec, Stage
 from ..io.tables import cell_value, read_csv, write_csv
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
@@ -311,7 +311,7 @@ def run_sweep(
             **calibration,
         },
         generate_all,
-        codec=Codec(Stage.load_rows, lambda stage, rows: stage.save_rows(rows, reused_items=stage.reused)),
+        codec=ROWS,
         settings=config,
         # the margins' bootstrap; the batch size (float rounding); the layer spec (resolved above);
         # without control generations, how many there would be
