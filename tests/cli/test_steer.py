@@ -202,3 +202,30 @@ def test_sweep_cap_percentile_records_the_threshold_of_each_layer(tiny_dir, tmp_
     assert generation_seconds() > 0
     rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert {r["cap_percentile"] for r in rows} == {90}
+
+
+def test_judged_sweep_says_what_it_will_run_before_it_starts(tiny_dir, tmp_path):
+    """A judged sweep prints its generations and judge calls first; margins and scores name their p."""
+    import csv
+
+    vec = SteeringVector(torch.randn(4, 64)).save(tmp_path / "v.safetensors")
+    questions = tmp_path / "q.txt"
+    questions.write_text("how should I store bread\nis water wet\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"question": "yes or no", "positive": "no", "negative": "yes maybe"}) + "\n")
+    out = tmp_path / "sweep"
+    args = ["sweep", "-m", tiny_dir, "-v", vec, "-l", "1", "-c", "-2,2", "-q", questions, "-p", pairs, "-n", "2"]
+    result = invoke(*args, "-t", "evil", "-j", f"local:{tiny_dir}", "--controls", "2", "-o", out)
+    assert result.exit_code == 0, result.output
+    plan = "sweep: 4 generations (1 layers x 2 coefficients x 2 questions)"
+    assert plan in result.output and "judge calls" in result.output
+    assert result.output.index(plan) < result.output.index("wrote 4 generations")  # before it started
+    assert "one-sided p" in result.output
+    margins = list(csv.DictReader((out / "margins.csv").open()))
+    assert [m["alternative"] for m in margins] == ["less", "greater"]
+    assert sum(m["reported"] == "True" for m in margins) == 1  # controls at the reported cell (whole sequences)
+    assert json.loads((out / "sweep.json").read_text())["plan"]["controls_at"] == "reported"
+    unjudged = invoke(*args, "--controls-at", "all", "-o", tmp_path / "all")
+    assert unjudged.exit_code == 0, unjudged.output
+    assert "sweep:" not in unjudged.output  # nothing to announce without a judge
+    assert all(m["random_k"] == "8" for m in csv.DictReader((tmp_path / "all" / "margins.csv").open()))

@@ -67,6 +67,8 @@ def test_a_damaged_artifact_is_recomputed(data, kind, caplog):
         with caplog.at_level(logging.WARNING, logger="steerlab"):
             assert not again.done()
         assert "does not match what stage" in caplog.text and str(stage.path) in caplog.text
+        assert again.meta_path.exists()  # asking changes nothing...
+        again.invalidate()  # ...recomputing withdraws the marker first
         assert not again.meta_path.exists()  # the marker no longer vouches for anything
         again.save_json(DOC) if kind == "json" else again.save_rows(ROWS)
         assert reopen(stage).done() and load(reopen(stage)) == expected(stage)

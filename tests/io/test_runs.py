@@ -6,7 +6,7 @@ import json
 import pytest
 
 from steerlab.errors import SteerlabError
-from steerlab.io.runs import RunDir, config_hash, read_jsonl_rows
+from steerlab.io.runs import ROWS, RunDir, config_hash, read_jsonl_rows
 
 
 def test_config_hash_is_the_config_itself():
@@ -38,9 +38,72 @@ def test_a_stale_marker_never_vouches_for_new_contents(tmp_path):
     run = RunDir(tmp_path)
     run.stage("rows", "rows.jsonl", {"v": 1}).save_rows([{"x": 1}])
     newer = run.stage("rows", "rows.jsonl", {"v": 2})
-    assert not newer.done()  # about to recompute: the old marker goes now
+    assert not newer.done()
+    assert run.stage("rows", "rows.jsonl", {"v": 1}).done()  # asking whether a stage is done changes nothing
+    newer.invalidate()  # about to recompute: the old marker goes now
     (tmp_path / "rows.jsonl").write_text('{"x": 2}\n')  # the new artifact is written, then a kill
     assert not run.stage("rows", "rows.jsonl", {"v": 1}).done()
+
+
+def test_cached_runs_a_stage_in_one_call(tmp_path):
+    """Load when done, else withdraw the old marker, compute (files beside first), save and mark done."""
+    run = RunDir(tmp_path)
+    calls = []
+
+    def compute(stage):
+        calls.append(stage.name)
+        (tmp_path / "beside.txt").write_text("made with the stage")
+        return {"n": len(calls)}
+
+    first = run.cached("doc", "doc.json", {"v": 1}, compute, beside=["beside.txt"])
+    assert first.value == {"n": 1} and not first.reused and first.path == tmp_path / "doc.json"
+    again = run.cached("doc", "doc.json", {"v": 1}, compute, beside=["beside.txt"])
+    assert again.value == {"n": 1} and again.reused and again.hash == first.hash and calls == ["doc"]
+    (tmp_path / "beside.txt").unlink()  # a file the stage wrote beside its artifact is gone: recompute
+    assert run.cached("doc", "doc.json", {"v": 1}, compute, beside=["beside.txt"]).value == {"n": 2}
+
+    def killed(stage):
+        (tmp_path / "beside.txt").write_text("new contents, then a kill")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.cached("doc", "doc.json", {"v": 2}, killed, beside=["beside.txt"])
+    # the old marker was withdrawn before the new files were written: nothing vouches for them
+    assert not run.stage("doc", "doc.json", {"v": 1}).done(["beside.txt"])
+    rows = run.cached("rows", "rows.jsonl", {"v": 1}, lambda s: [{"key": "a"}], codec=ROWS)
+    assert rows.value == [{"key": "a"}] and run.stage("rows", "rows.jsonl", {"v": 1}).load_rows() == rows.value
+
+
+def test_a_stage_hashes_its_settings_but_the_fields_declared_irrelevant(tmp_path):
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Inner:
+        n_bootstrap: int = 1000
+        coeffs: list = field(default_factory=lambda: [1.0])
+
+    @dataclass
+    class Settings:
+        seed: int = 0
+        batch_size: int = 16
+        inner: Inner = field(default_factory=Inner)
+
+    run = RunDir(tmp_path)
+    stage = run.stage("s", "s.json", {"data": [1, 2]}, settings=Settings(), ignore=("batch_size", "inner.coeffs"))
+    assert stage.config == {"data": [1, 2], "seed": 0, "inner": {"n_bootstrap": 1000}}
+    assert stage.hash == config_hash({"data": [1, 2], "seed": 0, "inner": {"n_bootstrap": 1000}})
+    same = run.stage(
+        "s", "s.json", {"data": [1, 2]}, settings=Settings(batch_size=4), ignore=("batch_size", "inner.coeffs")
+    )
+    assert same.hash == stage.hash  # an ignored field changes nothing...
+    other = run.stage("s", "s.json", {"data": [1, 2]}, settings=Settings(seed=1), ignore=("batch_size", "inner.coeffs"))
+    assert other.hash != stage.hash  # ...every other field does
+    stage.save_json({})
+    assert json.loads(stage.meta_path.read_text())["ignored"] == ["batch_size", "inner.coeffs"]
+    with pytest.raises(ValueError, match="no field 'batchsize'"):
+        run.stage("s", "s.json", {}, settings=Settings(), ignore=("batchsize",))
+    with pytest.raises(ValueError, match=r"\['seed'\] are also inputs"):
+        run.stage("s", "s.json", {"seed": 3}, settings=Settings())
 
 
 def test_missing_artifact_or_torn_marker_is_not_done(tmp_path):

@@ -10,14 +10,15 @@ from steerlab.report.html import build_report
 
 @pytest.mark.slow
 def test_demo_ci_size_end_to_end(tmp_path):
-    summary = run_demo(tmp_path, size="ci")
+    result = run_demo(tmp_path, size="ci")  # a DemoResult: its summary is summary.json's
+    summary = result.summary
     build_report(tmp_path)  # the pipeline computes; the report is rendered on top of its artifacts
     for name in (
         "summary.json",
         "report.html",
         "monitor.json",
         "diff/study.json",
-        "diff/compare.json",
+        "diff/directions.json",  # the two directions compared (was compare.json)
         "diff/adapter/adapter_config.json",
         "diff/positions.json",
         "traits/traits.json",
@@ -41,9 +42,18 @@ def test_demo_ci_size_end_to_end(tmp_path):
     # the study steers at response positions (the seed's evaluation default), and the reading says so
     assert on_disk["steering_positions"] == "response"
     assert any("at the last prompt token and every answer token" in line for line in on_disk["reading"])
+    # every steering row's p names its sidedness, and 4 controls cannot reach 0.05: the reading says so
+    assert all(r["random"]["alternative"] == "greater" and r["alternative"] == "greater" for r in rows)
+    assert on_disk["controls"] == 4 and result.study.best_layer == on_disk["best_layer"]
+    read = [
+        on_disk["best_steering"].get(f"{v}|finetuned|{on_disk['best_layer']}") for v in ("model_diff", "contrastive")
+    ]
+    for r in read:
+        if r and r["verdict"].startswith(("outside", "beyond")):
+            assert any(r["verdict"] in line and "p cannot go below 0.2" in line for line in on_disk["reading"])
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
-    assert "diff.finetune" not in again["timings"] and "diff.study" not in again["timings"]
+    assert "diff.finetune" not in again.timings and "diff.study" not in again.timings
 
 
 @pytest.mark.parametrize(

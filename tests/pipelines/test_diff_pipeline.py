@@ -51,25 +51,26 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
         for v, scales in expected_scales.items()
         for m in ("finetuned", "base")
         for s in scales
-        for layer in (str(study["best_layer"]), "all")
+        for layer in (study["best_layer"], "all")  # layers stay numbers
     }
     # every steering row carries its evidence: interval, random-direction band with p, per-pair spread
     for r in study["rows"]:
         if r["stage"] == "layer_scan":
             continue
-        assert set(r["random"]) == {"mean", "lo", "hi", "p", "k"} and r["random"]["k"] == 8
+        assert set(r["random"]) == {"mean", "lo", "hi", "p", "k", "alternative"} and r["random"]["k"] == 8
+        assert r["alternative"] == r["random"]["alternative"] == "greater"  # one-sided: towards the target
         assert 0 < r["random"]["p"] <= 1 and r["random"]["lo"] <= r["random"]["mean"] <= r["random"]["hi"]
         assert len(r["ci95"]) == 2 and len(r["margin_ci95"]) == 2 and len(r["per_pair"]) == len(HELDOUT)
         assert r["steerable_fraction"] + r["anti_steerable_fraction"] <= 1
         assert abs(r["margin"] - sum(r["per_pair"]) / len(r["per_pair"])) < 1e-4
     # model-diff vs contrastive on the same pairs: a paired interval per (model, layers, coefficient)
     assert {(c["model"], c["layers"], c["coeff"]) for c in study["comparisons"]} == {
-        (m, layer, c) for m in ("finetuned", "base") for layer in (str(study["best_layer"]), "all") for c in (1.0, 4.0)
+        (m, layer, c) for m in ("finetuned", "base") for layer in (study["best_layer"], "all") for c in (1.0, 4.0)
     }
     for c in study["comparisons"]:
         lo, hi = c["ci95"]
         assert lo <= hi and c["distinguishable"] == (not lo <= 0 <= hi)
-    comparison = json.loads((tmp_path / "compare.json").read_text())
+    comparison = json.loads((tmp_path / "directions.json").read_text())  # was compare.json
     ci = comparison["cosine_ci95"]["contrastive|model_diff"]
     assert len(ci) == tiny_llama.n_layers and all(lo <= hi for lo, hi in ci)
     # the position-resolved model diff equals the standalone extractor on the same prompts

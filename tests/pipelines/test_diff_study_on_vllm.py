@@ -34,7 +34,7 @@ def test_the_study_on_vllm_equals_the_study_on_hf(hf_llama, vllm_llama, tmp_path
     on_vllm = run_diff_study(
         hf_llama.lm, TRAIN, HELDOUT, tmp_path / "vllm", config, adapter_dir=on_hf.adapter, engine=vllm_llama
     )
-    a, b = on_hf.study, on_vllm.study
+    a, b = on_hf.study.to_dict(), on_vllm.study.to_dict()
     assert a["reference"]["base"] == pytest.approx(b["reference"]["base"], abs=1e-3)
     assert a["reference"]["finetuned"] == pytest.approx(b["reference"]["finetuned"], abs=1e-3)
     assert a["best_layer"] == b["best_layer"] and len(a["rows"]) == len(b["rows"])

@@ -110,17 +110,28 @@ def test_every_trait_gets_its_evidence_and_the_schema(study, tiny_llama):
             assert row["ci95"][0] <= row["effect"] <= row["ci95"][1]
             assert row["margin_ci95"][0] <= row["margin"] <= row["margin_ci95"][1]
             assert len(row["per_pair"]) == entry["n_eval_pairs"]
-            assert set(row["random"]) == {"mean", "lo", "hi", "p", "k"} and row["random"]["k"] == 3
+            assert set(row["random"]) == {"mean", "lo", "hi", "p", "k", "alternative"} and row["random"]["k"] == 3
             assert row["random"]["lo"] <= row["random"]["mean"] <= row["random"]["hi"]
             assert 1 / 4 <= row["random"]["p"] <= 1 and len(row["random_effects"]) == 3
             assert row["steerable_fraction"] + row["anti_steerable_fraction"] <= 1
             assert row["effect"] == pytest.approx(row["margin"] - entry["unsteered"]["margin"], abs=1e-9)
-            inside = row["random"]["lo"] <= row["effect"] <= row["random"]["hi"]
-            assert row["verdict"] == (
-                "not distinguishable from random directions"
-                if inside
-                else f"beyond the random band (p = {row['random']['p']:.2g})"
-            )
+            # one-sided, the coefficient's way: a negative coefficient is meant to lower the margin
+            intended = "greater" if row["coeff"] > 0 else "less"
+            assert row["alternative"] == row["random"]["alternative"] == intended
+            lo, hi, p = row["random"]["lo"], row["random"]["hi"], row["random"]["p"]
+            limit = "with 3 controls p cannot go below 0.25 — use --controls 19 or more for a test at 0.05"
+            if lo <= row["effect"] <= hi:
+                expected = "not distinguishable from random directions"
+            elif (row["effect"] < lo) == (intended == "greater"):
+                side = "below" if intended == "greater" else "above"
+                expected = f"{side} the random band (the wrong way, more than random directions)"
+            elif p == 0.25:  # 3 controls cannot reach p = 0.05, and the verdict says so
+                expected = f"outside all 3 random directions; {limit}"
+            else:
+                expected = (
+                    f"beyond the random band but not outside all 3 random directions (one-sided p = {p:.2g}); {limit}"
+                )
+            assert row["verdict"] == expected
             # judged: the mean of the real condition's scores at this coefficient, with an interval
             judged = [json.loads(x) for x in (result.run_dir / trait / "steered_judged.jsonl").read_text().splitlines()]
             scores = [r["trait_score"] for r in judged if r["condition"] == "real" and r["coeff"] == row["coeff"]]

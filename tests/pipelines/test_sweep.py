@@ -1,5 +1,6 @@
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -112,7 +113,7 @@ def test_sweep_controls_run_as_rows_with_bands(tiny_llama, tmp_path):
 
     torch.manual_seed(1)
     vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
-    config = SweepConfig("1", [-2.0, 2.0], max_new_tokens=3, controls=3)
+    config = SweepConfig("1", [-2.0, 2.0], max_new_tokens=3, controls=3, controls_at="all")  # every cell
     result = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
     controls = [json.loads(x) for x in (tmp_path / "control_generations.jsonl").read_text().splitlines()]
     assert len(result.generations) == 2 * len(QUESTIONS) and len(controls) == 3 * 2 * len(QUESTIONS)
@@ -127,3 +128,72 @@ def test_sweep_controls_run_as_rows_with_bands(tiny_llama, tmp_path):
         assert row["steerable_fraction"] + row["anti_steerable_fraction"] <= 1
     again = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path, config, pairs=PAIRS)
     assert again.margins == result.margins  # deterministic, and read back from margins.csv
+
+
+def test_default_sweep_generates_controls_only_where_an_effect_is_reported(tiny_llama, tmp_path, monkeypatch):
+    """Controls run where they cost little (margins from shared prompts) or where an effect is reported:
+    margins steering whole sequences at each layer's most coherent large coefficient, generated text
+    only when judged, at one cell per layer."""
+    from tiny import make_number_judge
+
+    from steerlab.formats.traits import load_trait
+    from steerlab.judge import make_judge
+    from steerlab.pipelines.sweep_evidence import margin_reported_coeff, reported_coeff, sweep_plan
+
+    torch.manual_seed(2)
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    config = SweepConfig("1,2", [-2.0, 0.0, 2.0], max_new_tokens=3, controls=3)
+    plain = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path / "plain", config, pairs=PAIRS)
+    assert (tmp_path / "plain" / "control_generations.jsonl").read_text() == ""  # nothing reads them
+    assert [m["alternative"] for m in plain.margins[:3]] == ["less", "two-sided", "greater"]
+    for layer in (1, 2):
+        rows = [m for m in plain.margins if m["layer"] == layer]
+        reported = margin_reported_coeff(config.coeffs, [m["fluency"] for m in rows], rows[1]["fluency"], 1.0)
+        assert [m["coeff"] for m in rows if m["reported"]] == [reported]
+        assert [m["coeff"] for m in rows if m["random_k"] == 3] == [reported]  # steering whole sequences
+    # at response positions the margins share prompts: every cell gets its controls
+    shared = replace(config, positions="response")
+    every = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path / "shared", shared, pairs=PAIRS).margins
+    assert all(m["random_k"] == 3 and m["verdict"] for m in every)
+    plan = sweep_plan(config, 2, len(QUESTIONS), judged=False, n_pairs=len(PAIRS))
+    assert (plan.generations, plan.control_generations, plan.judge_calls) == (12, 0, 0)
+    assert plan.margin_sequences == 2 * 1 * (1 + 2 * 3 + 3 * 2)  # unsteered, every cell, controls at one cell
+    assert sweep_plan(shared, 2, 2, False, 1).margin_sequences == 2 * (1 + 6 + 3 * 6)
+
+    judge = make_judge(make_number_judge())
+    prompts = []
+    real_judge = judge.score
+    monkeypatch.setattr(judge, "score", lambda ps: prompts.extend(ps) or real_judge(ps))
+    evil = load_trait("evil").eval_prompt
+    judged = run_sweep(tiny_llama, vec, QUESTIONS, tmp_path / "judged", config, judge=judge, eval_prompt=evil)
+    controls = [json.loads(x) for x in (tmp_path / "judged" / "control_generations.jsonl").read_text().splitlines()]
+    for layer in (1, 2):
+        mine = [r for r in controls if r["layer"] == layer]
+        reported = reported_coeff([r for r in judged.generations if r["layer"] == layer], config.min_coherence)
+        assert reported is not None and reported != 0 and {r["coeff"] for r in mine} == {reported}
+        assert len(mine) == 3 * len(QUESTIONS) and {r["control"] for r in mine} == {0, 1, 2}
+        rows = [s for s in judged.scores if s["layer"] == layer]
+        assert [s["coeff"] for s in rows if s["reported"]] == [reported]
+        assert all((s.get("random_k") == 3) == s["reported"] for s in rows)  # a band only where controls ran
+    plan = sweep_plan(config, 2, len(QUESTIONS), judged=True)
+    assert plan.control_generations == len(controls) == 12 and plan.judge_calls == len(prompts) == 2 * (12 + 12)
+    assert "12 generations" in plan.describe() and "48 judge calls" in plan.describe()
+    every = sweep_plan(replace(config, controls_at="all"), 2, len(QUESTIONS), judged=True)
+    assert every.control_generations == 3 * 12 and every.judge_calls == 2 * 4 * 12
+
+
+def test_reported_cell_is_the_largest_coherent_coefficient():
+    from steerlab.pipelines.sweep_evidence import reported_coeff
+
+    rows = [{"coeff": c, "coherence": m} for c, m in ((-4.0, 80), (-2.0, 90), (0.0, 95), (2.0, 70), (4.0, 30))]
+    assert reported_coeff(rows, 50.0) == 2.0  # positive first, the largest still coherent
+    assert reported_coeff([r for r in rows if r["coeff"] <= 0], 50.0) == -4.0
+    assert reported_coeff(rows, 99.0) == -2.0  # none coherent enough: the most coherent non-zero one
+    assert reported_coeff([{"coeff": 2.0, "coherence": None}], 50.0) is None
+
+
+def test_bad_controls_at_fails_before_model_work():
+    from steerlab.errors import SteerlabError
+
+    with pytest.raises(SteerlabError, match="--controls-at 'some': expected one of reported, all"):
+        SweepConfig("1", [1.0], controls_at="some")

@@ -152,11 +152,32 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
 
 
 def test_report_on_partial_run_lists_missing(tmp_path):
-    (tmp_path / "compare.json").write_text("{not json")
+    (tmp_path / "directions.json").write_text("{not json")  # the diff study's comparison (was compare.json)
     path, missing = build_report(tmp_path)
     assert path.is_file()
-    assert "vector comparison (compare.json)" in missing and "steering study (study.json)" in missing
+    assert "vector comparison (directions.json)" in missing and "steering study (study.json)" in missing
     assert "Not in this run directory" in path.read_text()
+
+
+def test_report_reads_diff_studies_from_before_the_rename(run_dir, tmp_path):
+    """A diff study written before directions.json (compare.json, layers as strings) still renders;
+    steerlab compare's own compare.json is not taken for it."""
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir / "diff", old)
+    (old / "directions.json").rename(old / "compare.json")
+    study = json.loads((old / "study.json").read_text())
+    for r in study["rows"]:
+        r["layers"] = str(r["layers"])
+    (old / "study.json").write_text(json.dumps(study))
+    path, missing = build_report(old)
+    html = path.read_text()
+    assert not any("comparison" in m or "study" in m for m in missing), missing
+    assert "Do the two directions match?" in html and "effect vs coefficient at layer" in html
+    assert "one-sided" in html  # every p names its sidedness
+    (old / "compare.json").write_text(json.dumps({"cosine": {}, "names": []}))  # steerlab compare's document
+    assert "vector comparison (directions.json)" in build_report(old)[1]
 
 
 def test_report_cli(run_dir):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -39,7 +38,11 @@ def demo(
         help="Built-in traits of the multi-trait persona part (repeat -t; 'all').",
     ),
     controls: int = typer.Option(
-        None, "--controls", min=0, help="Random same-norm directions per steering condition (default 8; 0: off)."
+        None,
+        "--controls",
+        min=0,
+        help="Random same-norm directions per steering condition (default 8, 19 at --size full: enough for "
+        "p = 0.05; 0: off). With K of them p cannot go below 1/(K+1).",
     ),
     engine: str = EngineOpt,
     tensor_parallel_size: int = TensorParallelOpt,
@@ -57,11 +60,9 @@ def demo(
     GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
-    summary = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
-    study = json.loads((out / "diff" / "study.json").read_text())
-    comparison = json.loads((out / "diff" / "compare.json").read_text())
-    print_study(study, comparison)
-    for line in summary["reading"]:
+    result = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
+    print_study(result.study, result.comparison)
+    for line in result.reading:
         typer.echo(f"- {line}")
     report_path, _ = build_report(out)
     typer.echo(f"report: {report_path}")

@@ -13,7 +13,8 @@ from ..formats.pairs import load_pairs
 from ..model.layers import parse_layers
 from ..model.loading import load_model
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
-from ..pipelines.study import StudyConfig, best_coherent
+from ..pipelines.records import DirectionsDoc
+from ..pipelines.study import StudyConfig, StudyResult, best_coherent
 from ..progress import console
 from .diff import diff_app
 from .options import (
@@ -47,7 +48,8 @@ def study_cmd(
         ...,
         "--out",
         "-o",
-        help="Run directory (resumable): adapter/, vectors/, compare.json, study.json, study_margins.csv, samples.jsonl.",
+        help="Run directory (resumable): adapter/, vectors/, directions.json, positions.json, study.json, "
+        "study_margins.csv, samples.jsonl.",
     ),
     finetuned: Path = typer.Option(
         None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."
@@ -72,7 +74,8 @@ def study_cmd(
         _S.controls,
         "--controls",
         min=0,
-        help="Random directions of each vector's norm run through every steering condition (the null band; 0: off).",
+        help="Random directions of each vector's norm run through every steering condition (the null band "
+        "and one-sided p; 0: off). p cannot go below 1/(K+1): 19 or more for a test at 0.05.",
     ),
     positions: int = typer.Option(
         _D.positions,
@@ -135,18 +138,15 @@ def study_cmd(
     print_study(result.study, result.comparison)
 
 
-def print_study(study: dict, comparison: dict) -> None:
+def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
     """Print a diff study's reading: margins, the cosine at the best layer with its random band and
     reliabilities, and the best coherent steering per vector and condition (``study.json`` and
-    ``compare.json`` contents)."""
-    ref = study["reference"]
-    best = study["best_layer"]
+    ``directions.json`` contents)."""
+    ref = study.reference
+    best = study.best_layer
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    console.print(
-        f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} "
-        f"(gap {ref['finetuned'] - ref['base']:+.4f})"
-    )
+    console.print(f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} (gap {study.gap:+.4f})")
     console.print(
         f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
         f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
@@ -158,7 +158,10 @@ def print_study(study: dict, comparison: dict) -> None:
             f"cosine 95% CI at layer {best}: {ci[best][0]:+.3f} to {ci[best][1]:+.3f} "
             f"(random band ±{comparison['baseline']['band']:.3f})"
         )
-    table = Table(title="best coherent steering (raw scale): effect [95% CI], random same-norm directions, pairs moved")
+    table = Table(
+        title="best coherent steering (raw scale): effect [95% CI], random same-norm directions' band "
+        "(one-sided p: the intended way), pairs moved"
+    )
     for col in (
         "vector",
         "condition",
@@ -176,11 +179,11 @@ def print_study(study: dict, comparison: dict) -> None:
             ("finetuned", "undone", "subtract from fine-tuned"),
             ("base", "induced", "add to base"),
         ):
-            for layer_set in (str(best), "all"):
+            for layer_set in (best, "all"):
                 row = best_coherent(
-                    study["rows"],
+                    study.rows,
                     key,
-                    study["config"]["max_fluency_drop"],
+                    study.max_fluency_drop,
                     stage="sweep",
                     vector=vector,
                     model=model,
@@ -191,7 +194,7 @@ def print_study(study: dict, comparison: dict) -> None:
                     table.add_row(
                         vector,
                         label,
-                        layer_set,
+                        str(layer_set),
                         f"{row['coeff']:g}",
                         f"{row['margin']:+.4f}",
                         f"{row[key]:.0%} {key} {_ci(row.get('ci95'))}",
@@ -209,7 +212,10 @@ def _ci(ci: list | None) -> str:
 
 
 def _band(random: dict | None) -> str:
-    return "—" if not random else f"{random['lo']:.0%}..{random['hi']:.0%} (p={random['p']:.2g})"
+    if not random:
+        return "—"
+    sided = "two-sided" if random.get("alternative") == "two-sided" else "one-sided"
+    return f"{random['lo']:.0%}..{random['hi']:.0%} ({sided} p={random['p']:.2g}, k={random['k']})"
 
 
 def _spread(row: dict) -> str:

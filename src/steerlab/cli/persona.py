@@ -229,7 +229,7 @@ def _print_study(result: PersonaTraitsResult, out: Path) -> None:
         "coeff",
         "effect [95% CI]",
         "random band",
-        "p",
+        "p (one-sided)",
         "steerable",
         "anti",
         "vs prompting [95% CI]",

@@ -16,7 +16,8 @@ from ..formats.records import GenerationRecord, prompt_text
 from ..formats.traits import load_trait
 from ..io.tables import write_jsonl
 from ..judge import make_judge
-from ..pipelines.sweep import SweepConfig, run_sweep
+from ..model.layers import parse_layers
+from ..pipelines.sweep import SweepConfig, run_sweep, sweep_plan
 from ..progress import console
 from ..report.html import build_report
 from ..steering.conditions import condition_similarities, gate_samples
@@ -314,8 +315,18 @@ def sweep(
         _SWEEP.controls,
         "--controls",
         min=0,
-        help="Random directions of the vector's norm per layer, run through the same "
-        "grid as extra rows: the null band and p of every cell (0: off).",
+        help="Random directions of the vector's norm, run as extra rows of the same batches: the null band "
+        "and one-sided p of an effect (0: off; p cannot go below 1/(K+1), so 19 or more for a test at 0.05).",
+    ),
+    controls_at: str = typer.Option(
+        _SWEEP.controls_at,
+        "--controls-at",
+        help="Where the --controls run when they are costly. 'reported' (default): at each layer's reported "
+        "cell, the largest coefficient (positive first) that stays coherent — judged coherence >= "
+        f"{_SWEEP.min_coherence:g} for generated text (none without --judge: nothing reads them), fluency "
+        f"drop <= {_SWEEP.max_fluency_drop:g} nat/token for margins; margins steered at --positions response "
+        "share prompts and get them at every cell. 'all': every cell (K+1 times the generations, judge calls "
+        "and margin rows).",
     ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
@@ -328,7 +339,12 @@ def sweep(
 ) -> None:
     """Generate every (layer, coefficient, question) cell, coefficients packed per batch.
 
-    Rerunning with the same --out resumes: finished layers are not generated again.
+    Example: steerlab sweep -m smollm2 -v V.safetensors -l 12,16 -c -4,0,4 -q questions.txt -p pairs.jsonl -o out/sweep
+
+    Every effect is read against --controls random directions of the vector's norm, with a one-sided p
+    (the coefficient's way): the margin (--pairs, nats/token) and judged text (--trait with --judge,
+    0-100), at each layer's reported cell or everywhere (--controls-at). A judged sweep says on stderr
+    how many generations, judge calls and margin rows it will make before it starts. Rerunning with the same --out resumes: finished layers are not generated again.
     --scale relative and --cap-percentile are measured on --reference-prompts (default: the questions).
     --condition (CAST) steers only the questions (and pairs) that pass a condition, random controls alike.
     """
@@ -346,6 +362,7 @@ def sweep(
         system,
         batch_size,
         controls=controls,
+        controls_at=controls_at,
         cap_ceiling=cap_ceiling,
         cap_floor=cap_floor,
         cap_percentile=cap_percentile,
@@ -383,7 +400,11 @@ def sweep(
 
 
 def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, condition, extra):
-    """run_sweep on the engine, with reference norms for scale relative measured on it."""
+    """run_sweep on the engine, with reference norms for scale relative measured on it; a judged sweep
+    first says (stderr) how many generations and judge calls it will make."""
+    if scorer is not None:
+        n_layers = len(parse_layers(config.layers, lm.n_layers, "--layers"))
+        console.print(sweep_plan(config, n_layers, len(qs), True, len(pair_rows or [])).describe(), highlight=False)
     reference_norms = lm.mean_residual_norms(reference) if scale == "relative" else None
     return run_sweep(
         lm,
@@ -407,7 +428,8 @@ def _print_sweep(result, out, trait) -> None:
     if result.margins:
         table = Table(
             title="behaviour margin (positive - negative mean log-likelihood per token); change from "
-            "unsteered with its 95% CI; random same-norm directions' band and p"
+            "unsteered with its 95% CI; random same-norm directions' band and one-sided p (the coefficient's "
+            "way) where they ran (* the reported cell)"
         )
         for col in ("layer", "coeff", "margin", "change [95% CI]", "random band (p)", "pairs moved +/-"):
             table.add_column(col, justify="right")
@@ -423,21 +445,29 @@ def _print_sweep(result, out, trait) -> None:
                 if m.get("steerable_fraction") is None
                 else (f"{m['steerable_fraction']:.0%} / {m['anti_steerable_fraction']:.0%}")
             )
-            table.add_row(
-                str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band, moved
-            )
+            coeff = f"{m['coeff']:g}" + ("*" if m.get("reported") else "")
+            table.add_row(str(m["layer"]), coeff, f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band, moved)
         console.print(table)
     if result.scores:
-        table = Table(title=f"judged {trait} score and coherence (mean ± std, n)")
-        for col in ("layer", "coeff", "trait", "coherence"):
+        table = Table(
+            title=f"judged {trait} score and coherence (mean ± std, n); random directions' band of trait means "
+            "and one-sided p where they ran (* the reported cell)"
+        )
+        for col in ("layer", "coeff", "trait", "coherence", "random band (p)"):
             table.add_column(col, justify="right")
         for r in result.scores:
             fmt = lambda m, s, n: "—" if m is None else f"{m:5.1f} ± {s:4.1f} (n={n})"  # noqa: E731
+            band = (
+                "—"
+                if r.get("random_p") is None
+                else f"{r['random_lo']:.1f}..{r['random_hi']:.1f} (p={r['random_p']:.2g})"
+            )
             table.add_row(
                 str(r["layer"]),
-                f"{r['coeff']:g}",
+                f"{r['coeff']:g}" + ("*" if r.get("reported") else ""),
                 fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
                 fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]),
+                band,
             )
         console.print(table)
     report_path, _ = build_report(out)

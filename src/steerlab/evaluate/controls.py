@@ -10,7 +10,10 @@ against them:
 - :func:`null_band` — mean and 2.5–97.5 percentiles of the controls' effects;
 - :func:`empirical_p` — ``(1 + #{controls at least as extreme}) / (k + 1)`` (Phipson & Smyth 2010);
 - :func:`control_summary` — both, as the ``random`` field of a summary row;
-- :func:`within_band`, :func:`control_verdict` — the verdict phrase a report prints.
+- :func:`within_band`, :func:`control_verdict` — the verdict phrase a report prints, which knows the
+  resolution of K controls (:func:`min_controls`: p cannot go below 1/(K+1)).
+
+Which sidedness an effect's p takes is decided once, in :mod:`steerlab.evaluate.evidence`.
 
 Source of the design: same-norm random directions as the baseline of a steering effect, Soligo et
 al. 2025 (*Convergent linear representations of emergent misalignment*).
@@ -130,25 +133,68 @@ def within_band(effect: float, band: Mapping[str, float]) -> bool:
     return float(band["lo"]) <= float(effect) <= float(band["hi"])
 
 
-def control_verdict(effect: float, band: Mapping[str, float], p: float | None = None) -> str:
+ALPHA = 0.05  # the level a verdict tests at
+
+
+def min_controls(alpha: float = ALPHA) -> int:
+    """The fewest random directions K whose empirical p can reach ``alpha``: the smallest p with K
+    controls is 1/(K+1) (:func:`empirical_p`), so K = ceil(1/alpha) - 1 (19 for 0.05)."""
+    if not 0.0 < alpha < 1.0:
+        raise SteerlabError(f"alpha {alpha}: expected a level between 0 and 1 (e.g. 0.05)")
+    return math.ceil(round(1.0 / alpha, 9)) - 1
+
+
+def control_verdict(effect: float, band: Mapping[str, Any], p: float | None = None, alpha: float = ALPHA) -> str:
     """The verdict phrase for an effect against its random-direction controls.
 
-    ``"not distinguishable from random directions"`` when the effect lies inside the null band,
-    else ``"beyond the random band (p = 0.11)"`` (``p`` from ``band["p"]`` when not given; the
-    p-value is printed with two significant digits).
+    ``band``: ``{"lo", "hi"}`` and, when known, ``"p"``, ``"k"`` (number of controls) and
+    ``"alternative"`` (the sidedness of p on the recorded effect: ``"greater"`` when the intended
+    direction is up, ``"less"`` when down, ``"two-sided"`` when there is none; default two-sided).
+
+    - inside the band [lo, hi]: ``"not distinguishable from random directions"``;
+    - beyond it against the intended direction: ``"below the random band (the wrong way, more than
+      random directions)"`` (``"above"`` for ``"less"``);
+    - beyond it when K controls cannot reach ``alpha`` (K < :func:`min_controls`): ``"outside all 8
+      random directions; with 8 controls p cannot go below 0.11 — use --controls 19 or more for a
+      test at 0.05"`` (or, when some control is as extreme, ``"beyond the random band but not
+      outside all 8 random directions (one-sided p = 0.22); with 8 controls ..."``);
+    - else ``"beyond the random band (one-sided p = 0.01)"``, or ``"beyond the random band, but not
+      significant at 0.05 (one-sided p = 0.1)"``.
+
+    ``p`` (from ``band["p"]`` when not given) is printed with two significant digits.
     """
-    if within_band(effect, band):
+    alternative = band.get("alternative") or "two-sided"
+    lo, hi, e = float(band["lo"]), float(band["hi"]), float(effect)
+    if lo <= e <= hi:
         return "not distinguishable from random directions"
+    if (alternative == "greater" and e < lo) or (alternative == "less" and e > hi):
+        side = "below" if alternative == "greater" else "above"
+        return f"{side} the random band (the wrong way, more than random directions)"
     p = band.get("p") if p is None else p
+    sided = "two-sided" if alternative == "two-sided" else "one-sided"
+    k = band.get("k")
+    if k is not None and int(k) < min_controls(alpha):
+        k, floor = int(k), 1.0 / (int(k) + 1)
+        limit = (
+            f"with {k} controls p cannot go below {floor:.2g} — use --controls {min_controls(alpha)} or more "
+            f"for a test at {alpha:g}"
+        )
+        if p is None or float(p) <= floor * (1 + 1e-9):
+            return f"outside all {k} random directions; {limit}"
+        return f"beyond the random band but not outside all {k} random directions ({sided} p = {float(p):.2g}); {limit}"
     if p is None:
         return "beyond the random band"
-    return f"beyond the random band (p = {float(p):.2g})"
+    if float(p) <= alpha:
+        return f"beyond the random band ({sided} p = {float(p):.2g})"
+    return f"beyond the random band, but not significant at {alpha:g} ({sided} p = {float(p):.2g})"
 
 
 __all__ = [
+    "ALPHA",
     "control_summary",
     "control_verdict",
     "empirical_p",
+    "min_controls",
     "null_band",
     "random_directions",
     "within_band",

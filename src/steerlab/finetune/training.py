@@ -42,7 +42,7 @@ from torch import nn
 from ..errors import SteerlabError
 from ..formats.conversations import validate_conversation
 from ..io.atomic import atomic_dir, write_json
-from ..io.runs import RunDir, json_sha256
+from ..io.runs import Codec, RunDir, Stage, json_sha256
 from ..model.blocks import unwrap_model
 from ..model.chat import Message
 from ..model.loading import LoadedModel
@@ -230,55 +230,67 @@ def run_finetune(
     _check_out_dir(out_dir)
     fingerprint = model_fingerprint(lm)
     data_hash = json_sha256(checked)
-    stage = RunDir(out_dir.parent).stage(
-        STAGE, out_dir.name, {"config": recorded, "data": data_hash, "base": fingerprint}, directory=True
-    )
-    if stage.done():
+
+    def train_adapter(stage: Stage) -> FinetuneResult:
+        n_label_tokens = sum(e.n_trained for e in train)
+        log.info(
+            "fine-tuning %s: LoRA r=%d on %d conversations (%d assistant tokens), %d epochs",
+            lm.name,
+            config.rank,
+            len(train),
+            n_label_tokens,
+            config.epochs,
+        )
+        with sigterm_as_interrupt(), atomic_dir(out_dir) as tmp:
+            losses, final_loss, train_time = _train(lm, train, config, lora_config(lm, config, targets, layers), tmp)
+            write_json(
+                tmp / INFO_FILE,
+                {
+                    "format": FORMAT,
+                    "steerlab_version": __version__,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "base_model": lm.name,
+                    "base": fingerprint,
+                    "device": str(lm.device),
+                    "dtype": str(lm.dtype).removeprefix("torch."),
+                    "config": recorded,
+                    "data": {
+                        "n_examples": len(train),
+                        "n_skipped": len(built) - len(train),
+                        "n_assistant_tokens": n_label_tokens,
+                        "sha256": data_hash,
+                    },
+                    "source": source or {},
+                    "n_steps": len(losses),
+                    "train_time_s": round(train_time, 3),
+                    "final_loss": final_loss,
+                    "first_loss": losses[0],
+                    "last_step_loss": losses[-1],
+                    "losses": [round(x, 6) for x in losses],
+                },
+            )
+        log.info("fine-tuned in %.1f s: loss %.4f -> %.4f; adapter in %s", train_time, losses[0], final_loss, out_dir)
+        return FinetuneResult(
+            out_dir, recorded, final_loss, losses, train_time, len(train), len(losses), config_hash=stage.hash
+        )
+
+    def kept(stage: Stage) -> FinetuneResult:
         log.info("keeping the fine-tune in %s (same config, data and base model)", out_dir)
         return _recorded_result(out_dir, stage.hash)
 
-    n_label_tokens = sum(e.n_trained for e in train)
-    log.info(
-        "fine-tuning %s: LoRA r=%d on %d conversations (%d assistant tokens), %d epochs",
-        lm.name,
-        config.rank,
-        len(train),
-        n_label_tokens,
-        config.epochs,
-    )
-
-    with sigterm_as_interrupt(), atomic_dir(out_dir) as tmp:
-        losses, final_loss, train_time = _train(lm, train, config, lora_config(lm, config, targets, layers), tmp)
-        write_json(
-            tmp / INFO_FILE,
-            {
-                "format": FORMAT,
-                "steerlab_version": __version__,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "base_model": lm.name,
-                "base": fingerprint,
-                "device": str(lm.device),
-                "dtype": str(lm.dtype).removeprefix("torch."),
-                "config": recorded,
-                "data": {
-                    "n_examples": len(train),
-                    "n_skipped": len(built) - len(train),
-                    "n_assistant_tokens": n_label_tokens,
-                    "sha256": data_hash,
-                },
-                "source": source or {},
-                "n_steps": len(losses),
-                "train_time_s": round(train_time, 3),
-                "final_loss": final_loss,
-                "first_loss": losses[0],
-                "last_step_loss": losses[-1],
-                "losses": [round(x, 6) for x in losses],
-            },
+    return (
+        RunDir(out_dir.parent)
+        .cached(
+            STAGE,
+            out_dir.name,
+            {"config": recorded, "data": data_hash, "base": fingerprint},
+            train_adapter,
+            codec=Codec(
+                kept, lambda stage, r: stage.mark_done(final_loss=r.final_loss, train_time_s=round(r.train_time_s, 3))
+            ),
+            directory=True,
         )
-    stage.mark_done(final_loss=final_loss, train_time_s=round(train_time, 3))
-    log.info("fine-tuned in %.1f s: loss %.4f -> %.4f; adapter in %s", train_time, losses[0], final_loss, out_dir)
-    return FinetuneResult(
-        out_dir, recorded, final_loss, losses, train_time, len(train), len(losses), config_hash=stage.hash
+        .value
     )
 
 

@@ -16,17 +16,40 @@ Where the meta file lives:
 Item-level work (generation, judging) goes through :meth:`Stage.run_items`, which appends finished
 items to ``.partial/<stage>.jsonl`` as it goes (first line: the config hash), so a killed run resumes
 without redoing finished items; a torn last line from a kill is dropped.
+
+**One call per stage.** :meth:`RunDir.cached` is the way to run a stage: it loads the artifact when
+the stage is done, and otherwise withdraws the old marker, computes, saves and marks it done::
+
+    directions = run.cached(
+        "compare", "directions.json", {"vectors": vectors.hash}, lambda stage: compare(...),
+        settings=config, ignore=("rank", "epochs", ...),   # config fields this stage does not read
+    )
+    directions.value, directions.hash   # the document, and the hash later stages depend on
+
+What a stage hashes: its ``config`` (the inputs: data, upstream stages' hashes, the model's
+fingerprint), always whole, plus every field of its ``settings`` dataclass (merged in as top-level
+keys, nested dataclasses as dicts) except the fields named in ``ignore`` — declared at the stage's
+one call, each a field that cannot change the artifact (it only matters to other stages, or it is
+already covered by an input's hash, or it changes results by float rounding only, like a batch
+size). So a new setting makes old runs recompute until someone declares it irrelevant; never the
+reverse. The marker records the hashed config and the ignored fields.
+
+Asking whether a stage is done (:meth:`Stage.done`) changes nothing; :meth:`Stage.invalidate` (called
+by :meth:`RunDir.cached` before computing) removes a stale marker, so a recompute killed half-way
+never leaves new files under the old config's marker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..errors import SteerlabError
 from ..version import __version__
@@ -45,6 +68,7 @@ from .files import (
 
 DIR_META = "stage.meta.json"
 log = logging.getLogger("steerlab")
+T = TypeVar("T")
 
 
 _RECOMPUTE = "; delete it (or the run directory) to recompute it"
@@ -59,6 +83,42 @@ def json_sha256(obj: Any) -> str:
 def config_hash(config: Any) -> str:
     """A stage's config hash: the first 16 hex digits of :func:`json_sha256` of ``config``."""
     return json_sha256(config)[:16]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with dataclasses as dicts (recursively), for hashing and the marker."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def stage_config(config: Mapping[str, Any], settings: Any = None, ignore: Iterable[str] = ()) -> dict[str, Any]:
+    """What a stage hashes: ``config`` (inputs) whole, merged with every field of ``settings`` (a
+    dataclass or mapping) except those in ``ignore`` (field names; ``"a.b"`` for field b of the
+    nested settings a). See the module docstring.
+
+    Raises:
+        ValueError: an ignored name that is not a field of ``settings``, or a settings field that
+            is also an input (a programming error, not bad input).
+    """
+    merged = _plain(dict(config))
+    fields = _plain(settings) if settings is not None else {}
+    for name in ignore:
+        *parents, leaf = name.split(".")
+        holder = fields
+        for part in parents:
+            holder = holder.get(part) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or leaf not in holder:
+            raise ValueError(f"stage settings have no field {name!r} to ignore")
+        del holder[leaf]
+    clash = sorted(set(fields) & set(merged))
+    if clash:
+        raise ValueError(f"stage settings fields {clash} are also inputs: ignore them or rename the input")
+    return {**merged, **fields}
 
 
 def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
@@ -103,39 +163,77 @@ class Stage:
     ``config`` that determines it, and where its completion marker and partial results live.
 
     Attributes: ``path`` (the artifact), ``meta_path`` (the completion marker), ``partial_path``
-    (``.partial/<name>.jsonl``), ``hash`` (:func:`config_hash` of ``config``), and after
-    :meth:`run_items`, ``reused`` (how many items an earlier attempt had finished).
+    (``.partial/<name>.jsonl``), ``config`` (what is hashed: :func:`stage_config` of the inputs,
+    ``settings`` and ``ignore``), ``hash`` (:func:`config_hash` of it), and after :meth:`run_items`,
+    ``reused`` (how many items an earlier attempt had finished). Run it with :meth:`cached`.
     """
 
     def __init__(
-        self, run: RunDir, name: str, artifact: str, config: dict[str, Any], *, directory: bool = False
+        self,
+        run: RunDir,
+        name: str,
+        artifact: str,
+        config: Mapping[str, Any],
+        *,
+        directory: bool = False,
+        settings: Any = None,
+        ignore: Iterable[str] = (),
     ) -> None:
-        self.run, self.name, self.config, self.directory = run, name, config, directory
+        self.ignored = sorted(ignore)
+        self.run, self.name, self.directory = run, name, directory
+        self.config = stage_config(config, settings, self.ignored)
         self.path = run.path / artifact
         self.meta_path = self.path / DIR_META if directory else self.path.with_name(self.path.name + ".meta.json")
         self.partial_path = run.path / ".partial" / f"{name}.jsonl"
-        self.hash = config_hash(config)
+        self.hash = config_hash(self.config)
         self.started = time.perf_counter()
         self.reused = 0
 
-    def done(self) -> bool:
-        """Whether the artifact exists and was made with this config (recorded hash == ``hash``)
-        and, for a file artifact, is byte for byte what the stage wrote (its recorded SHA-256: a
-        truncated or edited artifact is recomputed, with a warning).
+    def done(self, beside: Iterable[str | Path] = ()) -> bool:
+        """Whether the artifact exists and was made with this config (recorded hash == ``hash``),
+        for a file artifact is byte for byte what the stage wrote (its recorded SHA-256: a truncated
+        or edited artifact is recomputed, with a warning), and the files ``beside`` it (paths
+        relative to the run directory, written by the stage before its artifact) exist.
 
-        A marker that cannot be read (not UTF-8, not JSON, not an object) counts as absent. For a
-        file artifact, a marker that does not vouch for the artifact is deleted here: the caller is
-        about to replace the artifact (and maybe files beside it), and a kill half-way must not leave
-        new contents under the old config's marker. A directory artifact's marker lives inside it
-        and goes with the old contents when the directory is replaced, so it is kept.
+        A marker that cannot be read (not UTF-8, not JSON, not an object) counts as absent. Asking
+        changes nothing; see :meth:`invalidate`.
+
+        Raises:
+            SteerlabError: the artifact or its marker is the wrong kind of file (a directory where
+                a file belongs, or the reverse).
         """
         self._check_paths()
         meta = self._recorded()
-        if meta is not None and meta.get("config_hash") == self.hash and self._artifact_intact(meta):
-            return True
+        return (
+            meta is not None
+            and meta.get("config_hash") == self.hash
+            and self._artifact_intact(meta)
+            and all((self.run.path / p).is_file() for p in beside)
+        )
+
+    def invalidate(self) -> None:
+        """Withdraw the completion marker of a file artifact, before recomputing it: a kill half-way
+        through writing new contents (the artifact, or files beside it) must not leave them under
+        the old config's marker. A directory artifact's marker lives inside it and goes with the old
+        contents when the directory is replaced, so it is kept."""
         if not self.directory:
             self.meta_path.unlink(missing_ok=True)
-        return False
+
+    def cached(
+        self, compute: Callable[[Stage], T], codec: Codec[T] | None = None, beside: Iterable[str | Path] = ()
+    ) -> Cached[T]:
+        """Run the stage: load its artifact when :meth:`done` (with ``beside``), else
+        :meth:`invalidate`, ``compute(stage)`` (which may use :meth:`run_items` and write the files
+        ``beside``), save the value with ``codec`` (default :data:`JSON`) and mark the stage done.
+        Returns a :class:`Cached` (value, hash, path, whether it was reused)."""
+        codec = codec or JSON
+        beside = list(beside)
+        if self.done(beside):
+            return Cached(codec.load(self), self.hash, self.path, True)
+        self.invalidate()
+        value = compute(self)
+        codec.save(self, value)
+        return Cached(value, self.hash, self.path, False)
 
     def _check_paths(self) -> None:
         """Refuse a run directory where the artifact or its marker is the wrong kind of thing (a
@@ -249,6 +347,7 @@ class Stage:
             "stage": self.name,
             "config_hash": self.hash,
             "config": self.config,
+            **({"ignored": self.ignored} if self.ignored else {}),
             "steerlab_version": __version__,
             "seconds": round(time.perf_counter() - self.started, 3),
             **extra,
@@ -311,7 +410,78 @@ class RunDir:
                 ) from None
         self.timings: dict[str, float] = {}
 
-    def stage(self, name: str, artifact: str, config: dict[str, Any], *, directory: bool = False) -> Stage:
+    def stage(
+        self,
+        name: str,
+        artifact: str,
+        config: Mapping[str, Any],
+        *,
+        directory: bool = False,
+        settings: Any = None,
+        ignore: Iterable[str] = (),
+    ) -> Stage:
         """The stage ``name`` whose artifact is ``artifact`` (relative to the run directory) and
-        whose completion depends on ``config`` (any JSON-able value; its hash is recorded)."""
-        return Stage(self, name, artifact, config, directory=directory)
+        whose completion depends on ``config`` and ``settings`` less ``ignore`` (see
+        :func:`stage_config`). Nothing is read or written until it runs."""
+        return Stage(self, name, artifact, config, directory=directory, settings=settings, ignore=ignore)
+
+    def cached(
+        self,
+        name: str,
+        artifact: str,
+        config: Mapping[str, Any],
+        compute: Callable[[Stage], T],
+        *,
+        codec: Codec[T] | None = None,
+        settings: Any = None,
+        ignore: Iterable[str] = (),
+        beside: Iterable[str | Path] = (),
+        directory: bool = False,
+    ) -> Cached[T]:
+        """A stage in one call: its artifact loaded when it is done, else computed and saved.
+
+        Args:
+            name: the stage's name (its timing key and partial file).
+            artifact: the artifact's path relative to the run directory.
+            config: the inputs the artifact depends on (data, hashes of earlier stages, the model),
+                all hashed.
+            compute: ``compute(stage) -> value``; it may checkpoint items with
+                ``stage.run_items`` and write the files ``beside``.
+            codec: how the value is saved and loaded: :data:`JSON` (default), :data:`ROWS` (JSON
+                Lines), or a :class:`Codec` of your own (e.g. a CSV written then ``mark_done``).
+            settings: the pipeline's config dataclass: every field is hashed...
+            ignore: ...except these, which cannot change this artifact (declared here, once).
+            beside: files the stage writes next to its artifact; it is done only when they exist.
+            directory: the artifact is a directory (its marker inside it).
+
+        Returns:
+            :class:`Cached`: ``value``, ``hash`` (for the configs of later stages), ``path`` and
+            ``reused`` (True when loaded from an earlier run).
+        """
+        stage = self.stage(name, artifact, config, directory=directory, settings=settings, ignore=ignore)
+        return stage.cached(compute, codec, beside)
+
+
+@dataclass(frozen=True)
+class Codec(Generic[T]):
+    """How a stage's value is saved (``save(stage, value)``, which must mark the stage done) and
+    loaded back (``load(stage)``)."""
+
+    load: Callable[[Stage], T]
+    save: Callable[[Stage, T], None]
+
+
+@dataclass(frozen=True)
+class Cached(Generic[T]):
+    """A stage's value, its config ``hash``, its artifact ``path`` and whether it was ``reused``."""
+
+    value: T
+    hash: str
+    path: Path
+    reused: bool
+
+
+JSON: Codec[Any] = Codec(Stage.load_json, lambda stage, value: stage.save_json(value))
+ROWS: Codec[list[dict[str, Any]]] = Codec(
+    Stage.load_rows, lambda stage, rows: stage.save_rows(rows, reused_items=stage.reused)
+)

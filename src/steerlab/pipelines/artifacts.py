@@ -15,9 +15,12 @@ JUDGED = "judged.jsonl"
 PAIRS = "pairs.json"
 VECTORS_DIR = "vectors"
 VECTORS_MANIFEST = "vectors/manifest.json"
+# steerlab compare
+COMPARE = "compare.json"
 # diff study
 ADAPTER_DIR = "adapter"
-COMPARE = "compare.json"
+DIRECTIONS = "directions.json"  # the two directions compared (was compare.json, read from old runs)
+POSITIONS = "positions.json"
 STUDY = "study.json"
 STUDY_MARGINS = "study_margins.csv"
 SAMPLES = "samples.jsonl"

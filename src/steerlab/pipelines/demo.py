@@ -4,14 +4,19 @@ Stages (each resumable; a rerun reuses finished artifacts):
 
 1. ``diff/``        contrastive vector from the built-in deception pairs; LoRA fine-tune on their
                     deceptive answers; model-diff vector; cosine per layer with the random baseline
-                    and split-half reliabilities; the steering study (see :mod:`steerlab.study`);
+                    and split-half reliabilities; the steering study (see :mod:`steerlab.pipelines.study`);
 2. ``monitor.json`` projections of held-out honest vs deceptive answers on the model-diff vector,
                     read by the base and by the fine-tuned model;
 3. ``traits/``      the seed's multi-trait persona study (evil, sycophantic, hallucinating by
                     default; :mod:`steerlab.pipelines.persona_traits`): per trait the effective pairs,
                     best layer and the margin per coefficient with intervals, random controls and
                     the prompting baseline; across traits the trait × trait cosine per layer;
-4. ``summary.json`` headline figures and a plain-language reading; ``report.html``.
+4. ``summary.json`` headline figures and a plain-language reading
+                    (:class:`~steerlab.pipelines.records.DemoSummary`); ``report.html``.
+
+:func:`run_demo` returns a :class:`DemoResult`. Every steering effect in the reading comes with its
+verdict (:func:`steerlab.evaluate.controls.control_verdict`), which says when the number of random
+controls cannot reach p = 0.05 (fewer than 19); ``--size full`` runs 19 by default.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..activations.capture import ChatSample
 from ..engines.base import Engine, EngineConfig
 from ..engines.factory import make_engine
 from ..errors import SteerlabError
+from ..evaluate.controls import min_controls
 from ..evaluate.monitor import project
 from ..extract.model_diff import attached_adapter
 from ..formats.pairs import builtin_pairs_path, load_pairs
@@ -34,13 +40,15 @@ from ..judge import make_judge
 from ..model.loading import LoadedModel, load_model
 from ..vectors.vector import SteeringVector
 from ..version import __version__
-from .artifacts import SUMMARY
+from .artifacts import MONITOR, SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
-from .diff_study import DiffStudyConfig, run_diff_study
+from .demo_reading import reading
+from .diff_study import DiffStudyConfig, DiffStudyResult, run_diff_study
 from .persona import PersonaConfig
 from .persona_traits import PersonaTraitsConfig, run_persona_traits
+from .records import DemoSummary, DirectionsDoc, MonitorDoc, PositionsDoc
 from .runs import RunDir
-from .study import StudyConfig, best_coherent
+from .study import StudyConfig, StudyResult, best_coherent
 
 
 @dataclass
@@ -94,12 +102,17 @@ SIZES = {
         [-4.0, 0.0, 4.0, 8.0],
         4,
     ),
-    # paper scale, for a GPU
+    # paper scale, for a GPU: enough random controls for a test at p = 0.05 (19)
     "full": DemoSize(
         388,
         96,
         3,
-        StudyConfig(coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0], n_samples=6, prompts=DECEPTION_PROMPTS),
+        StudyConfig(
+            coeffs=[0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+            n_samples=6,
+            prompts=DECEPTION_PROMPTS,
+            controls=min_controls(),
+        ),
         20,
         5,
         96,
@@ -111,6 +124,27 @@ SIZES = {
 }
 
 
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` made: the run directory, ``summary`` (also ``summary.json``), the steering
+    study and the comparison of the two directions it reads from."""
+
+    run_dir: Path
+    summary: DemoSummary
+    study: StudyResult
+    comparison: DirectionsDoc
+
+    @property
+    def reading(self) -> list[str]:
+        """The plain-language reading of the headline numbers."""
+        return self.summary["reading"]
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per stage run now (stages reused from an earlier run are absent)."""
+        return self.summary["timings"]
+
+
 def run_demo(
     out_dir: str | Path = "out/demo",
     model: str = "smollm2",
@@ -120,13 +154,15 @@ def run_demo(
     judge_base_url: str | None = None,
     controls: int | None = None,
     engine: EngineConfig | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the demo into ``out_dir``; returns the summary (also in summary.json).
+) -> DemoResult:
+    """Run (or resume) the demo into ``out_dir``; returns a :class:`DemoResult` (the summary is also
+    written to summary.json).
 
-    ``controls``: random same-norm directions per steering condition (default: the size's, 8;
-    0 turns them off). ``engine``: where generation and scoring run (default ``hf``; with ``vllm`` the
-    fine-tuned model's rows run as LoRA requests; the vectors, the monitor and the local judge stay on
-    transformers). Raises SteerlabError for an unknown size or a model/judge that cannot load.
+    ``controls``: random same-norm directions per steering condition (default: the size's, 8 for
+    ci/small and 19 for full, enough for p = 0.05; 0 turns them off). ``engine``: where generation and
+    scoring run (default ``hf``; with ``vllm`` the fine-tuned model's rows run as LoRA requests; the
+    vectors, the monitor and the local judge stay on transformers). Raises SteerlabError for an
+    unknown size or a model/judge that cannot load.
     """
     if size not in SIZES:
         raise SteerlabError(f"--size {size!r}: expected one of {', '.join(SIZES)}")
@@ -142,12 +178,14 @@ def run_demo(
     lm = load_model(model)
     with make_engine(engine or EngineConfig(), model, lm, enable_lora=True) as runner:
         timings["load"] = time.perf_counter() - start
-        summary = _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings)
+        summary, diff = _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings)
     write_json(out / SUMMARY, summary)
-    return summary
+    return DemoResult(out, summary, diff.study, diff.comparison)
 
 
-def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings) -> dict[str, Any]:
+def _run(
+    lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timings
+) -> tuple[DemoSummary, DiffStudyResult]:
     """The demo's stages on a loaded model (captures) and an engine (generation and scoring)."""
 
     path = builtin_pairs_path("deception")
@@ -164,11 +202,9 @@ def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timin
     )
     timings["diff_study"] = time.perf_counter() - start
     timings.update({f"diff.{k}": v for k, v in diff.timings.items()})
-    study = diff.study
-    best = study["best_layer"]
 
     start = time.perf_counter()
-    monitor = _monitor_stage(lm, out, diff, heldout, best)
+    monitor = _monitor_stage(lm, out, diff, heldout, diff.study.best_layer)
     timings["monitor"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -176,37 +212,37 @@ def _run(lm, runner, out, model, judge, size, traits, judge_base_url, cfg, timin
     timings["traits"] = time.perf_counter() - start
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
     summary["engine"] = runner.kind
-    return summary
+    return summary, diff
 
 
-def _monitor_stage(lm: LoadedModel, out: Path, diff: dict[str, Any], heldout, best: int) -> dict[str, Any]:
-    stage = RunDir(out).stage(
-        "monitor", "monitor.json", {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
-    )
-    if stage.done():
-        return stage.load_json()
-    vector = SteeringVector.load(diff.vectors["model_diff"])
-    honest = [ChatSample(p.question, p.negative) for p in heldout]
-    deceptive = [ChatSample(p.question, p.positive) for p in heldout]
-    groups: dict[str, list[float]] = {}
+def _monitor_stage(lm: LoadedModel, out: Path, diff: DiffStudyResult, heldout, best: int) -> MonitorDoc:
+    """Projections of held-out honest vs deceptive answers on the model-diff vector at ``best``, read
+    by the base and by the fine-tuned model (``monitor.json``)."""
 
-    def add(label: str, model: LoadedModel) -> None:
-        for name, samples in (("honest", honest), ("deceptive", deceptive)):
-            values = project(model, samples, vector, [best], ["response_avg"])["response_avg"][:, 0]
-            groups[f"{name} answers · {label}"] = [float(v) for v in values]
+    def compute(_: Any) -> MonitorDoc:
+        vector = SteeringVector.load(diff.vectors["model_diff"])
+        honest = [ChatSample(p.question, p.negative) for p in heldout]
+        deceptive = [ChatSample(p.question, p.positive) for p in heldout]
+        groups: dict[str, list[float]] = {}
 
-    add("base", lm)
-    with attached_adapter(lm, diff.adapter) as tuned:
-        add("fine-tuned", tuned)
-    summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
-    doc = {
-        "title": f"held-out answers projected on the model-diff vector at layer {best}",
-        "layer": best,
-        "groups": groups,
-        "summary": summary,
-    }
-    stage.save_json(doc)
-    return doc
+        def add(label: str, model: LoadedModel) -> None:
+            for name, samples in (("honest", honest), ("deceptive", deceptive)):
+                values = project(model, samples, vector, [best], ["response_avg"])["response_avg"][:, 0]
+                groups[f"{name} answers · {label}"] = [float(v) for v in values]
+
+        add("base", lm)
+        with attached_adapter(lm, diff.adapter) as tuned:
+            add("fine-tuned", tuned)
+        summary = [{"group": k, "mean": sum(v) / len(v), "n": len(v)} for k, v in groups.items()]
+        return {
+            "title": f"held-out answers projected on the model-diff vector at layer {best}",
+            "layer": best,
+            "groups": groups,
+            "summary": summary,
+        }
+
+    config = {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
+    return RunDir(out).cached("monitor", MONITOR, config, compute).value
 
 
 def _traits_stage(
@@ -248,18 +284,18 @@ def _traits_stage(
     }
 
 
-def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[str, Any]:
+def _summary(lm, model, judge, size, diff: DiffStudyResult, monitor, persona, timings) -> DemoSummary:
     study, comparison = diff.study, diff.comparison
-    ref, best = study["reference"], study["best_layer"]
+    ref, best = study.reference, study.best_layer
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    max_drop = study["config"]["max_fluency_drop"]
+    max_drop = study.max_fluency_drop
     best_rows = {}
     for vector in ("model_diff", "contrastive"):
         for model_name, key in (("finetuned", "undone"), ("base", "induced")):
-            for layers in (str(best), "all"):
+            for layers in (best, "all"):
                 row = best_coherent(
-                    study["rows"],
+                    study.rows,
                     key,
                     max_drop,
                     stage="sweep",
@@ -269,7 +305,6 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
                     layers=layers,
                 )
                 best_rows[f"{vector}|{model_name}|{layers}"] = row
-    gap = ref["finetuned"] - ref["base"]
     summary = {
         "steerlab_version": __version__,
         "model": model,
@@ -277,7 +312,7 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "size": size,
         "n_layers": lm.n_layers,
         "d_model": lm.d_model,
-        "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": gap},
+        "margins": {"base": ref["base"], "finetuned": ref["finetuned"], "gap": study.gap},
         "cosine_per_layer": cos,
         "best_layer": best,
         "cosine_at_best_layer": cos[best],
@@ -285,9 +320,10 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "reliability_at_best_layer": {k: v["mean"][best] for k, v in rel.items()},
         "cosine_ci95_at_best_layer": comparison["cosine_ci95"]["contrastive|model_diff"][best],
         "best_steering": best_rows,
-        "steering_positions": study["config"].get("positions", "all"),
-        "prompting": study.get("prompting"),
-        "model_diff_vs_contrastive": [c for c in study.get("comparisons", []) if c["layers"] == str(best)],
+        "steering_positions": study.config.get("positions", "all"),
+        "controls": study.config.get("controls", 0),
+        "prompting": study.prompting,
+        "model_diff_vs_contrastive": [c for c in study.comparisons if c["layers"] == best],
         "model_diff_positions": _positions_summary(diff.positions, best),
         "monitor": monitor["summary"],
         "traits": persona["traits"],
@@ -297,10 +333,10 @@ def _summary(lm, model, judge, size, diff, monitor, persona, timings) -> dict[st
         "timings": {k: round(v, 1) for k, v in timings.items()},
     }
     summary["reading"] = reading(summary, max_drop)
-    return summary
+    return summary  # type: ignore[return-value]
 
 
-def _positions_summary(positions: dict[str, Any] | None, best: int) -> dict[str, Any] | None:
+def _positions_summary(positions: PositionsDoc | None, best: int) -> dict[str, Any] | None:
     """The position-resolved model diff at the best layer: cosine with the contrastive vector (and its
     interval) per token position, position 0 apart."""
     if not positions:
@@ -317,138 +353,3 @@ def _positions_summary(positions: dict[str, Any] | None, best: int) -> dict[str,
         "positions": {i: v for i, v in per.items() if i != "0"},
         "n_prompts": positions["n_prompts"],
     }
-
-
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.0%}"
-
-
-def _interval(ci: list[float | None] | None) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return "95% CI unbounded"
-    return f"95% CI {ci[0]:.0%} to {ci[1]:.0%}"
-
-
-def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | None) -> str:
-    """How a steering row's effect compares with its interval, its random band and prompting."""
-    delta = row.get("delta_ci95") or [None, None]
-    change = (
-        ""
-        if None in delta
-        else f", margin change {row['delta']:+.3f} nats/token, 95% CI {delta[0]:+.3f} to {delta[1]:+.3f}"
-    )
-    parts = [f"{_pct(row[key])} ({_interval(row.get('ci95'))}{change})"]
-    rnd = row.get("random")
-    if rnd:
-        parts.append(
-            f"random directions of the same norm: {_pct(rnd['mean'])} (band {_pct(rnd['lo'])} to "
-            f"{_pct(rnd['hi'])}, p = {rnd['p']:.2g}) — {row['verdict']}"
-        )
-    if row.get("steerable_fraction") is not None:
-        parts.append(
-            f"{row['steerable_fraction']:.0%} of pairs moved the intended way, "
-            f"{row['anti_steerable_fraction']:.0%} the wrong way"
-        )
-    if row.get("vs_prompting") is not None and prompting:
-        parts.append(f"{row['vs_prompting']:.2g}× the effect of prompting")
-    return "; ".join(parts)
-
-
-# How the reading names the study's steering positions (SPEC §4).
-STEERED_AT = {
-    "response": "at the last prompt token and every answer token",
-    "all": "at every token",
-    "prompt": "at the prompt tokens",
-}
-
-
-def reading(s: dict[str, Any], max_drop: float) -> list[str]:
-    """A short plain-language reading of the headline numbers (no claims beyond them)."""
-    m, best = s["margins"], s["best_layer"]
-    band = s["random_baseline"]["band"]
-    lines = []
-    if m["gap"] > 0:
-        lines.append(
-            f"Fine-tuning on deceptive answers raised the held-out behaviour margin from {m['base']:+.3f} to "
-            f"{m['finetuned']:+.3f} (log-likelihood per token, deceptive minus honest): the fine-tune learned "
-            "something that generalises to unseen questions."
-        )
-    else:
-        lines.append(
-            f"Fine-tuning did not raise the held-out margin ({m['base']:+.3f} → {m['finetuned']:+.3f}); the "
-            "comparisons below describe a fine-tune that did not take."
-        )
-    cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
-    ci = s.get("cosine_ci95_at_best_layer")
-    ci_text = f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f} from resampling the pairs behind each vector)" if ci else ""
-    if ci and (ci[0] > band or ci[1] < -band):
-        verdict = "outside the random band: further from orthogonal than unrelated directions"
-    elif ci and -band <= ci[0] and ci[1] <= band:
-        verdict = "inside the random band: not distinguishable from unrelated directions"
-    elif ci:
-        verdict = "its interval overlaps the random band: not clearly distinguishable from unrelated directions"
-    else:
-        verdict = "outside the random band" if abs(cos) > band else "inside the random band"
-    lines.append(
-        f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}{ci_text}, "
-        f"{verdict} (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
-        f"(contrastive {rel['contrastive']:.2f}, model-diff {rel['model_diff']:.2f}) bound how similar two "
-        "noisy estimates of the same direction could look."
-    )
-    prompting = s.get("prompting")
-    if prompting:
-        ask = prompting.get("finetuned_asked_opposite", {})
-        induce = prompting.get("base_asked_behaviour", {})
-        lines.append(
-            f"Prompting baseline: asking the fine-tuned model to be honest undoes {_pct(ask.get('effect'))} "
-            f"of the gap ({_interval(ask.get('ci95'))}); asking the base model to deceive induces "
-            f"{_pct(induce.get('effect'))} ({_interval(induce.get('ci95'))})."
-        )
-    for vector in ("model_diff", "contrastive"):
-        row = s["best_steering"].get(f"{vector}|finetuned|{best}")
-        if row:
-            lines.append(
-                f"Subtracting the {vector.replace('_', '-')} vector from the fine-tuned model at layer {best} "
-                f"({STEERED_AT[s.get('steering_positions', 'all')]}, "
-                f"coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
-                f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}."
-            )
-    paired = [c for c in s.get("model_diff_vs_contrastive") or [] if c["model"] == "finetuned"]
-    if paired:
-        sure = [c for c in paired if c["distinguishable"]]
-        lines.append(
-            f"Model-diff vs contrastive at equal size (layer {best}, same pairs, paired bootstrap): the two "
-            f"steer distinguishably at {len(sure)} of {len(paired)} coefficients"
-            + (
-                f" (e.g. c={sure[0]['coeff']:g}: margin difference {sure[0]['margin_difference']:+.3f}, 95% CI "
-                f"{sure[0]['ci95'][0]:+.3f} to {sure[0]['ci95'][1]:+.3f})."
-                if sure
-                else "."
-            )
-        )
-    positions = s.get("model_diff_positions")
-    if positions:
-        best_pos = positions["positions"].get(str(positions["best_position"]), {})
-        p0 = positions.get("position_0") or {}
-        lines.append(
-            f"Read on {positions['n_prompts']} unrelated prompts, the fine-tune's activation difference "
-            f"at token position {positions['best_position']} has cosine {best_pos.get('cosine', 0):+.3f} "
-            f"with the contrastive vector at layer {best} (position 0, an attention sink, "
-            f"{p0.get('cosine', 0):+.3f}; random band ±{positions['random_band']:.3f})."
-        )
-    lines.extend(s.get("traits_readings") or [])
-    unfiltered = [
-        name for name, e in (s.get("traits") or {}).items() if isinstance(e, dict) and e.get("filter") == "none"
-    ]
-    if unfiltered:
-        lines.append(
-            f"The {s['traits_judge']} judge could not score the persona answers of "
-            f"{', '.join(unfiltered)} (too little probability on numbers), so their persona vectors "
-            "average every pair, unfiltered; use a stronger judge (--judge openai:MODEL)."
-        )
-    lines.append(
-        "What a 135M model cannot show: judged trait scores with a reliable judge, long coherent steered "
-        "answers, and behaviours that need a capable model to express. The same commands run on a GPU "
-        "with a real model (--model, --judge openai:...) at --size full."
-    )
-    return lines

@@ -21,7 +21,7 @@ probability on numbers, SPEC §5) or the model did not express the trait, with t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from ..engines.hf import HfEngine
 from ..errors import SteerlabError
 from ..extract.persona import PERSONA_REDUCTIONS, all_pairs, effective_pairs, persona_vectors
 from ..formats.traits import Trait
+from ..io.runs import ROWS
 from ..judge import MIN_NUMBER_MASS, Judge, evaluate_coherence, evaluate_trait
 from ..model.loading import LoadedModel
 from .runs import RunDir, Stage
@@ -155,35 +156,40 @@ def run_persona(
     base = {"model": lm.name, "trait": trait.to_json(), "trait_name": name}
 
     engine = engine or HfEngine(lm)
-    responses = responses_stage(run, engine, trait, config)
-    if responses.done():
-        rows = responses.load_rows()
-    else:
 
-        def generate_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            return response_rows(items, generate_with_systems(engine, items, config, f"{name}: generating"))
+    def generate_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return response_rows(items, generate_with_systems(engine, items, config, f"{name}: generating"))
 
-        rows = responses.run_items(response_items(trait, config), generate_chunk, chunk=generation_chunk(config))
-        responses.save_rows(rows, reused_items=responses.reused)
-
-    judged_stage = run.stage(
-        "judged", "judged.jsonl", {**base, "responses": responses.hash, "judge": judge_name or type(judge).__name__}
+    responses = responses_stage(run, engine, trait, config).cached(
+        lambda stage: stage.run_items(response_items(trait, config), generate_chunk, chunk=generation_chunk(config)),
+        ROWS,
     )
-    if judged_stage.done():
-        judged = judged_stage.load_rows()
-    else:
+    rows = responses.value
 
-        def judge_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-            qs, answers = [it["question"] for it in items], [it["response"] for it in items]
-            trait_results = evaluate_trait(judge, trait.eval_prompt, qs, answers)
-            coherence = evaluate_coherence(judge, qs, answers)
-            return [
-                {**it, "trait_score": t.score, "coherence": c.score, "trait_mass": t.mass, "coherence_mass": c.mass}
-                for it, t, c in zip(items, trait_results, coherence, strict=True)
-            ]
+    def judge_chunk(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        qs, answers = [it["question"] for it in items], [it["response"] for it in items]
+        trait_results = evaluate_trait(judge, trait.eval_prompt, qs, answers)
+        coherence = evaluate_coherence(judge, qs, answers)
+        return [
+            {**it, "trait_score": t.score, "coherence": c.score, "trait_mass": t.mass, "coherence_mass": c.mass}
+            for it, t, c in zip(items, trait_results, coherence, strict=True)
+        ]
 
-        judged = judged_stage.run_items(rows, judge_chunk, chunk=config.judge_chunk)
-        judged_stage.save_rows(judged, reused_items=judged_stage.reused)
+    judged_stage = run.cached(
+        "judged",
+        "judged.jsonl",
+        {**base, "responses": responses.hash, "judge": judge_name or type(judge).__name__},
+        lambda stage: stage.run_items(rows, judge_chunk, chunk=config.judge_chunk),
+        codec=ROWS,
+    )
+    judged = judged_stage.value
+
+    def choose_pairs(_: Stage) -> dict[str, Any]:
+        doc = effective_pairs(judged, config.threshold, config.min_coherence)
+        doc["filter"] = "effective"
+        if not config.filter:
+            doc.update(pairs=all_pairs(judged), filter="none")
+        return doc
 
     # The filtered stage's config is unchanged from before --no-filter existed: old runs resume as is.
     pairs_cfg = {
@@ -192,15 +198,8 @@ def run_persona(
         "min_coherence": config.min_coherence,
         **({} if config.filter else {"filter": "none"}),
     }
-    pairs_stage = run.stage("pairs", "pairs.json", pairs_cfg)
-    if pairs_stage.done():
-        pairs_doc = pairs_stage.load_json()
-    else:
-        pairs_doc = effective_pairs(judged, config.threshold, config.min_coherence)
-        pairs_doc["filter"] = "effective"
-        if not config.filter:
-            pairs_doc.update(pairs=all_pairs(judged), filter="none")
-        pairs_stage.save_json(pairs_doc)
+    pairs_stage = run.cached("pairs", "pairs.json", pairs_cfg, choose_pairs)
+    pairs_doc = pairs_stage.value
     pairs = pairs_doc["pairs"]
     answers = judge_answer_counts(judged, getattr(judge, "min_mass", MIN_NUMBER_MASS))
     if not pairs:
@@ -223,16 +222,22 @@ def run_persona(
             n_answers=answers["answers"],
             n_unscored_answers=answers["unscored"],
         )
-    vec_stage = run.stage("vectors", "vectors/manifest.json", {"pairs": pairs_stage.hash, "model": lm.name})
     paths = {r: run.path / "vectors" / f"{name}_{r}.safetensors" for r in PERSONA_REDUCTIONS}
-    if not vec_stage.done():
+
+    def extract(_: Stage) -> dict[str, Any]:
         vectors = persona_vectors(lm, pairs, batch_size=config.batch_size or 16)
         for reduction, vec in vectors.items():
             vec.metadata.update(meta)
             vec.save(paths[reduction])
-        vec_stage.save_json(
-            {"vectors": {r: str(p.name) for r, p in paths.items()}, "n_pairs": len(pairs), "metadata": meta}
-        )
+        return {"vectors": {r: str(p.name) for r, p in paths.items()}, "n_pairs": len(pairs), "metadata": meta}
+
+    run.cached(
+        "vectors",
+        "vectors/manifest.json",
+        {"pairs": pairs_stage.hash, "model": lm.name},
+        extract,
+        beside=paths.values(),
+    )
     return PersonaResult(
         run.path,
         paths,
@@ -320,10 +325,14 @@ def responses_stage(run: RunDir, lm: Engine, trait: Trait, config: PersonaConfig
     as rows of shared batches, :mod:`steerlab.pipelines.persona_traits`) and saved through it with
     :func:`response_rows` are the ones :func:`run_persona` reuses."""
     base = {"model": lm.name, "trait": trait.to_json(), "trait_name": trait.name or "trait", **lm.fingerprint()}
-    gen_cfg = {
-        k: v for k, v in asdict(config).items() if k not in ("threshold", "min_coherence", "judge_chunk", "filter")
-    }
-    return run.stage("responses", "responses.jsonl", {**base, **gen_cfg})
+    # the filter's settings and the judge's checkpoint size do not change the answers
+    return run.stage(
+        "responses",
+        "responses.jsonl",
+        base,
+        settings=config,
+        ignore=("threshold", "min_coherence", "judge_chunk", "filter"),
+    )
 
 
 def response_rows(items: list[dict[str, Any]], gens: list[Any]) -> list[dict[str, Any]]:

@@ -63,9 +63,19 @@ from .runs import RunDir, Stage
 from .shared_batches import shared_generation
 from .study import default_layers
 from .trait_cosine import pair_differences, trait_cosines
+from .trait_records import TraitEntry, TraitFailure, TraitTableRow
 from .trait_scores import judged_scores, score_summary
 
 RESERVED = ("cosine", "steerlab_version", "model", "judge", "config", "table")
+
+# Fields of PersonaTraitsConfig that stages do not read, by group; each stage names the groups it
+# ignores in its one call. A field in no group is hashed by every stage (recomputed until declared).
+_EXTRACTION = ("persona", "reduction", "fallback_unfiltered")  # the vector's content hash covers them
+_SCAN = ("layers", "scan_coeff", "max_fluency_drop")  # the layer choice: its stage hash covers them
+_SWEEP = ("coeffs", "controls")
+_EVAL = ("eval_questions", "eval_new_tokens", "prompt_instruction")
+_SCORES = ("score_controls", "judge_scores")
+_READING = ("n_resamples", "batch_size")  # bootstrap at assembly; forward batch size (float rounding)
 TraitLike = str | Path | Trait | tuple[Trait, Trait]
 
 
@@ -122,11 +132,11 @@ class PersonaTraitsResult:
     (``traits.json``), ``table`` (summary rows) and ``timings`` (seconds per stage run now)."""
 
     run_dir: Path
-    traits: dict[str, dict[str, Any]]
+    traits: dict[str, TraitEntry | TraitFailure]
     cosine: dict[str, Any] | None
     failed: dict[str, str]
     path: Path
-    table: list[dict[str, Any]]
+    table: list[TraitTableRow]
     timings: dict[str, float]
 
     @property
@@ -207,7 +217,7 @@ def run_persona_traits(
     run = RunDir(out_dir)
     runs = {s.name: RunDir(run.path / s.name) for s in specs}
     judge_id = judge_name or type(judge).__name__
-    failed: dict[str, dict[str, Any]] = {}
+    failed: dict[str, TraitFailure] = {}
     timings: dict[str, float] = {}
     chunk = 4 * generation_chunk(config.persona)
 
@@ -245,13 +255,9 @@ def run_persona_traits(
             runs[s.name].stage(
                 "eval_answers",
                 "eval_answers.jsonl",
-                {
-                    "model": lm.name,
-                    **engine.fingerprint(),
-                    "eval_trait": s.eval.to_json(),
-                    "questions": config.eval_questions,
-                    "max_new_tokens": config.eval_new_tokens,
-                },
+                {"model": lm.name, **engine.fingerprint(), "eval_trait": s.eval.to_json()},
+                settings=config,
+                ignore=(*_EXTRACTION, *_SCAN, *_SWEEP, "positions", "prompt_instruction", "seed", *_SCORES, *_READING),
             ),
             ts.eval_items(s.eval, config.eval_questions),
         )
@@ -270,8 +276,8 @@ def run_persona_traits(
     shared_generation(run, "eval_answers", eval_targets, eval_work, chunk)
     timings["eval_answers"] = time.perf_counter() - start
 
-    entries: dict[str, dict[str, Any]] = {}
-    directions: dict[str, dict[str, Any]] = {}
+    entries: dict[str, TraitEntry] = {}
+    directions: dict[str, dict[str, Any]] = {}  # name -> {"vector", "layer", "hash", "pairs"}
     for s in ok:
         try:
             entries[s.name], directions[s.name] = _evaluate(
@@ -298,24 +304,21 @@ def run_persona_traits(
     start = time.perf_counter()
     cosine = None
     if len(entries) >= 2:
-        stage = run.stage(
-            "cosine",
-            "cosine.json",
-            {
-                "vectors": {n: d["hash"] for n, d in directions.items()},
-                "reduction": config.reduction,
-                "seed": config.seed,
-                "n_resamples": config.n_resamples,
-            },
-        )
-        if stage.done():
-            cosine = stage.load_json()
-        else:
+
+        def cosines(_: Stage) -> dict[str, Any]:
             diffs = {
                 n: pair_differences(lm, d["pairs"], config.reduction, config.batch_size) for n, d in directions.items()
             }
-            cosine = trait_cosines(diffs, config.n_resamples, config.seed)
-            stage.save_json(cosine)
+            return trait_cosines(diffs, config.n_resamples, config.seed)
+
+        cosine = run.cached(
+            "cosine",
+            "cosine.json",
+            {"vectors": {n: d["hash"] for n, d in directions.items()}},
+            cosines,
+            settings=config,
+            ignore=("persona", "fallback_unfiltered", *_SCAN, *_SWEEP, "positions", *_EVAL, *_SCORES, "batch_size"),
+        ).value
         cosine["best_layers"] = {n: e["best_layer"] for n, e in entries.items()}
     timings["cosine"] = time.perf_counter() - start
 
@@ -392,7 +395,7 @@ def _evaluate(
     persona: Any,
     config: PersonaTraitsConfig,
     layers: list[int],
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[TraitEntry, dict[str, Any]]:
     """Layer scan and margin sweep with controls for one trait: (its traits.json entry, its directions)."""
     pairs = ts.eval_pairs(eval_stage.load_rows())
     if not pairs:
@@ -403,47 +406,35 @@ def _evaluate(
     vector = SteeringVector.load(persona.vectors[config.reduction])
     vhash = _vector_hash(vector)
     systems = ts.prompting_systems(spec.eval, config.prompt_instruction)
-    scan_stage = run.stage(
+    scan_stage = run.cached(
         "layer_scan",
         "layer_scan.json",
         {
             "eval_answers": eval_stage.hash,
             **lm.fingerprint(),
             "vector": vhash,
-            "layers": layers,
-            "coeff": config.scan_coeff,
-            "positions": config.positions,
+            "resolved_layers": layers,
             "systems": systems,
         },
-    )
-    if scan_stage.done():
-        scan = scan_stage.load_json()
-    else:
-        scan = ts.layer_scan(
+        lambda _: ts.layer_scan(
             lm, pairs, vector.data, layers, config.scan_coeff, config.positions, systems, config.batch_size
-        )
-        scan_stage.save_json(scan)
-    best, scan_rows = ts.choose_layer(scan, config.max_fluency_drop)
+        ),
+        settings=config,
+        ignore=(*_EXTRACTION, "layers", "max_fluency_drop", *_SWEEP, *_EVAL, "seed", *_SCORES, *_READING),
+    )
+    scan = scan_stage.value
+    best, scan_rows = ts.read_layer_scan(scan, config.max_fluency_drop)
     controls = random_directions(vector, config.controls, config.seed)
-    sweep_stage = run.stage(
+    sweep = run.cached(
         "margins",
         "margins.json",
-        {
-            "layer_scan": scan_stage.hash,
-            "layer": best,
-            "coeffs": config.coeffs,
-            "controls": config.controls,
-            "seed": config.seed,
-            "positions": config.positions,
-        },
-    )
-    if sweep_stage.done():
-        sweep = sweep_stage.load_json()
-    else:
-        sweep = ts.sweep_margins(
+        {"layer_scan": scan_stage.hash, "layer": best},
+        lambda _: ts.sweep_margins(
             lm, pairs, vector.data, controls, best, config.coeffs, config.positions, config.batch_size
-        )
-        sweep_stage.save_json(sweep)
+        ),
+        settings=config,
+        ignore=(*_EXTRACTION, *_SCAN, *_EVAL, *_SCORES, *_READING),
+    ).value
     refs = ts.reference_summary(scan, config.n_resamples, config.seed)
     entry = {
         "status": "ok",
@@ -484,7 +475,7 @@ def _add_scores(
     run: RunDir,
     specs: dict[str, TraitSpec],
     runs: dict[str, RunDir],
-    entries: dict[str, dict[str, Any]],
+    entries: dict[str, TraitEntry],
     directions: dict[str, dict[str, Any]],
     persona: dict[str, Any],
     config: PersonaTraitsConfig,

@@ -29,6 +29,8 @@ def shared_generation(
     todo = [(t, stage, items) for t, (stage, items) in targets.items() if not stage.done()]
     if not todo:
         return
+    for _, stage, _ in todo:
+        stage.invalidate()  # about to write new rows through it
     shared = run.stage(name, f".partial/{name}.done", {t: stage.hash for t, (stage, _) in targets.items()})
     keyed = [{"key": f"{t}/{it['key']}", "trait": t, "item": it} for t, _, items in todo for it in items]
 

@@ -4,14 +4,23 @@ For each layer, every (coefficient, question) row is generated in one batch stre
 coefficients. Results go to a run directory:
 
 - ``generations.jsonl``  every generation with its layer, coefficient and settings;
-- ``control_generations.jsonl``  the same grid steered by each of ``controls`` random directions of
-  the vector's norm (field ``control``), generated as extra rows of the same batches;
+- ``control_generations.jsonl``  generations steered by each of ``controls`` random directions of
+  the vector's norm (field ``control``): with ``controls_at="reported"`` (the default), only when a
+  judge scores the sweep, and only at each layer's reported cell
+  (:func:`~steerlab.pipelines.sweep_evidence.reported_coeff`: the largest coefficient whose judged
+  coherence is at least ``min_coherence``, positive ones first); with ``controls_at="all"`` at every
+  cell, as extra rows of the same batches (K + 1 times the generations and judge calls);
 - ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given, with its
   change from unsteered (``delta``, bootstrap 95% interval over pairs), the random controls' band
-  and p, and the steerable / anti-steerable fractions of pairs;
+  and one-sided p (at every cell: teacher-forced, cheap), the verdict, and the steerable /
+  anti-steerable fractions of pairs (:class:`~steerlab.pipelines.records.SweepMarginRow`);
 - ``scores.csv``         judged trait and coherence (mean, std, n) per (layer, coefficient), when a
-  judge and a trait are given (``steerlab report DIR`` plots them);
+  judge and a trait are given, with the controls' band and p where they ran
+  (:class:`~steerlab.pipelines.records.SweepScoreRow`; ``steerlab report DIR`` plots them);
 - ``sweep.json``         the config, steerlab version and timings.
+
+:func:`~steerlab.pipelines.sweep_evidence.sweep_plan` says beforehand how many generations and judge
+calls a sweep makes (the CLI prints it for judged sweeps).
 
 Generation and margins are run stages (:mod:`steerlab.pipelines.runs`): each finished layer is
 checkpointed, a rerun of a killed sweep skips finished layers, a rerun with the same config skips
@@ -34,11 +43,13 @@ import torch
 from ..activations.samples import pair_samples
 from ..engines.base import Engine
 from ..engines.hf import as_engine
-from ..evaluate.controls import control_summary, random_directions
+from ..errors import SteerlabError
+from ..evaluate.controls import random_directions
+from ..evaluate.evidence import EVIDENCE_FORMAT
 from ..evaluate.margin import condition_margins
-from ..evaluate.statistics import bootstrap_ci, steerable_fractions
 from ..formats.pairs import Pair
 from ..io.atomic import write_json, write_jsonl
+from ..io.runs import ROWS, Codec, Stage
 from ..io.tables import cell_value, read_csv, write_csv
 from ..judge import Judge, judge_coherence, judge_trait
 from ..model.chat import Prompt
@@ -50,7 +61,19 @@ from ..steering.steerer import SteeringSpec, parse_layers
 from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import CONTROL_GENERATIONS, GENERATIONS, MARGINS, SCORES, SWEEP
+from .records import SweepGeneration, SweepMarginRow, SweepScoreRow
 from .runs import RunDir, read_jsonl_rows
+from .sweep_evidence import (
+    CONTROLS_AT,
+    margin_reported_coeff,
+    margin_rows,
+    margins_everywhere,
+    reported_coeff,
+    score_table,
+    sweep_plan,
+)
+
+__all__ = ["SweepConfig", "SweepResult", "run_sweep", "score_table", "sweep_plan"]
 
 
 @dataclass
@@ -59,10 +82,18 @@ class SweepConfig:
 
     ``layers``: a layer spec (``all``, ``12``, ``10,12``, ``8-16``; layer L = output of block L).
     ``coeffs``: coefficients, all generated as rows of one batch stream per layer.
+    ``controls``: random directions of the vector's norm (0: off); ``controls_at``: where they run when
+    they are costly — ``"reported"`` (default: at each layer's reported cell, the largest coefficient,
+    positive ones first, that stays coherent: judged coherence >= ``min_coherence`` (0-100) for
+    generated text, fluency drop <= ``max_fluency_drop`` nats/token for margins steered at ``all`` or
+    ``prompt`` positions; margins steered at ``response`` positions get them at every cell, as they
+    share prompts; generated text without a judge gets none, as nothing reads it) or ``"all"`` (every
+    cell). See :mod:`steerlab.pipelines.sweep_evidence`.
     ``cap_ceiling``/``cap_floor``: ``operator="cap"`` thresholds on h·v̂ (activation units), or
     ``cap_percentile``/``cap_floor_percentile``: the same as percentiles (0-100) of h·v̂ at each layer
     on the reference prompts (:func:`run_sweep`'s ``reference_prompts``, default the questions).
-    Raises SteerlabError for inconsistent cap options (see :func:`~steerlab.steering.operators.check_cap_options`).
+    Raises SteerlabError for inconsistent cap options (see
+    :func:`~steerlab.steering.operators.check_cap_options`) or an unknown ``controls_at``.
     """
 
     layers: str | list[int]
@@ -75,18 +106,24 @@ class SweepConfig:
     seed: int = 0
     system: str | None = None
     batch_size: int | None = None
-    controls: int = 8  # random directions of the vector's norm per layer, run as extra rows (0: off)
+    controls: int = 8  # random directions of the vector's norm (0: off)
     n_bootstrap: int = 1000
     cap_ceiling: float | None = None
     cap_floor: float | None = None
     cap_percentile: float | None = None
     cap_floor_percentile: float | None = None
+    controls_at: str = "reported"  # where costly controls run: each layer's "reported" cell, or "all"
+    min_coherence: float = 50.0  # judged coherence (0-100) of a reported cell of generated text
+    max_fluency_drop: float = 1.0  # nats/token: a reported cell of the margins stays this fluent
 
     def __post_init__(self) -> None:
-        """Raises SteerlabError for inconsistent cap options, before any model work."""
+        """Raises SteerlabError for inconsistent cap options or an unknown ``controls_at``, before
+        any model work."""
         check_cap_options(
             self.operator, self.cap_ceiling, self.cap_floor, self.cap_percentile, self.cap_floor_percentile
         )
+        if self.controls_at not in CONTROLS_AT:
+            raise SteerlabError(f"--controls-at {self.controls_at!r}: expected one of {', '.join(CONTROLS_AT)}")
 
 
 @dataclass
@@ -94,10 +131,10 @@ class SweepResult:
     """Every generation (``generations.jsonl`` rows), the margin per (layer, coeff) when pairs were
     given, the judged score table when a judge was, and seconds per stage."""
 
-    generations: list[dict[str, Any]]
-    margins: list[dict[str, Any]] = field(default_factory=list)
+    generations: list[SweepGeneration]
+    margins: list[SweepMarginRow] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    scores: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[SweepScoreRow] = field(default_factory=list)
 
 
 def _prompt_text(prompt: Prompt) -> str:
@@ -188,23 +225,6 @@ def run_sweep(
     if reference_norms is not None and config.scale == "relative":  # they may come from other prompts
         calibration["reference_norms"] = [round(float(reference_norms[layer]), 6) for layer in layers]
     vector_hash = hashlib.sha256(vector.data.numpy().tobytes()).hexdigest()
-    stage = run.stage(
-        GENERATIONS.removesuffix(".jsonl"),
-        GENERATIONS,
-        {
-            "model": lm.name,
-            **lm.fingerprint(),
-            "vector": vector_hash,
-            "questions": [_prompt_text(q) for q in questions],
-            "coeffs": coeffs,
-            "system": config.system,
-            "settings": settings,
-            "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
-            "eval_prompt": eval_prompt if judged else None,
-            "controls": config.controls,
-            **calibration,
-        },
-    )
     timings: dict[str, float] = {"generation_s": 0.0, "margin_s": 0.0, "judge_s": 0.0}
 
     # Random directions of the vector's norm; with percentile caps each is calibrated on its own direction.
@@ -236,25 +256,26 @@ def run_sweep(
             else {}
         )
 
-    def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        layer = items[0]["layer"]
+    def generate(layer: int, directions: list[SteeringVector], grid_coeffs: list[float]) -> list[dict[str, Any]]:
+        """Rows for every question at each of ``grid_coeffs`` under each direction (the real vector
+        first, then controls), as row blocks of the same batches; judged when a judge is given."""
         start = time.perf_counter()
-        prompts, row_coeffs = expand_grid(questions, coeffs)
+        prompts, row_coeffs = expand_grid(questions, grid_coeffs)
         n = len(prompts)
         met = [True] * n if not gate else [gate["met"][i % len(questions)] for i in range(n)]
-        total = n * (1 + len(controls))
-        # The real vector and each random control are row blocks of the same batches (gated rows only).
+        total = n * len(directions)
+        # The real vector and each direction are row blocks of the same batches (gated rows only).
         specs = [
             spec(
                 layer,
-                row_coeffs * (1 + len(controls)),
+                row_coeffs * len(directions),
                 d,
                 torch.tensor([k * n <= i < (k + 1) * n and met[i % n] for i in range(total)]),
             )
-            for k, d in enumerate([vector, *controls])
+            for k, d in enumerate(directions)
         ]
         gens = lm.generate(
-            prompts * (1 + len(controls)),
+            prompts * len(directions),
             system=config.system,
             steering=specs,
             max_new_tokens=config.max_new_tokens,
@@ -265,6 +286,7 @@ def run_sweep(
             description=f"layer {layer}: generating",
         )
         timings["generation_s"] += time.perf_counter() - start
+        index = {id(d): k for k, d in enumerate(controls)}
         rows = [
             {
                 "layer": layer,
@@ -274,7 +296,7 @@ def run_sweep(
                 "text": g.text,
                 "n_new_tokens": g.n_new_tokens,
                 "finish_reason": g.finish_reason,
-                "control": None if i < n else i // n - 1,
+                "control": index.get(id(directions[i // n])),
                 **gate_of(i % len(questions)),
                 **settings,
                 **thresholds.get(layer, {}),
@@ -289,23 +311,93 @@ def run_sweep(
             ):
                 r["trait_score"], r["coherence"] = t, c
             timings["judge_s"] += time.perf_counter() - start
+        return rows
+
+    def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        layer = items[0]["layer"]
+        if config.controls_at == "all":
+            rows = generate(layer, [vector, *controls], coeffs)
+        else:
+            rows = generate(layer, [vector], coeffs)
+            reported = reported_coeff(rows, config.min_coherence) if judged and controls else None
+            if reported is not None:
+                rows += generate(layer, controls, [reported])
         return [{"key": items[0]["key"], "rows": rows}]
 
-    if stage.done():
-        rows_all = stage.load_rows()
-        control_rows = read_jsonl_rows(out / CONTROL_GENERATIONS) if (out / CONTROL_GENERATIONS).is_file() else []
-    else:
+    def generate_all(stage: Stage) -> list[dict[str, Any]]:
         # One checkpoint per layer: a killed sweep resumes at the first unfinished layer.
         per_layer = stage.run_items([{"key": str(layer), "layer": layer} for layer in layers], generate_layer, chunk=1)
         every = [row for item in per_layer for row in item["rows"]]
-        rows_all = [r for r in every if r["control"] is None]
-        control_rows = [r for r in every if r["control"] is not None]
-        write_jsonl(out / CONTROL_GENERATIONS, control_rows)  # before the stage's marker
-        stage.save_rows(rows_all)
+        write_jsonl(out / CONTROL_GENERATIONS, [r for r in every if r["control"] is not None])  # before the marker
+        return [r for r in every if r["control"] is None]
 
-    margins: list[dict[str, Any]] = []
+    # Control generations exist only when something reads them: a judge, or controls_at="all".
+    generated_controls = config.controls > 0 and (judged or config.controls_at == "all")
+    rows_all = run.cached(
+        GENERATIONS.removesuffix(".jsonl"),
+        GENERATIONS,
+        {
+            "model": lm.name,
+            **lm.fingerprint(),
+            "vector": vector_hash,
+            "layers": layers,
+            "questions": [_prompt_text(q) for q in questions],
+            "judge": getattr(judge, "name", type(judge).__name__) if judged else None,
+            "eval_prompt": eval_prompt if judged else None,
+            **calibration,
+        },
+        generate_all,
+        codec=ROWS,
+        settings=config,
+        # the margins' bootstrap; the batch size (float rounding); the layer spec (resolved above);
+        # without control generations, how many there would be
+        ignore=(
+            "n_bootstrap",
+            "batch_size",
+            "layers",
+            "max_fluency_drop",
+            *(() if generated_controls else ("controls", "controls_at", "min_coherence")),
+        ),
+        beside=[CONTROL_GENERATIONS],
+    ).value
+    control_rows = read_jsonl_rows(out / CONTROL_GENERATIONS)
+
+    margins: list[SweepMarginRow] = []
     if pairs:
-        margin_stage = run.stage(
+
+        def measure(stage: Stage) -> list[SweepMarginRow]:
+            start = time.perf_counter()
+            batch = config.batch_size or 16
+            everywhere = margins_everywhere(config)
+            gated = condition is not None
+            # the unsteered margins, once: the same at every layer and coefficient
+            (unsteered,) = condition_margins(lm, pairs, [[]], [0.0], batch, reference_norms)
+            steered = None
+            if gated:  # the pairs (question + system prompt) whose prompt passes the condition
+                sims = condition_similarities(lm, [condition], gate_samples(pair_samples(pairs)[0]), batch)
+                steered = int(condition.passes(sims[0]).sum())
+            rows: list[SweepMarginRow] = []
+            for layer in layers:
+                directions = [vector, *controls] if everywhere else [vector]
+                real, *null = condition_margins(
+                    lm, pairs, [[spec(layer, 1.0, d, gated=gated)] for d in directions], coeffs, batch, reference_norms
+                )
+                reported = margin_reported_coeff(coeffs, real.fluency, unsteered.fluency[0], config.max_fluency_drop)
+                at = {c: [x.per_pair[i] for x in null] for i, c in enumerate(coeffs)} if null else {}
+                if not everywhere and controls and reported is not None:
+                    null = condition_margins(
+                        lm, pairs, [[spec(layer, 1.0, d, gated=gated)] for d in controls], [reported], batch,
+                        reference_norms,
+                    )  # fmt: skip
+                    at = {reported: [x.per_pair[0] for x in null]}
+                layer_rows = margin_rows(layer, coeffs, unsteered, real, at, reported, config.n_bootstrap, config.seed)
+                if steered is not None:
+                    layer_rows = [{**r, "n_pairs_steered": steered} for r in layer_rows]  # type: ignore[misc]
+                rows += layer_rows
+            timings["margin_s"] += time.perf_counter() - start
+            return rows
+
+        margins = run.cached(
             "margins",
             MARGINS,
             {
@@ -313,27 +405,19 @@ def run_sweep(
                 **lm.fingerprint(),
                 "vector": vector_hash,
                 "layers": layers,
-                "coeffs": coeffs,
-                "settings": settings,
                 "pairs": [[p.question, p.positive, p.negative, p.system] for p in pairs],
-                "controls": config.controls,
-                "seed": config.seed,
-                "n_bootstrap": config.n_bootstrap,
+                "evidence": EVIDENCE_FORMAT,
                 **calibration,
             },
-        )
-        if margin_stage.done():
-            margins = [{k: cell_value(v) for k, v in r.items()} for _, r in read_csv(margin_stage.path, "margins")[1]]
-        else:
-            start = time.perf_counter()
-            for layer in layers:
-                margins += _layer_margins(
-                    lm, pairs, layer, coeffs, [vector, *controls], spec, config, reference_norms, condition
-                )
-            timings["margin_s"] += time.perf_counter() - start
-            write_csv(margin_stage.path, margins)
-            margin_stage.mark_done()
-    scores = score_table(rows_all + control_rows, config.n_bootstrap, config.seed) if judged else []
+            measure,
+            codec=Codec(_read_margins, lambda stage, rows: (write_csv(stage.path, rows), stage.mark_done())),
+            settings=config,
+            # generation settings, the generated controls' threshold and the batch size (float rounding)
+            ignore=("layers", "max_new_tokens", "temperature", "system", "min_coherence", "batch_size"),
+        ).value
+    scores = (
+        score_table(rows_all + control_rows, config.n_bootstrap, config.seed, config.min_coherence) if judged else []
+    )
     if scores:
         write_csv(out / SCORES, scores)
     write_json(
@@ -347,106 +431,19 @@ def run_sweep(
             "config": {**asdict(config), "layers": layers, **calibration, **(extra_config or {})},
             "n_questions": len(questions),
             "n_pairs": len(pairs or []),
+            "plan": asdict(sweep_plan(config, len(layers), len(questions), judged, len(pairs or []))),
             "timings": timings,
         },
     )
     return SweepResult(rows_all, margins, timings, scores)
 
 
-def _layer_margins(
-    lm: Engine,
-    pairs: Sequence[Pair],
-    layer: int,
-    coeffs: list[float],
-    directions: list[SteeringVector],
-    spec: Any,
-    config: SweepConfig,
-    reference_norms: torch.Tensor | None,
-    condition: Condition | None = None,
-) -> list[dict[str, Any]]:
-    """Margins at one layer for the vector and its random controls (rows of one stream), with the
-    unsteered margins: per coefficient the margin, its change from unsteered with a bootstrap
-    interval over pairs, the controls' band and p, and the steerable / anti-steerable fractions.
-    With a CAST ``condition`` every steered condition acts only on the pairs whose question passes it
-    (``n_pairs_steered``)."""
-    conditions = [[]] + [[spec(layer, 1.0, d, gated=condition is not None)] for d in directions]
-    steered = None
-    if condition is not None:
-        sims = condition_similarities(lm, [condition], gate_samples(pair_samples(pairs)[0]), config.batch_size or 16)
-        steered = int(condition.passes(sims[0]).sum())  # pairs (question + system prompt) that pass
-    unsteered, real, *null = condition_margins(lm, pairs, conditions, coeffs, config.batch_size or 16, reference_norms)
-    rows = []
-    for i, c in enumerate(coeffs):
-        base = unsteered.per_pair[i].double()
-        delta = real.per_pair[i].double() - base
-        row: dict[str, Any] = {
-            "layer": layer,
-            "coeff": c,
-            "margin": real.mean[i],
-            "std": real.std[i],
-            "n_pairs": len(pairs),
-            "delta": float(delta.mean()),
-            **({"n_pairs_steered": steered} if steered is not None else {}),
-        }
-        lo, hi = bootstrap_ci(delta, config.n_bootstrap, config.seed) if len(pairs) > 1 else (None, None)
-        row.update(delta_ci95_lo=lo, delta_ci95_hi=hi)
-        if c != 0:
-            spread = steerable_fractions(delta, 1.0 if c > 0 else -1.0)
-            row.update(steerable_fraction=spread["steerable"], anti_steerable_fraction=spread["anti_steerable"])
-        if null:
-            band = control_summary(row["delta"], [float((x.per_pair[i].double() - base).mean()) for x in null])
-            row.update(random_mean=band["mean"], random_lo=band["lo"], random_hi=band["hi"], random_p=band["p"])
-        rows.append(row)
-    return rows
+def _read_margins(stage: Stage) -> list[SweepMarginRow]:
+    """``margins.csv`` read back: numbers parsed, ``reported`` a bool."""
+    rows = [{k: cell_value(v) for k, v in r.items()} for _, r in read_csv(stage.path, "margins")[1]]
+    return [{**r, "reported": r.get("reported") in (True, "True")} for r in rows]  # type: ignore[misc]
 
 
 def _at(threshold: float | Mapping[int, float] | None, layer: int) -> float | None:
     """A cap threshold at ``layer``: the value itself, or its entry in a ``{layer: τ}`` mapping."""
     return threshold.get(layer) if isinstance(threshold, Mapping) else threshold
-
-
-def _stats(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, var**0.5
-
-
-def score_table(rows: list[dict[str, Any]], n_bootstrap: int = 1000, seed: int = 0) -> list[dict[str, Any]]:
-    """Mean, std and n of trait and coherence scores (0-100) per (layer, coeff), with a bootstrap
-    95% interval of the trait mean over questions and, when the sweep ran random controls, the band
-    and p of the controls' trait means. None scores are left out."""
-    groups: dict[tuple[int, float], list[dict[str, Any]]] = {}
-    null: dict[tuple[int, float], dict[int, list[float]]] = {}
-    for r in rows:
-        if r.get("control") is not None:
-            if r.get("trait_score") is not None:
-                null.setdefault((r["layer"], r["coeff"]), {}).setdefault(r["control"], []).append(r["trait_score"])
-            continue
-        groups.setdefault((r["layer"], r["coeff"]), []).append(r)
-    table = []
-    for (layer, coeff), items in sorted(groups.items()):
-        trait = [r["trait_score"] for r in items if r.get("trait_score") is not None]
-        coherence = [r["coherence"] for r in items if r.get("coherence") is not None]
-        t_mean, t_std = _stats(trait)
-        c_mean, c_std = _stats(coherence)
-        row = {
-            "layer": layer,
-            "coeff": coeff,
-            "trait_mean": t_mean,
-            "trait_std": t_std,
-            "trait_n": len(trait),
-            "coherence_mean": c_mean,
-            "coherence_std": c_std,
-            "coherence_n": len(coherence),
-            "n": len(items),
-        }
-        if len(trait) > 1:
-            row["trait_ci95_lo"], row["trait_ci95_hi"] = bootstrap_ci(trait, n_bootstrap, seed)
-        control_means = [sum(v) / len(v) for v in null.get((layer, coeff), {}).values() if v]
-        if control_means and t_mean is not None:
-            band = control_summary(t_mean, control_means)
-            row.update(random_mean=band["mean"], random_lo=band["lo"], random_hi=band["hi"], random_p=band["p"])
-        table.append(row)
-    return table

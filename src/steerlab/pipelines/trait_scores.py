@@ -16,14 +16,33 @@ from typing import Any
 import torch
 
 from ..engines.base import Engine
-from ..evaluate.controls import control_summary
+from ..evaluate.evidence import steering_evidence
+from ..io.runs import ROWS
 from ..judge import Judge, evaluate_coherence, evaluate_trait
 from ..steering.steerer import SteeringSpec
 from .runs import RunDir
 from .shared_batches import shared_generation
+from .trait_records import ScoreStats, TraitScores
 from .trait_steering import interval, prompting_systems
 
 BASELINES = ("unsteered", "prompted/pos", "prompted/neg")
+# Fields of PersonaTraitsConfig the steered answers do not depend on (the vector's hash, its layer, the
+# number of directions, the questions and the prompting systems are the stage's inputs instead).
+_GENERATION_IGNORES = (
+    "persona",
+    "reduction",
+    "fallback_unfiltered",
+    "layers",
+    "scan_coeff",
+    "max_fluency_drop",
+    "controls",
+    "score_controls",
+    "judge_scores",
+    "eval_questions",
+    "prompt_instruction",
+    "n_resamples",
+    "batch_size",
+)
 
 
 def steered_items(
@@ -113,14 +132,12 @@ def judged_scores(
                 "vector": d["hash"],
                 **lm.fingerprint(),
                 "layer": d["layer"],
-                "coeffs": config.coeffs,
-                "controls": k,
-                "seed": config.seed,
-                "positions": config.positions,
+                "score_directions": k,
                 "questions": t["eval"].questions[: config.eval_questions],
                 "systems": prompting_systems(t["eval"], config.prompt_instruction),
-                "max_new_tokens": config.eval_new_tokens,
             },
+            settings=config,
+            ignore=_GENERATION_IGNORES,
         )
         targets[name] = (stage, items)
 
@@ -143,12 +160,6 @@ def judged_scores(
     out = {}
     for name, t in traits.items():
         gen_stage = targets[name][0]
-        stage = t["run"].stage(
-            "steered_judged", "steered_judged.jsonl", {"generations": gen_stage.hash, "judge": judge_id}
-        )
-        if stage.done():
-            out[name] = stage.load_rows()
-            continue
 
         def judge_chunk(items: list[dict[str, Any]], eval_prompt: str = t["eval"].eval_prompt) -> list[dict[str, Any]]:
             qs, answers = [it["question"] for it in items], [it["text"] for it in items]
@@ -159,8 +170,19 @@ def judged_scores(
                 for it, a, c in zip(items, trait_res, coherence, strict=True)
             ]
 
-        out[name] = stage.run_items(gen_stage.load_rows(), judge_chunk, chunk=config.persona.judge_chunk)
-        stage.save_rows(out[name], reused_items=stage.reused)
+        out[name] = (
+            t["run"]
+            .cached(
+                "steered_judged",
+                "steered_judged.jsonl",
+                {"generations": gen_stage.hash, "judge": judge_id},
+                lambda stage, gen_stage=gen_stage, judge_chunk=judge_chunk: stage.run_items(
+                    gen_stage.load_rows(), judge_chunk, chunk=config.persona.judge_chunk
+                ),
+                codec=ROWS,
+            )
+            .value
+        )
     return out
 
 
@@ -168,17 +190,17 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values)
 
 
-def score_summary(
-    rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_resamples: int, seed: int
-) -> dict[str, Any]:
+def score_summary(rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_resamples: int, seed: int) -> TraitScores:
     """Judged scores (0-100) of steered generations, per condition.
 
     ``rows``: judged generation rows with ``condition`` (``"real"``, ``"control/K"``, ``"unsteered"``,
     ``"prompted/pos"``, ``"prompted/neg"``), ``coeff`` and ``trait_score`` / ``coherence`` (None
     where the judge gave no number). Returns ``{"unsteered": s, "prompting": {"pos": s, "neg": s},
-    "rows": [{coeff, score_mean, score_ci95, score_n, coherence_mean, score_random}]}`` where ``s`` is
-    ``{score_mean, score_ci95, score_n, coherence_mean}`` and ``score_random`` the controls' band of
-    mean scores with the empirical p of the score change (None without scored controls).
+    "rows": [{coeff, score_mean, score_ci95, score_n, coherence_mean, score_random, score_verdict}]}``
+    where ``s`` is :class:`~steerlab.pipelines.records.ScoreStats` and ``score_random`` the controls'
+    band of mean scores with the one-sided empirical p (up for c > 0, down for c < 0) of
+    :func:`~steerlab.evaluate.evidence.steering_evidence` on the scores as levels (None without
+    scored controls), ``score_verdict`` its verdict.
     """
 
     def scores(condition: str, coeff: float | None = None, key: str = "trait_score") -> list[float]:
@@ -188,7 +210,7 @@ def score_summary(
             if r["condition"] == condition and (coeff is None or r["coeff"] == coeff) and r.get(key) is not None
         ]
 
-    def stats(condition: str, coeff: float | None = None) -> dict[str, Any]:
+    def stats(condition: str, coeff: float | None = None) -> ScoreStats:
         values, coherence = scores(condition, coeff), scores(condition, coeff, "coherence")
         return {
             "score_mean": _mean(values) if values else None,
@@ -197,20 +219,16 @@ def score_summary(
             "coherence_mean": _mean(coherence) if coherence else None,
         }
 
-    base = stats("unsteered")
     controls = sorted({r["condition"] for r in rows if r["condition"].startswith("control/")})
     out_rows = []
     for coeff in coeffs:
-        row = {"coeff": float(coeff), **stats("real", coeff), "score_random": None}
-        means = [_mean(v) for v in (scores(c, coeff) for c in controls) if v]
-        if means and row["score_mean"] is not None and base["score_mean"] is not None:
-            band = control_summary(row["score_mean"] - base["score_mean"], [m - base["score_mean"] for m in means])
-            row["score_random"] = {
-                "mean": base["score_mean"] + band["mean"],
-                "lo": base["score_mean"] + band["lo"],
-                "hi": base["score_mean"] + band["hi"],
-                "p": band["p"],
-                "k": band["k"],
-            }
+        row: dict[str, Any] = {"coeff": float(coeff), **stats("real", coeff), "score_random": None}
+        values = scores("real", coeff)
+        scored = [v for v in (scores(c, coeff) for c in controls) if v]
+        if scored and values:
+            sign = 1.0 if coeff > 0 else -1.0 if coeff < 0 else 0.0
+            ev = steering_evidence(values, None, scored, intended=sign, n_resamples=n_resamples, seed=seed)
+            row["score_random"], row["score_verdict"] = ev.random, ev.verdict
         out_rows.append(row)
-    return {"unsteered": base, "prompting": {k: stats(f"prompted/{k}") for k in ("pos", "neg")}, "rows": out_rows}
+    prompting = {k: stats(f"prompted/{k}") for k in ("pos", "neg")}
+    return {"unsteered": stats("unsteered"), "prompting": prompting, "rows": out_rows}

@@ -8,41 +8,41 @@ unprompted model. Layer L is the output of decoder block L.
 
 - :func:`layer_scan` — one batch stream: unsteered, and the vector added at each candidate layer at one
   coefficient; plus the prompting baseline (the same pairs read under a positive and a negative
-  persona system prompt). :func:`choose_layer` picks the layer with the largest margin increase
-  whose fluency (mean log-likelihood of both answers) drops by at most ``max_drop`` nats/token.
+  persona system prompt). :func:`read_layer_scan` picks the layer by the one rule of
+  :func:`steerlab.evaluate.selection.choose_layer` (largest margin increase whose fluency, the mean
+  log-likelihood of both answers, drops by at most ``max_drop`` nats/token).
 - :func:`sweep_margins` — at the chosen layer, every coefficient for the vector and for K same-norm
   random directions (Soligo et al. 2025), all as rows of one stream
   (:func:`~steerlab.evaluate.margin.condition_margins`).
-- :func:`margin_rows` — per coefficient: margin with its seeded bootstrap 95% interval, the effect
-  against the unsteered model (paired interval), the controls' null band and empirical p, the
+- :func:`margin_rows` — per coefficient, :func:`steerlab.evaluate.evidence.steering_evidence` of the
+  change in margin from the unsteered model: its interval, the controls' band and one-sided p, the
   steerable / anti-steerable fractions (Tan et al. 2024) and the effect as a fraction of the
   prompting effect.
-- :func:`score_summary` — the same reading of judged scores (0-100) of steered generations.
+- :func:`steerlab.pipelines.trait_scores.score_summary` — the same reading of judged scores (0-100)
+  of steered generations.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..engines.base import Engine
-from ..evaluate.controls import control_summary, control_verdict
+from ..evaluate.evidence import Interval, finite, steering_evidence
 from ..evaluate.margin import MarginResult, behaviour_margin, condition_margins
-from ..evaluate.statistics import bootstrap_ci, ratio_of_means_ci, steerable_fractions
+from ..evaluate.selection import ScanPoint, choose_layer
+from ..evaluate.statistics import bootstrap_ci
 from ..formats.pairs import Pair
 from ..formats.traits import Trait
 from ..steering.steerer import SteeringSpec
+from .trait_records import TraitEntry, TraitFailure, TraitReference, TraitRow, TraitScanRow, TraitTableRow
+
+__all__ = ["finite"]
 
 
-def finite(x: Any) -> float | None:
-    """``x`` as a float, or None when it is missing, NaN or infinite (JSON has no inf)."""
-    return float(x) if x is not None and math.isfinite(float(x)) else None
-
-
-def interval(values: Sequence[float], n_resamples: int, seed: int) -> list[float] | None:
+def interval(values: Sequence[float], n_resamples: int, seed: int) -> Interval:
     """Seeded bootstrap 95% interval ``[lo, hi]`` of the mean of ``values`` ``[n]``; None for n < 2."""
     if len(values) < 2:
         return None
@@ -133,19 +133,17 @@ def layer_scan(
     }
 
 
-def choose_layer(scan: dict[str, Any], max_drop: float) -> tuple[int, list[dict[str, Any]]]:
+def read_layer_scan(scan: dict[str, Any], max_drop: float) -> tuple[int, list[TraitScanRow]]:
     """The best layer of a :func:`layer_scan` and the scan's rows.
 
     Each row: ``layer``, ``margin`` and ``effect`` (margin increase over unsteered, nats/token),
     ``fluency_drop`` (unsteered minus steered fluency, nats/token) and ``coherent`` (drop <=
-    ``max_drop``). The best layer has the largest effect among coherent rows; when no row is
-    coherent, the smallest fluency drop. The layer is chosen on the same eval pairs the sweep then
-    measures, so the sweep's intervals at that layer do not account for the choice (a mild winner's
-    curse among the few candidate layers); the random controls run at the chosen layer too.
+    ``max_drop``). The best layer follows :func:`steerlab.evaluate.selection.choose_layer`: the
+    largest effect among coherent rows; when no row is coherent, the smallest fluency drop.
     """
     base = scan["unsteered"]
     base_margin = sum(base["per_pair"]) / len(base["per_pair"])
-    rows = []
+    rows: list[TraitScanRow] = []
     for r in scan["per_layer"]:
         margin = sum(r["per_pair"]) / len(r["per_pair"])
         drop = base["fluency"] - r["fluency"]
@@ -158,9 +156,8 @@ def choose_layer(scan: dict[str, Any], max_drop: float) -> tuple[int, list[dict[
                 "coherent": drop <= max_drop,
             }
         )
-    coherent = [r for r in rows if r["coherent"]]
-    best = max(coherent, key=lambda r: r["effect"]) if coherent else min(rows, key=lambda r: r["fluency_drop"])
-    return int(best["layer"]), rows
+    best = choose_layer([ScanPoint(r["layer"], r["effect"], r["fluency_drop"]) for r in rows], max_drop)
+    return best, rows
 
 
 def sweep_margins(
@@ -198,65 +195,44 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def _sign(c: float) -> float:
-    return 1.0 if c > 0 else -1.0
+    return 1.0 if c > 0 else -1.0 if c < 0 else 0.0
 
 
-def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, seed: int) -> list[dict[str, Any]]:
-    """One row per coefficient of a :func:`sweep_margins`, read against the scan's unsteered and
-    prompted margins (same pairs). Field names and meanings follow
-    :func:`steerlab.evaluate.evidence.steering_evidence` (the diff study's rows), with the effect
-    measured as a change in margin rather than a fraction of a fine-tuning gap.
-
-    Row fields (nats/token unless said): ``coeff``; ``effect`` (steered minus unsteered margin, mean
-    over pairs) and ``ci95`` (its seeded bootstrap 95% interval over pairs, paired); ``margin`` and
-    ``margin_ci95``; ``random`` — ``{mean, lo, hi}`` of the controls' effects (2.5-97.5
-    percentiles), ``p`` (two-sided empirical p of the effect among them, Phipson & Smyth 2010) and
-    ``k`` — or None without controls; ``verdict`` (:func:`~steerlab.evaluate.controls.control_verdict`);
-    ``steerable_fraction`` / ``anti_steerable_fraction`` (pairs moved the way the coefficient's sign
-    intends / the other way; None at 0); ``fluency`` and ``fluency_drop`` (unsteered minus steered);
-    ``vs_prompting`` (effect over the effect of the positive persona prompt for c > 0, of the
-    negative one for c < 0) with ``vs_prompting_ci95`` (None where the prompting effect's interval
-    holds 0); ``per_pair`` (steered margins) and ``random_effects`` (one per control). Intervals are
-    None with fewer than 2 pairs.
+def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, seed: int) -> list[TraitRow]:
+    """One :class:`~steerlab.pipelines.records.TraitRow` per coefficient of a :func:`sweep_margins`,
+    read against the scan's unsteered and prompted margins (same pairs): the
+    :meth:`~steerlab.evaluate.evidence.Evidence.to_dict` of
+    :func:`~steerlab.evaluate.evidence.steering_evidence` of the change in margin (nats/token) from
+    the unsteered model, intended up for c > 0 and down for c < 0 (one-sided p; two-sided at 0),
+    compared with the positive persona prompt's change for c > 0 and the negative one's for c < 0
+    (``vs_prompting``, None at 0), plus ``coeff``, ``fluency`` and ``fluency_drop`` (unsteered minus
+    steered). ``random_effects``: one change per control. Intervals are None with fewer than 2 pairs.
     """
-    base = scan["unsteered"]["per_pair"]
-    base_t = torch.tensor(base, dtype=torch.float64)
-    base_mean = float(base_t.mean())
-    prompted = {k: torch.tensor(v["per_pair"], dtype=torch.float64) - base_t for k, v in scan["prompted"].items()}
-    rows = []
+    base = torch.tensor(scan["unsteered"]["per_pair"], dtype=torch.float64)
+    prompted = {k: torch.tensor(v["per_pair"], dtype=torch.float64) for k, v in scan["prompted"].items()}
+    rows: list[TraitRow] = []
     for i, coeff in enumerate(sweep["coeffs"]):
-        per_pair = sweep["real"]["per_pair"][i]
-        deltas = torch.tensor(per_pair, dtype=torch.float64) - base_t
-        effect = float(deltas.mean())
-        row: dict[str, Any] = {
+        ev = steering_evidence(
+            sweep["real"]["per_pair"][i],
+            base,
+            [c["margin"][i] for c in sweep["controls"]],  # margins.json keeps each control's mean
+            intended=_sign(coeff),
+            prompted=prompted["pos" if coeff > 0 else "neg"] if coeff != 0 else None,
+            n_resamples=n_resamples,
+            seed=seed,
+        )
+        fluency = sweep["real"]["fluency"][i]
+        row = {
             "coeff": coeff,
-            "effect": effect,
-            "ci95": interval(deltas.tolist(), n_resamples, seed),
-            "margin": _mean(per_pair),
-            "margin_ci95": interval(per_pair, n_resamples, seed),
+            **ev.to_dict(),
+            "fluency": fluency,
+            "fluency_drop": scan["unsteered"]["fluency"] - fluency,
         }
-        controls = [c["margin"][i] - base_mean for c in sweep["controls"]]
-        if controls:
-            band = control_summary(effect, controls)
-            row.update(random=band, verdict=control_verdict(effect, band))
-        else:
-            row.update(random=None, verdict="no random-direction controls run")
-        fractions = steerable_fractions(deltas, _sign(coeff)) if coeff != 0 else None
-        row["steerable_fraction"] = fractions["steerable"] if fractions else None
-        row["anti_steerable_fraction"] = fractions["anti_steerable"] if fractions else None
-        row["fluency"] = sweep["real"]["fluency"][i]
-        row["fluency_drop"] = scan["unsteered"]["fluency"] - row["fluency"]
-        side = prompted["pos" if coeff > 0 else "neg"]
-        gap = float(side.mean())
-        row["vs_prompting"] = finite(effect / gap) if coeff != 0 and gap != 0 else None
-        ci = ratio_of_means_ci(deltas, side, n_resamples, seed) if coeff != 0 and len(base) >= 2 else None
-        row["vs_prompting_ci95"] = [finite(ci[0]), finite(ci[1])] if ci and math.isfinite(ci[0]) else None
-        row["per_pair"], row["random_effects"] = per_pair, controls
-        rows.append(row)
+        rows.append(row)  # type: ignore[arg-type]
     return rows
 
 
-def reference_summary(scan: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
+def reference_summary(scan: dict[str, Any], n_resamples: int, seed: int) -> TraitReference:
     """The unsteered and prompted margins of a scan (nats/token): ``{"unsteered": {margin,
     margin_ci95, fluency, per_pair}, "prompting": {"systems", "pos"|"neg": {margin, margin_ci95,
     effect, ci95}}}`` where a prompted ``effect`` is its change from unsteered (``ci95`` paired)."""
@@ -282,7 +258,7 @@ def reference_summary(scan: dict[str, Any], n_resamples: int, seed: int) -> dict
     return out
 
 
-def trait_reading(name: str, entry: dict[str, Any], max_drop: float) -> str:
+def trait_reading(name: str, entry: TraitEntry, max_drop: float) -> str:
     """One sentence read from a trait's evidence: the largest coherent positive coefficient's effect
     with its interval, its place against the random band, the per-pair spread and the prompting
     comparison (never the mean alone)."""
@@ -307,14 +283,14 @@ def trait_reading(name: str, entry: dict[str, Any], max_drop: float) -> str:
         f" (95% CI {pci[0]:+.3f} to {pci[1]:+.3f})" if pci else ""
     )
     fci = r["vs_prompting_ci95"]
-    if fci:
+    if fci and None not in fci:
         text += f", so steering reaches {r['vs_prompting']:.0%} of prompting (95% CI {fci[0]:.0%} to {fci[1]:.0%})"
     else:
         text += ", an effect the pairs cannot tell from 0, so steering is not read as a fraction of it"
     return text + "."
 
 
-def table_row(name: str, entry: dict[str, Any], max_drop: float) -> dict[str, Any]:
+def table_row(name: str, entry: TraitEntry | TraitFailure, max_drop: float) -> TraitTableRow:
     """One summary row of ``traits.csv`` for a trait's entry (sets ``entry["reading"]``): the reading's
     coefficient (the largest positive one within ``max_drop`` nats/token of fluency) with its margin,
     interval, random band and p, the effect, the per-pair fractions, the prompting fraction and the mean
@@ -343,6 +319,7 @@ def table_row(name: str, entry: dict[str, Any], max_drop: float) -> dict[str, An
         "random_lo": rnd.get("lo"),
         "random_hi": rnd.get("hi"),
         "p": rnd.get("p"),
+        "alternative": rnd.get("alternative"),
         "steerable_fraction": r.get("steerable_fraction"),
         "anti_steerable_fraction": r.get("anti_steerable_fraction"),
         "vs_prompting": r.get("vs_prompting"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..pipelines.records import PositionsDoc, RandomDoc, StudyDoc
 from .html_parts import Section, fig_html, table_html
 
 COLORS = {"model_diff": "#d62728", "contrastive": "#1f77b4"}
@@ -20,14 +21,14 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def effect_figure(study: dict[str, Any]) -> str:
+def effect_figure(study: StudyDoc) -> str:
     """Undone (subtract from the fine-tuned model) and induced (add to the base) fraction vs
     coefficient at the best layer, per vector: points with 95% bootstrap intervals, the shaded
     2.5-97.5% band of random same-norm directions, and the prompting baseline as a dashed line."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    best, rows = str(study["best_layer"]), study["rows"]
+    best, rows = study["best_layer"], study["rows"]
     prompting = study.get("prompting") or {}
     fig = make_subplots(rows=1, cols=2, subplot_titles=("undone: subtract from fine-tuned", "induced: add to base"))
     for col, (model, key) in enumerate((("finetuned", "undone"), ("base", "induced")), start=1):
@@ -97,12 +98,12 @@ def effect_figure(study: dict[str, Any]) -> str:
     return fig_html(fig)
 
 
-def per_pair_figure(study: dict[str, Any], max_drop: float) -> str:
+def per_pair_figure(study: StudyDoc, max_drop: float) -> str:
     """Per-pair margins (strip over a box) for the unsteered models, the prompting baseline and the
     best coherent coefficient of each vector at the best layer: the spread behind each mean."""
     import plotly.graph_objects as go
 
-    best, rows = str(study["best_layer"]), study["rows"]
+    best, rows = study["best_layer"], study["rows"]
     fig = go.Figure()
     for model, key in (("finetuned", "undone"), ("base", "induced")):
         for vector in dict.fromkeys(r["vector"] for r in rows if r["stage"] == "sweep"):
@@ -146,8 +147,9 @@ def per_pair_figure(study: dict[str, Any], max_drop: float) -> str:
     return fig_html(fig)
 
 
-def evidence_table(study: dict[str, Any]) -> str:
-    """Every sweep/ablation row with its interval, random band, p, verdict and per-pair spread."""
+def evidence_table(study: StudyDoc) -> str:
+    """Every sweep/ablation row with its interval, random band, p (with its sidedness), verdict and
+    per-pair spread."""
     rows = []
     for r in study["rows"]:
         if r["stage"] not in ("sweep", "ablation"):
@@ -166,8 +168,8 @@ def evidence_table(study: dict[str, Any]) -> str:
                 "coeff": r["coeff"],
                 key: r.get(key),
                 "ci95": "unbounded" if None in ci else f"[{ci[0]:.2f}, {ci[1]:.2f}]",
-                "random band": f"[{rnd['lo']:.2f}, {rnd['hi']:.2f}]" if rnd else "—",
-                "p": rnd.get("p"),
+                "random band": f"[{rnd['lo']:.2f}, {rnd['hi']:.2f}] (k={rnd['k']})" if rnd else "—",
+                "p": _p(rnd),
                 "verdict": r.get("verdict") or "—",
                 "steerable": r.get("steerable_fraction"),
                 "anti-steerable": r.get("anti_steerable_fraction"),
@@ -197,7 +199,15 @@ def evidence_table(study: dict[str, Any]) -> str:
     return table_html(rows, cols)
 
 
-def prompting_table(study: dict[str, Any]) -> str:
+def _p(random: RandomDoc | None) -> str:
+    """p with its sidedness (steering effects are tested one-sided, the intended way)."""
+    if not random:
+        return "—"
+    sided = "two-sided" if random.get("alternative") == "two-sided" else "one-sided"
+    return f"{random['p']:.2g} ({sided})"
+
+
+def prompting_table(study: StudyDoc) -> str:
     """The prompting baseline: each model asked in its system prompt, its margin and gap fraction."""
     prompting = study.get("prompting")
     if not prompting:
@@ -228,7 +238,7 @@ def prompting_table(study: dict[str, Any]) -> str:
     )
 
 
-def positions_section(positions: dict[str, Any]) -> str:
+def positions_section(positions: PositionsDoc) -> str:
     """Cosine per layer between the position-resolved model diff (tokens 0..k-1 of unrelated text)
     and the contrastive vector, each with its resampling interval, over the random band."""
     import plotly.graph_objects as go
@@ -286,7 +296,7 @@ def _text(x: Any) -> str:
     return html.escape(str(x))
 
 
-def evidence_sections(study: dict[str, Any], positions: dict[str, Any] | None) -> list[Section]:
+def evidence_sections(study: StudyDoc, positions: PositionsDoc | None) -> list[Section]:
     """The evidence sections of a diff study's report."""
     max_drop = study.get("config", {}).get("max_fluency_drop", 1.0)
     out: list[Section] = [

@@ -19,8 +19,10 @@ from ..errors import SteerlabError
 from ..io.atomic import write_text
 from ..io.files import file_problem, name_problem, read_json
 from ..io.tables import cell_value, read_csv
-from ..pipelines.artifacts import READOUTS_DIR
+from ..pipelines.artifacts import COMPARE, DIRECTIONS, POSITIONS, READOUTS_DIR, STUDY
+from ..pipelines.records import DirectionsDoc, MonitorDoc, StudyDoc, StudySample
 from ..pipelines.runs import read_jsonl_rows
+from ..pipelines.study import StudyResult
 from .evidence import evidence_sections
 from .html_parts import Section
 from .html_parts import fig_html as _fig
@@ -65,7 +67,7 @@ def _esc(text: Any) -> str:
 
 
 # --- sections ---------------------------------------------------------------------------------
-def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
+def cosine_section(comparison: DirectionsDoc, best_layer: int | None) -> str:
     """Cosine per layer between the vectors of a diff study, with the random band and reliabilities."""
     import plotly.graph_objects as go
 
@@ -119,7 +121,7 @@ def cosine_section(comparison: dict[str, Any], best_layer: int | None) -> str:
     return _fig(fig)
 
 
-def study_sections(study: dict[str, Any]) -> list[Section]:
+def study_sections(study: StudyDoc) -> list[Section]:
     """The steering study: margin vs coefficient per condition, layer scan, ablation and samples."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -136,7 +138,7 @@ def study_sections(study: dict[str, Any]) -> list[Section]:
     colors = {"model_diff": "#d62728", "contrastive": "#1f77b4"}
     for col, model in ((1, "finetuned"), (2, "base")):
         for vector in ("model_diff", "contrastive"):
-            for layer_set, dash in ((str(best), "solid"), ("all", "dot")):
+            for layer_set, dash in ((best, "solid"), ("all", "dot")):
                 sel = sorted(
                     (
                         r
@@ -157,7 +159,7 @@ def study_sections(study: dict[str, Any]) -> list[Section]:
                         y=[ref[model]] + [r["margin"] for r in sel],
                         mode="lines+markers",
                         line={"color": colors[vector], "dash": dash},
-                        name=f"{vector} @ {'layer ' + layer_set if layer_set != 'all' else 'all layers'}",
+                        name=f"{vector} @ {f'layer {layer_set}' if layer_set != 'all' else 'all layers'}",
                         legendgroup=f"{vector}{layer_set}",
                         showlegend=col == 1,
                     ),
@@ -208,7 +210,7 @@ def study_sections(study: dict[str, Any]) -> list[Section]:
     return out
 
 
-def samples_table(samples: list[dict[str, Any]]) -> str:
+def samples_table(samples: list[StudySample] | list[dict[str, Any]]) -> str:
     """Side by side: one column per condition, one row per question."""
     conditions: list[str] = []
     by_question: dict[str, dict[str, str]] = {}
@@ -320,7 +322,7 @@ def persona_vectors_section(manifest: dict[str, Any], pairs: dict[str, Any]) -> 
     return "".join(parts)
 
 
-def monitor_section(doc: dict[str, Any]) -> str:
+def monitor_section(doc: MonitorDoc) -> str:
     """Projection monitoring: box plots of projections per group."""
     import plotly.graph_objects as go
 
@@ -472,6 +474,15 @@ def build_report(run_dir: str | Path) -> tuple[Path, list[str]]:
         _UNREADABLE.reset(token)
 
 
+def _study(doc: dict[str, Any]) -> StudyDoc | None:
+    """A ``study.json`` document with layers as numbers (also one written before they were); None
+    when it is not a study."""
+    try:
+        return StudyResult.from_dict(doc).to_dict()  # type: ignore[return-value]
+    except (KeyError, TypeError, ValueError):
+        return doc if "rows" in doc else None
+
+
 def _guard(missing: list[str], what: str, make: Any, *args: Any) -> list[Section]:
     """Sections from ``make(*args)``; a file of the wrong shape lists ``what`` as unreadable instead."""
     try:
@@ -493,13 +504,16 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
     missing: list[str] = []
 
     diff_dir = run / "diff" if (run / "diff").is_dir() else run
-    comparison = _load_json(diff_dir / "compare.json")
-    study = _load_json(diff_dir / "study.json")
-    study = study if isinstance(study, dict) else None
+    # directions.json; compare.json in diff studies run before it was renamed (not steerlab compare's)
+    comparison = _load_json(diff_dir / DIRECTIONS)
+    if comparison is None and isinstance(old := _load_json(diff_dir / COMPARE), dict) and "reliability" in old:
+        comparison = old
+    study = _load_json(diff_dir / STUDY)
+    study = _study(study) if isinstance(study, dict) else None
     if isinstance(comparison, dict) and "cosine" in comparison:
         sections += _guard(
             missing,
-            "vector comparison (compare.json)",
+            f"vector comparison ({DIRECTIONS})",
             lambda: [
                 (
                     "Do the two directions match? Cosine per layer",
@@ -508,7 +522,7 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
             ],
         )
     else:
-        missing.append("vector comparison (compare.json)")
+        missing.append(f"vector comparison ({DIRECTIONS})")
     if study:
         sections += _guard(missing, "steering study (study.json)", study_sections, study)
         sections += _guard(
@@ -516,7 +530,7 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
             "steering evidence (study.json, positions.json)",
             evidence_sections,
             study,
-            _load_json(diff_dir / "positions.json"),
+            _load_json(diff_dir / POSITIONS),
         )
     else:
         missing.append("steering study (study.json)")

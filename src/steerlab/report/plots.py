@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_path, write_text
+from ..pipelines.records import SweepMarginRow, SweepScoreRow
+from ..pipelines.trait_records import TraitEntry
 
 
 def figure_html(fig: Any) -> str:
@@ -44,7 +46,7 @@ def heatmap_png(path: str | Path, names: Sequence[str], matrix: Any, title: str)
     plt.close(fig)
 
 
-def score_vs_coeff_figure(scores: Sequence[dict[str, Any]], title: str = "judged score vs coefficient"):
+def score_vs_coeff_figure(scores: Sequence[SweepScoreRow], title: str = "judged score vs coefficient"):
     """Trait score (left) and coherence (right) vs coefficient, one line per layer, ±1 std bars."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -73,7 +75,9 @@ def score_vs_coeff_figure(scores: Sequence[dict[str, Any]], title: str = "judged
     return fig
 
 
-def margin_vs_coeff_figure(margins: Sequence[dict[str, Any]], title: str = "behaviour margin vs coefficient"):
+def margin_vs_coeff_figure(
+    margins: Sequence[SweepMarginRow] | Sequence[dict[str, Any]], title: str = "behaviour margin vs coefficient"
+):
     """Behaviour margin vs coefficient, one line per (layer[, method/condition]) group."""
     import plotly.graph_objects as go
 
@@ -200,7 +204,7 @@ def _ci_text(ci: dict[str, Any], a: str, b: str, layer: int) -> str:
     return f" (95% CI {interval[layer][0]:+.3f} to {interval[layer][1]:+.3f})" if interval else ""
 
 
-def trait_steering_figure(name: str, entry: dict[str, Any]):
+def trait_steering_figure(name: str, entry: TraitEntry):
     """One trait's steering evidence: the change in margin vs coefficient (95% interval band, band of
     random same-norm directions, the prompting baselines' changes as dashed lines), the per-pair
     changes per coefficient (violins with every pair; above 0 = moved towards the trait), and, when
