@@ -54,8 +54,9 @@ _FACE: dict[str, str] = {
     "mean_residual_norms": "steering.calibration",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
-    "FinetuneResult": "finetune.training",
+    "FinetuneResult": "finetune.stage",
     "run_finetune": "finetune.training",
+    "run_finetune_pairs": "finetune.training",
     # judge
     "Judge": "judge.base",
     "make_judge": "judge.base",
