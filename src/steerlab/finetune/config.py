@@ -20,7 +20,7 @@ class FinetuneConfig:
             ``"dpo"`` -- Direct Preference Optimization on pairs (chosen vs rejected answer to the
             same prompt, the base model as the reference; :mod:`steerlab.finetune.loss`).
         beta: DPO's beta, the strength of the implicit KL penalty towards the reference (0.1, the
-            value most of Rafailov et al. 2023's experiments use); recorded and hashed for DPO only.
+            default of Rafailov et al. 2023, appendix B); recorded and hashed for DPO only.
         rank, alpha, dropout: LoRA ``r``, ``lora_alpha`` (update scale = alpha / rank) and
             ``lora_dropout`` (Hu et al. 2021, arXiv:2106.09685).
         target_modules: module names (a list or comma-separated), ``"all-linear"``, or None for every
