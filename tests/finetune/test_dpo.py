@@ -65,6 +65,10 @@ TOL = dict(rtol=1e-5, atol=5e-5)
 
 def test_dpo_loss_equals_a_hand_computation(tiny_llama):
     examples = _examples(tiny_llama)
+    for e in examples:  # the same prompt tokens, then each answer's (labelled) tokens
+        start = next(t for t, y in enumerate(e.chosen.labels) if y != IGNORE)
+        assert e.chosen.input_ids[:start] == e.rejected.input_ids[:start]
+        assert all(y == IGNORE for y in e.rejected.labels[:start]) and e.rejected.labels[start] != IGNORE
     reference = reference_logprobs(tiny_llama, examples, batch_size=2)
     # The reference is the base model: its log-likelihoods, however batched.
     base = _hand_pairs(tiny_llama.model, examples)
