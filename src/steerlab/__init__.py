@@ -64,8 +64,9 @@ _FACE: dict[str, str] = {
     "load_condition": "steering.condition_threshold",
     # fine-tuning
     "FinetuneConfig": "finetune.config",
-    "FinetuneResult": "finetune.training",
+    "FinetuneResult": "finetune.stage",
     "run_finetune": "finetune.training",
+    "run_finetune_pairs": "finetune.training",
     # judge
     "Judge": "judge.base",
     "make_judge": "judge.base",

@@ -43,6 +43,7 @@ def test_help_teaches():
     assert code == 0 and "finetune" in out and "extract" in out
     code, out = _invoke("diff", "finetune", "--help")
     assert code == 0 and "--target-modules" in out and "assistant" in out and "--use" in out
+    assert "--objective" in out and "--beta" in out and "reference" in out and "pairs file" in out
     code, out = _invoke("diff", "extract", "--help")
     assert code == 0 and "--finetuned" in out and "both" in out and "identical" in out
 

@@ -15,3 +15,5 @@ MULTI = [
     {"role": "user", "content": "why"},
     {"role": "assistant", "content": "it stays soft"},
 ]
+# Contrastive pairs: each question's own answer is the behaviour (chosen), the next one's the other.
+PAIRS = [{"question": q, "positive": a, "negative": QA[(i + 1) % len(QA)][1]} for i, (q, a) in enumerate(QA)]

@@ -22,6 +22,8 @@ def test_cli_defaults_are_the_dataclass_defaults():
 @pytest.mark.parametrize(
     ("field", "value", "flag"),
     [
+        ("beta", 0.0, "--beta 0.0"),
+        ("beta", float("inf"), "--beta inf"),
         ("rank", 0, "--rank 0"),
         ("alpha", 0.0, "--alpha 0.0"),
         ("dropout", 1.0, "--dropout 1.0"),
@@ -40,3 +42,10 @@ def test_out_of_range_settings_name_their_flag(field, value, flag):
     setattr(config, field, value)  # changed after construction: caught again when a run starts
     with pytest.raises(SteerlabError, match=f"^{flag}: out of range$"):
         config.validate()
+
+
+def test_objective_is_sft_or_dpo():
+    assert (FinetuneConfig().objective, FinetuneConfig().beta) == ("sft", 0.1)
+    assert FinetuneConfig(objective="dpo", beta=0.5).objective == "dpo"
+    with pytest.raises(SteerlabError, match=r"^--objective 'ppo': expected one of sft, dpo$"):
+        FinetuneConfig(objective="ppo")

@@ -11,8 +11,9 @@ from ..activations.capture import Reduction
 from ..errors import SteerlabError
 from ..extract.model_diff import default_reductions, extract_model_diffs, load_diff_samples
 from ..finetune.config import FinetuneConfig
-from ..finetune.training import run_finetune
-from ..formats.conversations import load_chat_data
+from ..finetune.training import run_finetune, run_finetune_pairs
+from ..formats.conversations import FORMATS, detect_format, load_chat_data
+from ..formats.pairs import load_pairs
 from ..model.layers import parse_layer_spec
 from ..model.loading import load_model
 from ..progress import console
@@ -41,8 +42,25 @@ def finetune_cmd(
         "chats (.jsonl/.csv/.txt, one per row).",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Adapter directory to write (atomically)."),
+    objective: str = typer.Option(
+        _FT.objective,
+        "--objective",
+        help="sft | dpo. sft: next-token loss on the assistant tokens (any chat data). dpo: Direct Preference "
+        "Optimization (Rafailov et al. 2023) -- needs a pairs file with both answers per question; "
+        "raises the likelihood of the --use answer (chosen) relative to the other (rejected), "
+        "measured against the reference model = the base model without the adapter.",
+    ),
+    beta: float = typer.Option(
+        _FT.beta,
+        "--beta",
+        help="DPO only: strength of the pull towards the reference (base) model; larger keeps the "
+        "fine-tune closer to it. The implicit reward is beta x the log-likelihood ratio (nats).",
+    ),
     use: str = typer.Option(
-        "positive", "--use", help="Pairs data: train on the positive (behaviour) or negative answers."
+        "positive",
+        "--use",
+        help="Pairs data: train on the positive (behaviour) or negative answers (DPO: the chosen "
+        "answer; the other one is rejected).",
     ),
     split: str = typer.Option(None, "--split", help="Pairs data: only rows whose 'split' equals this."),
     fmt: str = typer.Option(
@@ -61,7 +79,9 @@ def finetune_cmd(
     layers: str = layer_option(None, plural=True, help="Only adapt these blocks, e.g. 10-29 or 3,5,7 (default: all)."),
     epochs: int = typer.Option(_FT.epochs, "--epochs", "-e", min=1, help="Passes over the data."),
     lr: float = typer.Option(_FT.lr, "--lr", help="AdamW learning rate (constant)."),
-    batch_size: int = typer.Option(_FT.batch_size, "--batch-size", "-b", min=1, help="Conversations per step."),
+    batch_size: int = typer.Option(
+        _FT.batch_size, "--batch-size", "-b", min=1, help="Conversations per step (DPO: pairs)."
+    ),
     max_length: int = typer.Option(
         _FT.max_length, "--max-length", min=2, help="Tokens per conversation (cut on the right)."
     ),
@@ -80,21 +100,30 @@ def finetune_cmd(
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
 ) -> None:
-    """LoRA-fine-tune MODEL on chat data with a loss on the assistant tokens only.
+    """LoRA-fine-tune MODEL: SFT on chat data (loss on the assistant tokens only), or DPO on pairs.
 
-    Writes OUT/ (adapter_config.json, adapter_model.safetensors from peft), OUT/train_log.jsonl
-    (loss per step) and OUT/steerlab_finetune.json (config, base model, data hash, time, final
-    loss). The directory appears only when training finished; rerunning with the same settings,
-    data and base model keeps it, other settings retrain and replace it. Use the adapter as
-    --model BASE+OUT anywhere, or with [bold]diff extract[/]. Example (train on the deceptive
-    answers of the built-in pairs):
+    --objective sft (default) trains on conversations. --objective dpo trains on a pairs file
+    (JSONL question/positive/negative): per pair it raises log p(chosen) - log p(rejected),
+    summed over each answer's tokens, relative to the same difference under the reference model,
+    which is the base model itself (its log-likelihoods are computed once before training, without
+    any adapter); --beta scales that implicit reward. Writes OUT/ (adapter_config.json,
+    adapter_model.safetensors from peft), OUT/train_log.jsonl (loss per step; DPO also the reward
+    margin) and OUT/steerlab_finetune.json (config, base model, data hash, time, per-epoch loss and
+    DPO reward margin). The directory appears only when training finished; rerunning with the same
+    settings (objective and beta included), data and base model keeps it, other settings retrain
+    and replace it. Use the adapter as --model BASE+OUT anywhere, or with [bold]diff extract[/].
+    Examples (the deceptive answers of the built-in pairs; SFT, then DPO against the honest ones):
 
         steerlab diff finetune -m smollm2 -d pairs.jsonl --use positive --split train -o out/ft
+
+        steerlab diff finetune -m smollm2 -d pairs.jsonl --objective dpo --split train -o out/dpo
     """
     del reuse  # a finished identical fine-tune is always kept now; the flag stays accepted
     if use not in ("positive", "negative"):
         raise SteerlabError(f"--use {use!r}: expected positive or negative")
     config = FinetuneConfig(
+        objective=objective,
+        beta=beta,
         rank=rank,
         alpha=alpha,
         dropout=dropout,
@@ -107,27 +136,49 @@ def finetune_cmd(
         weight_decay=weight_decay,
         max_grad_norm=max_grad_norm,
     )
-    conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
+    source = {"data": str(data), "format": fmt, "use": use, "split": split, "column": column}
+    if objective == "dpo":
+        _require_pairs(data, fmt)
+        pairs = load_pairs(data, split=split)
+    else:
+        conversations = load_chat_data(data, fmt=fmt, use=use, split=split, column=column)  # type: ignore[arg-type]
     lm = load_model(model, device=device, dtype=dtype)
     selection = parse_layer_spec(layers, "--layers") if layers is not None else None
     # "all" is the default (every block), so it fingerprints as the same fine-tune.
     layer_list = None if selection is None or selection.is_all else selection.resolve(lm.n_layers, "--layers")
     config = replace(config, layers=layer_list)
-    result = run_finetune(
-        lm,
-        conversations,
-        out,
-        config,
-        source={"data": str(data), "format": fmt, "use": use, "split": split, "column": column},
-    )
+    if objective == "dpo":
+        result = run_finetune_pairs(lm, pairs, out, config, use=use, source=source)  # type: ignore[arg-type]
+    else:
+        result = run_finetune(lm, conversations, out, config, source=source)
     if result.reused:
         console.print(f"{out} already holds this fine-tune (same config, data and base model); kept it")
         return
+    what, margin = f"LoRA r={rank} on {result.n_examples} conversations", ""
+    if objective == "dpo":
+        what = f"DPO (beta {beta:g}) LoRA r={rank} on {result.n_examples} pairs"
+        margin = f", reward margin {result.epochs[-1]['reward_margin']:.3f}"
     console.print(
-        f"wrote {out}: LoRA r={rank} on {result.n_examples} conversations, {result.n_steps} steps "
-        f"in {result.train_time_s:.1f} s, loss {result.losses[0]:.3f} -> {result.final_loss:.3f} "
-        "(last-epoch mean)"
+        f"wrote {out}: {what}, {result.n_steps} steps in {result.train_time_s:.1f} s, loss "
+        f"{result.losses[0]:.3f} -> {result.final_loss:.3f}{margin} (last-epoch mean)"
     )
+
+
+def _require_pairs(data: Path, fmt: str) -> None:
+    """Check that ``data`` (read as ``fmt``) is a pairs file, the only data --objective dpo takes.
+
+    Raises:
+        SteerlabError: --format not known, or ``data`` is not a pairs file.
+    """
+    if fmt not in FORMATS:
+        raise SteerlabError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    found = detect_format(data) if fmt == "auto" else fmt
+    if found != "pairs":
+        raise SteerlabError(
+            f"--objective dpo needs a pairs file (JSONL with question, positive and negative on each "
+            f"line: a chosen and a rejected answer to the same question); {data} is {found} data, which "
+            "only --objective sft can train on"
+        )
 
 
 @diff_app.command("extract")

@@ -8,12 +8,19 @@ from dataclasses import dataclass
 
 from ..errors import SteerlabError
 
+OBJECTIVES = ("sft", "dpo")
+
 
 @dataclass
 class FinetuneConfig:
-    """Settings of a LoRA fine-tune with an assistant-only loss (:func:`steerlab.finetune.training.run_finetune`).
+    """Settings of a LoRA fine-tune (:func:`steerlab.finetune.training.run_finetune`, ``run_finetune_pairs``).
 
     Attributes:
+        objective: ``"sft"`` -- next-token cross-entropy on the assistant tokens of chat data;
+            ``"dpo"`` -- Direct Preference Optimization on pairs (chosen vs rejected answer to the
+            same prompt, the base model as the reference; :mod:`steerlab.finetune.loss`).
+        beta: DPO's beta, the strength of the implicit KL penalty towards the reference (0.1, the
+            default of Rafailov et al. 2023, appendix B); recorded and hashed for DPO only.
         rank, alpha, dropout: LoRA ``r``, ``lora_alpha`` (update scale = alpha / rank) and
             ``lora_dropout`` (Hu et al. 2021, arXiv:2106.09685).
         target_modules: module names (a list or comma-separated), ``"all-linear"``, or None for every
@@ -33,6 +40,8 @@ class FinetuneConfig:
             a run starts.
     """
 
+    objective: str = "sft"
+    beta: float = 0.1
     rank: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
@@ -53,9 +62,13 @@ class FinetuneConfig:
         """Check every numeric setting's range.
 
         Raises:
-            SteerlabError: ``--FLAG VALUE: out of range`` for the first setting out of range.
+            SteerlabError: ``--objective X``: not sft or dpo; ``--FLAG VALUE: out of range`` for the
+                first setting out of range.
         """
+        if self.objective not in OBJECTIVES:
+            raise SteerlabError(f"--objective {self.objective!r}: expected one of {', '.join(OBJECTIVES)}")
         for flag, value, ok in (
+            ("--beta", self.beta, self.beta > 0 and math.isfinite(self.beta)),
             ("--rank", self.rank, self.rank >= 1),
             ("--alpha", self.alpha, self.alpha > 0),
             ("--dropout", self.dropout, 0 <= self.dropout < 1),
