@@ -1,6 +1,7 @@
-"""The vllm engine under tensor parallel 2 (tiny Qwen2) and pipeline parallel 2 (tiny Llama) on the CPU:
-every rank steers alike, each pipeline stage steers the layers it holds, and the results equal the
-hf engine's (which equals vLLM on one process: tests/engines/test_vllm_engine.py)."""
+"""The vllm engine under tensor parallel 2 x pipeline parallel 2 (four processes, tiny Qwen2) on the CPU:
+both tensor-parallel ranks of a stage steer alike, each pipeline stage steers the layers it holds, and
+the results equal the hf engine's (which equals vLLM on one process: tests/engines/test_vllm_engine.py).
+One engine checks both kinds of parallelism: each start costs tens of seconds on 2 cores."""
 
 from __future__ import annotations
 
@@ -30,20 +31,17 @@ def _specs() -> list[SteeringSpec]:
     ]
 
 
-@pytest.mark.parametrize(("parallel", "arch"), [("tensor", "qwen2"), ("pipeline", "llama")])
-def test_parallel_engines_equal_one_process(parallel, arch, request):
+def test_tensor_and_pipeline_parallel_equal_one_process(tiny_vllm_qwen2_dir):
     from steerlab.engines.vllm.engine import VllmEngine
 
-    path = request.getfixturevalue(f"tiny_vllm_{arch}_dir")
-    sizes = {"tensor_parallel_size": 2} if parallel == "tensor" else {"pipeline_parallel_size": 2}
+    path = tiny_vllm_qwen2_dir
     reference = HfEngine(load_model(str(path)))
+    sizes = {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}
     with VllmEngine(str(path), EngineConfig("vllm", max_model_len=256, **sizes)) as engine:
         ranks = engine.statuses
-        assert len(ranks) == 2
-        if parallel == "tensor":  # both ranks hold every layer and run the same steering
-            assert [s["layers"] for s in ranks] == [[0, 1, 2, 3]] * 2
-        else:  # each stage holds its half
-            assert sorted(tuple(s["layers"]) for s in ranks) == [(0, 1), (2, 3)]
+        # two stages of two tensor-parallel ranks each; a stage's ranks hold the same layers
+        assert sorted((s["tp"], s["pp"]) for s in ranks) == [(2, 2)] * 4
+        assert sorted(tuple(s["layers"]) for s in ranks) == [(0, 1), (0, 1), (2, 3), (2, 3)]
         specs = _specs()
         ours = engine.generate(PROMPTS, steering=specs, max_new_tokens=8, top_logprobs=1)
         theirs = reference.generate(PROMPTS, steering=specs, max_new_tokens=8, top_logprobs=1)
