@@ -121,3 +121,17 @@ def test_file_layout_ignores_width_and_forced_terminal():
     log = io.StringIO()
     OutputConsole(file=log, width=30, force_terminal=True).print(SENTENCE)
     assert ANSI.sub("", log.getvalue()).splitlines() == [SENTENCE]
+
+
+def test_a_table_title_wider_than_its_cells_stays_whole_off_terminal():
+    from rich.table import Table
+
+    table = Table(title=SENTENCE)
+    table.add_column("n")
+    table.add_row("1")
+    log = io.StringIO()
+    OutputConsole(file=log, width=30).print(table)
+    assert SENTENCE in log.getvalue().splitlines()[0]
+    screen = _Terminal()
+    OutputConsole(file=screen, width=30).print(table)
+    assert max(map(len, ANSI.sub("", screen.getvalue()).splitlines())) <= 30  # a terminal still wraps it

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..pipelines.demo import DEMO_TRAITS, SIZES, run_demo
+from ..progress import console, results
 from ..report.html import build_report
 from .app import app
 from .diff_study import print_study
@@ -48,6 +49,6 @@ def demo(
     comparison = json.loads((out / "diff" / "compare.json").read_text())
     print_study(study, comparison)
     for line in summary["reading"]:
-        typer.echo(f"- {line}")
+        results.print(f"- {line}", markup=False, highlight=False)
     report_path, _ = build_report(out)
-    typer.echo(f"report: {report_path}")
+    console.print(f"report: {report_path}", markup=False, highlight=False)

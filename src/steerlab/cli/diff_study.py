@@ -13,7 +13,7 @@ from ..model.layers import parse_layers
 from ..model.loading import load_model
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.study import StudyConfig, best_coherent
-from ..progress import console
+from ..progress import results
 from .diff import diff_app
 from .options import (
     DeviceOpt,
@@ -129,18 +129,18 @@ def print_study(study: dict, comparison: dict) -> None:
     best = study["best_layer"]
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    console.print(
+    results.print(
         f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} "
         f"(gap {ref['finetuned'] - ref['base']:+.4f})"
     )
-    console.print(
+    results.print(
         f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
         f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
         f"contrastive {rel['contrastive']['mean'][best]:.3f}, model_diff {rel['model_diff']['mean'][best]:.3f})"
     )
     ci = comparison.get("cosine_ci95", {}).get("contrastive|model_diff")
     if ci:
-        console.print(
+        results.print(
             f"cosine 95% CI at layer {best}: {ci[best][0]:+.3f} to {ci[best][1]:+.3f} "
             f"(random band ±{comparison['baseline']['band']:.3f})"
         )
@@ -185,7 +185,7 @@ def print_study(study: dict, comparison: dict) -> None:
                         _spread(row),
                         f"{row['fluency_drop']:+.3f}",
                     )
-    console.print(table)
+    results.print(table)
 
 
 def _ci(ci: list | None) -> str:

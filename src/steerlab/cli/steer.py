@@ -16,7 +16,7 @@ from ..io.tables import write_jsonl
 from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.sweep import SweepConfig, run_sweep
-from ..progress import console
+from ..progress import console, results
 from ..report.html import build_report
 from ..steering.calibration import mean_residual_norms
 from ..steering.generation import expand_grid, generate_batch
@@ -193,7 +193,7 @@ def generate(
     table.add_column("completion")
     for r in records:
         table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), r["question"], r["text"])
-    console.print(table)
+    results.print(table)
 
 
 def _per_layer(threshold):
@@ -330,7 +330,7 @@ def sweep(
             table.add_row(
                 str(m["layer"]), f"{m['coeff']:g}", f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band, moved
             )
-        console.print(table)
+        results.print(table)
     if result.scores:
         table = Table(title=f"judged {trait} score and coherence (mean ± std, n)")
         for col in ("layer", "coeff", "trait", "coherence"):
@@ -343,6 +343,6 @@ def sweep(
                 fmt(r["trait_mean"], r["trait_std"], r["trait_n"]),
                 fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]),
             )
-        console.print(table)
+        results.print(table)
     report_path, _ = build_report(out)
     console.print(f"report: {report_path}")
