@@ -72,7 +72,7 @@ def build(
         batch_size=batch_size,
     )
     result = build_dataset(lm, seeds, out, config)
-    console.print(f"wrote {out}: {result.counts}")
+    console.print(f"wrote {out} (its settings beside it in {out.name}.meta.json): {result.counts}")
 
 
 def resolve_seed_flags(seed: str | None, random_seed: int | None, seed_file: Path | None) -> tuple[Path, int]:
