@@ -1,4 +1,4 @@
-"""The evidence behind one steering effect (SPEC §9; DESIGN.md "Evidence standards").
+"""The evidence behind one steering effect (docs/design.md §7).
 
 A steering condition (a vector, layers, operator, scale, coefficient) moves the behaviour margin of
 each held-out pair. Its effect is reported as a fraction of a reference gap (e.g. the base →

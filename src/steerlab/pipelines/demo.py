@@ -4,7 +4,7 @@ Stages (each resumable; a rerun reuses finished artifacts):
 
 1. ``diff/``        contrastive vector from the built-in deception pairs; LoRA fine-tune on their
                     deceptive answers; model-diff vector; cosine per layer with the random baseline
-                    and split-half reliabilities; the steering study (see :mod:`steerlab.study`);
+                    and split-half reliabilities; the steering study (see :mod:`steerlab.pipelines.study`);
 2. ``monitor.json`` projections of held-out honest vs deceptive answers on the model-diff vector,
                     read by the base and by the fine-tuned model;
 3. ``traits/``      the seed's multi-trait persona study (evil, sycophantic, hallucinating by
@@ -331,7 +331,7 @@ def _effect_sentence(row: dict[str, Any], key: str, prompting: dict[str, Any] | 
     return "; ".join(parts)
 
 
-# How the reading names the study's steering positions (SPEC §4).
+# How the reading names the study's steering positions (docs/design.md §4).
 STEERED_AT = {
     "response": "at the last prompt token and every answer token",
     "all": "at every token",

@@ -1,4 +1,4 @@
-"""The research question end to end, as resumable stages in a run directory (SPEC §7):
+"""The research question end to end, as resumable stages in a run directory (docs/design.md §9):
 
 ``finetune``  LoRA fine-tune of the base on the behaviour answers of the train pairs -> ``adapter/``
 ``vectors``   contrastive vector (base model, train pairs) and model-diff vector (fine-tuned − base on
@@ -6,7 +6,7 @@
               per-sample differences give split-half reliabilities -> ``vectors/*.safetensors``
 ``compare``   cosine per layer between the two, with the random baseline, norms, distances and
               reliabilities -> ``compare.json``
-``study``     the steering study of :mod:`steerlab.study` on the held-out pairs -> ``study.json``,
+``study``     the steering study of :mod:`steerlab.pipelines.study` on the held-out pairs -> ``study.json``,
               ``study_margins.csv``, ``samples.jsonl``
 """
 

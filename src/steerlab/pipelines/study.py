@@ -18,7 +18,7 @@ conditions on the fine-tuned model (``induced`` = (steered − base) / (ft − b
 ``fluency`` (mean log-likelihood per token of both answers; its drop from the unsteered model flags
 incoherent steering). A few greedy generations per condition are kept as samples.
 
-Evidence (SPEC §9, :mod:`steerlab.evaluate.evidence`): every sweep and ablation row also carries a
+Evidence (docs/design.md §7, :mod:`steerlab.evaluate.evidence`): every sweep and ablation row also carries a
 bootstrap 95% interval (``ci95``, of its undone/induced fraction; ``margin_ci95``), the per-pair
 margins and the steerable / anti-steerable fractions, and ``random``: the same fraction for
 ``controls`` random directions with the vector's norm at each steered layer, run through the
@@ -73,7 +73,7 @@ class StudyConfig:
     seed: int = 0  # of the random directions and the bootstrap
     n_bootstrap: int = 1000
     prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
-    positions: str = "response"  # where every condition steers (SPEC §4): the seed's evaluation default
+    positions: str = "response"  # where every condition steers (docs/design.md §4): the seed's evaluation default
 
 
 def default_layers(n_layers: int) -> list[int]:
