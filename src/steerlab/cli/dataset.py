@@ -55,7 +55,10 @@ def build(
     """Expand seed questions with a chat model, drop near-duplicates, and answer each question
     honestly and deceptively with two system prompts.
 
-    Example: steerlab dataset build -m Qwen/Qwen2.5-7B-Instruct --seed-file seed.jsonl --n 400 -o pairs.jsonl
+    Example:
+
+        steerlab dataset build -m Qwen/Qwen2.5-7B-Instruct --seed-file seed.jsonl \\
+            --n 400 -o pairs.jsonl
     """
     check_out(out, ".jsonl")
     seed_file, seed_value = resolve_seed_flags(seed, random_seed, seed_file)

@@ -42,7 +42,9 @@ def demo(
     the per-pair spread and the prompting baseline; the persona part runs the multi-trait study
     (evil, sycophantic, hallucinating).
 
-    GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
+    GPU, real model:
+
+        steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
     summary = run_demo(out, model, judge, size, traits, judge_base_url, controls)
     study = json.loads((out / "diff" / "study.json").read_text())

@@ -122,7 +122,9 @@ def extract(
     DIR/traits.json adds the trait x trait cosine per layer with the random band. A trait that fails
     is recorded and the others go on; the command then exits with status 2 naming it.
 
-    Example: steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
+    Example:
+
+        steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
     """
     study_flags = {
         "--coeffs": coeffs,

@@ -70,7 +70,9 @@ def serve(
     per-request steering: add ``"steering": [{"vector": NAME, "layer": 12, "coeff": 4}]`` to the body.
     Listens on 127.0.0.1 unless --host says otherwise; GET /health reports the queue.
 
-    Example: steerlab serve -m smollm2 --vectors vectors/ --port 8000 --api-key secret
+    Example:
+
+        steerlab serve -m smollm2 --vectors vectors/ --port 8000 --api-key secret
     """
     from ..model.loading import load_model
     from ..serve import runner

@@ -81,7 +81,9 @@ def generate(
 ) -> None:
     """Generate (optionally steered) completions, batched.
 
-    Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
+    Example:
+
+        steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat?"
 
     With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
     --operator cap clamps h·v̂ at each steered layer to --cap-ceiling/--cap-floor, or to a percentile
