@@ -2,7 +2,7 @@
 
 import json
 
-from cli_helpers import assert_streams, assert_user_error, flat, invoke, run_steerlab
+from cli_helpers import assert_user_error, flat, invoke
 
 from steerlab.formats.traits import list_traits
 
@@ -53,12 +53,12 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
     assert doc["cosine"] is None
     judged_meta = (run / "evil" / "judged.jsonl.meta.json").read_text()
 
-    proc = run_steerlab(*args, "--no-filter")  # a real process: the table and readings on stdout
-    assert_streams(
-        proc,
-        stdout=["persona extract: traits", "trait x trait cosine per layer", "(random directions: 95% of |cos| <"],
-        stderr=[f"wrote {run / 'traits.json'}"],
-    )
+    result = invoke(*args, "--no-filter")
+    assert result.exit_code == 0, result.output
+    # the table and the readings are results (stdout); what was written is a message (stderr)
+    for needle in ("persona extract: traits", "trait x trait cosine per layer", "(random directions: 95% of |cos| <"):
+        assert flat(needle) in flat(result.stdout) and flat(needle) not in flat(result.stderr), needle
+    assert flat(f"wrote {run / 'traits.json'}") in flat(result.stderr)
     assert (run / "evil" / "judged.jsonl.meta.json").read_text() == judged_meta  # generation and judging reused
     doc = json.loads((run / "traits.json").read_text())
     config = doc["config"]

@@ -4,8 +4,9 @@ forced on (they must stay on stderr). What a command was asked for (tables, read
 is on stdout, so ``steerlab traits list | grep evil`` and ``steerlab compare ... > cosines.txt``
 work; what happened (loaded, wrote, notes, warnings, progress) is on stderr. `info` is checked the
 same way in test_output_width.py (with a long path, forced colours and a narrow COLUMNS), `diff
-study`'s reading in test_diff.py; errors (one ``error:`` line on stderr, exit status 2) in
-test_bad_input_cli.py."""
+study`'s reading in test_diff.py; the multi-trait `persona extract` in test_persona_extract.py
+(in-process, on the runner's separate stdout and stderr). Errors are one ``error:`` line on stderr
+with exit status 2 (below, and test_bad_input_cli.py)."""
 
 from __future__ import annotations
 
