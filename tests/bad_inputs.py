@@ -1,4 +1,4 @@
-"""Bad input for every file format steerlab reads (SPEC §8): hypothesis strategies, and the one
+"""Bad input for every file format steerlab reads (docs/design.md §10): hypothesis strategies, and the one
 property every reader must have.
 
 The property (:func:`read_or_clear_error`): reading a file either works or raises ONE

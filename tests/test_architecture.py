@@ -1,6 +1,6 @@
 """The package's shape, enforced: levels import only downward, the public face is lazy and complete.
 
-Levels (DESIGN.md), lowest first; a module may import from its own subpackage and from strictly
+Levels (docs/design.md §12), lowest first; a module may import from its own subpackage and from strictly
 lower levels, never from a level above or a sibling at its own level, never the package root.
 """
 
@@ -27,6 +27,7 @@ LEVELS: list[set[str]] = [
     {"pipelines"},
     {"report"},
     {"cli"},
+    {"__main__"},  # python -m steerlab
 ]
 LEVEL = {name: i for i, names in enumerate(LEVELS) for name in names}
 

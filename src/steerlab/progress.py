@@ -1,6 +1,11 @@
-"""The console steerlab writes its messages on (stderr), and rich progress bars with ETA for long work.
+"""steerlab's two consoles, and rich progress bars with ETA for long work.
 
-On a terminal the console is rich's: it lays output out at the terminal's width. Anywhere else (a pipe,
+:data:`console` (stderr) carries messages: what was loaded or written, notes, warnings, errors, logs and
+progress bars. :data:`results` (stdout) carries what a command was asked for: its tables, readings and
+values, so that ``steerlab traits list | grep evil`` and ``steerlab compare ... > cosines.txt`` work
+(docs/design.md §11).
+
+On a terminal each console is rich's: it lays output out at the terminal's width. Anywhere else (a pipe,
 a log file, CI, a test runner) its output does not depend on a terminal: every print is laid out at its
 *natural* width, the width its content needs unwrapped, so no message, log line or table cell is broken
 inside a path or a sentence, whatever ``COLUMNS`` says and however long the paths printed are.
@@ -10,6 +15,7 @@ Progress bars are quiet when stderr is not a terminal unless forced (``STEERLAB_
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -28,6 +34,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.protocol import is_renderable
+from rich.table import Table
+from rich.text import Text
 
 # The width a print may take off a terminal: far beyond any line steerlab writes.
 UNWRAPPED_WIDTH = 1_000_000
@@ -41,7 +49,7 @@ class OutputConsole(Console):
     """
 
     def writes_to_terminal(self) -> bool:
-        """Whether the file written to now (stderr, looked up at each print) is a terminal."""
+        """Whether the file written to now (stderr or stdout, looked up at each print) is a terminal."""
         isatty = getattr(self.file, "isatty", None)
         try:
             return bool(isatty is not None and isatty())
@@ -79,13 +87,27 @@ class OutputConsole(Console):
         return max(1, sum(widths) + len(sep) * (len(content) - 1))
 
     def print(self, *objects: Any, sep: str = " ", width: int | None = None, **kwargs: Any) -> None:
-        """rich's ``print``; off a terminal, laid out at the objects' natural width (see the module)."""
-        if width is None and objects and not self.writes_to_terminal():
-            width = self.natural_width(objects, sep, kwargs.get("markup"))
+        """rich's ``print``; off a terminal, laid out at the objects' natural width (see the module),
+        and a table at least as wide as its title (rich wraps a title to its table's width)."""
+        if objects and not self.writes_to_terminal():
+            objects = tuple(_title_wide(obj) for obj in objects)
+            if width is None:
+                width = self.natural_width(objects, sep, kwargs.get("markup"))
         super().print(*objects, sep=sep, width=width, **kwargs)
 
 
-console = OutputConsole(stderr=True)
+def _title_wide(obj: Any) -> Any:
+    """A copy of a titled table whose minimum width fits its title on one line; anything else as is."""
+    if not isinstance(obj, Table) or obj.title is None or obj.min_width is not None:
+        return obj
+    title = obj.title if isinstance(obj.title, Text) else Text.from_markup(str(obj.title))
+    wide = copy.copy(obj)
+    wide.min_width = title.cell_len
+    return wide
+
+
+console = OutputConsole(stderr=True)  # messages, warnings, errors, logs, progress
+results = OutputConsole()  # a command's results: tables, readings, values (stdout)
 
 
 def progress_enabled() -> bool:

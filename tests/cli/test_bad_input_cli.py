@@ -1,7 +1,7 @@
 """Bad input files through the command line: every command that reads a user's file, given one
 that is truncated, empty, wrongly typed, non-UTF-8 or oddly named, exits with status 2 and ONE
 ``error:`` line naming the file (the reader's own message), never a traceback, and leaves nothing at
-its --out path (SPEC §8). No model is loaded: a bad file fails before, and a file the damage left
+its --out path (docs/design.md §10). No model is loaded: a bad file fails before, and a file the damage left
 valid meets a model spec that fails fast (a missing .gguf)."""
 
 import json

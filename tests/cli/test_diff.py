@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import assert_streams, run_steerlab
 from tiny import make_tiny
 from typer.testing import CliRunner
 
@@ -118,8 +119,12 @@ def test_finetune_then_extract(model_dir, tmp_path):
         "both",
     )
     assert code == 0, out
-    assert (tmp_path / "diff.prompt_last.safetensors").is_file()
-    assert (tmp_path / "diff.response_avg.safetensors").is_file()
+    # -o FILE always writes FILE, with the first reduction; the others go beside it, named in the output
+    assert SteeringVector.load(vec).metadata["reduction"] == "prompt_last"
+    beside = tmp_path / "diff.response_avg.safetensors"
+    assert SteeringVector.load(beside).metadata["reduction"] == "response_avg"
+    assert f"wrote {beside} (response_avg)" in out and f"wrote {vec} (prompt_last)" in out
+    assert not (tmp_path / "diff.prompt_last.safetensors").exists()
 
     # prompts-only inputs: with no --reduction the prompt reductions are used, and the output says so
     questions = tmp_path / "questions.txt"
@@ -133,8 +138,8 @@ def test_finetune_then_extract(model_dir, tmp_path):
         )
         assert code == 0, out
         assert f"no --reduction given: using prompt_last,prompt_avg for {source}" in out
-        for name in ("prompt_last", "prompt_avg"):
-            v = SteeringVector.load(tmp_path / f"q{i}.{name}.safetensors")
+        for name, path in (("prompt_last", out_path), ("prompt_avg", tmp_path / f"q{i}.prompt_avg.safetensors")):
+            v = SteeringVector.load(path)
             assert v.metadata["reduction"] == name and v.metadata["n_samples"] == 2 - i
 
 
@@ -210,7 +215,8 @@ def test_finetune_layers_use_the_layer_grammar(model_dir, tmp_path):
 
 
 def test_study_command_prints_its_reading(model_dir, tmp_path):
-    """`diff study` end to end on the tiny model: layers in the grammar, -m for the base model."""
+    """`diff study` end to end on the tiny model, as a real process: layers in the grammar, -m for
+    the base model; the reading on stdout, logs and progress on stderr."""
     pairs = tmp_path / "pairs.jsonl"
     rows = [
         {
@@ -230,7 +236,7 @@ def test_study_command_prints_its_reading(model_dir, tmp_path):
         }
     ]
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, out = _invoke(
+    proc = run_steerlab(
         "diff",
         "study",
         "-m",
@@ -250,7 +256,10 @@ def test_study_command_prints_its_reading(model_dir, tmp_path):
         "-b",
         "8",
     )
-    assert code == 0, out
-    assert "cosine(contrastive, model_diff) at best layer" in out and "best coherent steering" in out
+    assert_streams(
+        proc,
+        stdout=["margin: base", "cosine(contrastive, model_diff) at best layer", "best coherent steering"],
+        stderr=[f"loaded {model_dir}", "fine-tuning"],
+    )
     study = json.loads((tmp_path / "run" / "study.json").read_text())
     assert study["config"]["layers"] == [2, 3]

@@ -5,14 +5,11 @@ terminal the layout is rich's, at the terminal's width."""
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_helpers import invoke
+from cli_helpers import invoke, run_steerlab
 
 from steerlab.formats.traits import load_trait
 from steerlab.progress import OutputConsole, progress_bar
@@ -78,20 +75,18 @@ def test_expanding_tables_take_their_natural_width(monkeypatch):
     assert max(map(len, result.output.splitlines())) < 3 * longest + 50
 
 
-def test_real_pipe_with_forced_colour(deep_model):
-    """A real process writing to a pipe, with COLUMNS small and colours forced as CI logs do."""
-    env = {**os.environ, "COLUMNS": "20", "FORCE_COLOR": "1", "STEERLAB_PROGRESS": "0", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", "from steerlab.cli import main; main()", "info", str(deep_model)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+def test_real_pipe_with_forced_colour(deep_model, monkeypatch):
+    """A real process writing to two pipes, with COLUMNS small and colours forced as CI logs do: the
+    table (the result) on stdout, the log line on stderr, each line whole."""
+    monkeypatch.setenv("COLUMNS", "20")
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    proc = run_steerlab("info", deep_model)
     assert proc.returncode == 0, proc.stderr
     assert "\x1b[" in proc.stdout + proc.stderr  # colours were forced ...
-    _assert_whole_lines(ANSI.sub("", proc.stdout + proc.stderr), deep_model)  # ... and nothing wrapped
+    out, err = ANSI.sub("", proc.stdout), ANSI.sub("", proc.stderr)
+    _assert_whole_lines(out + err, deep_model)  # ... and nothing wrapped
+    assert _lines_with(out, f"steerlab info {deep_model}") and _lines_with(out, "LlamaForCausalLM")
+    assert _lines_with(err, f"loaded {deep_model}") and "LlamaForCausalLM" not in err
 
 
 def test_forced_progress_bar_whole_off_terminal(monkeypatch, capsys):
@@ -121,3 +116,17 @@ def test_file_layout_ignores_width_and_forced_terminal():
     log = io.StringIO()
     OutputConsole(file=log, width=30, force_terminal=True).print(SENTENCE)
     assert ANSI.sub("", log.getvalue()).splitlines() == [SENTENCE]
+
+
+def test_a_table_title_wider_than_its_cells_stays_whole_off_terminal():
+    from rich.table import Table
+
+    table = Table(title=SENTENCE)
+    table.add_column("n")
+    table.add_row("1")
+    log = io.StringIO()
+    OutputConsole(file=log, width=30).print(table)
+    assert SENTENCE in log.getvalue().splitlines()[0]
+    screen = _Terminal()
+    OutputConsole(file=screen, width=30).print(table)
+    assert max(map(len, ANSI.sub("", screen.getvalue()).splitlines())) <= 30  # a terminal still wraps it

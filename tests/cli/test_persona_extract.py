@@ -55,6 +55,10 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
 
     result = invoke(*args, "--no-filter")
     assert result.exit_code == 0, result.output
+    # the table and the readings are results (stdout); what was written is a message (stderr)
+    for needle in ("persona extract: traits", "trait x trait cosine per layer", "(random directions: 95% of |cos| <"):
+        assert flat(needle) in flat(result.stdout) and flat(needle) not in flat(result.stderr), needle
+    assert flat(f"wrote {run / 'traits.json'}") in flat(result.stderr)
     assert (run / "evil" / "judged.jsonl.meta.json").read_text() == judged_meta  # generation and judging reused
     doc = json.loads((run / "traits.json").read_text())
     config = doc["config"]
@@ -75,8 +79,6 @@ def test_all_traits_fail_with_a_judge_that_cannot_score_then_no_filter(tmp_path,
         # the judge scored none of the answers: no judged steering, and it says why
         assert entry["scores"] == {"skipped": "the judge could not score any of the 2 extraction answers"}
     assert doc["cosine"]["names"] == names and len(doc["cosine"]["matrix"]) == 4
-    assert flat("trait x trait cosine per layer") in flat(result.output)
-    assert flat("(random directions: 95% of |cos| <") in flat(result.output)
     assert (run / "traits.csv").is_file()
 
 

@@ -1,4 +1,4 @@
-"""Golden vectors of the four extraction paths on a tiny model: a refactor must keep them bit-identical.
+"""Golden vectors of the four extraction paths on a tiny model: a refactor must keep them, to float32 rounding.
 
 ``extraction_paths_before_merge.safetensors`` was saved before the package was split into subpackages
 (issue 10); the move kept every vector bit-identical. Merging the four mean-difference implementations
@@ -10,6 +10,12 @@ KV cache; issue 12) changed the contrastive vectors and the diff study's two vec
 rounding only (max 1.5e-8 on values up to 0.3); persona and standalone model-diff vectors stayed
 bit-identical. ``extraction_paths.safetensors`` is the current golden. Regenerate it only on purpose, after a change
 meant to alter the numbers: ``STEERLAB_UPDATE_GOLDEN=1 pytest tests/extract/test_extract_golden.py``.
+
+The goldens are compared within float32 rounding (:func:`assert_float32_close`), not bit for bit: they
+were stored on one machine, and torch does not promise identical sums on another CPU (another BLAS
+kernel, another summation order; one such machine differs from the golden by 5.6e-9). A change of
+method moves these vectors by far more than the tolerance (~1e-6 on values up to 0.3). Bit-identity
+between two paths computed in the same run stays exact.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import copy
 import os
 from pathlib import Path
 
+import pytest
 import torch
+from floats import assert_float32_close
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 from tiny import make_tiny
@@ -72,33 +80,35 @@ def _all_paths(tmp_path: Path) -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def test_four_extraction_paths_match_the_golden_vectors(tmp_path):
-    vectors = _all_paths(tmp_path)
+@pytest.fixture(scope="module")
+def vectors(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Every extraction path's vectors, computed once for the tests below."""
+    return _all_paths(tmp_path_factory.mktemp("paths"))
+
+
+def test_four_extraction_paths_match_the_golden_vectors(vectors):
     if os.environ.get("STEERLAB_UPDATE_GOLDEN") == "1":
         GOLDEN.parent.mkdir(exist_ok=True)
         save_file(vectors, str(GOLDEN))
     golden = load_file(str(GOLDEN))
     assert sorted(vectors) == sorted(golden)
     for name, tensor in vectors.items():
-        assert torch.equal(tensor, golden[name]), f"{name} changed (max |diff| {(tensor - golden[name]).abs().max()})"
+        assert_float32_close(tensor, golden[name], msg=name)
 
 
-def test_paths_agree_with_the_vectors_from_before_the_refactor(tmp_path):
-    vectors, before = _all_paths(tmp_path), load_file(str(BEFORE_MERGE))
+def test_paths_agree_with_the_vectors_from_before_the_refactor(vectors):
+    before = load_file(str(BEFORE_MERGE))
     for name, tensor in vectors.items():
-        torch.testing.assert_close(tensor, before[name], rtol=1e-6, atol=1e-8, msg=name)
-    for name in ("persona_response_avg", "persona_prompt_avg", "persona_prompt_last", "model_diff"):
-        assert torch.equal(vectors[name], before[name]), name
-    # one base pass in the diff study gives exactly the standalone contrastive vector
+        assert_float32_close(tensor, before[name], msg=name)
+    # one base pass in the diff study gives exactly the standalone contrastive vector (same run, same machine)
     assert torch.equal(vectors["diff_study_contrastive"], vectors["contrastive"])
 
 
-def test_every_extraction_path_goes_through_the_one_aggregator(tmp_path, monkeypatch):
+def test_every_extraction_path_goes_through_the_one_aggregator(vectors, tmp_path, monkeypatch):
     from steerlab.extract.mean_difference import MeanDifference
 
-    reference = _all_paths(tmp_path / "a")
     original = MeanDifference.means
     monkeypatch.setattr(MeanDifference, "means", lambda self, n: {k: 2 * v + 1 for k, v in original(self, n).items()})
-    patched = _all_paths(tmp_path / "b")
-    for name, tensor in reference.items():
+    patched = _all_paths(tmp_path)
+    for name, tensor in vectors.items():
         torch.testing.assert_close(patched[name], 2 * tensor + 1, msg=name)

@@ -149,20 +149,22 @@ def test_load_diff_samples_formats(tmp_path):
 
 @pytest.mark.slow
 def test_smollm2_finetune_and_diff(smollm2, tmp_path):
-    """48 deceptive answers, one epoch, then the model diff on held-out pairs is non-zero."""
+    """16 deceptive answers, one epoch (two steps: what a real model's fine-tune needs to be shown to
+    run; tiny models check the rest), then the model diff on held-out pairs is non-zero at every layer
+    and the base model is left as it was."""
     path = builtin_pairs_path("deception")
-    train = load_pairs(path, split="train")[:48]
-    heldout = load_pairs(path, split="heldout")[:8]
+    train = load_pairs(path, split="train")[:16]
+    heldout = load_pairs(path, split="heldout")[:4]
     state_norm = float(smollm2.model.get_input_embeddings().weight.detach().norm())
     start = time.perf_counter()
     result = run_finetune(
         smollm2, pairs_to_chat(train, "positive"), tmp_path / "ft", FinetuneConfig(epochs=1, batch_size=8)
     )
     took = time.perf_counter() - start
-    assert result.n_steps == 6 and all(torch.isfinite(torch.tensor(result.losses)))
+    assert result.n_steps == 2 and all(torch.isfinite(torch.tensor(result.losses)))
     vector = extract_model_diff(smollm2, tmp_path / "ft", pair_diff_samples(heldout), "response_avg")
     assert vector.n_layers == 30 and vector.d_model == 576
     assert (vector.norms() > 0).all()
     assert float(smollm2.model.get_input_embeddings().weight.detach().norm()) == state_norm
     assert not any("lora" in n for n, _ in smollm2.model.named_modules())
-    print(f"smollm2 fine-tune of 48 pairs: {took:.1f} s; diff norms {vector.norms()[[0, 15, 29]].tolist()}")
+    print(f"smollm2 fine-tune of 16 pairs: {took:.1f} s; diff norms {vector.norms()[[0, 15, 29]].tolist()}")

@@ -1,6 +1,6 @@
-"""Bad chat data (SPEC §6): chat JSONL, pairs, pair-list JSON and rendered ChatML (.jsonl, .csv,
+"""Bad chat data (docs/design.md §8): chat JSONL, pairs, pair-list JSON and rendered ChatML (.jsonl, .csv,
 .txt) that is truncated, empty, wrongly typed, non-UTF-8, huge or oddly named. Each read works or
-fails with one clear SteerlabError naming the file (SPEC §8)."""
+fails with one clear SteerlabError naming the file (docs/design.md §10)."""
 
 import csv
 import io

@@ -1,6 +1,6 @@
 """Bad pairs files (JSONL ``{"question", "positive", "negative", "system"?}``): truncated, empty,
 wrongly typed, non-UTF-8, huge, oddly named. Each read works or fails with one clear SteerlabError
-naming the file (SPEC §8)."""
+naming the file (docs/design.md §10)."""
 
 import json
 

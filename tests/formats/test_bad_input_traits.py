@@ -1,6 +1,6 @@
 """Bad trait files (persona-vectors schema ``{"instruction", "questions", "eval_prompt"}``):
 truncated, empty, wrongly typed, non-UTF-8, huge, oddly named, and trait names that are not files.
-Each load works or fails with one clear SteerlabError naming the file or name (SPEC §8)."""
+Each load works or fails with one clear SteerlabError naming the file or name (docs/design.md §10)."""
 
 import json
 

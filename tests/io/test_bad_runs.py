@@ -1,7 +1,7 @@
 """Bad run directories: the files a pipeline reads back (stage markers, artifacts, partial results)
 truncated, emptied, wrongly typed, non-UTF-8 or huge, and run paths with odd names. A stage either
 recomputes or fails with one clear SteerlabError naming the file; it never trusts a damaged artifact
-and never crashes (SPEC §7, §8)."""
+and never crashes (docs/design.md §9, §10)."""
 
 import json
 import logging

@@ -1,4 +1,4 @@
-"""The resume contract of run directories (SPEC §7): skip on the same config, recompute on another,
+"""The resume contract of run directories (docs/design.md §9): skip on the same config, recompute on another,
 reuse finished items after a kill, never trust a marker that does not match its artifact."""
 
 import json

@@ -1,4 +1,4 @@
-"""steerlab.judge.score: expected score over the answers 0..100 and the 0.25 rule (SPEC §5)."""
+"""steerlab.judge.score: expected score over the answers 0..100 and the 0.25 rule (docs/design.md §6)."""
 
 import math
 

@@ -62,7 +62,7 @@ def captured(lm, batch, layer=LAYER):
 
 
 def steered_mask(positions, batch):
-    """``[b, T, 1]``: the positions steered at prefill (SPEC §4: response = last position)."""
+    """``[b, T, 1]``: the positions steered at prefill (docs/design.md §4: response = last position)."""
     mask = torch.zeros(*batch.input_ids.shape, 1, dtype=torch.bool)
     if positions == "response":
         mask[:, -1] = True

@@ -30,7 +30,7 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert on_disk["reading"] and summary["timings"]["diff_study"] > 0
     # fine-tuning on the train split's deceptive answers raises the held-out behaviour margin
     assert on_disk["margins"]["finetuned"] > on_disk["margins"]["base"]
-    # the evidence (SPEC §9): every steering row with its interval, random band and per-pair spread
+    # the evidence (docs/design.md §7): every steering row with its interval, random band and per-pair spread
     rows = [r for r in on_disk["best_steering"].values() if r]
     assert rows and all(
         len(r["ci95"]) == 2 and set(r["random"]) >= {"mean", "lo", "hi", "p"} and r["steerable_fraction"] is not None

@@ -142,7 +142,7 @@ def test_no_effective_pairs_when_the_model_does_not_express_the_trait(tiny_llama
 
 
 def test_a_judge_that_cannot_score_is_named_with_counts(tiny_llama, tmp_path):
-    # A random tiny model as judge puts ~2.5% of its probability on numbers (SPEC §5: no score below 25%).
+    # A random tiny model as judge puts ~2.5% of its probability on numbers (docs/design.md §6: no score below 25%).
     config = PersonaConfig(max_questions=2, max_instructions=1, max_new_tokens=3)
     with pytest.raises(NoEffectivePairsError) as info:
         run_persona(tiny_llama, load_trait("humorous"), make_judge(tiny_llama), tmp_path, config)

@@ -1,6 +1,6 @@
 """Bad vector files: steerlab ``.safetensors``, llama.cpp ``.gguf`` control vectors and
 persona-vectors ``.pt`` that are truncated, empty, wrongly typed, non-float, huge or oddly named.
-``SteeringVector.load`` works or fails with one clear SteerlabError naming the file (SPEC §8)."""
+``SteeringVector.load`` works or fails with one clear SteerlabError naming the file (docs/design.md §10)."""
 
 import json
 import warnings

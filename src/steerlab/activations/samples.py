@@ -1,4 +1,4 @@
-"""Model inputs built from pairs (SPEC §6): the question with its positive and with its negative answer."""
+"""Model inputs built from pairs (docs/design.md §3): the question with its positive and with its negative answer."""
 
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
-"""The root typer app. SteerlabError anywhere becomes one clear message and exit status 2."""
+"""The root typer app. SteerlabError anywhere becomes one clear message and exit status 2; help text
+is reflowed so that only paragraph breaks survive (docs/design.md §11)."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
+import re
 
 import click
 import typer
@@ -12,7 +15,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from ..errors import SteerlabError
-from ..progress import console
+from ..progress import console, results
+from ..version import __version__
 
 
 class UserError(click.ClickException):
@@ -31,11 +35,61 @@ def show_error(message: str) -> None:
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+_PARAGRAPHS = re.compile(r"\n[ \t]*\n")
+_KEEP_INDENT = "[bold][/bold]"  # rich markup that prints as nothing (see reflow)
+
+
+def reflow(text: str | None) -> str | None:
+    """Help text with the line breaks of its source removed inside paragraphs.
+
+    Docstrings and help strings are broken at ~100 columns in the source; rich's help keeps every
+    newline, so a sentence would break at the source's column and again at the terminal's. Here
+    paragraphs (separated by blank lines) become one line each, which rich then wraps at the
+    terminal's width. Kept as they are: indented lines (examples, commands), lines starting a
+    bullet (``- ``), and paragraphs click marks as preformatted (``\\b``). An indented line starts
+    with an empty markup tag, which prints as nothing: typer dedents all but the first line of the
+    help after its first paragraph, which would otherwise take an example's indentation away.
+    """
+    if not text:
+        return text
+    paragraphs = []
+    for paragraph in _PARAGRAPHS.split(inspect.cleandoc(text)):
+        if paragraph.startswith("\b"):
+            paragraphs.append(paragraph)
+            continue
+        lines: list[str] = []
+        for line in paragraph.split("\n"):
+            starts_new = not lines or line[:1].isspace() or lines[-1].startswith(_KEEP_INDENT) or line.startswith("- ")
+            if starts_new:
+                lines.append(f"{_KEEP_INDENT}{line.rstrip()}" if line[:1].isspace() else line.rstrip())
+            else:
+                lines[-1] = f"{lines[-1]} {line.strip()}"
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def reflow_help(command: click.Command) -> None:
+    """Reflow a command's help and its parameters' help in place (see :func:`reflow`)."""
+    command.help = reflow(command.help)
+    for param in command.params:
+        if isinstance(getattr(param, "help", None), str):
+            param.help = reflow(param.help)
+
+
 class SteerlabGroup(TyperGroup):
     """Turns SteerlabError (or UserError) raised by any subcommand into one message and exit
     status 2, with no traceback. typer >= 0.2x runs its own vendored click, which does not
     recognise ``click.ClickException`` subclasses, so the message is printed here and
-    ``typer.Exit(2)`` (handled by every typer version) ends the command."""
+    ``typer.Exit(2)`` (handled by every typer version) ends the command.
+
+    Every group of steerlab's is one of these, so every command's help passes through here once:
+    the group reflows its own help and its commands' (:func:`reflow`)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        reflow_help(self)
+        for command in self.commands.values():
+            reflow_help(command)  # a subgroup is a SteerlabGroup too: reflowing twice changes nothing
 
     def invoke(self, ctx: click.Context):
         """Run the subcommand; SteerlabError/UserError become one message and ``typer.Exit(2)``."""
@@ -108,8 +162,19 @@ app = typer.Typer(
 )
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        results.print(f"steerlab {__version__}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(verbose: bool = typer.Option(False, "--verbose", help="Debug logging.")) -> None:
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", help="Debug logging."),
+    version: bool = typer.Option(
+        False, "--version", is_eager=True, callback=_show_version, help="Print steerlab's version and exit."
+    ),
+) -> None:
     logging.basicConfig(
         level=logging.WARNING,
         format="%(message)s",

@@ -11,7 +11,7 @@ from ..errors import SteerlabError
 from ..evaluate.geometry import DEFAULT_N_RANDOM, DEFAULT_QUANTILE, compare_vectors, pair_key, per_layer_summary
 from ..io.atomic import write_json, write_text
 from ..model.layers import resolve_one_layer
-from ..progress import console
+from ..progress import console, results
 from ..report.geometry_plots import cosine_per_layer_figure, trait_matrix_figure
 from ..report.plots import figure_html, heatmap_png
 from ..vectors.vector import SteeringVector, steerlab_version
@@ -141,12 +141,12 @@ def compare(
             f"{s['max']:+.3f} ({s['argmax']})",
             f"{s['layers_above_band']}/{n_layers}",
         )
-    console.print(table)
+    results.print(table)
     mat = Table(title=f"trait matrix at layer {layer}")
     mat.add_column("")
     for name in labels:
         mat.add_column(name, justify="right")
     for name, row in zip(labels, matrix, strict=True):
         mat.add_row(name, *(f"{float(x):+.2f}" for x in row))
-    console.print(mat)
+    results.print(mat)
     console.print(f"wrote {', '.join(str(out / f) for f in FILES)}")

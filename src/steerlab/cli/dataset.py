@@ -55,7 +55,10 @@ def build(
     """Expand seed questions with a chat model, drop near-duplicates, and answer each question
     honestly and deceptively with two system prompts.
 
-    Example: steerlab dataset build -m Qwen/Qwen2.5-7B-Instruct --seed-file seed.jsonl --n 400 -o pairs.jsonl
+    Example:
+
+        steerlab dataset build -m Qwen/Qwen2.5-7B-Instruct --seed-file seed.jsonl \\
+            --n 400 -o pairs.jsonl
     """
     check_out(out, ".jsonl")
     seed_file, seed_value = resolve_seed_flags(seed, random_seed, seed_file)
@@ -72,7 +75,7 @@ def build(
         batch_size=batch_size,
     )
     result = build_dataset(lm, seeds, out, config)
-    console.print(f"wrote {out}: {result.counts}")
+    console.print(f"wrote {out} (its settings beside it in {out.name}.meta.json): {result.counts}")
 
 
 def resolve_seed_flags(seed: str | None, random_seed: int | None, seed_file: Path | None) -> tuple[Path, int]:

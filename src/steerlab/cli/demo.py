@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from ..pipelines.demo import DEMO_TRAITS, SIZES, run_demo
+from ..progress import console, results
 from ..report.html import build_report
 from .app import app
 from .diff_study import print_study
@@ -57,12 +58,14 @@ def demo(
     the per-pair spread and the prompting baseline; the persona part runs the multi-trait study
     (evil, sycophantic, hallucinating).
 
-    GPU, real model: steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
+    GPU, real model:
+
+        steerlab demo -m Qwen/Qwen2.5-7B-Instruct -j openai:gpt-4.1-mini --size full -o out/qwen
     """
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     result = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
     print_study(result.study, result.comparison)
     for line in result.reading:
-        typer.echo(f"- {line}")
+        results.print(f"- {line}", markup=False, highlight=False)
     report_path, _ = build_report(out)
-    typer.echo(f"report: {report_path}")
+    console.print(f"report: {report_path}", markup=False, highlight=False)

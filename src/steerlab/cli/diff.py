@@ -203,9 +203,10 @@ def extract_cmd(
         "--reduction",
         "-r",
         help="response_avg | prompt_last | prompt_avg | first_k[:K]. Several, comma-separated, "
-        "run in one pass and write OUT with the reduction in the name (OUT.prompt_last...). "
-        "Default: response_avg when the inputs have responses; prompt_last,prompt_avg for "
-        "prompts-only inputs (questions .txt/.json, chat without an assistant turn).",
+        "run in one pass: the first is written to OUT, each other one beside it with its name "
+        "(OUT_STEM.prompt_avg.safetensors). Default: response_avg when the inputs have responses; "
+        "prompt_last,prompt_avg for prompts-only inputs (questions .txt/.json, chat without an "
+        "assistant turn).",
     ),
     answers: str = typer.Option(
         None,
@@ -228,7 +229,10 @@ def extract_cmd(
     question followed by [bold]both[/] of its answers, so the diff is averaged over on- and
     off-behaviour text and measures the change in the model rather than the answer content;
     --reduction prompt_last with --answers none gives the persona-vectors "fine-tuning shift" at
-    the last prompt token. Example:
+    the last prompt token.
+
+    OUT is always written: with several reductions it holds the first, and each other one goes
+    beside it (diff.prompt_avg.safetensors); every file written is named on stderr. Example:
 
         steerlab diff extract -m smollm2 -f out/ft --prompts pairs.jsonl --split test -o diff.safetensors
     """
@@ -236,7 +240,7 @@ def extract_cmd(
     if reduction is None:
         reduction = ",".join(default_reductions(prompts, answers))  # type: ignore[arg-type]
         console.print(f"no --reduction given: using {reduction} for {prompts}")
-    names = [r.strip() for r in reduction.split(",") if r.strip()]
+    names = list(dict.fromkeys(r.strip() for r in reduction.split(",") if r.strip()))
     if not names:
         raise SteerlabError("--reduction: empty")
     parsed = [Reduction.parse(r) for r in names]
@@ -249,13 +253,19 @@ def extract_cmd(
     samples = load_diff_samples(prompts, main, answers, split)  # type: ignore[arg-type]
     lm = load_model(base, device=device, dtype=dtype)
     vectors = extract_model_diffs(lm, finetuned, samples, parsed, batch_size, check_base)
-    for red in parsed:
+    for i, red in enumerate(parsed):
         vector = vectors[red.name]
         vector.metadata["config"] = {"prompts": str(prompts), "answers": answers, "split": split, "reduction": red.name}
-        path = out if len(parsed) == 1 else out.with_suffix(f".{red.name.replace(':', '')}.safetensors")
+        path = out if i == 0 else reduction_path(out, red.name)
         vector.save(path)
         norms = vector.norms()
         console.print(
-            f"wrote {path}: {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
+            f"wrote {path} ({red.name}): {vector.n_layers} layers x {vector.d_model}, {len(samples)} "
             f"inputs, largest norm at layer {int(norms.argmax())} ({float(norms.max()):.3g})"
         )
+
+
+def reduction_path(out: Path, reduction: str) -> Path:
+    """Where ``diff extract -o OUT`` writes a reduction other than the first: beside OUT, named
+    ``OUT_STEM.REDUCTION.safetensors`` (``first_k:3`` → ``first_k3``)."""
+    return out.with_name(f"{out.stem}.{reduction.replace(':', '')}{out.suffix}")

@@ -15,7 +15,7 @@ from ..model.loading import load_model
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.records import DirectionsDoc
 from ..pipelines.study import StudyConfig, StudyResult, best_coherent
-from ..progress import console
+from ..progress import results
 from .diff import diff_app
 from .options import (
     DeviceOpt,
@@ -146,15 +146,15 @@ def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
     best = study.best_layer
     cos = comparison["cosine"]["contrastive|model_diff"]
     rel = comparison["reliability"]
-    console.print(f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} (gap {study.gap:+.4f})")
-    console.print(
+    results.print(f"margin: base {ref['base']:+.4f} → fine-tuned {ref['finetuned']:+.4f} (gap {study.gap:+.4f})")
+    results.print(
         f"cosine(contrastive, model_diff) at best layer {best}: {cos[best]:+.3f} "
         f"(random |cos| ≈ {comparison['baseline']['expected_abs_cos']:.3f}; split-half reliability "
         f"contrastive {rel['contrastive']['mean'][best]:.3f}, model_diff {rel['model_diff']['mean'][best]:.3f})"
     )
     ci = comparison.get("cosine_ci95", {}).get("contrastive|model_diff")
     if ci:
-        console.print(
+        results.print(
             f"cosine 95% CI at layer {best}: {ci[best][0]:+.3f} to {ci[best][1]:+.3f} "
             f"(random band ±{comparison['baseline']['band']:.3f})"
         )
@@ -202,7 +202,7 @@ def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
                         _spread(row),
                         f"{row['fluency_drop']:+.3f}",
                     )
-    console.print(table)
+    results.print(table)
 
 
 def _ci(ci: list | None) -> str:

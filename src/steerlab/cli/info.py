@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..model.loading import load_model
-from ..progress import console
+from ..progress import results
 from .app import app
 from .options import AdapterOpt, DeviceOpt, DtypeOpt
 
@@ -29,4 +29,4 @@ def info(
     table = Table(title=f"steerlab info {model}", show_header=False)
     for key, value in facts.items():
         table.add_row(key, str(value))
-    console.print(table)
+    results.print(table)

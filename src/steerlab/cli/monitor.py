@@ -14,7 +14,7 @@ from ..io.atomic import write_json
 from ..io.tables import write_csv, write_jsonl
 from ..model.layers import parse_layers
 from ..model.loading import load_model
-from ..progress import console
+from ..progress import console, results
 from ..vectors.vector import SteeringVector, steerlab_version
 from .app import app
 from .options import AdapterOpt, BatchOpt, DeviceOpt, DtypeOpt, ModelOpt, layer_option, vector_option
@@ -124,6 +124,6 @@ def monitor(
         for name in names:
             cells += [_fmt(s[f"{name}_mean"]), _fmt(s[f"{name}_std"]).lstrip("+")]
         table.add_row(*cells)
-    console.print(table)
+    results.print(table)
     if out is not None:
         console.print(f"wrote {len(rows)} rows to {out} and the summary to {summary_path(out)}")

@@ -14,7 +14,7 @@ from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.persona import PersonaConfig, run_persona
 from ..pipelines.persona_traits import PersonaTraitsConfig, PersonaTraitsResult, resolve_traits, run_persona_traits
-from ..progress import console
+from ..progress import console, results
 from ..steering.steerer import parse_layers
 from .app import app, new_group
 from .options import (
@@ -134,7 +134,9 @@ def extract(
     DIR/traits.json adds the trait x trait cosine per layer with the random band. A trait that fails
     is recorded and the others go on; the command then exits with status 2 naming it.
 
-    Example: steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
+    Example:
+
+        steerlab persona extract -m smollm2 -t humorous -j local -o out/humorous --max-questions 10
     """
     study_flags = {
         "--coeffs": coeffs,
@@ -209,7 +211,7 @@ def extract(
     table.add_row("pairs averaged", f"{result.n_pairs} ({'unfiltered' if result.filter == 'none' else 'effective'})")
     for stage, seconds in result.timings.items():
         table.add_row(f"{stage} (s)", f"{seconds:.1f}")
-    console.print(table)
+    results.print(table)
     if result.filter == "none":
         console.print(
             f"--no-filter: the vectors average all {result.n_pairs} pairs, unfiltered "
@@ -257,14 +259,14 @@ def _print_study(result: PersonaTraitsResult, out: Path) -> None:
             f"{num(row['vs_prompting'], '{:.0%}')} [{num(row['vs_prompting_lo'], '{:.0%}')}, "
             f"{num(row['vs_prompting_hi'], '{:.0%}')}]",
         )
-    console.print(table)
+    results.print(table)
     for name, entry in result.traits.items():
-        console.print(
+        results.print(
             entry["reading"] if entry["status"] == "ok" else f"{name}: failed: {entry['error']}", highlight=False
         )
     if result.cosine:
         band = result.cosine["random_band"]["band"]
-        console.print(f"trait x trait cosine per layer in {result.path} (random directions: 95% of |cos| < {band:.3f})")
+        results.print(f"trait x trait cosine per layer in {result.path} (random directions: 95% of |cos| < {band:.3f})")
     console.print(f"wrote {result.path} and {result.run_dir / 'traits.csv'}; steerlab report {out}")
     if result.failed:
         names = ", ".join(result.failed)
@@ -314,7 +316,7 @@ def monitor(
         table.add_column(col)
     for row in doc["summary"]:
         table.add_row(row["condition"], f"{row['mean']:+.3f}", str(row["n"]))
-    console.print(table)
+    results.print(table)
     if out is not None:
         write_json(out, {**doc, "config": {"model": model, "trait": trait, "vector": str(vector), "coeff": coeff}})
         fig = go.Figure([go.Box(y=v, name=k, boxpoints="all") for k, v in doc["groups"].items()])

@@ -89,7 +89,9 @@ def serve(
     With --engine vllm the same API runs on vLLM's continuous batching (requests join the running batch
     at the next step), with its tensor and pipeline parallelism.
 
-    Example: steerlab serve -m smollm2 --vectors vectors/ --port 8000 --api-key secret
+    Example:
+
+        steerlab serve -m smollm2 --vectors vectors/ --port 8000 --api-key secret
     """
     from ..model.loading import load_model
     from ..serve import runner

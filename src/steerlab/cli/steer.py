@@ -18,7 +18,7 @@ from ..io.tables import write_jsonl
 from ..judge import make_judge
 from ..model.layers import parse_layers
 from ..pipelines.sweep import SweepConfig, run_sweep, sweep_plan
-from ..progress import console
+from ..progress import console, results
 from ..report.html import build_report
 from ..steering.conditions import condition_similarities, gate_samples
 from ..steering.generation import expand_grid
@@ -109,7 +109,9 @@ def generate(
 ) -> None:
     """Generate (optionally steered) completions, batched.
 
-    Example: steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat tire?"
+    Example:
+
+        steerlab generate -m smollm2 -v deception.safetensors -l 12 -c -4,0,4 "How do I fix a flat?"
 
     With --out, each row is a generation record (question, text, coeff, layer, ...), as sweep writes.
     --operator cap clamps h·v̂ at each steered layer to --cap-ceiling/--cap-floor, or to a percentile
@@ -259,7 +261,7 @@ def _print_generations(rows, row_coeffs, gens, vector, layer, settings, out, gat
     for r in records:
         gate_cell = [f"{'steer' if r['condition_met'] else 'off'} ({r['condition_similarity']:.4f})"] if gated else []
         table.add_row(*([f"{r['coeff']:g}"] if vector is not None else []), *gate_cell, r["question"], r["text"])
-    console.print(table)
+    results.print(table)
 
 
 def _per_layer(threshold):
@@ -447,7 +449,7 @@ def _print_sweep(result, out, trait) -> None:
             )
             coeff = f"{m['coeff']:g}" + ("*" if m.get("reported") else "")
             table.add_row(str(m["layer"]), coeff, f"{m['margin']:+.4f}", f"{m['delta']:+.4f}{ci}", band, moved)
-        console.print(table)
+        results.print(table)
     if result.scores:
         table = Table(
             title=f"judged {trait} score and coherence (mean ± std, n); random directions' band of trait means "
@@ -469,6 +471,6 @@ def _print_sweep(result, out, trait) -> None:
                 fmt(r["coherence_mean"], r["coherence_std"], r["coherence_n"]),
                 band,
             )
-        console.print(table)
+        results.print(table)
     report_path, _ = build_report(out)
     console.print(f"report: {report_path}")

@@ -11,7 +11,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from ..formats.traits import TRAITS_DIR, list_traits, load_trait
-from ..progress import console
+from ..progress import console, results
 from .app import app, new_group
 
 traits_app = new_group("Built-in traits (persona-vectors schema): list them, show one.")
@@ -44,7 +44,7 @@ def list_cmd(
     table.add_column("eval questions", justify="right")
     for row in rows:
         table.add_row(row["name"], str(row["instructions"]), str(row["extract_questions"]), str(row["eval_questions"]))
-    console.print(table)
+    results.print(table)
     console.print(
         "Any JSON file in this schema works wherever a trait name does (steerlab traits show FILE.json).",
         highlight=False,
@@ -62,7 +62,7 @@ def show_cmd(
     if as_json:
         typer.echo(json.dumps(trait.to_json(), indent=2, ensure_ascii=False))
         return
-    console.print(f"[bold]{escape(trait.name)}[/] ({split}) - {escape(str(trait.source))}", highlight=False)
+    results.print(f"[bold]{escape(trait.name)}[/] ({split}) - {escape(str(trait.source))}", highlight=False)
     pairs = Table(
         title=f"instruction pairs ({len(trait.instruction)})", title_justify="left", show_lines=True, expand=True
     )
@@ -71,7 +71,7 @@ def show_cmd(
     pairs.add_column("neg (the opposite)", ratio=1)
     for i, pair in enumerate(trait.instruction, 1):
         pairs.add_row(str(i), escape(pair.pos), escape(pair.neg))
-    console.print(pairs)
+    results.print(pairs)
     questions = Table(
         title=f"{split} questions ({len(trait.questions)})", title_justify="left", show_header=False, expand=True
     )
@@ -79,8 +79,8 @@ def show_cmd(
     questions.add_column("question")
     for i, question in enumerate(trait.questions, 1):
         questions.add_row(str(i), escape(question))
-    console.print(questions)
-    console.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)", title_align="left"))
+    results.print(questions)
+    results.print(Panel(escape(trait.eval_prompt), title="eval prompt (judge, 0-100)", title_align="left"))
 
 
 @traits_app.command("new")

@@ -10,7 +10,7 @@ through an :class:`Engine`; two implement it:
 - ``vllm`` (:class:`steerlab.engines.vllm.engine.VllmEngine`): vLLM's continuous batching, tensor and
   pipeline parallelism, with steering applied inside its workers.
 
-The two agree (docs/design.md §11): the same block-L output (``hidden_states[L + 1]``), the same steering
+The two agree (docs/design.md §13): the same block-L output (``hidden_states[L + 1]``), the same steering
 at the same positions, greedy generations equal on the same machine and dtype except for float ties,
 margins equal to 1e-3 nats/token. Users keep writing :class:`~steerlab.steering.steerer.SteeringSpec`:
 an engine resolves specs on its model (layers, widths, scales) before any work and raises

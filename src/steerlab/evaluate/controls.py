@@ -1,4 +1,4 @@
-"""Random-direction controls (SPEC §9): does a steering effect stand out from what random
+"""Random-direction controls (docs/design.md §7): does a steering effect stand out from what random
 directions of the same norm do under the identical condition?
 
 Pure functions, no model and no global RNG. The caller runs K directions from

@@ -1,4 +1,4 @@
-"""The evidence behind one steering effect (SPEC §9; DESIGN.md "Evidence standards"): one function,
+"""The evidence behind one steering effect (docs/design.md §7): one function,
 :func:`steering_evidence`, and one record, :class:`Evidence`. Every steering row steerlab reports —
 the diff study's, the multi-trait study's, a sweep's margins and judged scores — is made here.
 
@@ -140,7 +140,7 @@ def _ci(values: torch.Tensor, n_resamples: int, seed: int) -> Interval:
 
 @dataclass(frozen=True)
 class Evidence:
-    """One steering effect with everything SPEC §9 asks of it (see the module docstring).
+    """One steering effect with everything docs/design.md §7 asks of it (see the module docstring).
 
     Attributes:
         effect: mean change from the origin (steered - origin, in the samples' units), or the mean

@@ -1,6 +1,6 @@
-"""Geometry of steering vectors: how directions compare, per layer (SPEC §5 Geometry).
+"""Geometry of steering vectors: how directions compare, per layer (docs/design.md §5).
 
-Everything here is pure: tensors (or :class:`~steerlab.vectors.SteeringVector`) in, tensors and
+Everything here is pure: tensors (or :class:`~steerlab.vectors.vector.SteeringVector`) in, tensors and
 plain dicts out, no model and no files, so pipelines (persona, fine-tune diff, reports) can call it.
 Layer L is the output of decoder block L (``hidden_states[L + 1]``), as everywhere in steerlab.
 
@@ -10,7 +10,7 @@ Layer L is the output of decoder block L (``hidden_states[L + 1]``), as everywhe
 - :func:`trait_matrix` — the cosine matrix of several vectors at one layer.
 - :func:`random_cosine_band` — the empirical "noise level": a quantile of |cos| between random
   Gaussian directions in d dimensions (seeded). The analytic expectation is
-  :func:`steerlab.vectors.random_cosine_baseline` ≈ sqrt(2 / (π d)).
+  :func:`steerlab.vectors.vector.random_cosine_baseline` ≈ sqrt(2 / (π d)).
 - :func:`split_half_reliability` — how stable a mean-difference direction is under resampling of
   the samples it is built from.
 """

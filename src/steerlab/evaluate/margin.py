@@ -64,7 +64,7 @@ def behaviour_margin(
     """Behaviour margin of ``pairs`` under ``steering`` at each coefficient (one batch stream).
 
     For pair j, ``margin = mean log p(positive tokens | question) - mean log p(negative tokens |
-    question)``, each the mean over the answer's tokens, teacher-forced, in nats/token (SPEC §5); > 0
+    question)``, each the mean over the answer's tokens, teacher-forced, in nats/token (docs/design.md §5); > 0
     means the model prefers the behaviour. Returns a :class:`MarginResult`: ``per_pair``, ``pos_logp``
     and ``neg_logp`` are ``[n_coeffs, n_pairs]`` float32; ``mean``/``std``/``fluency`` are per
     coefficient. Rows are (coefficient, side, pair) with per-row coefficients, so a sweep of k

@@ -1,18 +1,18 @@
-"""Monitoring a trait without steering: projections of activations on a vector (SPEC §5 Monitoring).
+"""Monitoring a trait without steering: projections of activations on a vector (docs/design.md §5).
 
 The projection of an activation ``a`` (output of block L, reduced over tokens) on the vector ``v``
 for layer L is ``(a · v) / ‖v‖`` — the length of ``a`` along the direction of ``v``, in activation
 units. Reductions: ``response_avg`` (mean over the response tokens) and ``prompt_last`` (last prompt
 token, i.e. the state just before the model answers) by default; any
-:class:`~steerlab.activations.Reduction` works.
+:class:`~steerlab.activations.capture.Reduction` works.
 
 - :func:`projection` — the pure formula on tensors ``[..., n_layers, d]``.
 - :func:`project` — one batched forward pass per batch (streamed: memory grows with batch x layers x
-  d, results are ``[n, len(layers)]``), samples as :class:`~steerlab.activations.ChatSample`.
+  d, results are ``[n, len(layers)]``), samples as :class:`~steerlab.activations.capture.ChatSample`.
   Samples whose response is empty get NaN for response reductions (prompt reductions still work).
 - Multi-turn conversations, :func:`per_turn_samples` / :func:`project_turns`: one sample per
   assistant turn, the prompt being the conversation up to that turn and the response that turn's
-  content. Each sample goes through the chat template once, as a whole (``steerlab.chat``); turns
+  content. Each sample goes through the chat template once, as a whole (``steerlab.model.chat``); turns
   are never tokenized on their own.
 - Inputs (:func:`load_monitor_data`): chat JSONL ``{"messages": [...]}`` and generation files
   written by ``steerlab sweep`` (``generations.jsonl``: ``question``, ``text``, ``layer``,

@@ -2,7 +2,7 @@
 
 - :func:`persona_monitor` — responses under three conditions (baseline: no persona; prompted: a
   positive persona system prompt; steered: the persona vector added at a layer) projected on the
-  vector, read by the plain model on the bare question (SPEC §5 monitoring: ``(a·v)/‖v‖``).
+  vector, read by the plain model on the bare question (docs/design.md §5, monitoring: ``(a·v)/‖v‖``).
 - :func:`persona_margin_pairs` — judge-free check: the model's own answers under the positive and
   negative persona prompts become pairs (positive = persona answer), and the behaviour margin of the
   unprompted model under steering measures whether the vector moves it towards the persona.

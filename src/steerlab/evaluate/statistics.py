@@ -1,4 +1,4 @@
-"""Statistics behind every reported steering number (SPEC §9): bootstrap intervals, per-sample
+"""Statistics behind every reported steering number (docs/design.md §7): bootstrap intervals, per-sample
 steerability and cosine intervals.
 
 Everything here is pure: tensors (or anything ``torch.as_tensor`` takes) in, floats, tensors and plain

@@ -25,7 +25,7 @@ def extract_contrastive(
     reduction: str = "response_avg",
     batch_size: int = 16,
 ) -> SteeringVector:
-    """Contrastive steering vector ``[n_layers, d_model]`` from pairs (SPEC §6 pairs), method
+    """Contrastive steering vector ``[n_layers, d_model]`` from pairs (docs/design.md §3, §8), method
     ``contrastive``: ``v_L = mean_j r(h_L(q_j + positive_j)) - mean_j r(h_L(q_j + negative_j))``,
     where ``h_L`` is the output of decoder block L and ``r`` the ``reduction`` (default
     ``response_avg``, the mean over the answer's tokens), in activation units. This is the

@@ -1,4 +1,4 @@
-"""The one mean-difference aggregator behind every extraction method (SPEC §3).
+"""The one mean-difference aggregator behind every extraction method (docs/design.md §3).
 
 Every steerlab vector is a difference of means of activations per layer: contrastive
 (positive − negative answers, Turner et al. 2023 "activation addition"; Rimsky et al. 2024 "CAA"),

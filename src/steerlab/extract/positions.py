@@ -1,5 +1,5 @@
 """Position-resolved model-diff vectors: the fine-tuning shift read at each of the first k tokens of
-text unrelated to the behaviour (SPEC §9).
+text unrelated to the behaviour (docs/design.md §3).
 
 Source: Minder et al. 2025, *Narrow finetuning leaves clearly readable traces in activation
 differences* (the "activation difference lens"): the mean difference between a fine-tuned and its

@@ -1,4 +1,4 @@
-"""Chat data (SPEC §6): conversations as ``{"messages": [{"role", "content"}, ...]}`` JSONL.
+"""Chat data (docs/design.md §8): conversations as ``{"messages": [{"role", "content"}, ...]}`` JSONL.
 
 A conversation is a list of messages ``{"role": "system" | "user" | "assistant", "content": str}``;
 a system message may only come first, the first other message is a user message, and for training
@@ -14,7 +14,7 @@ Readers (each validates and names the file, line/item and field at fault):
   (``<|im_start|>role\\n...<|im_end|>``): a ``.jsonl`` file (one JSON string, or an object with one
   string field / the ``column`` field, per line), a ``.csv`` file (one column, or ``column``, with a
   header row), or a ``.txt`` file with one chat per line (newlines inside a chat written as ``\\n``).
-- :func:`pairs_to_chat` — contrastive pairs (:class:`steerlab.pairs.Pair`) as single-turn chats.
+- :func:`pairs_to_chat` — contrastive pairs (:class:`steerlab.formats.pairs.Pair`) as single-turn chats.
 - :func:`load_chat_data` — any of the above by file type and content (what the CLI uses).
 """
 

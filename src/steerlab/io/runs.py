@@ -1,4 +1,4 @@
-"""Run directories: resumable, skippable pipeline stages (SPEC §7).
+"""Run directories: resumable, skippable pipeline stages (docs/design.md §9).
 
 A run is a directory; each :class:`Stage` produces one artifact in it, written atomically, and
 records its completion in a meta file holding the stage's config hash (the config itself: inputs and

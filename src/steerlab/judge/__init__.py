@@ -1,4 +1,4 @@
-"""The LLM judge (SPEC §5): scores filled judge prompts 0-100, or None when it gives no number.
+"""The LLM judge (docs/design.md §6): scores filled judge prompts 0-100, or None when it gives no number.
 
 Modules: :mod:`.score` (the score maths), :mod:`.cache` (the sqlite answer cache), :mod:`.base`
 (the protocol, the shared base class, :func:`make_judge`, prompt filling), :mod:`.openai_compat`

@@ -1,4 +1,4 @@
-"""What every judge shares (SPEC §5): the :class:`Judge` protocol, :class:`BaseJudge` (deduplication
+"""What every judge shares (docs/design.md §6): the :class:`Judge` protocol, :class:`BaseJudge` (deduplication
 and the disk cache), :func:`make_judge` (backends by spec string), and filling the trait and
 coherence prompts with (question, answer) pairs.
 
@@ -45,7 +45,7 @@ class BaseJudge:
 
     ``identity`` keys the cache (it must change whenever the judge's answers could);
     ``cache_dir``: the cache directory (None or True: :func:`default_cache_dir`; False: no cache);
-    ``min_mass``: the probability on number answers below which a score is None (SPEC §5: 0.25).
+    ``min_mass``: the probability on number answers below which a score is None (docs/design.md §6: 0.25).
     Raises SteerlabError when ``min_mass`` is not in [0, 1].
     """
 

@@ -1,4 +1,4 @@
-"""The ``local[:MODEL]`` judge: the exact expected score from a local causal LM (SPEC §5).
+"""The ``local[:MODEL]`` judge: the exact expected score from a local causal LM (docs/design.md §6).
 
 Any :func:`~steerlab.model.loading.load_model` spec (default ``smollm2``) or a loaded
 :class:`~steerlab.model.loading.LoadedModel`. The prompt goes through the chat template and the

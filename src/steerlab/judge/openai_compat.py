@@ -1,4 +1,4 @@
-"""The ``openai:MODEL`` judge: any OpenAI-compatible chat-completions endpoint (SPEC §5).
+"""The ``openai:MODEL`` judge: any OpenAI-compatible chat-completions endpoint (docs/design.md §6).
 
 Endpoint and key: ``base_url`` / ``OPENAI_BASE_URL``, ``api_key`` / ``OPENAI_API_KEY`` (a local
 server without a key needs only the base URL). The prompt is sent as one user message with

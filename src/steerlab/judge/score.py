@@ -1,4 +1,4 @@
-"""Judge score maths (SPEC §5): the expected score from the probabilities of the answers 0..100.
+"""Judge score maths (docs/design.md §6): the expected score from the probabilities of the answers 0..100.
 
 Score = Σ k·p(k) / Σ p(k) over the integer answers k = 0..100, and ``None`` (never 0, never a crash)
 when the probability on numbers, Σ p(k), is below ``min_mass`` (default 0.25: the judge refused or

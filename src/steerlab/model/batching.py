@@ -7,7 +7,7 @@ attention mask and explicit position ids, so that
   from the same column, and logits of the last k tokens are the last k columns), and
 - each token gets the position it would have without padding: ``position_ids = cumsum(mask) - 1``
   (0 on padding). Together with the attention mask this makes batched results equal per-sample
-  results (SPEC §3).
+  results (docs/design.md §3).
 
 :func:`pad_sequences` is the building block (any per-token values, left or right padding, e.g.
 token ids, labels, attention groups); :func:`collate` builds a :class:`Batch` of token ids with

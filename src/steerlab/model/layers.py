@@ -1,7 +1,7 @@
 """The layer grammar: one way to name decoder-block layers, for every ``--layer``/``--layers`` flag,
 the Python API and the server.
 
-Convention (SPEC §2): layer ``L`` is 0-based and means the output of decoder block ``L``, i.e.
+Convention (docs/design.md §2): layer ``L`` is 0-based and means the output of decoder block ``L``, i.e.
 ``hidden_states[L + 1]`` of ``output_hidden_states``.
 
 Grammar (whitespace around items is ignored)::

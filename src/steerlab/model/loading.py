@@ -39,7 +39,7 @@ _DTYPES = {
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """The torch dtype for a ``--dtype`` value: a torch dtype as is; ``None``/``auto`` bfloat16 on
-    CUDA (or ``device="auto"``) and float32 otherwise (SPEC §2); else one of float32/fp32,
+    CUDA (or ``device="auto"``) and float32 otherwise (docs/design.md §2); else one of float32/fp32,
     bfloat16/bf16, float16/fp16.
 
     Raises SteerlabError naming ``--dtype`` for any other string.

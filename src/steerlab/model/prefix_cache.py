@@ -2,7 +2,7 @@
 
 Teacher-forced scoring asks the same question many times: both answers of a pair, every
 coefficient of a sweep, every steering condition and random control. When nothing changes the
-prompt's tokens before its last one (steering at ``response`` positions, SPEC §4, or none), their
+prompt's tokens before its last one (steering at ``response`` positions, docs/design.md §4, or none), their
 keys and values are the same in every row, so :class:`PrefixCache` computes them once per distinct
 prefix (one forward pass, left-padded, ``use_cache=True``) and :meth:`PrefixCache.continue_rows`
 runs only each row's continuation — the last prompt token and the response — attending to the
@@ -14,7 +14,7 @@ Layout of one continuation batch of ``b`` rows, prefix width ``P`` and continuat
     attention_mask = [prefix mask (left-padded) | continuation mask (right-padded)]   [b, P + S]
     position_ids   = prefix length of the row + 0..S-1                                 [b, S]
 
-so every token keeps the position it has in the unpadded sequence (SPEC §3).
+so every token keeps the position it has in the unpadded sequence (docs/design.md §3).
 
 Steering at layer L leaves blocks 0..L-1 as they are, so when every row of a batch is steered at
 layer L or later, :func:`skipped_blocks` replaces blocks 0..L-1 by the hidden state they would

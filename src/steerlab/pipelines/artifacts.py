@@ -1,5 +1,5 @@
 """Artifact file names of every run directory, defined once: pipelines write them, the report and
-the CLI read them (SPEC §7)."""
+the CLI read them (docs/design.md §9)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def _effect_sentence(row: StudyRow, key: str, prompting: StudyPrompting | None) 
     return "; ".join(parts)
 
 
-# How the reading names the study's steering positions (SPEC §4).
+# How the reading names the study's steering positions (docs/design.md §4).
 STEERED_AT = {
     "response": "at the last prompt token and every answer token",
     "all": "at every token",

@@ -1,4 +1,4 @@
-"""The research question end to end, as resumable stages in a run directory (SPEC §7):
+"""The research question end to end, as resumable stages in a run directory (docs/design.md §9):
 
 ``finetune``  LoRA fine-tune of the base on the behaviour answers of the train pairs -> ``adapter/``
 ``vectors``   contrastive vector (base model, train pairs) and model-diff vector (fine-tuned − base on

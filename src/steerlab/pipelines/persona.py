@@ -16,7 +16,7 @@
 Rerunning skips finished stages; a run killed mid-stage resumes without redoing finished items; a
 judge failure on one item gives None for it and keeps the rest. When no pair survives the filter,
 :class:`NoEffectivePairsError` says whether the judge could not score the answers (too little
-probability on numbers, SPEC §5) or the model did not express the trait, with the counts of both.
+probability on numbers, docs/design.md §6) or the model did not express the trait, with the counts of both.
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def judge_answer_counts(judged: list[dict[str, Any]], min_mass: float = MIN_NUMB
 
     An answer is ``unscored`` when its trait or coherence score is None. ``below_min_mass``: of
     those, the answers where the judge answered but put less than ``min_mass`` probability on the
-    numbers 0-100 (SPEC §5); ``no_answer``: the rest (the judge could not be asked, its response was
+    numbers 0-100 (docs/design.md §6); ``no_answer``: the rest (the judge could not be asked, its response was
     malformed, or it does not report the mass). ``mean_mass``: mean probability on numbers over
     every trait and coherence prompt whose mass is known (None if none is), in [0, 1].
     """

@@ -100,7 +100,7 @@ class PersonaTraitsConfig:
     layers: list[int] | None = None
     scan_coeff: float = 4.0
     coeffs: list[float] = field(default_factory=lambda: [-4.0, 2.0, 4.0, 8.0])
-    positions: str = "response"  # where steering acts (SPEC §4): the seed's evaluation default
+    positions: str = "response"  # where steering acts (docs/design.md §4): the seed's evaluation default
     max_fluency_drop: float = 1.0
     eval_questions: int = 8
     eval_new_tokens: int = 48

@@ -1,5 +1,5 @@
-"""The shapes of the results every pipeline writes, declared once (DESIGN.md "Result shapes written
-once"): producers (pipelines), readers (report, CLI printers) and tests import these.
+"""The shapes of the results every pipeline writes, declared once (docs/design.md §8): producers
+(pipelines), readers (report, CLI printers) and tests import these.
 
 The documents stay plain JSON (dicts and lists), so every file reads anywhere; each key is declared
 here as a :class:`~typing.TypedDict`. Units: margins and their changes in nats/token, judge scores

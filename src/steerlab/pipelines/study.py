@@ -19,7 +19,7 @@ Every row (:class:`~steerlab.pipelines.records.StudyRow`) records the margin, it
 answers; its drop from the unsteered model flags incoherent steering). ``layers`` is a layer number
 or ``"all"``. A few greedy generations per condition are kept as samples.
 
-Evidence (SPEC §9): every sweep and ablation row also carries
+Evidence (docs/design.md §7): every sweep and ablation row also carries
 :meth:`steerlab.evaluate.evidence.Evidence.gap_fraction` of its margins — a bootstrap 95% interval
 (``ci95``, of its undone/induced fraction; ``margin_ci95``; ``delta`` and ``delta_ci95``, the change
 in margin), the per-pair margins and the steerable / anti-steerable fractions, and ``random``: the
@@ -86,7 +86,7 @@ class StudyConfig:
     seed: int = 0  # of the random directions and the bootstrap
     n_bootstrap: int = 1000
     prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
-    positions: str = "response"  # where every condition steers (SPEC §4): the seed's evaluation default
+    positions: str = "response"  # where every condition steers (docs/design.md §4): the seed's evaluation default
 
 
 @dataclass

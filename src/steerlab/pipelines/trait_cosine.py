@@ -1,4 +1,4 @@
-"""Trait x trait geometry for the multi-trait study (SPEC §5 Geometry, §9): the cosine between every
+"""Trait x trait geometry for the multi-trait study (docs/design.md §5, §7): the cosine between every
 two persona vectors at every layer, read against the random-direction band, with intervals from
 resampling the pairs behind each vector and each vector's split-half reliability.
 

@@ -1,4 +1,4 @@
-"""Judged scores of steered answers for the multi-trait study (SPEC §5 judge, §9 evidence).
+"""Judged scores of steered answers for the multi-trait study (docs/design.md §6 judge, §7 evidence).
 
 For every trait whose extraction answers the judge could score: greedy answers to the trait's eval
 questions with the persona vector added at the trait's best layer at each coefficient, with each of K

@@ -1,7 +1,7 @@
-"""Steering evidence for one persona vector (SPEC §9), the measuring half of
+"""Steering evidence for one persona vector (docs/design.md §7), the measuring half of
 :mod:`steerlab.pipelines.persona_traits`.
 
-All margins are the judge-free behaviour margin (SPEC §5, nats/token): on *eval pairs*, the model's own
+All margins are the judge-free behaviour margin (docs/design.md §5, nats/token): on *eval pairs*, the model's own
 greedy answers to the trait's held-out eval questions under its first positive and first negative
 persona prompt (as :func:`steerlab.evaluate.persona_eval.persona_margin_pairs`), read by the
 unprompted model. Layer L is the output of decoder block L.

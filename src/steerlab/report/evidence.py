@@ -1,4 +1,4 @@
-"""Report figures for the evidence behind each steering effect (SPEC §9): the effect with its
+"""Report figures for the evidence behind each steering effect (docs/design.md §7): the effect with its
 bootstrap interval against the band of random same-norm directions, the per-pair distribution,
 the prompting baseline and the position-resolved model diff. Every plot shows its band."""
 

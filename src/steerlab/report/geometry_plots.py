@@ -1,4 +1,4 @@
-"""Plotly figures for :mod:`steerlab.geometry` results, written as self-contained HTML (plotly.js
+"""Plotly figures for :mod:`steerlab.evaluate.geometry` results, written as self-contained HTML (plotly.js
 embedded, so files open offline).
 
 - :func:`cosine_per_layer_figure` — cosine per layer for every pair, with the random-direction noise

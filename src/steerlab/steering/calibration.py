@@ -1,4 +1,4 @@
-"""Reference statistics measured on prompts (SPEC §4): mean residual norms (for scale ``relative``)
+"""Reference statistics measured on prompts (docs/design.md §4): mean residual norms (for scale ``relative``)
 and percentiles of projections on a direction (for ``cap`` thresholds).
 
 Layer L = output of decoder block L (``hidden_states[L + 1]``). Prompts (strings, message lists or

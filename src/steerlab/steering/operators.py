@@ -1,4 +1,4 @@
-"""Steering operators as pure tensor functions (SPEC §4): what one intervention does to a block's
+"""Steering operators as pure tensor functions (docs/design.md §4): what one intervention does to a block's
 output ``[batch, seq, d_model]``, at which positions and on which rows.
 
 Positions:

@@ -110,7 +110,7 @@ class Steerer:
 class SteeringSpec:
     """What to do, model-independent: a vector, the layers, coefficient(s), operator, positions.
 
-    Fields (layer L = output of decoder block L, SPEC §2):
+    Fields (layer L = output of decoder block L, docs/design.md §2):
 
     - ``vector``: a :class:`SteeringVector` ``[n_layers, d_model]`` (its row L is used at layer L) or
       a 1-D tensor ``[d_model]`` used at every listed layer. A partial vector (a control vector file
@@ -124,7 +124,7 @@ class SteeringSpec:
     - ``ceiling``/``floor``: ``cap`` thresholds τ on h·v̂ (activation units): one number for every
       layer, or ``{layer: τ}``.
     - ``rows``: a bool mask ``[batch]`` or row indices restricting the spec to those batch rows;
-      with :func:`generate_batch` both ``coeff`` and ``rows`` are given per prompt (see
+      with :func:`~steerlab.steering.generation.generate_batch` both ``coeff`` and ``rows`` are given per prompt (see
       :meth:`select_rows`).
     - ``ceiling_percentile``/``floor_percentile``: ``cap`` thresholds as percentiles (0-100) of the
       projections h·v̂ on reference prompts at each layer; :meth:`calibrated` turns them into

@@ -76,7 +76,7 @@ class SteeringVector:
     """A ``[n_layers, d_model]`` float32 tensor plus metadata (model, method, reduction, ...).
 
     ``data[L]`` is the direction for layer L, the output of decoder block L (``hidden_states[L + 1]``;
-    SPEC §2), in activation units (a steering coefficient multiplies it as is). ``data`` may be given
+    docs/design.md §2), in activation units (a steering coefficient multiplies it as is). ``data`` may be given
     as ``[n_layers, d_model]`` or ``[d_model]`` (one layer); it is stored as float32 on the CPU.
     ``metadata`` is JSON-able: ``model``, ``model_type``, ``method`` (``contrastive``, ``persona``,
     ``model_diff``, ``blend``, ``imported``, ...), ``reduction``, ``n_samples`` and what the method
