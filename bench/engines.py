@@ -99,6 +99,7 @@ def main() -> None:
         out[f"{name}_sweep_controls_rows"] = len(all_rows)
         out[f"{name}_sweep_controls_tok_s"] = rate(with_controls)
         out[f"{name}_controls_cost"] = with_controls[1] / no_controls[1]
+        print(f"{name}: sweep {rate(no_controls):.1f} tok/s, with controls {rate(with_controls):.1f} tok/s", flush=True)
 
     rows, specs = sweep_rows(questions, coeffs, vector, [], args.layer)
     steered_runs, plain_runs = [], []

@@ -189,7 +189,8 @@ class VllmEngine(Engine):
         self._lora: Any = None
         self._lora_ids: dict[str, int] = {}
         self._owner = True
-        cpu = not torch.cuda.is_available()
+        cpu = self._cpu = not torch.cuda.is_available()
+        self.seed = seed
         dtype = dtype or ("float32" if cpu else "bfloat16")
         env = {"VLLM_USE_V2_MODEL_RUNNER": "0"}
         if cpu:
@@ -396,6 +397,16 @@ class VllmEngine(Engine):
         cache salt set. Row i samples with seed ``seed + i``. Used by :meth:`generate` and by
         ``steerlab serve --engine vllm``, which adds the requests to the running engine itself."""
         rows = self._rows(specs, len(encoded), reference_norms)
+        if seed is not None and temperature > 0 and self._cpu:
+            # vLLM 0.32 on CPU: a seeded request whose prompt is prefilled in chunks crashes the engine
+            # ("CPU Generator does not use offset"); rows then sample from the engine's own seeded stream
+            log.warning(
+                "vLLM %s on CPU cannot seed each request (its CPU generators have no offset): sampling draws "
+                "from the engine's stream, seeded at start-up (seed %d), not per row",
+                self.version,
+                self.seed,
+            )
+            seed = None
         requests, params = [], []
         for i, (ids, items) in enumerate(zip(encoded, rows, strict=True)):
             requests.append(self._salted(ids, items, len(ids)))
