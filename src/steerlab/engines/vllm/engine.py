@@ -365,7 +365,8 @@ class VllmEngine(Engine):
         description: str = "generating",
     ) -> list[Generation]:
         """See :meth:`Engine.generate`. vLLM schedules rows itself (``batch_size`` is not used); with a
-        ``seed``, row i samples with seed ``seed + i``; a stop string ends the row early (its ``token_ids``
+        ``seed``, row i samples with seed ``seed + i`` (on a CPU, from the engine's seeded stream: see
+        :meth:`generation_requests`); a stop string ends the row early (its ``token_ids``
         end there, where the ``hf`` engine keeps generating and only cuts the text)."""
         specs = check_generation_args(prompts, steering, max_new_tokens, temperature, top_p)
         specs = resolve_conditions(self, specs, gate_samples(prompts, system, chat))  # CAST gates, once per prompt
