@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SRC = Path(steerlab.__file__).resolve().parent
 DESIGN = ROOT / "docs" / "design.md"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-DOTTED = re.compile(r"\bsteerlab(?:\.[A-Za-z_]\w*)+")
+# a dotted name, not a format identifier such as ``steerlab.readout/1`` (a name then a slash)
+DOTTED = re.compile(r"\bsteerlab(?:\.[A-Za-z_]\w*)++(?!/)")
 # dotted names that are not Python: keys steerlab writes into GGUF files (steerlab.vectors.gguf)
 NOT_PYTHON = {"steerlab.layer0", "steerlab.metadata"}
 CITATION = re.compile(r"design\.md((?:,?\s*§\d+)+)")

@@ -128,3 +128,32 @@ def test_bad_steering_is_answered_before_any_generation(vllm_url):
     )
     assert status == 400 and error["param"] == "steering[0].layer"
     assert json.loads(httpx.get(f"{vllm_url}/health").text)["status"] == "ok"
+
+
+def test_a_burst_past_the_queue_bound_gets_429_and_the_rest_their_answers(vllm_llama, steer_vector, vllm_url):
+    """max_batch=1, max_queue=1: one request runs in the engine, one waits, the others get 429 with
+    Retry-After at once; every accepted request gets exactly its answer alone. (This app steps the same
+    engine as the module's server, which is idle meanwhile.)"""
+    app = create_app(vllm_llama, None, max_batch=1, max_queue=1, api_key=None)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 24, "temperature": 0}
+    expected = _alone(vllm_llama, PROMPTS[0], max_new_tokens=24).text
+    answers: dict[int, httpx.Response] = {}
+    with background_server(app) as url:
+
+        def ask(i: int) -> None:
+            answers[i] = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120)
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        health = httpx.get(f"{url}/health").json()
+    codes = sorted(r.status_code for r in answers.values())
+    assert codes.count(200) >= 1 and set(codes) <= {200, 429} and 429 in codes, codes
+    for r in answers.values():
+        if r.status_code == 200:
+            assert r.json()["choices"][0]["message"]["content"] == expected
+        else:
+            assert int(r.headers["Retry-After"]) >= 1
+    assert health["rejected"] == codes.count(429) and health["queue_depth"] == 0

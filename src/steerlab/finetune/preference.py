@@ -12,7 +12,7 @@ training**, by :func:`reference_logprobs` on the model passed in, before any LoR
 (in eval mode, without gradients). That makes the reference the base by construction: nothing of
 the adapter exists yet, so no adapter bias, dropout or ``modules_to_save`` copy can leak into it,
 which a per-step ``disable_adapter()`` pass would have to be trusted with
-(:mod:`steerlab.extract.adapters` explains where peft's switch is not the base). It also costs one
+(:mod:`steerlab.model.adapters` explains where peft's switch is not the base). It also costs one
 forward pass over the data instead of one per epoch. The values are kept on the CPU: two floats per
 pair.
 

@@ -197,7 +197,7 @@ def score_summary(rows: Sequence[dict[str, Any]], coeffs: Sequence[float], n_res
     ``"prompted/pos"``, ``"prompted/neg"``), ``coeff`` and ``trait_score`` / ``coherence`` (None
     where the judge gave no number). Returns ``{"unsteered": s, "prompting": {"pos": s, "neg": s},
     "rows": [{coeff, score_mean, score_ci95, score_n, coherence_mean, score_random, score_verdict}]}``
-    where ``s`` is :class:`~steerlab.pipelines.records.ScoreStats` and ``score_random`` the controls'
+    where ``s`` is :class:`~steerlab.pipelines.trait_records.ScoreStats` and ``score_random`` the controls'
     band of mean scores with the one-sided empirical p (up for c > 0, down for c < 0) of
     :func:`~steerlab.evaluate.evidence.steering_evidence` on the scores as levels (None without
     scored controls), ``score_verdict`` its verdict.

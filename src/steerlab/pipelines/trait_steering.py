@@ -199,7 +199,7 @@ def _sign(c: float) -> float:
 
 
 def margin_rows(scan: dict[str, Any], sweep: dict[str, Any], n_resamples: int, seed: int) -> list[TraitRow]:
-    """One :class:`~steerlab.pipelines.records.TraitRow` per coefficient of a :func:`sweep_margins`,
+    """One :class:`~steerlab.pipelines.trait_records.TraitRow` per coefficient of a :func:`sweep_margins`,
     read against the scan's unsteered and prompted margins (same pairs): the
     :meth:`~steerlab.evaluate.evidence.Evidence.to_dict` of
     :func:`~steerlab.evaluate.evidence.steering_evidence` of the change in margin (nats/token) from
