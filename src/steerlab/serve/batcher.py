@@ -24,16 +24,12 @@ running now); :meth:`Batcher.submit` refuses more with 429 and a ``Retry-After``
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
-from ..errors import SteerlabError
 from ..model.chat import Prompt
 from ..model.loading import LoadedModel
 from ..steering.generation import generate_batch, stop_token_ids
@@ -41,6 +37,7 @@ from ..steering.steerer import SteeringSpec
 from .jobs import Job, ResolvedItem, Row
 from .protocol import APIError
 from .rows import RowDecoder
+from .worker import ServingWorker
 
 log = logging.getLogger("steerlab.serve")
 
@@ -65,10 +62,11 @@ def merge_order(order: list[tuple], keys: Sequence[tuple]) -> list[tuple] | None
     return merged
 
 
-class Batcher:
+class Batcher(ServingWorker):
     """Owns ``lm`` on one background thread; groups queued jobs into ``generate_batch`` calls.
     ``context`` bounds a group's longest prompt + largest max_tokens (tokens); ``max_queue`` bounds
-    the jobs waiting for the model. Raises SteerlabError for ``max_batch`` or ``max_queue`` below 1."""
+    the jobs waiting for the model (:class:`~steerlab.serve.worker.ServingWorker`). Raises
+    SteerlabError for ``max_batch`` or ``max_queue`` below 1."""
 
     def __init__(
         self,
@@ -78,80 +76,20 @@ class Batcher:
         context: int | None = None,
         max_queue: int = 64,
     ) -> None:
-        if max_batch < 1:
-            raise SteerlabError(f"--max-batch {max_batch}: expected at least 1")
-        if max_queue < 1:
-            raise SteerlabError(f"--max-queue {max_queue}: expected at least 1")
+        super().__init__(
+            max_batch,
+            max_queue,
+            {"batches": 0, "rows": 0, "requests": 0, "max_batch_rows": 0, "failed_batches": 0},
+        )
         self.lm = lm
-        self.max_batch = max_batch
-        self.max_queue = max_queue
         self.context = context
         self.window = max(0.0, batch_window_ms) / 1000.0
         self.decoder = RowDecoder(lm.tokenizer, stop_token_ids(lm))
-        self.stats = {
-            "batches": 0,
-            "rows": 0,
-            "requests": 0,
-            "max_batch_rows": 0,
-            "failed_batches": 0,
-            "submitted": 0,
-            "rejected": 0,
-        }
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending: list[Job] = []
-        self._waiting = 0  # accepted jobs not yet taken into a batch (queue + pending)
         self._running = 0  # jobs in the batch running now
-        self._batch_seconds = 0.0  # moving average of a batch's duration, for Retry-After
-        self._count_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
-    # lifecycle
-    def start(self) -> None:
-        """Start the worker thread (no-op when it runs)."""
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="steerlab-serve-worker", daemon=True)
-                self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker after its current batch; waiting jobs get 503 ``shutting_down``."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
-        self._thread = None
-
-    def submit(self, job: Job) -> None:
-        """Queue ``job``. Raises APIError 429 (``Retry-After`` header, seconds) when ``max_queue`` jobs
-        already wait; the job then never reaches the model."""
-        self.start()
-        with self._count_lock:
-            if self._waiting >= self.max_queue:
-                self.stats["rejected"] += 1
-                retry = max(1, math.ceil(self._batch_seconds))
-                raise APIError(
-                    429,
-                    f"the server is busy: {self._waiting} requests are waiting for the model "
-                    f"(its queue holds at most {self.max_queue}, --max-queue); retry after {retry} s",
-                    "requests",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(retry)},
-                )
-            self._waiting += 1
-            self.stats["submitted"] += 1
-        self._queue.put(job)
-
-    def health(self) -> dict[str, Any]:
-        """Counters for ``GET /health``: batches, rows, requests run, largest batch, failed batches,
-        submitted and rejected (429) requests, ``queue_depth`` (jobs waiting), ``running`` (jobs in
-        the current batch) and ``max_queue``."""
-        with self._count_lock:
-            return {**self.stats, "queue_depth": self._waiting, "running": self._running, "max_queue": self.max_queue}
-
-    def _release(self, n: int) -> None:
-        with self._count_lock:
-            self._waiting -= n
+    def _running_jobs(self) -> int:
+        return self._running
 
     # worker
     def _loop(self) -> None:
@@ -182,10 +120,7 @@ class Batcher:
             finally:
                 with self._count_lock:
                     self._running = 0
-                    elapsed = time.monotonic() - start
-                    self._batch_seconds = (
-                        elapsed if not self._batch_seconds else (0.8 * self._batch_seconds + 0.2 * elapsed)
-                    )
+                self._observe(time.monotonic() - start)
         for job in self._pending:
             job.fail(APIError(503, "the server is shutting down", "server_error", code="shutting_down"))
         self._release(len(self._pending))

@@ -18,9 +18,7 @@ The queue is bounded as on the ``hf`` server: at most ``max_queue`` accepted job
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,6 +30,7 @@ from ..steering.generation import Generation, encode_prompts
 from .jobs import Job, Row
 from .protocol import APIError
 from .rows import RowDecoder
+from .worker import ServingWorker
 
 log = logging.getLogger("steerlab.serve")
 
@@ -46,73 +45,30 @@ class _Running:
     tops: list[list[tuple[int, float]]] = field(default_factory=list)
 
 
-class ContinuousBatcher:
-    """Runs jobs on ``engine`` with vLLM's continuous batching (module docstring); the same interface as
-    :class:`steerlab.serve.batcher.Batcher`. Raises SteerlabError for ``max_batch`` or ``max_queue`` below 1."""
+class ContinuousBatcher(ServingWorker):
+    """Runs jobs on ``engine`` with vLLM's continuous batching (module docstring); the queue, thread and
+    counters of :class:`~steerlab.serve.worker.ServingWorker`. Raises SteerlabError for ``max_batch``
+    or ``max_queue`` below 1."""
+
+    thread_name = "steerlab-serve-vllm"
 
     def __init__(self, engine: VllmEngine, max_batch: int = 32, max_queue: int = 64) -> None:
-        if max_batch < 1:
-            raise SteerlabError(f"--max-batch {max_batch}: expected at least 1")
-        if max_queue < 1:
-            raise SteerlabError(f"--max-queue {max_queue}: expected at least 1")
+        super().__init__(
+            max_batch, max_queue, {"steps": 0, "rows": 0, "requests": 0, "max_running_rows": 0, "failed": 0}
+        )
         self.engine = engine
-        self.max_batch = max_batch
-        self.max_queue = max_queue
         self.decoder = RowDecoder(engine.tokenizer, engine.eos_ids)
-        self.stats = {"steps": 0, "rows": 0, "requests": 0, "max_running_rows": 0, "failed": 0,
-                      "submitted": 0, "rejected": 0}  # fmt: skip
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._pending: list[Job] = []
         self._running: dict[str, _Running] = {}
         self._jobs: dict[int, tuple[Job, list[str], list[_Running]]] = {}
-        self._waiting = 0
-        self._job_seconds = 0.0  # moving average of a job's time in the engine, for Retry-After
-        self._count_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._start_lock = threading.Lock()
 
-    # lifecycle (as Batcher)
-    def start(self) -> None:
-        """Start the worker thread (no-op when it runs)."""
-        with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="steerlab-serve-vllm", daemon=True)
-                self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker: running requests are aborted and waiting jobs get 503 ``shutting_down``."""
-        thread = self._thread
-        if thread is not None and thread.is_alive():
-            self._queue.put(None)
-            thread.join(timeout)
-        self._thread = None
-
-    def submit(self, job: Job) -> None:
-        """Queue ``job``; raises APIError 429 (``Retry-After``) when ``max_queue`` jobs already wait."""
-        self.start()
-        with self._count_lock:
-            if self._waiting >= self.max_queue:
-                self.stats["rejected"] += 1
-                retry = max(1, math.ceil(self._job_seconds))
-                raise APIError(
-                    429,
-                    f"the server is busy: {self._waiting} requests are waiting for the model "
-                    f"(its queue holds at most {self.max_queue}, --max-queue); retry after {retry} s",
-                    "requests",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(retry)},
-                )
-            self._waiting += 1
-            self.stats["submitted"] += 1
-        self._queue.put(job)
+    def _running_jobs(self) -> int:
+        return len(self._jobs)
 
     def health(self) -> dict[str, Any]:
-        """Counters for ``GET /health``: engine steps, rows and requests run, the most rows running at
-        once, failed requests, submitted and rejected (429) requests, ``queue_depth`` (jobs waiting),
-        ``running`` (jobs in the engine) and ``max_queue``."""
-        with self._count_lock:
-            return {**self.stats, "queue_depth": self._waiting, "running": len(self._jobs),
-                    "max_queue": self.max_queue, "engine": "vllm"}  # fmt: skip
+        """:meth:`ServingWorker.health` (``steps``: engine steps; ``max_running_rows``: the most rows in
+        the engine at once) and ``engine``: ``vllm``."""
+        return {**super().health(), "engine": "vllm"}
 
     # worker
     def _loop(self) -> None:
@@ -234,9 +190,7 @@ class ContinuousBatcher:
         if entry is None or any(r in self._running for r in entry[1]):
             return
         del self._jobs[id(job)]
-        elapsed = time.monotonic() - getattr(job, "started", time.monotonic())
-        with self._count_lock:
-            self._job_seconds = elapsed if not self._job_seconds else 0.8 * self._job_seconds + 0.2 * elapsed
+        self._observe(time.monotonic() - getattr(job, "started", time.monotonic()))
         if job.logprobs is not None:
             self.decoder.answer(job, [self._generation(s) for s in entry[2]])
 
@@ -269,7 +223,3 @@ class ContinuousBatcher:
             job.fail(APIError(500, message, "server_error", code="generation_failed"))
         self._abort(list(self._running))
         self._jobs, self._running = {}, {}
-
-    def _release(self, n: int) -> None:
-        with self._count_lock:
-            self._waiting -= n
