@@ -73,8 +73,11 @@ def run_dir(tiny_llama, tmp_path_factory):
         )
     )
     # a vector readout (steerlab inspect --out): its norm figure renders with the others
-    contrastive = SteeringVector.load(out / "diff" / "vectors" / "contrastive.safetensors")
-    readout = readout_vector(tiny_llama, contrastive, "1-2", top_k=3, prompts=["how do I keep bread fresh"])
+    vector_file = out / "diff" / "vectors" / "contrastive.safetensors"
+    contrastive = SteeringVector.load(vector_file)
+    readout = readout_vector(
+        tiny_llama, contrastive, "1-2", top_k=3, prompts=["how do I keep bread fresh"], source=vector_file
+    )
     (out / "readouts").mkdir()
     (out / "readouts" / "contrastive.json").write_text(json.dumps(readout))
     (out / "summary.json").write_text(
