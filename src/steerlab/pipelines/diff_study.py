@@ -86,6 +86,7 @@ _STEERING = (  # the study's fields other than n_bootstrap (read by the comparis
     "study.seed",
     "study.prompts",
     "study.positions",
+    "study.blend_alphas",
 )
 
 
@@ -201,13 +202,15 @@ def run_diff_study(
             "position_vector": best_position,
             "evidence": EVIDENCE_FORMAT,
             **(engine.fingerprint() if engine is not None else {}),
+            # blends are inputs only when run: a study without them keeps the hash it had before they existed
+            **({"blend_alphas": config.study.blend_alphas} if config.study.blend_alphas else {}),
         },
         study,
         codec=Codec(lambda stage: StudyResult.from_dict(stage.load_json()), lambda st, r: st.save_json(r.to_dict())),
         settings=config,
         # the captures' batch size, the fine-tune, the reliabilities and the positions read are the
         # vectors' and position vector's business; the margins' batch size changes float rounding only
-        ignore=(*_FINETUNE, "seed", "batch_size", "n_splits", "positions", "study.batch_size"),
+        ignore=(*_FINETUNE, "seed", "batch_size", "n_splits", "positions", "study.batch_size", "study.blend_alphas"),
         beside=[STUDY_MARGINS, SAMPLES],
     ).value
     return DiffStudyResult(run.path, adapter_dir, paths, comparison, study_doc, run.timings, positions)

@@ -45,7 +45,9 @@ class StudyRow(TypedDict):
     evidence (:meth:`steerlab.evaluate.evidence.Evidence.gap_fraction`): ``effect`` (= the
     fraction) with ``ci95``, ``delta`` (margin change, nats/token) with ``delta_ci95``,
     ``margin_ci95``, ``per_pair``, the steerable fractions, ``random`` (controls' fractions),
-    ``alternative``, ``verdict``, ``vs_prompting`` (with its interval).
+    ``alternative``, ``verdict``, ``vs_prompting`` (with its interval). A blend's rows
+    (:mod:`steerlab.pipelines.study_vectors`) have ``vector`` ``blend_<alpha>`` and ``alpha``, the
+    weight of the contrastive direction.
     """
 
     stage: str
@@ -76,6 +78,7 @@ class StudyRow(TypedDict):
     verdict: NotRequired[str | None]
     vs_prompting: NotRequired[float | None]
     vs_prompting_ci95: NotRequired[Interval]
+    alpha: NotRequired[float]
 
 
 class StudyReference(TypedDict):
