@@ -23,6 +23,10 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
+def _ci_text(ci: list[float | None] | None) -> str:
+    return "" if not ci or None in ci else f" (95% CI {_pct(ci[0])} to {_pct(ci[1])})"
+
+
 def diff_summary(
     lm: LoadedModel,
     comparison: DirectionsDoc,
@@ -82,17 +86,23 @@ def reading(s: DiffSummary) -> list[str]:
             f"cosine({key.replace('|', ', ')}) at layer {best}: {cos:+.3f}{ci_text}, "
             f"{cosine_verdict(cos, ci, band)} (±{band:.3f})."
         )
+    prompting = s.get("prompting")
+    if prompting:
+        ask, induce = prompting["finetuned_asked_opposite"], prompting["base_asked_behaviour"]
+        lines.append(
+            f"Prompting baseline: asking the fine-tuned model for the opposite undoes {_pct(ask['effect'])} of the gap"
+            f"{_ci_text(ask.get('ci95'))}; asking the base model for the behaviour induces {_pct(induce['effect'])}"
+            f"{_ci_text(induce.get('ci95'))}."
+        )
     for key, row in s["best_steering"].items():
         if not row:
             continue
         vector, model = key.split("|")
         effect = "undoes" if model == "finetuned" else "induces"
         where = "subtracted from the fine-tuned model" if model == "finetuned" else "added to the base"
-        ci = row.get("ci95") or [None, None]
-        ci_text = "" if None in ci else f" (95% CI {_pct(ci[0])} to {_pct(ci[1])})"
         lines.append(
             f"{vector} {where} at layer {best}, coefficient {row['coeff']:g}: {effect} "
-            f"{_pct(row.get('undone' if model == 'finetuned' else 'induced'))} of the gap{ci_text}; "
+            f"{_pct(row.get('undone' if model == 'finetuned' else 'induced'))} of the gap{_ci_text(row.get('ci95'))}; "
             f"{row.get('verdict') or 'no random controls'}."
         )
     if s.get("blends"):
