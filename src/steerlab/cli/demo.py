@@ -19,6 +19,7 @@ from .options import (
     TensorParallelOpt,
     engine_config,
 )
+from .study_tables import print_summary_parts
 
 
 @app.command()
@@ -62,6 +63,7 @@ def demo(
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     result = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
     print_study(result.study, result.comparison)
+    print_summary_parts({"blends": result.summary.get("blends"), "objectives": result.summary.get("objectives")})
     for line in result.reading:
         typer.echo(f"- {line}")
     report_path, _ = build_report(out)

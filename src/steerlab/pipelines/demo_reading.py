@@ -110,6 +110,8 @@ def reading(s: DemoSummary, max_drop: float) -> list[str]:
                 else "."
             )
         )
+    if s.get("blends"):
+        lines.append(s["blends"]["reading"])  # type: ignore[index]
     positions = s.get("model_diff_positions")
     if positions:
         best_pos = positions["positions"].get(str(positions["best_position"]), {})

@@ -300,3 +300,5 @@ class DemoSummary(TypedDict):
     timings: dict[str, float]
     engine: str
     reading: list[str]
+    blends: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.BlendsDoc
+    objectives: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.ObjectivesDoc
