@@ -41,15 +41,19 @@ def gemm_gflops(n: int = 2048, seconds: float = 5.0) -> float:
     return best
 
 
-def timed_demo(size: str, blends: bool) -> tuple[float, dict[str, float]]:
-    """Seconds of one demo in a fresh run directory, and its stage timings."""
+def timed_demo(size: str, blends: bool, keep: Path | None = None) -> tuple[float, dict[str, float]]:
+    """Seconds of one demo in a fresh run directory (``keep``: this one, kept; else a temporary one),
+    and its stage timings."""
     cfg = demo.SIZES[size]
     if not blends:
         demo.SIZES[size] = replace(cfg, study=replace(cfg.study, blend_alphas=[]))
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            out = keep if keep is not None else Path(tmp) / "demo"
+            if out.exists():
+                raise SystemExit(f"--out: {out} exists (the timing needs a fresh run directory)")
             start = time.perf_counter()
-            result = demo.run_demo(Path(tmp) / "demo", size=size)
+            result = demo.run_demo(out, size=size)
             return time.perf_counter() - start, result.timings
     finally:
         demo.SIZES[size] = cfg
@@ -60,12 +64,14 @@ def main() -> None:
     parser.add_argument("--size", default="small")
     parser.add_argument("--order", default="with,without", help="which demos, in order: with,without")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, help="keep the runs in OUT/with and OUT/without (fresh directories)")
     args = parser.parse_args()
     rates = [gemm_gflops()]
     load = [os.getloadavg()[0]]
     runs = {}
     for which in args.order.split(","):
-        seconds, timings = timed_demo(args.size, blends=which == "with")
+        keep = args.out / which if args.out else None
+        seconds, timings = timed_demo(args.size, blends=which == "with", keep=keep)
         runs[which] = {"seconds": round(seconds, 1), "timings": timings, "load_after": os.getloadavg()[0]}
     rates.append(gemm_gflops())
     rate = sum(rates) / len(rates)
