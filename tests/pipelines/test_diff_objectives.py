@@ -10,7 +10,8 @@ import torch
 from steerlab.errors import SteerlabError
 from steerlab.extract.model_diff import extract_model_diff, pair_diff_samples
 from steerlab.formats.pairs import Pair
-from steerlab.pipelines.diff_study import DiffStudyConfig, check_objectives, run_diff_study
+from steerlab.pipelines.diff_objectives import check_objectives
+from steerlab.pipelines.diff_study import DiffStudyConfig, run_diff_study
 from steerlab.pipelines.study import StudyConfig
 from steerlab.vectors.vector import SteeringVector, cosine
 

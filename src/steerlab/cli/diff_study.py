@@ -13,7 +13,8 @@ from ..formats.pairs import load_pairs
 from ..judge import make_judge
 from ..model.layers import parse_layers
 from ..model.loading import load_model
-from ..pipelines.diff_study import DiffStudyConfig, check_objectives, run_diff_study
+from ..pipelines.diff_objectives import check_objectives
+from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.persona import PersonaConfig
 from ..pipelines.records import DirectionsDoc
 from ..pipelines.study import StudyConfig, StudyResult, best_coherent

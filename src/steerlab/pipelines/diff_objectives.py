@@ -4,23 +4,111 @@ the SFT and the DPO model-diff vectors and of each with the contrastive vector (
 resampling intervals and split-half reliabilities of ``directions.json``), and each fine-tune's own
 steering study (its gap, best layer and best coherent steering rows, with their evidence).
 
-Pure: derived from ``directions.json`` and each objective's ``study*.json`` (nothing is recomputed).
+The reading is pure: derived from ``directions.json`` and each objective's ``study*.json`` (nothing is
+recomputed). Also here: the objectives' fine-tunes (:func:`objective_finetunes`, each its own resumable
+stage) and their check (:func:`check_objectives`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..errors import SteerlabError
 from ..evaluate.controls import cosine_verdict
+from ..finetune.config import OBJECTIVES, FinetuneConfig
+from ..finetune.training import run_finetune, run_finetune_pairs
+from ..formats.conversations import pairs_to_chat
+from ..formats.pairs import Pair
+from ..io.files import read_json
+from ..model.loading import LoadedModel
 from .records import DirectionsDoc
+from .runs import RunDir
 from .study import StudyResult
 from .study_records import ObjectiveDoc, ObjectivesDoc
 from .study_samples import best_coherent
 
+if TYPE_CHECKING:
+    from .diff_study import DiffStudyConfig
+
 # Per objective: the adapter directory, the model-diff vector's name and the artifacts' suffix.
 NAMES = {"sft": ("adapter", "model_diff", ""), "dpo": ("adapter_dpo", "model_diff_dpo", "_dpo")}
 LABELS = {"sft": "SFT", "dpo": "DPO"}
+
+
+def check_objectives(objectives: Sequence[str]) -> list[str]:
+    """The objectives as a list: ``sft`` first, each known and given once.
+
+    Raises:
+        SteerlabError: naming ``--objectives``, for an unknown or repeated objective or one without
+            ``sft`` first (the study's reference fine-tune; a DPO adapter alone is studied with
+            ``diff finetune --objective dpo`` and ``diff study -f``).
+    """
+    given = list(objectives)
+    text = ",".join(given)
+    unknown = [o for o in given if o not in OBJECTIVES]
+    if unknown or len(set(given)) < len(given):
+        raise SteerlabError(f"--objectives {text}: expected distinct objectives among {', '.join(OBJECTIVES)}")
+    if not given or given[0] != "sft":
+        raise SteerlabError(
+            f"--objectives {text}: expected sft first (e.g. sft,dpo): the SFT fine-tune is the study's reference; "
+            "to study a DPO adapter alone, train it with diff finetune --objective dpo and pass it with -f"
+        )
+    return given
+
+
+def finetune_info(adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per objective, the last epoch's training record (``steerlab_finetune.json``), when there is one."""
+    out = {}
+    for objective, path in adapters.items():
+        info = path / "steerlab_finetune.json"
+        if info.is_file():
+            epochs = read_json(info, "fine-tune record").get("epochs") or []
+            out[objective] = epochs[-1] if epochs else {}
+    return out
+
+
+def objective_finetunes(
+    base: LoadedModel,
+    train: Sequence[Pair],
+    run: RunDir,
+    objectives: list[str],
+    config: DiffStudyConfig,
+    adapter_dir: str | Path | None,
+) -> tuple[dict[str, Path], dict[str, str | None]]:
+    """Each objective's adapter directory and fine-tune hash. Each fine-tune is its own stage
+    (:mod:`steerlab.finetune.training`): kept when its config, data and base match. An adapter passed
+    in replaces the SFT fine-tune and is identified by its path alone (hash None)."""
+    ft_config = FinetuneConfig(
+        rank=config.rank,
+        alpha=config.alpha,
+        epochs=config.epochs,
+        lr=config.lr,
+        batch_size=config.train_batch_size,
+        seed=config.seed,
+    )
+    adapters: dict[str, Path] = {}
+    hashes: dict[str, str | None] = {}
+    for objective in objectives:
+        directory = NAMES[objective][0]
+        if objective == "sft" and adapter_dir is not None:
+            adapters["sft"], hashes["sft"] = Path(adapter_dir), None
+            continue
+        started = time.perf_counter()
+        if objective == "sft":
+            result = run_finetune(base, pairs_to_chat(train, "positive"), run.path / directory, ft_config)
+        else:
+            dpo = replace(ft_config, objective=objective, beta=config.beta)
+            result = run_finetune_pairs(base, train, run.path / directory, dpo)
+        adapters[objective], hashes[objective] = run.path / directory, result.config_hash
+        if not result.reused:  # a retrained adapter makes the vectors stale (its hash is their input)
+            run.timings["finetune" if objective == "sft" else f"finetune_{objective}"] = round(
+                time.perf_counter() - started, 3
+            )
+    return adapters, hashes
 
 
 def steering_rows(study: StudyResult, vector: str, layers: Any) -> dict[str, Any]:

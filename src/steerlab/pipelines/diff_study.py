@@ -30,31 +30,25 @@ they are used, so a study of the SFT fine-tune alone keeps the hashes it had bef
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file
 
 from ..engines.base import Engine
-from ..errors import SteerlabError
 from ..evaluate.evidence import EVIDENCE_FORMAT
 from ..evaluate.geometry import split_half_reliability
 from ..extract.positions import DEFAULT_POSITIONS
-from ..finetune.config import OBJECTIVES, FinetuneConfig
-from ..finetune.training import run_finetune, run_finetune_pairs
-from ..formats.conversations import pairs_to_chat
 from ..formats.pairs import Pair
 from ..io.atomic import write_json, write_jsonl
-from ..io.files import read_json
 from ..io.runs import Codec, Stage
 from ..io.tables import write_csv
 from ..model.loading import LoadedModel
 from ..vectors.vector import SteeringVector
 from .artifacts import DIRECTIONS, POSITIONS, SAMPLES, STUDY, STUDY_MARGINS, SUMMARY
-from .diff_objectives import NAMES
+from .diff_objectives import NAMES, check_objectives, finetune_info, objective_finetunes
 from .diff_summary import diff_summary
 from .diff_vectors import Direction, contrastive_and_model_diff, directions_doc, model_diff_only, positions_doc
 from .records import DirectionsDoc, PositionsDoc
@@ -131,27 +125,6 @@ def _pairs_key(pairs: Sequence[Pair]) -> list[list[str]]:
     return [[p.question, p.positive, p.negative] for p in pairs]
 
 
-def check_objectives(objectives: Sequence[str]) -> list[str]:
-    """The objectives as a list: ``sft`` first, each known and given once.
-
-    Raises:
-        SteerlabError: naming ``--objectives``, for an unknown or repeated objective or one without
-            ``sft`` first (the study's reference fine-tune; a DPO adapter alone is studied with
-            ``diff finetune --objective dpo`` and ``diff study -f``).
-    """
-    given = list(objectives)
-    text = ",".join(given)
-    unknown = [o for o in given if o not in OBJECTIVES]
-    if unknown or len(set(given)) < len(given):
-        raise SteerlabError(f"--objectives {text}: expected distinct objectives among {', '.join(OBJECTIVES)}")
-    if not given or given[0] != "sft":
-        raise SteerlabError(
-            f"--objectives {text}: expected sft first (e.g. sft,dpo): the SFT fine-tune is the study's reference; "
-            "to study a DPO adapter alone, train it with diff finetune --objective dpo and pass it with -f"
-        )
-    return given
-
-
 def run_diff_study(
     base: LoadedModel,
     train: Sequence[Pair],
@@ -176,7 +149,7 @@ def run_diff_study(
     check_alphas(config.study.blend_alphas)
     run = RunDir(out_dir)
     data = {"model": base.name, "train": _pairs_key(train), "heldout": _pairs_key(heldout)}
-    adapters, finetune_hashes = _finetunes(base, train, run, objectives, config, adapter_dir)
+    adapters, finetune_hashes = objective_finetunes(base, train, run, objectives, config, adapter_dir)
     adapter = adapters["sft"]
 
     paths = {name: run.path / "vectors" / f"{name}.safetensors" for name in ("contrastive", "model_diff")}
@@ -276,57 +249,6 @@ def run_diff_study(
         studies,
         summary,
     )
-
-
-def finetune_info(adapters: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    """Per objective, the last epoch's training record (``steerlab_finetune.json``), when there is one."""
-    out = {}
-    for objective, path in adapters.items():
-        info = path / "steerlab_finetune.json"
-        if info.is_file():
-            epochs = read_json(info, "fine-tune record").get("epochs") or []
-            out[objective] = epochs[-1] if epochs else {}
-    return out
-
-
-def _finetunes(
-    base: LoadedModel,
-    train: Sequence[Pair],
-    run: RunDir,
-    objectives: list[str],
-    config: DiffStudyConfig,
-    adapter_dir: str | Path | None,
-) -> tuple[dict[str, Path], dict[str, str | None]]:
-    """Each objective's adapter directory and fine-tune hash. Each fine-tune is its own stage
-    (:mod:`steerlab.finetune.training`): kept when its config, data and base match. An adapter passed
-    in replaces the SFT fine-tune and is identified by its path alone (hash None)."""
-    ft_config = FinetuneConfig(
-        rank=config.rank,
-        alpha=config.alpha,
-        epochs=config.epochs,
-        lr=config.lr,
-        batch_size=config.train_batch_size,
-        seed=config.seed,
-    )
-    adapters: dict[str, Path] = {}
-    hashes: dict[str, str | None] = {}
-    for objective in objectives:
-        directory = NAMES[objective][0]
-        if objective == "sft" and adapter_dir is not None:
-            adapters["sft"], hashes["sft"] = Path(adapter_dir), None
-            continue
-        started = time.perf_counter()
-        if objective == "sft":
-            result = run_finetune(base, pairs_to_chat(train, "positive"), run.path / directory, ft_config)
-        else:
-            dpo = replace(ft_config, objective=objective, beta=config.beta)
-            result = run_finetune_pairs(base, train, run.path / directory, dpo)
-        adapters[objective], hashes[objective] = run.path / directory, result.config_hash
-        if not result.reused:  # a retrained adapter makes the vectors stale (its hash is their input)
-            run.timings["finetune" if objective == "sft" else f"finetune_{objective}"] = round(
-                time.perf_counter() - started, 3
-            )
-    return adapters, hashes
 
 
 def _study_stage(

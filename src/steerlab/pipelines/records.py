@@ -12,7 +12,8 @@ Documents: ``study.json`` (:class:`StudyDoc`), ``directions.json`` of a diff stu
 ``scores.csv`` and ``generations.jsonl`` of a sweep (:class:`SweepMarginRow`, :class:`SweepScoreRow`,
 :class:`SweepGeneration`), ``positions.json`` (:class:`PositionsDoc`), ``monitor.json``
 (:class:`MonitorDoc`) and a demo's ``summary.json`` (:class:`DemoSummary`); the multi-trait study's
-``traits.json`` and ``traits.csv`` in :mod:`steerlab.pipelines.trait_records`.
+``traits.json`` and ``traits.csv`` in :mod:`steerlab.pipelines.trait_records`; the diff study's blends,
+objectives, trait and ``summary.json`` in :mod:`steerlab.pipelines.study_records`.
 """
 
 from __future__ import annotations
