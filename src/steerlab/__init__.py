@@ -105,6 +105,8 @@ _FACE: dict[str, str] = {
     "StudyResult": "pipelines.study",
     "DiffStudyResult": "pipelines.diff_study",
     "run_diff_study": "pipelines.diff_study",
+    "TraitStudyConfig": "pipelines.trait_study",
+    "run_trait_study": "pipelines.trait_study",
     "DemoSize": "pipelines.demo",
     "DemoResult": "pipelines.demo",
     "run_demo": "pipelines.demo",

@@ -263,3 +263,43 @@ def test_study_command_prints_its_reading(model_dir, tmp_path):
     )
     study = json.loads((tmp_path / "run" / "study.json").read_text())
     assert study["config"]["layers"] == [2, 3]
+
+
+def test_study_of_a_trait_end_to_end(model_dir, tmp_path):
+    """`diff study -t TRAIT`: persona pairs (unfiltered: a tiny judge cannot score), split by question, the
+    persona vector as a third direction, the trait's instructions as the prompting baseline; resumable."""
+    from steerlab.formats.traits import load_trait
+
+    run = tmp_path / "syco"
+    args = ["diff", "study", "-m", str(model_dir), "-t", "sycophantic", "-j", f"local:{model_dir}", "--no-filter"]
+    args += ["--max-questions", "4", "--max-instructions", "1", "-n", "4", "-o", str(run), "-l", "1,2", "-c", "1"]
+    args += ["--epochs", "1", "--rank", "2", "--controls", "2", "--positions", "0", "--blend-alphas", "0,0.5,1"]
+    code, out = _invoke(*args)
+    assert code == 0, out
+    assert "Trait sycophantic (built-in): every one of 4 persona pairs, unfiltered" in out and "persona" in out
+    split = json.loads((run / "trait_pairs.json").read_text())
+    assert set(split["questions"]["train"]).isdisjoint(split["questions"]["heldout"])  # split by question
+    assert len(split["train"]) + len(split["heldout"]) == 4 and split["seed"] == 0
+    directions = json.loads((run / "directions.json").read_text())
+    assert directions["names"] == ["contrastive", "model_diff", "persona"]
+    assert set(directions["cosine_ci95"]) == {"contrastive|model_diff", "contrastive|persona", "model_diff|persona"}
+    study = json.loads((run / "study.json").read_text())
+    steered = {(r["vector"], r["scale"]) for r in study["rows"] if r["stage"] == "sweep"}
+    assert {("persona", "raw"), ("persona", "normalized"), ("blend_0.5", "normalized")} <= steered
+    trait = load_trait("sycophantic")
+    assert (
+        study["prompting"]["behaviour_system"] == trait.system_prompts("pos")[1]
+    )  # an instruction the pairs did not use
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trait"]["filter"] == "none" and summary["trait"]["prompting"]["wrote_pairs"] is False
+    assert summary["blends"]["alphas"] == [0.0, 0.5, 1.0] and summary["objectives"] is None
+    assert any(line.startswith("Trait sycophantic") for line in summary["reading"])
+    persona = SteeringVector.load(run / "vectors" / "persona.safetensors")
+    assert persona.metadata["method"] == "persona" and persona.metadata["n_samples"] == len(split["train"])
+    marker = (run / "study.json.meta.json").read_text()
+    code, out = _invoke(*args)  # a rerun reuses every stage
+    assert code == 0 and (run / "study.json.meta.json").read_text() == marker
+    code, out = _invoke("diff", "study", "-m", str(model_dir), "-t", "nope", "-o", str(tmp_path / "x"))
+    assert code == 2 and "nope" in out and not (tmp_path / "x").exists()
+    code, out = _invoke("diff", "study", "-m", str(model_dir), "-t", "evil", "-p", "x.jsonl", "-o", str(tmp_path / "x"))
+    assert code == 2 and "give exactly one" in out

@@ -87,6 +87,7 @@ def test_several_traits_rejects_bad_flags_before_any_output(tmp_path, tiny_dir):
     assert_user_error(
         invoke(*base, "-t", "evil", "--controls", "2"), "--controls: only with several traits (repeat -t, or -t all)"
     )
+    assert_user_error(invoke(*base, "-t", "evil", "--model-diff"), "--model-diff: only with several traits")
     assert_user_error(
         invoke(*base, "-t", "evil", "-t", "humorous", "--coeffs", "1,x"),
         "--coeffs '1,x': expected comma-separated numbers",

@@ -51,6 +51,15 @@ def test_demo_ci_size_end_to_end(tmp_path):
     for r in read:
         if r and r["verdict"].startswith(("outside", "beyond")):
             assert any(r["verdict"] in line and "p cannot go below 0.2" in line for line in on_disk["reading"])
+    # the blends: every weight at both models, with its band, and the reading says whether one beats both
+    blends = on_disk["blends"]
+    assert blends["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and on_disk["objectives"] is None
+    assert {(c["model"], c["layers"]) for c in blends["cells"]} == {
+        (m, layer) for m in ("finetuned", "base") for layer in (on_disk["best_layer"], "all")
+    }
+    assert all(p["random"]["k"] == 4 for c in blends["cells"] for p in c["points"])
+    assert blends["reading"] in on_disk["reading"]
+    assert "blends α·contrastive + (1 − α)·model-diff at layer" in (tmp_path / "report.html").read_text()
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again.timings and "diff.study" not in again.timings

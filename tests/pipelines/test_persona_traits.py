@@ -317,3 +317,39 @@ def test_bad_config_fails_before_model_work(tiny_llama, judge, tmp_path):
     with pytest.raises(SteerlabError, match="--positions 'last': expected one of all, prompt, response"):
         run_persona_traits(tiny_llama, TRAITS, judge, tmp_path / "x", replace(CONFIG, positions="last"))
     assert not (tmp_path / "x").exists()
+
+
+def test_model_diff_directions_join_the_cosine_matrix(tiny_llama, judge, tmp_path):
+    """--model-diff: a fine-tune per trait on its persona answers, its model-diff direction in the matrix."""
+    from steerlab.extract.model_diff import extract_model_diff, pair_diff_samples
+    from steerlab.finetune.config import FinetuneConfig
+    from steerlab.formats.pairs import Pair
+
+    config = replace(CONFIG, model_diff=FinetuneConfig(rank=2, epochs=1, lr=5e-3, batch_size=4))
+    result = run_persona_traits(tiny_llama, TRAITS, judge, tmp_path, config)
+    cosine = result.cosine
+    assert cosine["names"] == [*TRAITS, "model_diff:evil", "model_diff:humorous"]
+    pairs = json.loads((tmp_path / "evil" / "pairs.json").read_text())["pairs"]
+    assert cosine["n_pairs"]["model_diff:evil"] == 2 * cosine["n_pairs"]["evil"] == 2 * len(pairs)
+    # the matrix's model-diff direction is the standalone extractor's on the same pairs and adapter
+    diff = extract_model_diff(
+        tiny_llama,
+        tmp_path / "evil" / "adapter",
+        pair_diff_samples(
+            [Pair(question=p["question"], positive=p["positive"], negative=p["negative"]) for p in pairs]
+        ),
+    )
+    persona = SteeringVector.load(tmp_path / "evil" / "vectors" / "evil_response_avg.safetensors")
+    names = cosine["names"]
+    for layer in (1, 3):
+        want = torch.nn.functional.cosine_similarity(diff.data[layer].double(), persona.data[layer].double(), dim=0)
+        got = cosine["matrix"][layer][names.index("model_diff:evil")][names.index("evil")]
+        assert got == pytest.approx(float(want), abs=1e-4)
+    assert "model_diff:evil|model_diff:humorous" in cosine["ci95"] and "model_diff:evil" in cosine["reliability"]
+    # off again: only the cosines are redone; on again: the fine-tunes are reused
+    weights = tmp_path / "evil" / "adapter" / "adapter_model.safetensors"
+    written = weights.stat().st_mtime_ns
+    off = run_persona_traits(tiny_llama, TRAITS, judge, tmp_path, CONFIG)
+    assert off.cosine["names"] == TRAITS and "model_diff_finetunes" not in off.timings
+    again = run_persona_traits(tiny_llama, TRAITS, judge, tmp_path, config)
+    assert again.cosine["names"] == names and weights.stat().st_mtime_ns == written

@@ -37,7 +37,8 @@ def run_dir(tiny_llama, tmp_path_factory):
         train_batch_size=4,
         batch_size=8,
         n_splits=3,
-        study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3),
+        study=StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=3, blend_alphas=[0, 0.5, 1]),
+        objectives=["sft", "dpo"],  # the blends' and objectives' figures render with the others
     )
     run_diff_study(tiny_llama, TRAIN, HELDOUT, out / "diff", config)
     judge = make_judge(make_number_judge())
@@ -127,6 +128,10 @@ def test_report_renders_in_chromium(run_dir, tmp_path):
     assert expected_plots >= 8
     # the multi-trait figures are among those that must render
     for title in (
+        "blends α·contrastive + (1 − α)·model-diff at layer",
+        "Fine-tuning objectives: SFT vs DPO directions",
+        "DPO fine-tune: effect, interval and random directions",
+        "model_diff vs model_diff_dpo",
         "Trait × trait cosine per layer",
         "cosine at layer",
         "random directions (d=64): 95% of |cos|",
@@ -193,3 +198,24 @@ def test_report_cli(run_dir):
     assert (run_dir / "report.html").is_file()
     bad = CliRunner().invoke(app, ["report", str(run_dir / "nope")])
     assert bad.exit_code == 2 and "not a directory" in bad.output
+
+
+def test_report_of_a_trait_study(tiny_llama, tmp_path):
+    """`diff study -t`: the trait's section (where the pairs came from, unfiltered) beside the persona run,
+    and the persona vector among the directions compared and steered with."""
+    from steerlab.pipelines.trait_study import TraitStudyConfig, run_trait_study
+
+    config = TraitStudyConfig(
+        persona=PersonaConfig(max_questions=4, max_instructions=1, max_new_tokens=3, filter=False),
+        diff=DiffStudyConfig(
+            epochs=1, lr=5e-3, train_batch_size=4, batch_size=8, n_splits=3, positions=0,
+            study=StudyConfig(layers=[1, 2], coeffs=[1.0], n_samples=1, max_new_tokens=2, controls=2),
+        ),
+    )  # fmt: skip
+    run_trait_study(tiny_llama, "sycophantic", make_judge(tiny_llama), tmp_path, config, judge_name="local")
+    path, missing = build_report(tmp_path)
+    html = path.read_text()
+    assert missing == ["monitoring (monitor.json)"]
+    assert "Trait study: sycophantic" in html and "Unfiltered persona pairs (--no-filter)" in html
+    assert "contrastive vs persona" in html and "model_diff vs persona" in html  # the cosine figure's traces
+    assert "Persona pipeline: judged responses" in html

@@ -20,6 +20,7 @@ from .options import (
     TensorParallelOpt,
     engine_config,
 )
+from .study_tables import print_summary_parts
 
 
 @app.command()
@@ -65,6 +66,7 @@ def demo(
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     result = run_demo(out, model, judge, size, traits, judge_base_url, controls, engine=engines)
     print_study(result.study, result.comparison)
+    print_summary_parts({"blends": result.summary.get("blends"), "objectives": result.summary.get("objectives")})
     for line in result.reading:
         results.print(f"- {line}", markup=False, highlight=False)
     report_path, _ = build_report(out)

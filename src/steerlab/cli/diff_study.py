@@ -10,11 +10,16 @@ from rich.table import Table
 from ..engines.factory import make_engine
 from ..errors import SteerlabError
 from ..formats.pairs import load_pairs
+from ..judge import make_judge
 from ..model.layers import parse_layers
 from ..model.loading import load_model
+from ..pipelines.diff_objectives import check_objectives
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
+from ..pipelines.persona import PersonaConfig
 from ..pipelines.records import DirectionsDoc
 from ..pipelines.study import StudyConfig, StudyResult, best_coherent
+from ..pipelines.study_vectors import check_alphas
+from ..pipelines.trait_study import TraitStudyConfig, resolve_trait, run_trait_study
 from ..progress import results
 from .diff import diff_app
 from .options import (
@@ -22,6 +27,8 @@ from .options import (
     DtypeOpt,
     EngineOpt,
     GpuMemoryOpt,
+    JudgeOpt,
+    JudgeUrlOpt,
     MaxModelLenOpt,
     PipelineParallelOpt,
     TensorParallelOpt,
@@ -32,8 +39,10 @@ from .options import (
     seed_option,
     steering_positions_option,
 )
+from .study_tables import print_summary_parts
 
-_D, _S = DiffStudyConfig(), StudyConfig()  # the defaults, written once on the dataclasses
+# the defaults, written once on the dataclasses
+_D, _S, _P, _T = DiffStudyConfig(), StudyConfig(), PersonaConfig(), TraitStudyConfig()
 
 
 @diff_app.command("study")
@@ -42,17 +51,30 @@ def study_cmd(
         ..., "--base", "--model", "-m", help="Base model spec (smollm2, HF id, directory, .gguf)."
     ),
     pairs: Path = typer.Option(
-        ..., "--pairs", "-p", help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour."
+        None,
+        "--pairs",
+        "-p",
+        help="Pairs JSONL with a 'split' field (train / heldout), positive = behaviour (or -t TRAIT instead).",
+    ),
+    trait: str = typer.Option(
+        None,
+        "--trait",
+        "-t",
+        help="Study a trait instead of a pairs file: a built-in name (steerlab traits list) or a persona-vectors "
+        "trait file. Its pairs come from the persona pipeline (answers under the trait's instructions, judged by "
+        "-j, effective pairs; --no-filter keeps every pair), split by question into train and held-out; the "
+        "persona vector is a third direction and the prompting baseline uses the trait's own instructions.",
     ),
     out: Path = typer.Option(
         ...,
         "--out",
         "-o",
         help="Run directory (resumable): adapter/, vectors/, directions.json, positions.json, study.json, "
-        "study_margins.csv, samples.jsonl.",
+        "study_margins.csv, samples.jsonl, summary.json (-t adds persona/ and trait_pairs.json; --objectives "
+        "sft,dpo adds adapter_dpo/ and study_dpo.json).",
     ),
     finetuned: Path = typer.Option(
-        None, "--finetuned", "-f", help="An existing adapter directory for --base (skips fine-tuning)."
+        None, "--finetuned", "-f", help="An existing adapter directory for --base (skips the SFT fine-tune)."
     ),
     train_split: str = typer.Option("train", "--train-split"),
     heldout_split: str = typer.Option("heldout", "--heldout-split"),
@@ -66,6 +88,21 @@ def study_cmd(
         plural=True,
         help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base).",
     ),
+    blend_alphas: str = typer.Option(
+        None,
+        "--blend-alphas",
+        help="Also steer with blends alpha x contrastive + (1 - alpha) x model-diff, each direction normalised "
+        "per layer and the blend at the model-diff vector's norm (0: the model-diff vector, 1: the contrastive "
+        "one), e.g. 0,0.25,0.5,0.75,1; every blend row has the evidence of the others (default: none).",
+    ),
+    objectives: str = typer.Option(
+        ",".join(_D.objectives),
+        "--objectives",
+        help="Fine-tuning objectives, sft first: sft (the behaviour answers) or sft,dpo (also DPO on the same "
+        "pairs, the behaviour answer chosen: its own adapter_dpo/, model-diff vector and study_dpo.json, and "
+        "the cosine per layer of the SFT and DPO directions).",
+    ),
+    beta: float = typer.Option(_D.beta, "--beta", min=0.0, help="DPO's beta (with --objectives sft,dpo)."),
     epochs: int = typer.Option(_D.epochs, "--epochs", "-e", min=1),
     lr: float = typer.Option(_D.lr, "--lr"),
     rank: int = typer.Option(_D.rank, "--rank", min=1),
@@ -94,7 +131,27 @@ def study_cmd(
         "--opposite-prompt",
         help="Prompting baseline: a system prompt asking for its opposite (scored on the fine-tuned model).",
     ),
-    seed: int = seed_option("Random seed of the fine-tune, the random directions and the bootstrap."),
+    judge: str = typer.Option("local", "--judge", "-j", help="-t: the judge of the persona answers. " + JudgeOpt.help),
+    judge_base_url: str = JudgeUrlOpt,
+    filter_pairs: bool = typer.Option(
+        _P.filter,
+        "--filter/--no-filter",
+        help="-t: --no-filter keeps every persona pair, not only the effective ones (for a judge that cannot "
+        "score); recorded in summary.json and the report.",
+    ),
+    max_questions: int = typer.Option(
+        None, "--max-questions", min=2, help="-t: use only the trait's first K questions."
+    ),
+    max_instructions: int = typer.Option(
+        None, "--max-instructions", min=1, help="-t: use only the trait's first K instruction pairs."
+    ),
+    max_new_tokens: int = typer.Option(
+        _P.max_new_tokens, "--max-new-tokens", "-n", min=1, help="-t: tokens per persona answer."
+    ),
+    heldout_fraction: float = typer.Option(
+        _T.heldout_fraction, "--heldout-fraction", help="-t: share of the questions held out (0-1)."
+    ),
+    seed: int = seed_option("Random seed of the fine-tune, the random directions, the bootstrap and -t's split."),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     engine: str = EngineOpt,
@@ -107,12 +164,32 @@ def study_cmd(
 
     Margin = mean (positive − negative) log-likelihood per token on held-out pairs. 'undone' = the
     fraction of the fine-tuning margin gap that steering the fine-tuned model removes.
+
+    Examples: steerlab diff study -m smollm2 -p pairs.jsonl -o out/study --blend-alphas 0,0.25,0.5,0.75,1
+    | steerlab diff study -m smollm2 -p pairs.jsonl -o out/dpo --objectives sft,dpo
+    | steerlab diff study -m smollm2 -t sycophantic -j local --no-filter -o out/syco
     """
+    if (pairs is None) == (trait is None):
+        raise SteerlabError(
+            "--pairs / --trait: give exactly one (a pairs file, or a trait whose pairs the persona pipeline makes)"
+        )
     if (behaviour_prompt is None) != (opposite_prompt is None):
         raise SteerlabError("--behaviour-prompt and --opposite-prompt go together (the prompting baseline needs both)")
+    if trait is not None and behaviour_prompt is not None:
+        raise SteerlabError(
+            "--behaviour-prompt / --opposite-prompt: with -t the trait's own instructions are the prompts"
+        )
     prompts = {"behaviour": behaviour_prompt, "opposite": opposite_prompt} if behaviour_prompt else None
-    train = load_pairs(pairs, split=train_split)[:max_train]
-    heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
+    objective_list = check_objectives([o.strip() for o in objectives.split(",") if o.strip()])
+    alphas = check_alphas(parse_floats(blend_alphas, "--blend-alphas")) if blend_alphas else []
+    if trait is None:
+        train = load_pairs(pairs, split=train_split)[:max_train]
+        heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
+        spec = None
+    else:
+        spec = resolve_trait(trait)[0]  # a bad name or file fails before the model loads
+        if finetuned is not None:
+            raise SteerlabError("--finetuned: with -t the trait study fine-tunes on the trait's own pairs")
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     lm = load_model(base, device=device, dtype=dtype)
     layer_list = parse_layers(layers, lm.n_layers, "--layers") if layers is not None else None
@@ -123,6 +200,8 @@ def study_cmd(
         batch_size=batch_size,
         seed=seed,
         positions=positions,
+        objectives=objective_list,
+        beta=beta,
         study=StudyConfig(
             layers=layer_list,
             coeffs=parse_floats(coeffs, "--coeffs"),
@@ -131,11 +210,27 @@ def study_cmd(
             seed=seed,
             prompts=prompts,
             positions=steering_positions,
+            blend_alphas=alphas,
         ),
     )
     with make_engine(engines, base, lm, dtype=dtype, enable_lora=True) as scorer:
-        result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned, engine=scorer)
+        if spec is None:
+            result = run_diff_study(lm, train, heldout, out, config, adapter_dir=finetuned, engine=scorer)
+        else:
+            persona = PersonaConfig(
+                max_questions=max_questions,
+                max_instructions=max_instructions,
+                max_new_tokens=max_new_tokens,
+                seed=seed,
+                filter=filter_pairs,
+            )
+            trait_config = TraitStudyConfig(persona=persona, diff=config, heldout_fraction=heldout_fraction)
+            scorer_judge = make_judge(
+                lm if judge == "local" and lm.name == "smollm2" else judge, base_url=judge_base_url
+            )
+            result = run_trait_study(lm, trait, scorer_judge, out, trait_config, judge_name=judge, engine=scorer).diff
     print_study(result.study, result.comparison)
+    print_summary_parts(result.summary)
 
 
 def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
@@ -174,7 +269,8 @@ def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
         "fluency drop",
     ):
         table.add_column(col, justify="right")
-    for vector in ("model_diff", "contrastive"):
+    vectors = dict.fromkeys(r["vector"] for r in study.rows if r["stage"] == "sweep" and r["scale"] == "raw")
+    for vector in sorted(vectors, key=lambda v: v != "model_diff"):  # the model-diff vector first
         for model, key, label in (
             ("finetuned", "undone", "subtract from fine-tuned"),
             ("base", "induced", "add to base"),

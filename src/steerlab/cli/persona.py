@@ -14,6 +14,7 @@ from ..judge import make_judge
 from ..model.loading import load_model
 from ..pipelines.persona import PersonaConfig, run_persona
 from ..pipelines.persona_traits import PersonaTraitsConfig, PersonaTraitsResult, resolve_traits, run_persona_traits
+from ..pipelines.trait_model_diff import TRAIT_FINETUNE
 from ..progress import console, results
 from ..steering.steerer import parse_layers
 from .app import app, new_group
@@ -114,6 +115,13 @@ def extract(
         min=1,
         help=f"Several traits: held-out eval questions for the eval pairs and steered answers (default {_STUDY.eval_questions}).",
     ),
+    model_diff: bool = typer.Option(
+        False,
+        "--model-diff",
+        help="Several traits: also fine-tune the model on each trait's persona answers (LoRA, without their "
+        "instructions) and add its model-diff direction, model_diff:<trait>, to the trait x trait cosine matrix "
+        "(one fine-tune per trait; off by default).",
+    ),
     device: str = DeviceOpt,
     dtype: str = DtypeOpt,
     adapter: str = AdapterOpt,
@@ -145,6 +153,7 @@ def extract(
         "--scan-coeff": scan_coeff,
         "--eval-questions": eval_questions,
         "--steering-positions": steering_positions,
+        "--model-diff": model_diff or None,
     }
     engines = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     several = len(trait) > 1 or trait == ["all"]
@@ -176,6 +185,7 @@ def extract(
                     ("scan_coeff", scan_coeff),
                     ("eval_questions", eval_questions),
                     ("positions", steering_positions),
+                    ("model_diff", TRAIT_FINETUNE if model_diff else None),
                 )
                 if v is not None
             },

@@ -11,7 +11,8 @@ against them:
 - :func:`empirical_p` — ``(1 + #{controls at least as extreme}) / (k + 1)`` (Phipson & Smyth 2010);
 - :func:`control_summary` — both, as the ``random`` field of a summary row;
 - :func:`within_band`, :func:`control_verdict` — the verdict phrase a report prints, which knows the
-  resolution of K controls (:func:`min_controls`: p cannot go below 1/(K+1)).
+  resolution of K controls (:func:`min_controls`: p cannot go below 1/(K+1));
+- :func:`cosine_verdict` — the same for a cosine between two directions against the random band.
 
 Which sidedness an effect's p takes is decided once, in :mod:`steerlab.evaluate.evidence`.
 
@@ -22,7 +23,7 @@ al. 2025 (*Convergent linear representations of emergent misalignment*).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -189,10 +190,33 @@ def control_verdict(effect: float, band: Mapping[str, Any], p: float | None = No
     return f"beyond the random band, but not significant at {alpha:g} ({sided} p = {float(p):.2g})"
 
 
+def cosine_verdict(cos: float, ci: Sequence[float | None] | None, band: float) -> str:
+    """The verdict phrase for a cosine between two directions against the random band: ``band`` is
+    the |cos| below which 95% of pairs of unrelated directions in d_model dimensions fall
+    (:func:`steerlab.evaluate.geometry.random_cosine_band`), ``ci`` the cosine's resampling interval
+    ``[lo, hi]`` (None: read the point alone).
+
+    - the interval beyond ±band: ``"outside the random band: further from orthogonal than unrelated
+      directions"``;
+    - the interval inside it: ``"inside the random band: not distinguishable from unrelated directions"``;
+    - otherwise ``"its interval overlaps the random band: not clearly distinguishable from unrelated
+      directions"``; without an interval ``"outside / inside the random band"`` from the point.
+    """
+    if ci and ci[0] is not None and ci[1] is not None:
+        lo, hi = float(ci[0]), float(ci[1])
+        if lo > band or hi < -band:
+            return "outside the random band: further from orthogonal than unrelated directions"
+        if -band <= lo and hi <= band:
+            return "inside the random band: not distinguishable from unrelated directions"
+        return "its interval overlaps the random band: not clearly distinguishable from unrelated directions"
+    return "outside the random band" if abs(cos) > band else "inside the random band"
+
+
 __all__ = [
     "ALPHA",
     "control_summary",
     "control_verdict",
+    "cosine_verdict",
     "empirical_p",
     "min_controls",
     "null_band",

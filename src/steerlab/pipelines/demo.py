@@ -75,6 +75,8 @@ DEMO_TRAITS = ("evil", "sycophantic", "hallucinating")
 
 # The prompting baseline of the deception study: the seed data's own system prompts.
 DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
+# Blends alpha x contrastive + (1 - alpha) x model-diff the study also steers with (the seed's open question).
+DEMO_BLENDS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
@@ -82,7 +84,15 @@ SIZES = {
         32,
         6,
         2,
-        StudyConfig(layers=[12], coeffs=[4.0], n_samples=1, max_new_tokens=8, controls=4, prompts=DECEPTION_PROMPTS),
+        StudyConfig(
+            layers=[12],
+            coeffs=[4.0],
+            n_samples=1,
+            max_new_tokens=8,
+            controls=4,
+            prompts=DECEPTION_PROMPTS,
+            blend_alphas=DEMO_BLENDS,
+        ),
         1,
         1,
         8,
@@ -95,7 +105,9 @@ SIZES = {
         128,
         24,
         1,
-        StudyConfig(coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64, prompts=DECEPTION_PROMPTS),
+        StudyConfig(
+            coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64, prompts=DECEPTION_PROMPTS, blend_alphas=DEMO_BLENDS
+        ),
         4,
         2,
         32,
@@ -112,6 +124,7 @@ SIZES = {
             n_samples=6,
             prompts=DECEPTION_PROMPTS,
             controls=min_controls(),
+            blend_alphas=DEMO_BLENDS,
         ),
         20,
         5,
@@ -331,6 +344,9 @@ def _summary(lm, model, judge, size, diff: DiffStudyResult, monitor, persona, ti
         "traits_judge": persona["judge"],
         "traits_readings": persona["readings"],
         "timings": {k: round(v, 1) for k, v in timings.items()},
+        # the diff study's further questions (steerlab.pipelines.study_records): blends; objectives when run
+        "blends": (diff.summary or {}).get("blends"),
+        "objectives": (diff.summary or {}).get("objectives"),
     }
     summary["reading"] = reading(summary, max_drop)
     return summary  # type: ignore[return-value]

@@ -5,6 +5,7 @@ mean alone."""
 
 from __future__ import annotations
 
+from ..evaluate.controls import cosine_verdict
 from .records import DemoSummary, StudyPrompting, StudyRow
 
 
@@ -71,14 +72,7 @@ def reading(s: DemoSummary, max_drop: float) -> list[str]:
     cos, rel = s["cosine_at_best_layer"], s["reliability_at_best_layer"]
     ci = s.get("cosine_ci95_at_best_layer")
     ci_text = f" (95% CI {ci[0]:+.3f} to {ci[1]:+.3f} from resampling the pairs behind each vector)" if ci else ""
-    if ci and (ci[0] > band or ci[1] < -band):
-        verdict = "outside the random band: further from orthogonal than unrelated directions"
-    elif ci and -band <= ci[0] and ci[1] <= band:
-        verdict = "inside the random band: not distinguishable from unrelated directions"
-    elif ci:
-        verdict = "its interval overlaps the random band: not clearly distinguishable from unrelated directions"
-    else:
-        verdict = "outside the random band" if abs(cos) > band else "inside the random band"
+    verdict = cosine_verdict(cos, ci, band)
     lines.append(
         f"At layer {best}, the model-diff and contrastive directions have cosine {cos:+.3f}{ci_text}, "
         f"{verdict} (±{band:.3f} in {s['d_model']} dimensions). Split-half reliabilities "
@@ -116,6 +110,8 @@ def reading(s: DemoSummary, max_drop: float) -> list[str]:
                 else "."
             )
         )
+    if s.get("blends"):
+        lines.append(s["blends"]["reading"])  # type: ignore[index]
     positions = s.get("model_diff_positions")
     if positions:
         best_pos = positions["positions"].get(str(positions["best_position"]), {})

@@ -16,11 +16,13 @@ For each trait, ``DIR/<trait>/`` holds today's single-trait run (:func:`~steerla
                             unsteered and prompted, judged 0-100.
 
 Across traits: ``DIR/cosine.json`` (trait x trait cosine per layer, random band, resampling intervals, split-half
-reliabilities, :mod:`steerlab.pipelines.trait_cosine`) and ``DIR/traits.json``: ``{trait: entry, ...,
-"cosine": ...}`` plus ``steerlab_version``, ``model``, ``judge``, ``config`` and ``table`` (one summary row per
-trait, also ``DIR/traits.csv``). Answers for all traits are generated as rows of shared batches (extraction
-answers, eval answers, steered answers); a shared stream's progress is checkpointed in ``DIR/.partial``.
-A trait that fails (no effective pairs, no eval pairs) is recorded (``status: failed``, ``error``) and the others
+reliabilities, :mod:`steerlab.pipelines.trait_cosine`; with ``model_diff`` also each trait's model-diff direction,
+``model_diff:<trait>``, from a fine-tune on its persona answers, :mod:`steerlab.pipelines.trait_model_diff`) and
+``DIR/traits.json``: ``{trait: entry, ..., "cosine": ...}`` plus ``steerlab_version``, ``model``, ``judge``,
+``config`` and ``table`` (one summary row per trait, also ``DIR/traits.csv``). Answers for all traits are
+generated as rows of shared batches (extraction answers, eval answers, steered answers); a shared stream's
+progress is checkpointed in ``DIR/.partial``. A trait that fails (no effective pairs, no eval pairs) is recorded
+(``status: failed``, ``error``) and the others
 go on. Every stage is skipped on a rerun with the same config; a killed run resumes.
 """
 
@@ -39,6 +41,7 @@ from ..engines.hf import HfEngine
 from ..errors import SteerlabError
 from ..evaluate.controls import random_directions
 from ..extract.persona import PERSONA_REDUCTIONS
+from ..finetune.config import FinetuneConfig
 from ..formats.traits import Trait, list_traits, load_trait
 from ..io.atomic import write_json
 from ..io.tables import write_csv
@@ -63,6 +66,7 @@ from .runs import RunDir, Stage
 from .shared_batches import shared_generation
 from .study import default_layers
 from .trait_cosine import pair_differences, trait_cosines
+from .trait_model_diff import MODEL_DIFF_PREFIX, trait_finetune, trait_model_diffs
 from .trait_records import TraitEntry, TraitFailure, TraitTableRow
 from .trait_scores import judged_scores, score_summary
 
@@ -70,7 +74,7 @@ RESERVED = ("cosine", "steerlab_version", "model", "judge", "config", "table")
 
 # Fields of PersonaTraitsConfig that stages do not read, by group; each stage names the groups it
 # ignores in its one call. A field in no group is hashed by every stage (recomputed until declared).
-_EXTRACTION = ("persona", "reduction", "fallback_unfiltered")  # the vector's content hash covers them
+_EXTRACTION = ("persona", "reduction", "fallback_unfiltered", "model_diff")  # the vector's hash covers them
 _SCAN = ("layers", "scan_coeff", "max_fluency_drop")  # the layer choice: its stage hash covers them
 _SWEEP = ("coeffs", "controls")
 _EVAL = ("eval_questions", "eval_new_tokens", "prompt_instruction")
@@ -92,7 +96,10 @@ class PersonaTraitsConfig:
     directions (0: off) with ``seed`` (also the bootstrap seed); ``score_controls``: K for the judged answers
     (None: ``controls``); ``n_resamples``: bootstrap resamples; ``judge_scores``: judge steered answers;
     ``fallback_unfiltered``: a trait with no effective pairs averages all its pairs instead (filter ``none``,
-    recorded; the CLI asks for ``--no-filter`` instead); ``batch_size``: sequences per teacher-forced forward.
+    recorded; the CLI asks for ``--no-filter`` instead); ``batch_size``: sequences per teacher-forced forward;
+    ``model_diff``: None (off) or the settings of a LoRA fine-tune per trait on its persona answers without
+    their instructions, whose model-diff direction joins the cosine matrix as ``model_diff:<trait>``
+    (:mod:`steerlab.pipelines.trait_model_diff`; ``--model-diff`` uses the diff study's defaults).
     """
 
     persona: PersonaConfig = field(default_factory=PersonaConfig)
@@ -112,6 +119,7 @@ class PersonaTraitsConfig:
     judge_scores: bool = True
     fallback_unfiltered: bool = False
     batch_size: int = 32
+    model_diff: FinetuneConfig | None = None
 
 
 @dataclass
@@ -304,20 +312,42 @@ def run_persona_traits(
     start = time.perf_counter()
     cosine = None
     if len(entries) >= 2:
+        # with model_diff, each trait's fine-tune (its own stage) is an input of the cosines
+        tuned = (
+            {n: trait_finetune(lm, runs[n], d["pairs"], config.model_diff) for n, d in directions.items()}
+            if config.model_diff is not None
+            else {}
+        )
+        if tuned:
+            timings["model_diff_finetunes"] = time.perf_counter() - start
 
         def cosines(_: Stage) -> dict[str, Any]:
             diffs = {
                 n: pair_differences(lm, d["pairs"], config.reduction, config.batch_size) for n, d in directions.items()
             }
+            for n in tuned:
+                diffs[f"{MODEL_DIFF_PREFIX}{n}"] = trait_model_diffs(
+                    lm, runs[n], directions[n]["pairs"], config.reduction, config.batch_size
+                )
             return trait_cosines(diffs, config.n_resamples, config.seed)
 
         cosine = run.cached(
             "cosine",
             "cosine.json",
-            {"vectors": {n: d["hash"] for n, d in directions.items()}},
+            {"vectors": {n: d["hash"] for n, d in directions.items()}, **({"model_diff": tuned} if tuned else {})},
             cosines,
             settings=config,
-            ignore=("persona", "fallback_unfiltered", *_SCAN, *_SWEEP, "positions", *_EVAL, *_SCORES, "batch_size"),
+            ignore=(
+                "persona",
+                "fallback_unfiltered",
+                "model_diff",
+                *_SCAN,
+                *_SWEEP,
+                "positions",
+                *_EVAL,
+                *_SCORES,
+                "batch_size",
+            ),
         ).value
         cosine["best_layers"] = {n: e["best_layer"] for n, e in entries.items()}
     timings["cosine"] = time.perf_counter() - start

@@ -12,7 +12,8 @@ Documents: ``study.json`` (:class:`StudyDoc`), ``directions.json`` of a diff stu
 ``scores.csv`` and ``generations.jsonl`` of a sweep (:class:`SweepMarginRow`, :class:`SweepScoreRow`,
 :class:`SweepGeneration`), ``positions.json`` (:class:`PositionsDoc`), ``monitor.json``
 (:class:`MonitorDoc`) and a demo's ``summary.json`` (:class:`DemoSummary`); the multi-trait study's
-``traits.json`` and ``traits.csv`` in :mod:`steerlab.pipelines.trait_records`.
+``traits.json`` and ``traits.csv`` in :mod:`steerlab.pipelines.trait_records`; the diff study's blends,
+objectives, trait and ``summary.json`` in :mod:`steerlab.pipelines.study_records`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class StudyRow(TypedDict):
     evidence (:meth:`steerlab.evaluate.evidence.Evidence.gap_fraction`): ``effect`` (= the
     fraction) with ``ci95``, ``delta`` (margin change, nats/token) with ``delta_ci95``,
     ``margin_ci95``, ``per_pair``, the steerable fractions, ``random`` (controls' fractions),
-    ``alternative``, ``verdict``, ``vs_prompting`` (with its interval).
+    ``alternative``, ``verdict``, ``vs_prompting`` (with its interval). A blend's rows
+    (:mod:`steerlab.pipelines.study_vectors`) have ``vector`` ``blend_<alpha>`` and ``alpha``, the
+    weight of the contrastive direction.
     """
 
     stage: str
@@ -76,6 +79,7 @@ class StudyRow(TypedDict):
     verdict: NotRequired[str | None]
     vs_prompting: NotRequired[float | None]
     vs_prompting_ci95: NotRequired[Interval]
+    alpha: NotRequired[float]
 
 
 class StudyReference(TypedDict):
@@ -297,3 +301,5 @@ class DemoSummary(TypedDict):
     timings: dict[str, float]
     engine: str
     reading: list[str]
+    blends: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.BlendsDoc
+    objectives: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.ObjectivesDoc

@@ -12,6 +12,12 @@ measured with the judge-free behaviour margin (positive − negative log-likelih
    (each layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
    interventions for every vector; for the model-diff vector itself this is the raw vector).
 4. **Projection ablation** of each direction from the fine-tuned model, at the best layer and at all.
+5. **Blends** (with ``blend_alphas``): α·contrastive + (1 − α)·model-diff directions at the model-diff
+   vector's norms (:mod:`steerlab.pipelines.study_vectors`), swept like the others at the best layer
+   and at all layers; rows ``vector`` = ``blend_<α>``, ``scale`` = ``normalized``, ``alpha`` = α. They
+   are extra rows of the sweep's batch streams, controlled by the model-diff vector's random
+   directions (a blend has its norms); α = 0 and α = 1 are the model-diff and normalized contrastive
+   conditions themselves, so their rows equal those exactly.
 
 Every row (:class:`~steerlab.pipelines.records.StudyRow`) records the margin, its std over pairs,
 ``undone`` = (ft − steered) / (ft − base) for conditions on the fine-tuned model (``induced`` =
@@ -66,6 +72,7 @@ from .records import (
 )
 from .study_evidence import paired_comparisons, prompting_baseline, row_evidence
 from .study_samples import best_coherent, sample_generations
+from .study_vectors import blend_vectors, check_alphas, normalized_like
 
 log = logging.getLogger("steerlab")
 
@@ -74,7 +81,9 @@ log = logging.getLogger("steerlab")
 class StudyConfig:
     """Settings of the steering study: candidate single ``layers`` (default: five spread over the
     middle), ``coeffs`` for the sweeps, the forward ``batch_size``, ``max_fluency_drop`` (nats/token
-    below the unsteered model still counted coherent), and the sample generations' count and length."""
+    below the unsteered model still counted coherent), the sample generations' count and length, and
+    ``blend_alphas``: blends of the contrastive and model-diff directions to sweep (each in [0, 1]; empty:
+    none)."""
 
     layers: list[int] | None = None  # candidate single layers; default: a spread over the middle
     coeffs: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
@@ -87,6 +96,7 @@ class StudyConfig:
     n_bootstrap: int = 1000
     prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
     positions: str = "response"  # where every condition steers (docs/design.md §4): the seed's evaluation default
+    blend_alphas: list[float] = field(default_factory=list)  # weights of the contrastive direction (empty: off)
 
 
 @dataclass
@@ -151,14 +161,6 @@ def default_layers(n_layers: int) -> list[int]:
     return sorted({round(n_layers * f) for f in (0.2, 0.35, 0.5, 0.65, 0.8)})
 
 
-def normalized_like(vector: SteeringVector, reference: SteeringVector) -> SteeringVector:
-    """``vector`` rescaled per layer to ``reference``'s norm at that layer."""
-    unit = vector.normalized().data
-    scaled = SteeringVector(unit * reference.norms()[:, None], dict(vector.metadata))
-    scaled.metadata["derived"] = f"normalized to {reference.metadata.get('method', 'reference')} norms"
-    return scaled
-
-
 def _row(condition: dict[str, Any], coeff: float, result: MarginResult, i: int, ref: StudyReference) -> StudyRow:
     gap = ref["finetuned"] - ref["base"]
     margin, std, fluency = result.mean[i], result.std[i], result.fluency[i]
@@ -178,14 +180,18 @@ def run_study(
     vectors: dict[str, SteeringVector],
     heldout: Sequence[Pair],
     config: StudyConfig | None = None,
+    reference: str = "model_diff",
 ) -> StudyResult:
     """Run the study; returns a :class:`StudyResult` (``study.json`` is its ``to_dict()``).
 
-    ``vectors`` must include ``model_diff`` (its norms define the normalized scale). Margins are in
-    nats/token; fractions are of the base → fine-tuned gap. See the module docstring for the rows.
-    ``base`` is the engine (:mod:`steerlab.engines`) that scores and generates, or a loaded model (run
-    on the ``hf`` engine); the fine-tuned model is the engine's view with ``adapter_dir`` applied.
-    Raises SteerlabError for bad positions or layers (before any model work).
+    ``vectors`` must include ``reference`` (default ``model_diff``; e.g. ``model_diff_dpo`` for a study
+    of a DPO fine-tune): the fine-tune's own direction, whose norms define the normalized scale and
+    whose layer scan chooses the best layer; blends (``config.blend_alphas``) also need
+    ``contrastive``. Margins are in nats/token; fractions are of the base → fine-tuned gap. See the
+    module docstring for the rows. ``base`` is the engine (:mod:`steerlab.engines`) that scores and
+    generates, or a loaded model (run on the ``hf`` engine); the fine-tuned model is the engine's view
+    with ``adapter_dir`` applied. Raises SteerlabError for bad positions, layers or blend weights, or
+    blends without a contrastive vector (before any model work).
     """
     config = config or StudyConfig()
     base = as_engine(base)
@@ -194,12 +200,20 @@ def run_study(
     layers = config.layers or default_layers(base.n_layers)
     for layer in layers:
         base.check_layer(layer, "--layers")
-    diff = vectors["model_diff"]
+    if config.blend_alphas and "contrastive" not in vectors:
+        raise SteerlabError("--blend-alphas: blends need a contrastive vector among the study's vectors")
+    check_alphas(config.blend_alphas)
+    diff = vectors[reference]
     variants = {name: {"raw": v, "normalized": normalized_like(v, diff)} for name, v in vectors.items()}
-    # One set of random directions per norm profile: a control has the norm of the vector it controls.
+    blends = (
+        blend_vectors(variants["contrastive"]["normalized"], diff, config.blend_alphas) if config.blend_alphas else {}
+    )
+    alphas = dict(zip(blends, config.blend_alphas, strict=True))
+    # One set of random directions per norm profile: a control has the norm of the vector it controls
+    # (a blend has the reference's norms).
     norm_profile = {
-        (name, scale): "model_diff" if scale == "normalized" else name
-        for name in vectors
+        (name, scale): reference if scale == "normalized" else name
+        for name in [*vectors, *blends]
         for scale in ("raw", "normalized")
     }
     controls = {
@@ -212,11 +226,14 @@ def run_study(
         return SteeringSpec(vector, layers_, operator=operator, positions=config.positions)
 
     def scales(name: str) -> tuple[str, ...]:
-        # model_diff rescaled to its own norms is itself; a position-resolved diff (read on unrelated
+        # the reference rescaled to its own norms is itself; a position-resolved diff (read on unrelated
         # text, another scale altogether) is compared at the model-diff vector's norms only.
-        if name == "model_diff":
+        if name == reference:
             return ("raw",)
         return ("normalized",) if name.startswith("model_diff_pos") else ("raw", "normalized")
+
+    def steered(name: str, scale: str) -> SteeringVector:
+        return blends[name] if name in blends else variants[name][scale]
 
     with base.adapter(str(adapter_dir)) as tuned:
         models: dict[str, Engine] = {"base": base, "finetuned": tuned}
@@ -226,13 +243,13 @@ def run_study(
         ) -> list[MarginResult]:
             return condition_margins(models[model], pairs, conditions, coeffs, config.batch_size)
 
-        reference: dict[str, float] = {}
+        ref_margins: dict[str, float] = {}
         per_pair: dict[str, torch.Tensor] = {}
         for name in ("base", "finetuned"):
             (r,) = margins(name, [[]], [0.0])
-            reference[name], reference[f"{name}_fluency"] = r.mean[0], r.fluency[0]
+            ref_margins[name], ref_margins[f"{name}_fluency"] = r.mean[0], r.fluency[0]
             per_pair[name] = r.per_pair[0].double()
-        ref: StudyReference = reference  # type: ignore[assignment]
+        ref: StudyReference = ref_margins  # type: ignore[assignment]
         log.info("margin base %+.4f, fine-tuned %+.4f", ref["base"], ref["finetuned"])
         prompting_doc, prompted = prompting_baseline(margins, heldout, per_pair, config)
 
@@ -246,6 +263,7 @@ def run_study(
                 "operator": operator,
                 "direction": ("ablate" if operator == "ablate" else "subtract" if sign < 0 else "add"),
                 "layers": layers_,
+                **({"alpha": alphas[vector]} if vector in alphas else {}),
             }
 
         # Layer scan: every (vector, layer) subtracted at coefficient 1, as rows of one stream.
@@ -259,24 +277,28 @@ def run_study(
         ]
         rows += scan
         best = choose_layer(
-            [ScanPoint(int(r["layers"]), r["undone"], r["fluency_drop"]) for r in scan if r["vector"] == "model_diff"],
+            [ScanPoint(int(r["layers"]), r["undone"], r["fluency_drop"]) for r in scan if r["vector"] == reference],
             config.max_fluency_drop,
         )
-        log.info("best layer (model_diff, coefficient 1): %d", best)
+        log.info("best layer (%s, coefficient 1): %d", reference, best)
 
+        real = [(name, scale) for name in vectors for scale in scales(name)] + [(b, "normalized") for b in blends]
+        # A blend at alpha 0 or 1 is the very vector of a pure condition: one condition, several rows.
+        distinct = list({id(steered(n, s)): steered(n, s) for n, s in real}.values())
+        slot = {(n, s): [id(v) for v in distinct].index(id(steered(n, s))) for n, s in real}
+        profiles = list(dict.fromkeys(norm_profile[c] for c in real))
         for layer_set_ in (best, "all"):
-            real = [(name, scale) for name in vectors for scale in scales(name)]
-            profiles = list(dict.fromkeys(norm_profile[c] for c in real))
             for model in ("finetuned", "base"):
                 sign = -1.0 if model == "finetuned" else 1.0
-                conditions = [[spec(variants[n][s], layer_set_)] for n, s in real]
+                conditions = [[spec(v, layer_set_)] for v in distinct]
                 conditions += [[spec(c, layer_set_)] for prof in profiles for c in controls[prof]]
                 results = margins(model, conditions, [sign * c for c in config.coeffs])
                 ctrl = {
-                    prof: results[len(real) + i * config.controls : len(real) + (i + 1) * config.controls]
+                    prof: results[len(distinct) + i * config.controls : len(distinct) + (i + 1) * config.controls]
                     for i, prof in enumerate(profiles)
                 }
-                for (n, s), r in zip(real, results, strict=False):
+                for n, s in real:
+                    r = results[slot[n, s]]
                     for i, c in enumerate(config.coeffs):
                         row: StudyRow = {**_row(condition(model, n, s, layer_set_), c, r, i, ref), "stage": "sweep"}
                         null = [x.per_pair[i].double() for x in ctrl[norm_profile[n, s]]]
@@ -284,7 +306,7 @@ def run_study(
                         rows.append(row)
             # Projection ablation of each direction and of random directions (a direction's norm is moot).
             conditions = [[spec(variants[n]["raw"], layer_set_, operator="ablate")] for n in vectors]
-            conditions += [[spec(c, layer_set_, operator="ablate")] for c in controls["model_diff"]]
+            conditions += [[spec(c, layer_set_, operator="ablate")] for c in controls[reference]]
             results = margins("finetuned", conditions, [1.0])
             null = [x.per_pair[0].double() for x in results[len(vectors) :]]
             for n, r in zip(vectors, results, strict=False):
@@ -294,9 +316,8 @@ def run_study(
                 rows.append(row)
 
         samples = sample_generations(models, variants, heldout, best, rows, config)
-    return StudyResult(
-        ref, prompting_doc, rows, best, samples, list(layers), paired_comparisons(rows, config), asdict(config)
-    )
+    comparisons = paired_comparisons(rows, config, reference)
+    return StudyResult(ref, prompting_doc, rows, best, samples, list(layers), comparisons, asdict(config))
 
 
 __all__ = [

@@ -54,11 +54,13 @@ def row_evidence(
     row["delta"], row["delta_ci95"] = change.effect, change.ci95  # type: ignore[typeddict-item]
 
 
-def paired_comparisons(rows: list[StudyRow], config: StudyConfig) -> list[PairedComparison]:
-    """Model-diff vs contrastive on the same held-out pairs, at equal-size interventions: for each
-    model, layer set and coefficient, the difference of their margins (model-diff minus contrastive
-    at the model-diff vector's norms, nats/token) with a paired bootstrap 95% interval (the two share
-    pairs, so what the pairs share cancels)."""
+def paired_comparisons(
+    rows: list[StudyRow], config: StudyConfig, reference: str = "model_diff"
+) -> list[PairedComparison]:
+    """Model-diff (``reference``) vs contrastive on the same held-out pairs, at equal-size
+    interventions: for each model, layer set and coefficient, the difference of their margins
+    (model-diff minus contrastive at the model-diff vector's norms, nats/token) with a paired
+    bootstrap 95% interval (the two share pairs, so what the pairs share cancels)."""
     out: list[PairedComparison] = []
     index = {
         (r["model"], r["layers"], r["coeff"], r["vector"], r["scale"]): r
@@ -66,7 +68,7 @@ def paired_comparisons(rows: list[StudyRow], config: StudyConfig) -> list[Paired
         if r["stage"] == "sweep" and r.get("per_pair")
     }
     for (model, layers_, coeff, vector, scale), a in index.items():
-        if vector != "model_diff" or scale != "raw":
+        if vector != reference or scale != "raw":
             continue
         b = index.get((model, layers_, coeff, "contrastive", "normalized"))
         if b is None or len(a["per_pair"]) < 2:
@@ -77,7 +79,7 @@ def paired_comparisons(rows: list[StudyRow], config: StudyConfig) -> list[Paired
                 "model": model,
                 "layers": layers_,
                 "coeff": coeff,
-                "a": "model_diff",
+                "a": reference,
                 "b": "contrastive (normalized)",
                 "margin_difference": a["margin"] - b["margin"],
                 "ci95": [lo, hi],

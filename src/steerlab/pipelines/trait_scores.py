@@ -32,6 +32,7 @@ _GENERATION_IGNORES = (
     "persona",
     "reduction",
     "fallback_unfiltered",
+    "model_diff",
     "layers",
     "scan_coeff",
     "max_fluency_drop",

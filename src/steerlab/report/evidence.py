@@ -9,7 +9,7 @@ from typing import Any
 from ..pipelines.records import PositionsDoc, RandomDoc, StudyDoc
 from .html_parts import Section, fig_html, table_html
 
-COLORS = {"model_diff": "#d62728", "contrastive": "#1f77b4"}
+COLORS = {"model_diff": "#d62728", "contrastive": "#1f77b4", "model_diff_dpo": "#ff7f0e", "persona": "#9467bd"}
 
 
 def _color(vector: str) -> str:
@@ -106,7 +106,8 @@ def per_pair_figure(study: StudyDoc, max_drop: float) -> str:
     best, rows = study["best_layer"], study["rows"]
     fig = go.Figure()
     for model, key in (("finetuned", "undone"), ("base", "induced")):
-        for vector in dict.fromkeys(r["vector"] for r in rows if r["stage"] == "sweep"):
+        # blends have their own figure (report.studies)
+        for vector in dict.fromkeys(r["vector"] for r in rows if r["stage"] == "sweep" and r.get("alpha") is None):
             chosen = [
                 r
                 for r in rows

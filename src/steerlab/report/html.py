@@ -1,7 +1,8 @@
 """`steerlab report DIR`: one self-contained ``report.html`` for any run directory.
 
-It renders whatever the directory holds — a demo, ``diff study``, ``persona extract`` or ``sweep``
-run, and the vector readouts in ``readouts/*.json`` (``steerlab inspect --out``,
+It renders whatever the directory holds — a demo, ``diff study`` (with its blends, fine-tuning
+objectives and trait, :mod:`steerlab.report.studies`), ``persona extract`` or ``sweep`` run, and the
+vector readouts in ``readouts/*.json`` (``steerlab inspect --out``,
 :func:`steerlab.pipelines.readouts.write_readouts`) — and says which parts are missing; it never
 fails on a partial run. plotly.js is inlined once, so the page needs no network. A status element
 (``#steerlab-status``) records, after the page's scripts ran, how many plots rendered and any
@@ -19,15 +20,17 @@ from ..errors import SteerlabError
 from ..io.atomic import write_text
 from ..io.files import file_problem, name_problem, read_json
 from ..io.tables import cell_value, read_csv
-from ..pipelines.artifacts import COMPARE, DIRECTIONS, POSITIONS, READOUTS_DIR, STUDY
+from ..pipelines.artifacts import COMPARE, DIRECTIONS, POSITIONS, READOUTS_DIR, STUDY, SUMMARY
 from ..pipelines.records import DirectionsDoc, MonitorDoc, StudyDoc, StudySample
 from ..pipelines.runs import read_jsonl_rows
 from ..pipelines.study import StudyResult
-from .evidence import evidence_sections
+from ..pipelines.study_blends import blend_summary
+from .evidence import effect_figure, evidence_sections
 from .html_parts import Section
 from .html_parts import fig_html as _fig
 from .html_parts import table_html as _table
 from .readout import readout_section
+from .studies import blends_sections, objectives_sections, trait_sections
 
 # Files that exist but could not be read while building one report (listed on the page, never fatal).
 _UNREADABLE: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("unreadable", default=None)
@@ -483,6 +486,25 @@ def _study(doc: dict[str, Any]) -> StudyDoc | None:
         return doc if "rows" in doc else None
 
 
+def _further(diff_dir: Path, study: StudyDoc) -> list[Section]:
+    """The diff study's further questions, those the run answered: blends (from ``study.json``), the
+    fine-tuning objectives (``summary.json``'s ``objectives`` and ``study_dpo.json``) and a trait study
+    (``summary.json``'s ``trait``)."""
+    out: list[Section] = []
+    summary = _load_json(diff_dir / SUMMARY)
+    summary = summary if isinstance(summary, dict) else {}
+    if summary.get("trait"):
+        out += trait_sections(summary["trait"])
+    blends = blend_summary(study)
+    if blends:
+        out += blends_sections(blends)
+    if summary.get("objectives"):
+        dpo = _load_json(diff_dir / STUDY.replace(".json", "_dpo.json"))
+        dpo = _study(dpo) if isinstance(dpo, dict) else None
+        out += objectives_sections(summary["objectives"], effect_figure(dpo) if dpo else None)
+    return out
+
+
 def _guard(missing: list[str], what: str, make: Any, *args: Any) -> list[Section]:
     """Sections from ``make(*args)``; a file of the wrong shape lists ``what`` as unreadable instead."""
     try:
@@ -532,6 +554,7 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
             study,
             _load_json(diff_dir / POSITIONS),
         )
+        sections += _guard(missing, "further questions (summary.json, study_dpo.json)", _further, diff_dir, study)
     else:
         missing.append("steering study (study.json)")
 

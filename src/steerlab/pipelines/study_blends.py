@@ -1,0 +1,152 @@
+"""The reading of a study's blend rows (:mod:`steerlab.pipelines.study_vectors`): per model, layer set
+and coefficient, the effect (undone / induced fraction of the gap) against the blend weight α with its
+interval and random band, and whether any blend beats both pure vectors beyond their intervals.
+
+A blend *beats both pure vectors* at a coefficient when it is coherent (fluency drop at most the
+study's limit), 0 < α < 1, and its effect lies above the upper end of the 95% interval of both the
+model-diff vector (α = 0) and the contrastive vector at the model-diff norms (α = 1) under the same
+condition (same model, layers, coefficient, hence the same norm). Pure, derived from the rows of
+``study.json`` (nothing is recomputed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .records import LayerSet, StudyRow
+from .study_records import BlendCell, BlendPoint, BlendsDoc, BlendWinner
+
+KEYS = {"finetuned": "undone", "base": "induced"}
+
+
+def _upper(row: StudyRow | None) -> float | None:
+    ci = (row or {}).get("ci95")
+    return None if not ci or ci[1] is None else float(ci[1])
+
+
+def blend_cells(
+    rows: Sequence[StudyRow], max_drop: float, reference: str = "model_diff"
+) -> tuple[list[float], list[BlendCell]]:
+    """(the blend weights, one :class:`~steerlab.pipelines.study_records.BlendCell` per model x layer
+    set x coefficient) of a study's sweep rows; empty when it ran no blends."""
+    blends = [r for r in rows if r["stage"] == "sweep" and r.get("alpha") is not None]
+    alphas = sorted({float(r["alpha"]) for r in blends})
+    cells: list[BlendCell] = []
+    index: dict[tuple[str, LayerSet, float, str, str], StudyRow] = {
+        (r["model"], r["layers"], r["coeff"], r["vector"], r["scale"]): r
+        for r in rows
+        if r["stage"] == "sweep" and r.get("alpha") is None
+    }
+    keys = list(dict.fromkeys((r["model"], r["layers"], r["coeff"]) for r in blends))
+    for model, layers, coeff in keys:
+        key = KEYS[model]
+        pure = {
+            reference: index.get((model, layers, coeff, reference, "raw")),
+            "contrastive": index.get((model, layers, coeff, "contrastive", "normalized")),
+        }
+        uppers = [_upper(p) for p in pure.values()]
+        bar = None if None in uppers else max(u for u in uppers if u is not None)
+        points: list[BlendPoint] = []
+        for r in sorted(
+            (r for r in blends if (r["model"], r["layers"], r["coeff"]) == (model, layers, coeff)),
+            key=lambda r: r["alpha"],
+        ):
+            effect = r.get(key)
+            coherent = r["fluency_drop"] <= max_drop
+            beats = coherent and 0.0 < float(r["alpha"]) < 1.0 and None not in (effect, bar) and effect > bar
+            points.append(
+                {
+                    "alpha": float(r["alpha"]),
+                    "effect": effect,
+                    "ci95": r.get("ci95"),
+                    "random": r.get("random"),
+                    "verdict": r.get("verdict"),
+                    "steerable_fraction": r.get("steerable_fraction"),
+                    "vs_prompting": r.get("vs_prompting"),
+                    "fluency_drop": r["fluency_drop"],
+                    "coherent": coherent,
+                    "beats_both": bool(beats),
+                }
+            )
+        cells.append(
+            {
+                "model": model,
+                "key": key,
+                "layers": layers,
+                "coeff": coeff,
+                "pure": {
+                    name: {"effect": (p or {}).get(key), "ci95": (p or {}).get("ci95")} for name, p in pure.items()
+                },
+                "points": points,
+            }
+        )
+    return alphas, cells
+
+
+def blend_summary(study: Any, reference: str = "model_diff") -> BlendsDoc | None:
+    """The ``blends`` document of a study (:class:`~steerlab.pipelines.study.StudyResult` or its
+    ``study.json`` dict): its cells, the blends that beat both pure vectors (``winners``) and a
+    one-paragraph ``reading``; None when the study ran no blends."""
+    doc = study.to_dict() if hasattr(study, "to_dict") else study
+    max_drop = float(doc.get("config", {}).get("max_fluency_drop", 1.0))
+    alphas, cells = blend_cells(doc["rows"], max_drop, reference)
+    if not cells:
+        return None
+    winners: list[BlendWinner] = [
+        {
+            "model": c["model"],
+            "layers": c["layers"],
+            "coeff": c["coeff"],
+            "alpha": p["alpha"],
+            "effect": p["effect"],
+            "ci95": p["ci95"],
+            "verdict": p["verdict"],
+            "pure_upper": {name: _upper(v) for name, v in c["pure"].items()},  # type: ignore[arg-type]
+        }
+        for c in cells
+        for p in c["points"]
+        if p["beats_both"]
+    ]
+    return {
+        "alphas": alphas,
+        "reference": reference,
+        "best_layer": int(doc["best_layer"]),
+        "max_fluency_drop": max_drop,
+        "cells": cells,
+        "winners": winners,
+        "reading": _reading(cells, winners, int(doc["best_layer"])),
+    }
+
+
+def _where(layers: LayerSet) -> str:
+    return "all layers" if layers == "all" else f"layer {layers}"
+
+
+def _reading(cells: list[BlendCell], winners: list[BlendWinner], best: int) -> str:
+    """One paragraph: whether any coherent blend beats both pure vectors beyond their intervals."""
+    n = sum(p["coherent"] and 0 < p["alpha"] < 1 for c in cells for p in c["points"])
+    weights = sorted({p["alpha"] for c in cells for p in c["points"] if 0 < p["alpha"] < 1})
+    what = (
+        f"Blends α·contrastive + (1 − α)·model-diff (α = {', '.join(f'{a:g}' for a in weights)}; each at the "
+        f"model-diff vector's norm, with its random directions)"
+    )
+    if not winners:
+        return (
+            f"{what}: none of the {n} coherent blend conditions at layer {best} and at all layers beats both "
+            "pure vectors beyond their 95% intervals."
+        )
+    w = max(winners, key=lambda w: w["effect"] or 0.0)
+    action = "subtracted from the fine-tuned model" if w["model"] == "finetuned" else "added to the base"
+    key = "undoes" if w["model"] == "finetuned" else "induces"
+    ci = w["ci95"] or [None, None]
+    ci_text = "" if None in ci else f" (95% CI {ci[0]:.0%} to {ci[1]:.0%})"
+    uppers = " and ".join(
+        f"{name.replace('_', '-')} up to {u:.0%}" for name, u in w["pure_upper"].items() if u is not None
+    )
+    return (
+        f"{what}: {len(winners)} of {n} coherent blend conditions beat both pure vectors beyond their 95% "
+        f"intervals. The largest: α = {w['alpha']:g} {action} at {_where(w['layers'])}, coefficient "
+        f"{w['coeff']:g}, {key} {w['effect']:.0%} of the gap{ci_text}, above {uppers}; against random "
+        f"directions: {w['verdict']}."
+    )
