@@ -161,3 +161,15 @@ def test_positions_must_match_the_calibration(setup):
         "--positions", "all", "hi",
     )  # fmt: skip
     assert_user_error(result, "--positions all", "steered at response positions")
+
+
+def test_calibrate_on_a_trait_uses_its_eval_pairs(setup, tmp_path):
+    out = tmp_path / "trait"
+    args = ("-l", "1", "--controls", "2", "--grid", "3", "--steps", "0", "--trait-questions", "2", "-n", "4")
+    result = invoke("calibrate", "-m", setup["model"], "-v", setup["vector"], "-t", "evil", *args, "-o", out)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "calibration.json").read_text())
+    answers = [json.loads(line) for line in (out / "eval_answers.jsonl").read_text().splitlines()]
+    assert sorted(a["kind"] for a in answers) == ["neg", "neg", "pos", "pos"]  # 2 questions x both persona prompts
+    assert doc["pairs"]["source"].startswith("trait evil") and 1 <= doc["pairs"]["n"] <= 2
+    assert len(doc["tracks"][0]["curve"]) == 3 and doc["plan"]["steps"] == 1

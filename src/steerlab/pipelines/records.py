@@ -297,3 +297,4 @@ class DemoSummary(TypedDict):
     timings: dict[str, float]
     engine: str
     reading: list[str]
+    calibration: NotRequired[dict[str, Any]]  # per vector: recommended layer and range, reading (demo_calibration)
