@@ -43,7 +43,7 @@ from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import MONITOR, SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
-from .demo_calibration import calibrate_demo_vectors
+from .demo_calibration import calibrate_demo_vectors, calibration_readings
 from .demo_reading import reading
 from .diff_study import DiffStudyConfig, DiffStudyResult, run_diff_study
 from .persona import PersonaConfig
@@ -222,6 +222,7 @@ def _run(
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
     summary["engine"] = runner.kind
     summary["calibration"] = calibration
+    summary["reading"] += calibration_readings(calibration)
     return summary, diff
 
 

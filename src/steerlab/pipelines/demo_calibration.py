@@ -66,4 +66,16 @@ def calibrate_demo_vectors(
     return summary
 
 
-__all__ = ["CALIBRATION_DIR", "DEMO_VECTORS", "SEARCH", "calibrate_demo_vectors"]
+def calibration_readings(calibration: dict[str, Any]) -> list[str]:
+    """The demo reading's sentences on the calibration: per vector, each calibrated layer's range or why
+    it has none (the evidence at its top included)."""
+    if "skipped" in calibration:
+        return [f"Calibration skipped ({calibration['skipped']})."]
+    return [
+        f"Calibration of the {name.replace('_', '-')} vector (added to the base model, raw coefficients): "
+        + "; ".join(entry["reading"][1:])
+        for name, entry in calibration.items()
+    ]
+
+
+__all__ = ["CALIBRATION_DIR", "DEMO_VECTORS", "SEARCH", "calibrate_demo_vectors", "calibration_readings"]
