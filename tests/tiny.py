@@ -17,6 +17,7 @@ from transformers import (
 )
 
 from steerlab.model.loading import LoadedModel, wrap_model
+from steerlab.vectors.vector import SteeringVector
 
 SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
 
@@ -134,3 +135,17 @@ def save_tiny_for_vllm(arch: str, path, seed: int = 0):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def answer_direction(lm: LoadedModel, pairs) -> SteeringVector:
+    """A direction (the same row at every layer) that raises the pairs' positive answer tokens through the
+    unembedding: on a tiny model, adding it raises the behaviour margin, subtracting it lowers the margin
+    and, as it grows, the answers' likelihood — both monotone in the coefficient (calibration tests)."""
+    head = lm.model.lm_head.weight.detach()
+
+    def ids(text: str) -> list[int]:
+        return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    pos = torch.tensor([i for p in pairs for i in ids(p.positive)])
+    neg = torch.tensor([i for p in pairs for i in ids(p.negative)])
+    return SteeringVector((head[pos].mean(0) - head[neg].mean(0)).expand(lm.n_layers, -1).clone())

@@ -110,6 +110,10 @@ _FACE: dict[str, str] = {
     "DemoSize": "pipelines.demo",
     "DemoResult": "pipelines.demo",
     "run_demo": "pipelines.demo",
+    "CalibrationConfig": "pipelines.calibration",
+    "CalibrationResult": "pipelines.calibration",
+    "run_calibration": "pipelines.calibration",
+    "load_calibration": "pipelines.calibration_auto",
     "ReadoutConfig": "pipelines.readouts",
     "write_readouts": "pipelines.readouts",
     # report

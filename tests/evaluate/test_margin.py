@@ -78,3 +78,22 @@ def test_conditions_as_rows_equal_separate_runs(tiny_llama, positions):
         coeffs,
     )
     torch.testing.assert_close(same[0].per_pair, same[1].per_pair)
+
+
+def test_conditions_with_their_own_coefficients_equal_separate_runs(tiny_llama):
+    """A calibration step's layout: each condition scored at its own coefficients, in one stream."""
+    from steerlab.errors import SteerlabError
+    from steerlab.evaluate.margin import condition_margins
+
+    torch.manual_seed(4)
+    vec = SteeringVector(torch.randn(tiny_llama.n_layers, tiny_llama.d_model))
+    conditions = [[], [SteeringSpec(vec, 1, positions="response")], [SteeringSpec(vec, 2, positions="response")]]
+    coeffs = [[0.0], [-1.0, 0.5, 2.0], [3.0]]
+    together = condition_margins(tiny_llama, PAIRS, conditions, coeffs, batch_size=4)
+    assert [r.coeffs for r in together] == coeffs
+    for condition, cs, result in zip(conditions, coeffs, together, strict=True):
+        alone = behaviour_margin(tiny_llama, PAIRS, condition, cs if condition else None, batch_size=4)
+        torch.testing.assert_close(result.per_pair, alone.per_pair, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(result.fluency), torch.tensor(alone.fluency), atol=1e-5, rtol=1e-5)
+    with pytest.raises(SteerlabError, match="2 coefficient lists for 3 conditions"):
+        condition_margins(tiny_llama, PAIRS, conditions, [[1.0], [2.0]])

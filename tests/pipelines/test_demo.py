@@ -22,6 +22,8 @@ def test_demo_ci_size_end_to_end(tmp_path):
         "diff/adapter/adapter_config.json",
         "diff/positions.json",
         "traits/traits.json",
+        "calibration/contrastive/calibration.json",  # the two vectors' coefficient ranges at the best layer
+        "calibration/model_diff/calibration.json",
     ):
         assert (tmp_path / name).is_file(), name
     on_disk = json.loads((tmp_path / "summary.json").read_text())
@@ -59,7 +61,14 @@ def test_demo_ci_size_end_to_end(tmp_path):
     }
     assert all(p["random"]["k"] == 4 for c in blends["cells"] for p in c["points"])
     assert blends["reading"] in on_disk["reading"]
-    assert "blends α·contrastive + (1 − α)·model-diff at layer" in (tmp_path / "report.html").read_text()
+    assert "<h2>Blends of the two directions</h2>" in (tmp_path / "report.html").read_text()
+    # the calibration of both vectors: at the best layer, with the study's controls; the report shows both
+    for name in ("contrastive", "model_diff"):
+        cal = json.loads((tmp_path / "calibration" / name / "calibration.json").read_text())
+        assert [t["layer"] for t in cal["tracks"]] == [on_disk["best_layer"]] and cal["criterion"]["controls"] == 4
+        assert all(p["evidence"]["random"]["k"] == 4 for t in cal["tracks"] for p in t["curve"])
+        assert on_disk["calibration"][name]["reading"] == cal["reading"]
+    assert (tmp_path / "report.html").read_text().count("Calibration: calibration/") == 2
     # a rerun reuses every finished stage
     again = run_demo(tmp_path, size="ci")
     assert "diff.finetune" not in again.timings and "diff.study" not in again.timings

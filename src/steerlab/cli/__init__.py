@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "extract": (("vectors",), "Extract steering vectors."),
     "generate": (("steer",), "Generate (optionally steered) completions, batched."),
     "sweep": (("steer",), "Generate every (layer, coefficient, question) cell, coefficients packed per batch."),
+    "calibrate": (("calibrate",), "Find the layer and the coefficient range where a vector steers a behaviour."),
     "condition": (
         ("condition",),
         "Calibrate a CAST condition: the layer, threshold and comparator that best separate prompts to steer.",

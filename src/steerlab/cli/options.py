@@ -100,6 +100,17 @@ def _check_floats(_ctx: typer.Context, param: typer.CallbackParam, value: str | 
     return value
 
 
+def _check_floats_or_auto(_ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    if value is not None and not is_auto(value):
+        parse_floats(value, _flag(param))
+    return value
+
+
+def is_auto(value: str | None) -> bool:
+    """Whether a ``--coeff`` value is ``auto`` (coefficients from a calibration)."""
+    return value is not None and value.strip().lower() == "auto"
+
+
 def _choice(kind: str) -> Callable[[typer.Context, typer.CallbackParam, str], str]:
     """A parse-time check against ``steerlab.steering.operators``' POSITIONS, OPERATORS or SCALES."""
 
@@ -134,11 +145,12 @@ def layer_option(default: Any = ..., plural: bool = False, help: str | None = No
     return typer.Option(default, *names, "-l", help=text, callback=_check_layers)
 
 
-def coeff_option(default: Any = ..., plural: bool = False, help: str | None = None) -> Any:
-    """``--coeff``/``--coeffs``/``-c``: one number or a comma-separated list (checked at parsing)."""
+def coeff_option(default: Any = ..., plural: bool = False, help: str | None = None, auto: bool = False) -> Any:
+    """``--coeff``/``--coeffs``/``-c``: one number or a comma-separated list (checked at parsing); with
+    ``auto``, also the word ``auto`` (coefficients from a calibration, ``--calibration``)."""
     names = ("--coeffs", "--coeff") if plural else ("--coeff", "--coeffs")
     text = help or "Coefficient, or a comma-separated list such as -4,0,4."
-    return typer.Option(default, *names, "-c", help=text, callback=_check_floats)
+    return typer.Option(default, *names, "-c", help=text, callback=_check_floats_or_auto if auto else _check_floats)
 
 
 def vector_option(
@@ -148,13 +160,15 @@ def vector_option(
     return typer.Option(default, "--vector", "-v", help=help)
 
 
-def positions_option() -> Any:
-    """``--positions``: where the intervention applies (checked at parsing)."""
+def positions_option(default: str | None = "all") -> Any:
+    """``--positions``: where the intervention applies (checked at parsing). ``default`` None lets a
+    command tell "not given" apart (``--coeff auto`` then takes the calibration's positions)."""
     return typer.Option(
-        "all",
+        default,
         "--positions",
         callback=_choice("POSITIONS"),
-        help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward).",
+        help="all (prefill + every new token) | prompt (prefill only) | response (last position of every forward)."
+        + ("" if default else " Default: all; with --coeff auto, the calibration's."),
     )
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from ..formats.traits import load_trait
 from ..io.tables import write_jsonl
 from ..judge import make_judge
 from ..model.layers import parse_layers
+from ..pipelines.calibration_auto import describe_auto, generate_coeffs, sweep_coeffs
 from ..pipelines.sweep import SweepConfig, run_sweep, sweep_plan
 from ..progress import console, results
 from ..report.html import build_report
@@ -24,6 +28,7 @@ from ..steering.conditions import condition_similarities, gate_samples
 from ..steering.generation import expand_grid
 from ..vectors.vector import SteeringVector
 from .app import app
+from .calibration_flags import AutoFlags, CalibrationOpt, PairsSplitOpt, auto_calibration, pairs_option, trait_option
 from .condition_flags import (
     ConditionComparatorOpt,
     ConditionFlags,
@@ -73,8 +78,18 @@ def generate(
     model: str = ModelOpt,
     vector: Path = vector_option(None),
     layer: str = layer_option(None),
-    coeff: str = coeff_option("1.0", help="Coefficient, or a list -4,0,4 to run every prompt at each."),
-    positions: str = positions_option(),
+    coeff: str = coeff_option(
+        "1.0",
+        help="Coefficient, or a list -4,0,4 to run every prompt at each, or auto: the calibrated range's ends and "
+        "their geometric mean at the recommended layer (or --layer), from --calibration or calibrated on "
+        "--pairs/--trait.",
+        auto=True,
+    ),
+    calibration: Path = CalibrationOpt,
+    pairs: Path = pairs_option("--coeff auto: held-out pairs JSONL to calibrate on (without --calibration)."),
+    pairs_split: str = PairsSplitOpt,
+    trait: str = trait_option("--coeff auto: calibrate on this trait's eval pairs (without --calibration)."),
+    positions: str = positions_option(None),
     operator: str = operator_option(),
     scale: str = scale_option(),
     cap_ceiling: float = cap_ceiling_option(),
@@ -118,13 +133,16 @@ def generate(
     of h·v̂ measured on --reference-prompts (default: these prompts): --cap-percentile 90.
     --condition (CAST) steers only the prompts whose similarity with a condition direction passes a
     threshold (see steerlab condition); rows record condition_met and condition_similarity.
+    --coeff auto (steerlab calibrate): c_min, sqrt(c_min·c_max) and c_max of the recommended layer's range
+    (or --layer's), from --calibration FILE, or calibrated first on --pairs/--trait (kept beside --out).
     """
     if out is not None:
         check_out(out, ".jsonl")
     items = list(prompts or []) + (load_prompts(prompts_file) if prompts_file else [])
     if not items:
         raise SteerlabError("no prompts: pass them as arguments or with --prompts-file")
-    coeffs = parse_floats(coeff, "--coeff")
+    flags = AutoFlags.of(coeff, calibration, pairs, pairs_split, trait).check(vector, operator)
+    coeffs = [1.0] if flags.auto else parse_floats(coeff, "--coeff")
     steering_only = [
         flag
         for flag, value in (
@@ -143,36 +161,46 @@ def generate(
     gate = ConditionFlags(
         condition, condition_layer, condition_threshold, condition_comparator, condition_positive, condition_negative
     ).check(vector is not None)
-    if vector is not None and layer is None:
+    if vector is not None and layer is None and not flags.auto:
         raise SteerlabError("--vector needs --layer (e.g. --layer 12, 10-15 or all)")
-    rows, row_coeffs = expand_grid(items, coeffs) if vector is not None else (items, [0.0] * len(items))
-    spec = reference = None
-    if vector is not None:
-        vec = SteeringVector.load(vector)
-        spec = steering_spec(
-            vec,
-            layer,
-            row_coeffs,
-            operator,
-            positions,
-            scale,
-            cap_ceiling,
-            cap_floor,
-            cap_percentile,
+    if flags.auto and layer is not None and not _one_layer(layer):
+        raise SteerlabError(f"--layer {layer}: --coeff auto steers one calibrated layer (or none: the recommended)")
+
+    def spec_for(layer_: str | None, coeffs_: list[float], positions_: str):
+        rows_, row_coeffs_ = expand_grid(items, coeffs_) if vector is not None else (items, [0.0] * len(items))
+        if vector is None:
+            return rows_, row_coeffs_, None
+        spec_ = steering_spec(
+            vec, layer_, row_coeffs_, operator, positions_, scale, cap_ceiling, cap_floor, cap_percentile,
             cap_floor_percentile,
-        )  # checks the cap flags before loading
-        reference = load_prompts(reference_prompts) if reference_prompts else items
+        )  # fmt: skip
+        return rows_, row_coeffs_, spec_
+
+    vec = SteeringVector.load(vector) if vector is not None else None
+    rows, row_coeffs, spec = spec_for(layer, coeffs, positions or "all")  # checks the cap flags before loading
+    reference = (load_prompts(reference_prompts) if reference_prompts else items) if vector is not None else None
     config = engine_config(engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len)
     with make_engine(config, model, device=device, dtype=dtype, adapter=adapter) as lm:
+        if flags.auto:
+            with _auto_dir(out) as where:
+                doc, path, positions = auto_calibration(flags, lm, vec, vector, lm.name, where, scale, positions, layer)
+                chosen, coeffs = generate_coeffs(
+                    doc, path, None if layer is None else lm.check_layer(int(layer)), scale
+                )
+            console.print(describe_auto(doc, chosen, coeffs, scale), highlight=False)
+            layer = str(chosen)
+            rows, row_coeffs, spec = spec_for(layer, coeffs, positions)
         gens, cap_settings, gated = _generate_rows(
             lm, rows, spec, reference, scale, operator, cap_percentile,
             cap_floor_percentile, system, max_new_tokens, temperature, top_p, seed, batch_size, gate,
         )  # fmt: skip
+    positions = positions or "all"
     settings = {
         "model": model,
         "engine": engine,
         "adapter": adapter,
         "vector": str(vector) if vector else None,
+        **({"calibration": str(flags.calibration or "calibrated now")} if flags.auto else {}),
         "positions": positions,
         "operator": operator,
         "scale": scale,
@@ -186,6 +214,26 @@ def generate(
         "seed": seed,
     }
     _print_generations(rows, row_coeffs, gens, vector, layer, settings, out, gated)
+
+
+def _one_layer(layer: str) -> bool:
+    """Whether a layer flag names one layer (``--coeff auto`` steers one calibrated layer)."""
+    try:
+        int(layer)
+    except ValueError:
+        return False
+    return True
+
+
+@contextmanager
+def _auto_dir(out: Path | None) -> Iterator[Path]:
+    """Where ``generate --coeff auto`` calibrates when no --calibration is given: beside ``--out``
+    (``OUT.calibration/``, kept and resumable), else a temporary directory."""
+    if out is not None:
+        yield out.with_name(out.stem + ".calibration")
+        return
+    with tempfile.TemporaryDirectory(prefix="steerlab-calibration-") as tmp:
+        yield Path(tmp)
 
 
 def _generate_rows(
@@ -273,8 +321,15 @@ def _per_layer(threshold):
 def sweep(
     model: str = ModelOpt,
     vector: Path = vector_option(),
-    layers: str = layer_option(..., plural=True),
-    coeffs: str = coeff_option(..., plural=True, help="Coefficients, e.g. -4,-2,0,2,4."),
+    layers: str = layer_option(None, plural=True, help="Layers to sweep (required unless --coeff auto)."),
+    coeffs: str = coeff_option(
+        ...,
+        plural=True,
+        help="Coefficients, e.g. -4,-2,0,2,4; or auto: per layer 0 and 4 coefficients spanning its calibrated "
+        "range (from --calibration, or calibrated first on --pairs/--trait into OUT/calibration).",
+        auto=True,
+    ),
+    calibration: Path = CalibrationOpt,
     questions: Path = typer.Option(
         None,
         "--questions",
@@ -283,7 +338,11 @@ def sweep(
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (generations.jsonl, margins.csv, sweep.json)."),
     pairs: Path = typer.Option(
-        None, "--pairs", "-p", help="Pairs JSONL: adds the behaviour margin per cell (margins.csv)."
+        None,
+        "--pairs",
+        "-p",
+        help="Pairs JSONL: adds the behaviour margin per cell (margins.csv); --coeffs auto without --calibration "
+        "calibrates on them.",
     ),
     pairs_split: str = typer.Option(None, "--pairs-split", help="Use only pairs with this 'split' (e.g. heldout)."),
     judge: str = JudgeOpt,
@@ -292,9 +351,10 @@ def sweep(
         None,
         "--trait",
         "-t",
-        help="With --judge: built-in trait name or trait file whose eval prompt scores each generation.",
+        help="With --judge: built-in trait name or trait file whose eval prompt scores each generation (and, "
+        "with --coeffs auto and neither --calibration nor --pairs, whose eval pairs it calibrates on).",
     ),
-    positions: str = positions_option(),
+    positions: str = positions_option(None),
     operator: str = operator_option(),
     scale: str = scale_option(),
     cap_ceiling: float = cap_ceiling_option(),
@@ -349,13 +409,17 @@ def sweep(
     how many generations, judge calls and margin rows it will make before it starts. Rerunning with the same --out resumes: finished layers are not generated again.
     --scale relative and --cap-percentile are measured on --reference-prompts (default: the questions).
     --condition (CAST) steers only the questions (and pairs) that pass a condition, random controls alike.
+    --coeffs auto (steerlab calibrate) sweeps each layer over its own calibrated range.
     """
-    coeff_values = parse_floats(coeffs, "--coeffs")
+    flags = AutoFlags.of(coeffs, calibration, pairs, pairs_split, trait).check(vector, operator, sources=False)
+    if layers is None and not flags.auto:
+        raise SteerlabError("--layers is required (e.g. -l 12 or 10-15), unless --coeffs auto")
+    coeff_values = [] if flags.auto else parse_floats(coeffs, "--coeffs")
     check_reference_prompts(reference_prompts, scale, cap_percentile, cap_floor_percentile)
     config = SweepConfig(
-        layers,
+        layers or "all",
         coeff_values,
-        positions,
+        positions or "all",
         operator,
         scale,
         max_new_tokens,
@@ -387,10 +451,13 @@ def sweep(
         engine, tensor_parallel_size, pipeline_parallel_size, gpu_memory_utilization, max_model_len
     )
     with make_engine(config_engine, model, device=device, dtype=dtype, adapter=adapter) as lm:
+        if flags.auto:
+            config = _auto_sweep(flags, lm, vec, vector, out, config, layers, positions, scale, scorer, judge)
         gated, record = gate.build(lm, system, batch_size or 16) if gate is not None else (None, {})
         result = _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, gated, {
             **record,
             "vector_path": str(vector),
+            **({"calibration": str(calibration or Path(out) / "calibration")} if flags.auto else {}),
             "questions": str(questions),
             "pairs": str(pairs) if pairs else None,
             "adapter": adapter,
@@ -399,6 +466,19 @@ def sweep(
             "reference_prompts": str(reference_prompts) if reference_prompts else None,
         })  # fmt: skip
     _print_sweep(result, out, trait)
+
+
+def _auto_sweep(flags, lm, vec, vector, out, config, layers, positions, scale, scorer, judge):
+    """The sweep's config with ``--coeffs auto``: per layer 0 and 4 coefficients spanning its calibrated
+    range, at the calibration's positions (calibrated first into OUT/calibration without --calibration)."""
+    doc, path, positions = auto_calibration(
+        flags, lm, vec, vector, lm.name, Path(out) / "calibration", scale, positions, layers, scorer, judge
+    )
+    chosen = None if layers is None else parse_layers(layers, lm.n_layers, "--layers")
+    grids = sweep_coeffs(doc, path, chosen, scale)
+    for layer, grid in grids.items():
+        console.print(describe_auto(doc, layer, grid, scale), highlight=False)
+    return replace(config, layers=sorted(grids), coeffs=grids, positions=positions)
 
 
 def _run_sweep(lm, vec, qs, out, config, pair_rows, scale, reference, scorer, trait_def, condition, extra):

@@ -18,6 +18,7 @@ import torch
 from ..activations.samples import pair_samples
 from ..engines.base import Engine
 from ..engines.hf import as_engine
+from ..errors import SteerlabError
 from ..formats.pairs import Pair
 from ..model.loading import LoadedModel
 from ..steering.steerer import SteeringSpec
@@ -98,28 +99,50 @@ def condition_margins(
     lm: Engine | LoadedModel,
     pairs: Sequence[Pair],
     conditions: Sequence[Sequence[SteeringSpec]],
-    coeffs: Sequence[float],
+    coeffs: Sequence[float] | Sequence[Sequence[float]],
     batch_size: int = 16,
     reference_norms: torch.Tensor | None = None,
 ) -> list[MarginResult]:
     """Behaviour margins of several steering conditions, all as rows of one batch stream.
 
     ``conditions[i]`` is a list of specs applied together (empty = unsteered); each is scored at every
-    coefficient in ``coeffs`` (the specs' own coefficients are replaced). Rows are (condition,
-    coefficient, positive/negative, pair); each condition's specs act only on its own rows, so K
-    random-direction controls cost K more rows, not K more passes. Returns one :class:`MarginResult`
-    per condition, equal (to float rounding) to :func:`behaviour_margin` run on it alone.
+    coefficient in ``coeffs`` (the specs' own coefficients are replaced), or, when ``coeffs`` holds one
+    list per condition (``len(conditions)`` lists, e.g. a calibration's candidates, which differ by
+    layer), condition i at ``coeffs[i]``. Rows are (condition, coefficient, positive/negative, pair);
+    each condition's specs act only on its own rows, so K random-direction controls cost K more rows,
+    not K more passes. Returns one :class:`MarginResult` per condition, equal (to float rounding) to
+    :func:`behaviour_margin` run on it alone.
+
+    Raises:
+        SteerlabError: per-condition coefficient lists whose count is not ``len(conditions)``.
     """
     pos, neg = pair_samples(pairs)
-    n, coeffs_used = len(pairs), [float(c) for c in coeffs]
-    block = 2 * n * len(coeffs_used)  # rows of one condition
-    samples = [s for _ in conditions for _ in coeffs_used for s in pos + neg]
-    row_coeffs = torch.tensor([c for _ in conditions for c in coeffs_used for _ in range(2 * n)])
-    specs = [
-        replace(spec.with_coeff(row_coeffs), rows=list(range(i * block, (i + 1) * block)))
-        for i, condition in enumerate(conditions)
-        for spec in condition
-    ]
+    n = len(pairs)
+    per_condition = _coefficients(coeffs, len(conditions))
+    samples = [s for cs in per_condition for _ in cs for s in pos + neg]
+    row_coeffs = torch.tensor([c for cs in per_condition for c in cs for _ in range(2 * n)])
+    specs, start, bounds = [], 0, []
+    for condition, cs in zip(conditions, per_condition, strict=True):
+        block = 2 * n * len(cs)  # rows of this condition
+        specs += [replace(spec.with_coeff(row_coeffs), rows=list(range(start, start + block))) for spec in condition]
+        bounds.append((start, start + block))
+        start += block
     grid = as_engine(lm).response_logprobs(samples, specs, None, batch_size, reference_norms).float()
-    grid = grid.view(len(conditions), len(coeffs_used), 2, n)
-    return [MarginResult(coeffs_used, g[:, 0] - g[:, 1], g[:, 0], g[:, 1]) for g in grid]
+    results = []
+    for (lo, hi), cs in zip(bounds, per_condition, strict=True):
+        g = grid[lo:hi].view(len(cs), 2, n)
+        results.append(MarginResult(cs, g[:, 0] - g[:, 1], g[:, 0], g[:, 1]))
+    return results
+
+
+def _coefficients(coeffs: Sequence[float] | Sequence[Sequence[float]], n_conditions: int) -> list[list[float]]:
+    """The coefficients of each condition: the shared list for every condition, or the per-condition lists."""
+    nested = [isinstance(c, Sequence) for c in coeffs]
+    if not any(nested):
+        shared = [float(c) for c in coeffs]  # type: ignore[arg-type]
+        return [shared] * n_conditions
+    if not all(nested) or len(coeffs) != n_conditions:
+        raise SteerlabError(
+            f"condition_margins: {len(coeffs)} coefficient lists for {n_conditions} conditions (one list each)"
+        )
+    return [[float(c) for c in cs] for cs in coeffs]  # type: ignore[union-attr]

@@ -30,5 +30,8 @@ MONITOR = "monitor.json"
 PERSONA_STEERING = "persona_steering.json"
 # vector readouts (steerlab inspect --out; pipelines.readouts): one readout document per vector
 READOUTS_DIR = "readouts"
+# calibration (steerlab calibrate)
+CALIBRATION = "calibration.json"  # steerlab calibrate; read by --coeff auto and the report
+CALIBRATION_PLOT = "calibration.html"  # its plot, beside it
 # report
 REPORT = "report.html"

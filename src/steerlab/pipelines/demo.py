@@ -11,7 +11,8 @@ Stages (each resumable; a rerun reuses finished artifacts):
                     default; :mod:`steerlab.pipelines.persona_traits`): per trait the effective pairs,
                     best layer and the margin per coefficient with intervals, random controls and
                     the prompting baseline; across traits the trait × trait cosine per layer;
-4. ``summary.json`` headline figures and a plain-language reading
+4. ``calibration/``  the two vectors' coefficient ranges at the best layer (:mod:`steerlab.pipelines.demo_calibration`);
+5. ``summary.json`` headline figures and a plain-language reading
                     (:class:`~steerlab.pipelines.records.DemoSummary`); ``report.html``.
 
 :func:`run_demo` returns a :class:`DemoResult`. Every steering effect in the reading comes with its
@@ -42,6 +43,7 @@ from ..vectors.vector import SteeringVector
 from ..version import __version__
 from .artifacts import MONITOR, SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
+from .demo_calibration import calibrate_demo_vectors, calibration_readings
 from .demo_reading import reading
 from .diff_study import DiffStudyConfig, DiffStudyResult, run_diff_study
 from .persona import PersonaConfig
@@ -223,8 +225,17 @@ def _run(
     start = time.perf_counter()
     persona = _traits_stage(lm, runner, out / "traits", list(traits), judge, judge_base_url, cfg)
     timings["traits"] = time.perf_counter() - start
+
+    start = time.perf_counter()  # the two vectors' calibration (pipelines.demo_calibration)
+    best = diff.study.best_layer
+    calibration = calibrate_demo_vectors(
+        runner, out, diff.vectors, heldout, best, size, cfg.study.controls, cfg.study.positions
+    )
+    timings["calibration"] = time.perf_counter() - start
     summary = _summary(lm, model, judge, size, diff, monitor, persona, timings)
     summary["engine"] = runner.kind
+    summary["calibration"] = calibration
+    summary["reading"] += calibration_readings(calibration)
     return summary, diff
 
 

@@ -303,3 +303,4 @@ class DemoSummary(TypedDict):
     reading: list[str]
     blends: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.BlendsDoc
     objectives: NotRequired[dict[str, Any] | None]  # steerlab.pipelines.study_records.ObjectivesDoc
+    calibration: NotRequired[dict[str, Any]]  # per vector: recommended layer and range, reading (demo_calibration)

@@ -81,7 +81,9 @@ class SweepConfig:
     """What a sweep runs; each default is written here once (the CLI reads them).
 
     ``layers``: a layer spec (``all``, ``12``, ``10,12``, ``8-16``; layer L = output of block L).
-    ``coeffs``: coefficients, all generated as rows of one batch stream per layer.
+    ``coeffs``: coefficients, all generated as rows of one batch stream per layer; or ``{layer:
+    coefficients}``, a grid of its own per layer (``--coeff auto``: each layer's calibrated range,
+    :mod:`steerlab.pipelines.calibration_auto`), which must name every layer swept.
     ``controls``: random directions of the vector's norm (0: off); ``controls_at``: where they run when
     they are costly — ``"reported"`` (default: at each layer's reported cell, the largest coefficient,
     positive ones first, that stays coherent: judged coherence >= ``min_coherence`` (0-100) for
@@ -97,7 +99,7 @@ class SweepConfig:
     """
 
     layers: str | list[int]
-    coeffs: list[float]
+    coeffs: list[float] | dict[int, list[float]]
     positions: str = "all"
     operator: str = "add"
     scale: str = "raw"
@@ -124,6 +126,19 @@ class SweepConfig:
         )
         if self.controls_at not in CONTROLS_AT:
             raise SteerlabError(f"--controls-at {self.controls_at!r}: expected one of {', '.join(CONTROLS_AT)}")
+
+    def coeffs_at(self, layer: int) -> list[float]:
+        """The coefficients swept at ``layer`` (the shared list, or the layer's own).
+
+        Raises:
+            SteerlabError: per-layer coefficients without an entry for ``layer``.
+        """
+        if isinstance(self.coeffs, dict):
+            grid = self.coeffs.get(layer, self.coeffs.get(str(layer)))  # type: ignore[call-overload]
+            if grid is None:
+                raise SteerlabError(f"--coeffs: no coefficients for layer {layer} (given for {sorted(self.coeffs)})")
+            return [float(c) for c in grid]
+        return [float(c) for c in self.coeffs]
 
 
 @dataclass
@@ -185,6 +200,7 @@ def run_sweep(
         condition.direction(lm)  # checked before any work
     layers = parse_layers(config.layers, lm.n_layers, "--layers")
     vector.check_compatible(lm.n_layers, lm.d_model, lm.name, layers)
+    per_layer = {layer: config.coeffs_at(layer) for layer in layers}  # checked before any work
     uncalibrated = SteeringSpec(
         vector,
         layers,
@@ -200,7 +216,6 @@ def run_sweep(
     base = uncalibrated.calibrated(
         lm, questions if reference_prompts is None else reference_prompts, config.batch_size or 16
     )
-    coeffs = [float(c) for c in config.coeffs]
     out = Path(out_dir)
     run = RunDir(out)
     judged = judge is not None and eval_prompt is not None
@@ -316,9 +331,9 @@ def run_sweep(
     def generate_layer(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         layer = items[0]["layer"]
         if config.controls_at == "all":
-            rows = generate(layer, [vector, *controls], coeffs)
+            rows = generate(layer, [vector, *controls], per_layer[layer])
         else:
-            rows = generate(layer, [vector], coeffs)
+            rows = generate(layer, [vector], per_layer[layer])
             reported = reported_coeff(rows, config.min_coherence) if judged and controls else None
             if reported is not None:
                 rows += generate(layer, controls, [reported])
@@ -378,6 +393,7 @@ def run_sweep(
                 steered = int(condition.passes(sims[0]).sum())
             rows: list[SweepMarginRow] = []
             for layer in layers:
+                coeffs = per_layer[layer]
                 directions = [vector, *controls] if everywhere else [vector]
                 real, *null = condition_margins(
                     lm, pairs, [[spec(layer, 1.0, d, gated=gated)] for d in directions], coeffs, batch, reference_norms

@@ -274,9 +274,11 @@ def sweep_plan(config: Any, n_layers: int, n_questions: int, judged: bool, n_pai
     """The :class:`SweepPlan` of a :class:`~steerlab.pipelines.sweep.SweepConfig` over ``n_layers``
     resolved layers, ``n_questions`` questions and ``n_pairs`` pairs (``judged``: a judge and a trait
     are given)."""
+    coeffs = config.coeffs
+    n_coeffs = max((len(c) for c in coeffs.values()), default=0) if isinstance(coeffs, dict) else len(coeffs)
     return SweepPlan(
         n_layers,
-        len(config.coeffs),
+        n_coeffs,  # per-layer grids (--coeff auto): the longest
         n_questions,
         config.controls,
         config.controls_at,

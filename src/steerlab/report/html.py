@@ -1,9 +1,10 @@
 """`steerlab report DIR`: one self-contained ``report.html`` for any run directory.
 
 It renders whatever the directory holds — a demo, ``diff study`` (with its blends, fine-tuning
-objectives and trait, :mod:`steerlab.report.studies`), ``persona extract`` or ``sweep`` run, and the
+objectives and trait, :mod:`steerlab.report.studies`), ``persona extract`` or ``sweep`` run, the
 vector readouts in ``readouts/*.json`` (``steerlab inspect --out``,
-:func:`steerlab.pipelines.readouts.write_readouts`) — and says which parts are missing; it never
+:func:`steerlab.pipelines.readouts.write_readouts`) and the calibrations in ``calibration.json``
+files (``steerlab calibrate``; :func:`calibration_files`) — and says which parts are missing; it never
 fails on a partial run. plotly.js is inlined once, so the page needs no network. A status element
 (``#steerlab-status``) records, after the page's scripts ran, how many plots rendered and any
 JavaScript errors (used by the browser test).
@@ -20,11 +21,12 @@ from ..errors import SteerlabError
 from ..io.atomic import write_text
 from ..io.files import file_problem, name_problem, read_json
 from ..io.tables import cell_value, read_csv
-from ..pipelines.artifacts import COMPARE, DIRECTIONS, POSITIONS, READOUTS_DIR, STUDY, SUMMARY
+from ..pipelines.artifacts import CALIBRATION, COMPARE, DIRECTIONS, POSITIONS, READOUTS_DIR, STUDY, SUMMARY
 from ..pipelines.records import DirectionsDoc, MonitorDoc, StudyDoc, StudySample
 from ..pipelines.runs import read_jsonl_rows
 from ..pipelines.study import StudyResult
 from ..pipelines.study_blends import blend_summary
+from .calibration import calibration_section
 from .evidence import effect_figure, evidence_sections
 from .html_parts import Section
 from .html_parts import fig_html as _fig
@@ -505,6 +507,15 @@ def _further(diff_dir: Path, study: StudyDoc) -> list[Section]:
     return out
 
 
+def calibration_files(run: Path) -> list[Path]:
+    """The ``calibration.json`` files of a run directory: its own and those up to two folders down
+    (e.g. a demo's ``calibration/<vector>/``, a sweep's ``calibration/``)."""
+    found: list[Path] = []
+    for pattern in (CALIBRATION, f"*/{CALIBRATION}", f"*/*/{CALIBRATION}"):
+        found += sorted(p for p in run.glob(pattern) if p.is_file())
+    return found
+
+
 def _guard(missing: list[str], what: str, make: Any, *args: Any) -> list[Section]:
     """Sections from ``make(*args)``; a file of the wrong shape lists ``what`` as unreadable instead."""
     try:
@@ -582,6 +593,17 @@ def _build(run: Path, problems: list[str]) -> tuple[Path, list[str]]:
                 missing,
                 f"vector readout ({READOUTS_DIR}/{path.name})",
                 lambda doc=doc: [(f"Vector readout: {doc['name']}", readout_section(doc))],
+            )
+
+    for path in calibration_files(run):
+        doc = _load_json(path)
+        if isinstance(doc, dict) and "tracks" in doc:
+            where = path.parent.relative_to(run).as_posix()
+            title = "Calibration" + ("" if where == "." else f": {where}")
+            sections += _guard(
+                missing,
+                f"calibration ({path.relative_to(run)})",
+                lambda doc=doc, t=title: [(t, calibration_section(doc))],
             )
 
     sweep_dir = run / "sweep" if (run / "sweep").is_dir() else run
