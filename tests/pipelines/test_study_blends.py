@@ -113,3 +113,33 @@ def test_winners_need_an_effect_above_both_intervals():
     doc = blend_summary({"rows": rows, "best_layer": 3, "config": {"max_fluency_drop": 1.0}})
     assert [(w["alpha"], w["pure_upper"]) for w in doc["winners"]] == [(0.25, {"model_diff": 0.6, "contrastive": 0.45})]
     assert "1 of 2 coherent blend conditions beat both" in doc["reading"] and "α = 0.25" in doc["reading"]
+
+
+def test_intervals_hold_the_shared_gap_fixed():
+    """A row's ci95 resamples the gap too and is unbounded when the gap's interval reaches 0 (as on
+    smollm2); the comparison uses the margin change's interval over the pairs at the measured gap."""
+
+    def row(vector, scale, delta, delta_ci, alpha=None):
+        r = {"stage": "sweep", "model": "finetuned", "layers": 3, "coeff": 1.0, "vector": vector, "scale": scale,
+             "undone": -delta / 0.1, "ci95": [None, None], "delta": delta, "delta_ci95": delta_ci,
+             "fluency_drop": 0.1, "verdict": "v"}  # fmt: skip
+        return {**r, "alpha": alpha} if alpha is not None else r
+
+    rows = [
+        row("model_diff", "raw", -0.02, [-0.04, -0.01]),
+        row("contrastive", "normalized", -0.03, [-0.05, -0.02]),
+        row("blend_0", "normalized", -0.02, [-0.04, -0.01], 0.0),
+        row("blend_0.5", "normalized", -0.08, [-0.09, -0.06], 0.5),
+        row("blend_1", "normalized", -0.03, [-0.05, -0.02], 1.0),
+    ]
+    doc = blend_summary({"rows": rows, "best_layer": 3, "config": {}, "reference": {"base": -0.05, "finetuned": 0.05}})
+    (cell,) = doc["cells"]
+    # undone = -change / gap: the interval flips and scales by 1 / 0.1
+    assert cell["pure"]["model_diff"]["ci95"] == pytest.approx([0.1, 0.4])
+    assert cell["pure"]["contrastive"]["ci95"] == pytest.approx([0.2, 0.5])
+    assert [p["ci95"] for p in cell["points"]][1] == pytest.approx([0.6, 0.9])
+    assert [(w["alpha"], w["pure_upper"]) for w in doc["winners"]] == [
+        (0.5, {"model_diff": pytest.approx(0.4), "contrastive": pytest.approx(0.5)})
+    ]
+    # without the reference (no gap) the rows' own, unbounded, intervals decide: no winner
+    assert blend_summary({"rows": rows, "best_layer": 3, "config": {}})["winners"] == []

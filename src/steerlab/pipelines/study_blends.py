@@ -7,6 +7,12 @@ study's limit), 0 < α < 1, and its effect lies above the upper end of the 95% i
 model-diff vector (α = 0) and the contrastive vector at the model-diff norms (α = 1) under the same
 condition (same model, layers, coefficient, hence the same norm). Pure, derived from the rows of
 ``study.json`` (nothing is recomputed).
+
+The intervals compared are those of each row's margin change (``delta_ci95``, resampled over the
+held-out pairs) expressed as a fraction of the measured gap: every condition compared shares that gap,
+so its own uncertainty cancels from the comparison (the row's ``ci95`` also resamples the gap, and is
+unbounded whenever the gap's interval reaches 0, as on small models). Rows without ``delta_ci95``
+fall back to ``ci95``.
 """
 
 from __future__ import annotations
@@ -20,16 +26,30 @@ from .study_records import BlendCell, BlendPoint, BlendsDoc, BlendWinner
 KEYS = {"finetuned": "undone", "base": "induced"}
 
 
-def _upper(row: StudyRow | None) -> float | None:
-    ci = (row or {}).get("ci95")
+def effect_interval(row: StudyRow | None, model: str, gap: float | None) -> list[float | None] | None:
+    """The 95% interval of a row's effect (undone / induced fraction) at the measured ``gap``: its
+    margin change's interval ``delta_ci95`` (nats/token) divided by the gap, signed the intended way
+    (undone = −change / gap, induced = change / gap); the row's ``ci95`` without a gap or
+    ``delta_ci95``."""
+    row = row or {}
+    ci = row.get("delta_ci95")
+    if gap and ci and None not in ci:
+        sign = -1.0 if model == "finetuned" else 1.0
+        lo, hi = sorted(sign * float(c) / gap for c in ci)
+        return [lo, hi]
+    return row.get("ci95")
+
+
+def _upper(ci: Sequence[float | None] | None) -> float | None:
     return None if not ci or ci[1] is None else float(ci[1])
 
 
 def blend_cells(
-    rows: Sequence[StudyRow], max_drop: float, reference: str = "model_diff"
+    rows: Sequence[StudyRow], max_drop: float, reference: str = "model_diff", gap: float | None = None
 ) -> tuple[list[float], list[BlendCell]]:
     """(the blend weights, one :class:`~steerlab.pipelines.study_records.BlendCell` per model x layer
-    set x coefficient) of a study's sweep rows; empty when it ran no blends."""
+    set x coefficient) of a study's sweep rows; empty when it ran no blends. ``gap``: the study's
+    fine-tuned minus base margin, for the intervals (:func:`effect_interval`)."""
     blends = [r for r in rows if r["stage"] == "sweep" and r.get("alpha") is not None]
     alphas = sorted({float(r["alpha"]) for r in blends})
     cells: list[BlendCell] = []
@@ -45,7 +65,8 @@ def blend_cells(
             reference: index.get((model, layers, coeff, reference, "raw")),
             "contrastive": index.get((model, layers, coeff, "contrastive", "normalized")),
         }
-        uppers = [_upper(p) for p in pure.values()]
+        intervals = {name: effect_interval(p, model, gap) for name, p in pure.items()}
+        uppers = [_upper(ci) for ci in intervals.values()]
         bar = None if None in uppers else max(u for u in uppers if u is not None)
         points: list[BlendPoint] = []
         for r in sorted(
@@ -59,7 +80,7 @@ def blend_cells(
                 {
                     "alpha": float(r["alpha"]),
                     "effect": effect,
-                    "ci95": r.get("ci95"),
+                    "ci95": effect_interval(r, model, gap),
                     "random": r.get("random"),
                     "verdict": r.get("verdict"),
                     "steerable_fraction": r.get("steerable_fraction"),
@@ -75,9 +96,7 @@ def blend_cells(
                 "key": key,
                 "layers": layers,
                 "coeff": coeff,
-                "pure": {
-                    name: {"effect": (p or {}).get(key), "ci95": (p or {}).get("ci95")} for name, p in pure.items()
-                },
+                "pure": {name: {"effect": (p or {}).get(key), "ci95": intervals[name]} for name, p in pure.items()},
                 "points": points,
             }
         )
@@ -90,7 +109,9 @@ def blend_summary(study: Any, reference: str = "model_diff") -> BlendsDoc | None
     one-paragraph ``reading``; None when the study ran no blends."""
     doc = study.to_dict() if hasattr(study, "to_dict") else study
     max_drop = float(doc.get("config", {}).get("max_fluency_drop", 1.0))
-    alphas, cells = blend_cells(doc["rows"], max_drop, reference)
+    ref = doc.get("reference") or {}
+    gap = ref["finetuned"] - ref["base"] if {"finetuned", "base"} <= set(ref) else None
+    alphas, cells = blend_cells(doc["rows"], max_drop, reference, gap)
     if not cells:
         return None
     winners: list[BlendWinner] = [
@@ -102,7 +123,7 @@ def blend_summary(study: Any, reference: str = "model_diff") -> BlendsDoc | None
             "effect": p["effect"],
             "ci95": p["ci95"],
             "verdict": p["verdict"],
-            "pure_upper": {name: _upper(v) for name, v in c["pure"].items()},  # type: ignore[arg-type]
+            "pure_upper": {name: _upper(v["ci95"]) for name, v in c["pure"].items()},
         }
         for c in cells
         for p in c["points"]

@@ -19,8 +19,10 @@ from .records import LayerSet, StudyPrompting, StudyRow
 
 
 class BlendPoint(TypedDict):
-    """One blend weight α under one condition: its effect with ``ci95``, the random band of the
-    model-diff vector's norms, the verdict, the per-pair spread, prompting's multiple, the fluency drop
+    """One blend weight α under one condition: its effect with ``ci95`` (the margin change's interval
+    over the pairs as a fraction of the measured gap,
+    :func:`steerlab.pipelines.study_blends.effect_interval`), the random band of the model-diff
+    vector's norms, the verdict, the per-pair spread, prompting's multiple, the fluency drop
     (nats/token), ``coherent`` (drop within the limit) and ``beats_both`` (0 < α < 1, coherent, and
     the effect above both pure vectors' intervals)."""
 

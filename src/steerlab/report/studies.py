@@ -96,7 +96,9 @@ def blends_sections(doc: BlendsDoc) -> list[Section]:
         "vector's norm (the norm the study gives every direction at its normalized scale), so α = 0 is the "
         "model-diff vector and α = 1 the contrastive vector at those norms; the random band is that of the "
         "model-diff vector's random directions. A blend beats both pure vectors when it is coherent and its "
-        "effect lies above both pure vectors' 95% intervals under the same condition.</p>"
+        "effect lies above both pure vectors' 95% intervals under the same condition (intervals of the margin "
+        "change over the held-out pairs, as fractions of the measured gap, which every condition compared "
+        "shares).</p>"
     )
     reading = f"<p class='reading'>{html.escape(doc['reading'])}</p>"
     parts = note + reading + blends_figure(doc)
