@@ -12,7 +12,9 @@ coefficients. Results go to a run directory:
   cell, as extra rows of the same batches (K + 1 times the generations and judge calls);
 - ``margins.csv``        behaviour margin per (layer, coefficient) when pairs are given, with its
   change from unsteered (``delta``, bootstrap 95% interval over pairs), the random controls' band
-  and one-sided p (at every cell: teacher-forced, cheap), the verdict, and the steerable /
+  and one-sided p (at every cell when they are cheap — steering at ``response`` positions, prompts
+  shared — or with ``controls_at="all"``; otherwise at each layer's reported cell,
+  :func:`~steerlab.pipelines.sweep_evidence.margins_everywhere`), the verdict, and the steerable /
   anti-steerable fractions of pairs (:class:`~steerlab.pipelines.records.SweepMarginRow`);
 - ``scores.csv``         judged trait and coherence (mean, std, n) per (layer, coefficient), when a
   judge and a trait are given, with the controls' band and p where they ran
