@@ -13,11 +13,11 @@ from ..formats.pairs import load_pairs
 from ..judge import make_judge
 from ..model.layers import parse_layers
 from ..model.loading import load_model
-from ..pipelines.diff_objectives import check_objectives
+from ..pipelines.diff_objectives import check_objectives, steering_rows
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.persona import PersonaConfig
 from ..pipelines.records import DirectionsDoc
-from ..pipelines.study import StudyConfig, StudyResult, best_coherent
+from ..pipelines.study import StudyConfig, StudyResult
 from ..pipelines.study_vectors import check_alphas
 from ..pipelines.trait_study import TraitStudyConfig, resolve_trait, run_trait_study
 from ..progress import results
@@ -271,21 +271,13 @@ def print_study(study: StudyResult, comparison: DirectionsDoc) -> None:
         table.add_column(col, justify="right")
     vectors = dict.fromkeys(r["vector"] for r in study.rows if r["stage"] == "sweep" and r["scale"] == "raw")
     for vector in sorted(vectors, key=lambda v: v != "model_diff"):  # the model-diff vector first
+        best_rows = {layer_set: steering_rows(study, vector, layer_set) for layer_set in (best, "all")}
         for model, key, label in (
             ("finetuned", "undone", "subtract from fine-tuned"),
             ("base", "induced", "add to base"),
         ):
             for layer_set in (best, "all"):
-                row = best_coherent(
-                    study.rows,
-                    key,
-                    study.max_fluency_drop,
-                    stage="sweep",
-                    vector=vector,
-                    model=model,
-                    scale="raw",
-                    layers=layer_set,
-                )
+                row = best_rows[layer_set][model]
                 if row:
                     table.add_row(
                         vector,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, NotRequired, TypedDict
 
-from ..evaluate.evidence import Alternative, Interval, RandomDoc
+from ..evaluate.evidence import Alternative, EvidenceDoc, Interval, RandomDoc
 
 
 class ScoreStats(TypedDict):
@@ -21,26 +21,14 @@ class ScoreStats(TypedDict):
     coherence_mean: float | None
 
 
-class TraitRow(TypedDict):
+class TraitRow(EvidenceDoc):
     """One coefficient of a trait: :meth:`~steerlab.evaluate.evidence.Evidence.to_dict` of the
-    change in margin from unsteered (``effect``, nats/token), plus ``coeff``, ``fluency`` and
+    change in margin from unsteered (``effect``, nats/token; the fields of
+    :class:`~steerlab.evaluate.evidence.EvidenceDoc`), plus ``coeff``, ``fluency`` and
     ``fluency_drop``, and when judged ``score_mean``/``score_ci95``/``score_n``/``coherence_mean``
     and ``score_random`` (controls' band of mean scores with p)."""
 
     coeff: float
-    effect: float | None
-    ci95: Interval
-    margin: float
-    margin_ci95: Interval
-    per_pair: list[float]
-    steerable_fraction: float | None
-    anti_steerable_fraction: float | None
-    random: RandomDoc | None
-    random_effects: list[float]
-    alternative: Alternative
-    verdict: str | None
-    vs_prompting: float | None
-    vs_prompting_ci95: Interval
     fluency: float
     fluency_drop: float
     score_mean: NotRequired[float | None]
