@@ -1,5 +1,7 @@
 import json
+from dataclasses import replace
 
+import pytest
 import torch
 
 from steerlab import SteeringVector, extract_contrastive
@@ -102,3 +104,39 @@ def test_a_retrained_adapter_recomputes_the_vectors(tiny_llama, tmp_path):
     assert {"finetune", "vectors", "compare", "study"} <= set(again.timings)
     assert json.loads((tmp_path / "adapter" / "steerlab_finetune.json").read_text())["config"]["epochs"] == 2
     assert not torch.equal(SteeringVector.load(again.vectors["model_diff"]).data, before)
+
+
+def test_the_all_layers_sweep_has_its_own_coefficients(tiny_llama, tmp_path):
+    """``all_layers_coeffs`` sets the all-layers sweep alone; its rows are the plain all-layers condition."""
+    from steerlab.engines.hf import HfEngine
+    from steerlab.errors import SteerlabError
+    from steerlab.evaluate.margin import condition_margins
+    from steerlab.steering.steerer import SteeringSpec
+
+    study = StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=1, all_layers_coeffs=[0.25])
+    config = DiffStudyConfig(epochs=1, lr=5e-3, positions=0, study=study)
+    for bad in ([], [0.0], [-0.5], [float("nan")]):
+        broken = DiffStudyConfig(epochs=1, study=StudyConfig(all_layers_coeffs=bad))
+        with pytest.raises(SteerlabError, match="--all-layers-coeffs"):
+            run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path / "bad", broken)
+        assert not (tmp_path / "bad" / "adapter").exists()  # refused before any fine-tuning
+    result = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path / "run", config)
+    best = result.study.best_layer
+    sweep = [r for r in result.study.rows if r["stage"] == "sweep"]
+    assert {r["coeff"] for r in sweep if r["layers"] == "all"} == {0.25}
+    assert {r["coeff"] for r in sweep if r["layers"] == best} == {1.0, 2.0}
+    # an all-layers row is the margin of the vector subtracted at every layer with that coefficient
+    row = next(r for r in sweep if (r["layers"], r["model"], r["vector"]) == ("all", "finetuned", "model_diff"))
+    vector = SteeringVector.load(result.vectors["model_diff"])
+    with HfEngine(tiny_llama).adapter(str(result.adapter)) as tuned:
+        spec = SteeringSpec(vector, "all", positions=study.positions)
+        (direct,) = condition_margins(tuned, HELDOUT, [[spec]], [-0.25], batch_size=8)
+    torch.testing.assert_close(
+        torch.tensor(row["per_pair"], dtype=torch.float64), direct.per_pair[0].double(), atol=1e-5, rtol=1e-5
+    )
+    # the setting is an input of the study stage alone; None sweeps all layers at --coeffs again
+    again = run_diff_study(
+        tiny_llama, TRAIN, HELDOUT, tmp_path / "run", replace(config, study=replace(study, all_layers_coeffs=None))
+    )
+    assert set(again.timings) == {"study"}
+    assert {r["coeff"] for r in again.study.rows if r["stage"] == "sweep" and r["layers"] == "all"} == {1.0, 2.0}

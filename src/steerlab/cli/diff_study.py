@@ -17,7 +17,7 @@ from ..pipelines.diff_objectives import check_objectives, steering_rows
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.persona import PersonaConfig
 from ..pipelines.records import DirectionsDoc
-from ..pipelines.study import StudyConfig, StudyResult
+from ..pipelines.study import StudyConfig, StudyResult, check_all_layers_coeffs
 from ..pipelines.study_vectors import check_alphas
 from ..pipelines.trait_study import TraitStudyConfig, resolve_trait, run_trait_study
 from ..progress import results
@@ -87,6 +87,13 @@ def study_cmd(
         ",".join(f"{c:g}" for c in _S.coeffs),
         plural=True,
         help="Coefficient magnitudes (subtracted from the fine-tuned, added to the base).",
+    ),
+    all_layers_coeffs: str = typer.Option(
+        None,
+        "--all-layers-coeffs",
+        help="Coefficient magnitudes of the all-layers sweep (default: --coeffs). The same coefficient at every "
+        "layer adds the vector once per layer, so all layers usually need far smaller ones, e.g. 0.0625,0.125 "
+        "where one layer takes 1,2,4.",
     ),
     blend_alphas: str = typer.Option(
         None,
@@ -182,6 +189,9 @@ def study_cmd(
     prompts = {"behaviour": behaviour_prompt, "opposite": opposite_prompt} if behaviour_prompt else None
     objective_list = check_objectives([o.strip() for o in objectives.split(",") if o.strip()])
     alphas = check_alphas(parse_floats(blend_alphas, "--blend-alphas")) if blend_alphas else []
+    all_layers = (
+        check_all_layers_coeffs(parse_floats(all_layers_coeffs, "--all-layers-coeffs")) if all_layers_coeffs else None
+    )
     if trait is None:
         train = load_pairs(pairs, split=train_split)[:max_train]
         heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
@@ -211,6 +221,7 @@ def study_cmd(
             prompts=prompts,
             positions=steering_positions,
             blend_alphas=alphas,
+            all_layers_coeffs=all_layers,
         ),
     )
     with make_engine(engines, base, lm, dtype=dtype, enable_lora=True) as scorer:

@@ -79,6 +79,12 @@ DEMO_TRAITS = ("evil", "sycophantic", "hallucinating")
 DECEPTION_PROMPTS = {"behaviour": DECEPTIVE_SYSTEM, "opposite": HONEST_SYSTEM}
 # Blends alpha x contrastive + (1 - alpha) x model-diff the study also steers with (the seed's open question).
 DEMO_BLENDS = [0.0, 0.25, 0.5, 0.75, 1.0]
+# The all-layers sweep's coefficient at small size. One coefficient at every one of smollm2's 30 layers
+# adds its vector 30 times: at 1, 2 and 4 (the single-layer sweep's) every all-layers row broke the model
+# (fluency drop 3-38 nats/token); at 0.125 the contrastive, normalized contrastive and model-diff vectors
+# all steer coherently (drop <= 0.53; measured on the demo's vectors). One coefficient keeps the demo in
+# its time budget; ``full`` sweeps 1/32 to 1/2.
+ALL_LAYERS_SMALL = [0.125]
 
 SIZES = {
     # for tests: every stage, minutes on 2 CPU cores
@@ -94,6 +100,7 @@ SIZES = {
             controls=4,
             prompts=DECEPTION_PROMPTS,
             blend_alphas=DEMO_BLENDS,
+            all_layers_coeffs=[0.125],
         ),
         1,
         1,
@@ -108,7 +115,12 @@ SIZES = {
         24,
         1,
         StudyConfig(
-            coeffs=[1.0, 2.0, 4.0], n_samples=3, batch_size=64, prompts=DECEPTION_PROMPTS, blend_alphas=DEMO_BLENDS
+            coeffs=[1.0, 2.0, 4.0],
+            n_samples=3,
+            batch_size=64,
+            prompts=DECEPTION_PROMPTS,
+            blend_alphas=DEMO_BLENDS,
+            all_layers_coeffs=ALL_LAYERS_SMALL,
         ),
         4,
         2,
@@ -127,6 +139,7 @@ SIZES = {
             prompts=DECEPTION_PROMPTS,
             controls=min_controls(),
             blend_alphas=DEMO_BLENDS,
+            all_layers_coeffs=[0.03125, 0.0625, 0.125, 0.25, 0.5],
         ),
         20,
         5,

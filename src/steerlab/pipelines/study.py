@@ -7,8 +7,9 @@ measured with the judge-free behaviour margin (positive − negative log-likelih
    is the fine-tuning shift to explain.
 2. **Layer scan**: subtract each vector (coefficient 1, raw) from the fine-tuned model at each
    candidate layer; the best layer undoes the largest fraction of the gap while staying fluent.
-3. **Coefficient sweeps** at the best layer and at all layers, for every vector: subtract from the
-   fine-tuned model and add to the base model; ``raw`` (the vector as extracted) and ``normalized``
+3. **Coefficient sweeps** at the best layer (``coeffs``) and at all layers (``all_layers_coeffs``,
+   default ``coeffs``), for every vector: subtract from the fine-tuned model and add to the base model;
+   ``raw`` (the vector as extracted) and ``normalized``
    (each layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
    interventions for every vector; for the model-diff vector itself this is the raw vector).
 4. **Projection ablation** of each direction from the fine-tuned model, at the best layer and at all.
@@ -42,6 +43,7 @@ as a fraction of prompting's (with an interval). The best layer follows the one 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -83,7 +85,13 @@ class StudyConfig:
     middle), ``coeffs`` for the sweeps, the forward ``batch_size``, ``max_fluency_drop`` (nats/token
     below the unsteered model still counted coherent), the sample generations' count and length, and
     ``blend_alphas``: blends of the contrastive and model-diff directions to sweep (each in [0, 1]; empty:
-    none)."""
+    none).
+
+    ``all_layers_coeffs``: the coefficient magnitudes of the all-layers sweep (None: ``coeffs``). A
+    coefficient applied at every layer adds its vector once per layer to the residual stream, so the
+    all-layers sweep usually needs much smaller coefficients than a single layer: on smollm2 (30
+    layers) every all-layers row at 1, 2 and 4 broke the model (fluency drop 3-38 nats/token) while
+    0.125 steered coherently (the demo's sizes use such a list)."""
 
     layers: list[int] | None = None  # candidate single layers; default: a spread over the middle
     coeffs: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
@@ -97,6 +105,13 @@ class StudyConfig:
     prompts: dict[str, str] | None = None  # {"behaviour": system prompt, "opposite": system prompt}
     positions: str = "response"  # where every condition steers (docs/design.md §4): the seed's evaluation default
     blend_alphas: list[float] = field(default_factory=list)  # weights of the contrastive direction (empty: off)
+    all_layers_coeffs: list[float] | None = None  # the all-layers sweep's magnitudes (None: coeffs)
+
+    def sweep_coeffs(self, layers: LayerSet) -> list[float]:
+        """The coefficient magnitudes swept at ``layers`` (a layer number, or ``"all"``)."""
+        if layers == "all" and self.all_layers_coeffs is not None:
+            return self.all_layers_coeffs
+        return self.coeffs
 
 
 @dataclass
@@ -156,6 +171,25 @@ class StudyResult:
         )
 
 
+def check_all_layers_coeffs(coeffs: Sequence[float] | None) -> list[float] | None:
+    """The all-layers sweep's magnitudes as floats (None stays None: the sweep uses ``coeffs``).
+
+    Raises:
+        SteerlabError: naming ``--all-layers-coeffs``, for an empty list or a magnitude that is not a
+            finite number > 0 (the sign comes from the condition: subtracted from the fine-tuned model,
+            added to the base).
+    """
+    if coeffs is None:
+        return None
+    out = [float(c) for c in coeffs]
+    if not out or any(not (math.isfinite(c) and c > 0) for c in out):
+        raise SteerlabError(
+            f"--all-layers-coeffs {','.join(f'{c:g}' for c in out) or '(none)'}: expected one or more "
+            "finite magnitudes > 0, e.g. 0.0625,0.125"
+        )
+    return out
+
+
 def default_layers(n_layers: int) -> list[int]:
     """Five layers spread over 20%..80% of the depth."""
     return sorted({round(n_layers * f) for f in (0.2, 0.35, 0.5, 0.65, 0.8)})
@@ -203,6 +237,7 @@ def run_study(
     if config.blend_alphas and "contrastive" not in vectors:
         raise SteerlabError("--blend-alphas: blends need a contrastive vector among the study's vectors")
     check_alphas(config.blend_alphas)
+    check_all_layers_coeffs(config.all_layers_coeffs)
     diff = vectors[reference]
     variants = {name: {"raw": v, "normalized": normalized_like(v, diff)} for name, v in vectors.items()}
     blends = (
@@ -292,14 +327,15 @@ def run_study(
                 sign = -1.0 if model == "finetuned" else 1.0
                 conditions = [[spec(v, layer_set_)] for v in distinct]
                 conditions += [[spec(c, layer_set_)] for prof in profiles for c in controls[prof]]
-                results = margins(model, conditions, [sign * c for c in config.coeffs])
+                coeffs = config.sweep_coeffs(layer_set_)
+                results = margins(model, conditions, [sign * c for c in coeffs])
                 ctrl = {
                     prof: results[len(distinct) + i * config.controls : len(distinct) + (i + 1) * config.controls]
                     for i, prof in enumerate(profiles)
                 }
                 for n, s in real:
                     r = results[slot[n, s]]
-                    for i, c in enumerate(config.coeffs):
+                    for i, c in enumerate(coeffs):
                         row: StudyRow = {**_row(condition(model, n, s, layer_set_), c, r, i, ref), "stage": "sweep"}
                         null = [x.per_pair[i].double() for x in ctrl[norm_profile[n, s]]]
                         row_evidence(row, r.per_pair[i].double(), null, per_pair, prompted, config)
@@ -324,6 +360,7 @@ __all__ = [
     "StudyConfig",
     "StudyResult",
     "best_coherent",
+    "check_all_layers_coeffs",
     "default_layers",
     "normalized_like",
     "paired_comparisons",
