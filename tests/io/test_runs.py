@@ -206,3 +206,13 @@ def test_read_jsonl_rows_stops_at_a_torn_line(tmp_path):
     path = tmp_path / "rows.jsonl"
     path.write_text('{"a": 1}\n\n{"a": 2}\n{"a": 3, "b\n')
     assert read_jsonl_rows(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_input_paths_inside_a_run_are_relative_to_it(tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert run.input_path(tmp_path / "run" / "adapter") == "adapter"
+    assert run.input_path(tmp_path / "run" / "sub" / ".." / "vectors" / "v.safetensors") == "vectors/v.safetensors"
+    outside = tmp_path / "elsewhere" / "adapter"
+    assert run.input_path(outside) == str(outside.resolve())  # outside the run: where it is, absolute
+    moved = RunDir(tmp_path / "moved")
+    assert moved.input_path(tmp_path / "moved" / "adapter") == run.input_path(tmp_path / "run" / "adapter")

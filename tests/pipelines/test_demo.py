@@ -1,6 +1,7 @@
 """Integration: the demo at its reduced (ci) size on the embedded smollm2, end to end."""
 
 import json
+import shutil
 
 import pytest
 
@@ -53,6 +54,10 @@ def test_demo_ci_size_end_to_end(tmp_path):
     for r in read:
         if r and r["verdict"].startswith(("outside", "beyond")):
             assert any(r["verdict"] in line and "p cannot go below 0.2" in line for line in on_disk["reading"])
+    # the all-layers sweep runs at its own, smaller coefficient, and the reading says what it did there
+    assert {r["coeff"] for r in result.study.rows if r["stage"] == "sweep" and r["layers"] == "all"} == {0.125}
+    for v in ("model-diff", "contrastive"):
+        assert any(line.startswith(f"Subtracting the {v} vector at all 30 layers") for line in on_disk["reading"])
     # the blends: every weight at both models, with its band, and the reading says whether one beats both
     blends = on_disk["blends"]
     assert blends["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and on_disk["objectives"] is None
@@ -69,9 +74,15 @@ def test_demo_ci_size_end_to_end(tmp_path):
         assert all(p["evidence"]["random"]["k"] == 4 for t in cal["tracks"] for p in t["curve"])
         assert on_disk["calibration"][name]["reading"] == cal["reading"]
     assert (tmp_path / "report.html").read_text().count("Calibration: calibration/") == 2
-    # a rerun reuses every finished stage
-    again = run_demo(tmp_path, size="ci")
-    assert "diff.finetune" not in again.timings and "diff.study" not in again.timings
+    # a rerun reuses every finished stage, also of a run directory moved elsewhere (inputs name its files
+    # relative to it)
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"
+    shutil.copytree(tmp_path, moved)
+    metas = sorted(moved.rglob("*.meta.json"))
+    before = {m: m.read_bytes() for m in metas}
+    again = run_demo(moved, size="ci")
+    assert not [k for k in again.timings if k.startswith("diff.")], again.timings
+    assert {m: m.read_bytes() for m in metas} == before  # no stage ran again
 
 
 @pytest.mark.parametrize(
@@ -98,3 +109,30 @@ def test_the_reading_derives_the_cosine_verdict_from_the_interval(ci, expected):
     }
     lines = reading(summary, 1.0)
     assert any(expected in line for line in lines), lines
+
+
+def test_the_reading_says_what_all_layers_steering_did():
+    from steerlab.pipelines.demo import reading
+
+    row = {"coeff": 0.125, "fluency_drop": 0.23, "undone": 1.6, "ci95": [0.9, 2.3], "delta": -0.15}
+    row |= {"delta_ci95": [-0.21, -0.08], "verdict": "outside all 8 random directions", "vs_prompting": None}
+    row |= {"random": {"mean": 0.1, "lo": -0.3, "hi": 0.4, "p": 0.11, "alternative": "greater"}}
+    row |= {"steerable_fraction": 0.9, "anti_steerable_fraction": 0.1}
+    summary = {
+        "margins": {"base": -0.07, "finetuned": 0.03, "gap": 0.1},
+        "best_layer": 24,
+        "n_layers": 30,
+        "random_baseline": {"band": 0.082},
+        "cosine_at_best_layer": 0.0,
+        "cosine_ci95_at_best_layer": [-0.05, 0.05],
+        "reliability_at_best_layer": {"contrastive": 0.6, "model_diff": 0.99},
+        "d_model": 576,
+        "best_steering": {"model_diff|finetuned|all": None, "contrastive|finetuned|all": row},
+        "traits": {},
+    }
+    lines = reading(summary, 1.0)
+    assert "Subtracting the model-diff vector at all 30 layers stayed fluent at none of its coefficients" in "\n".join(
+        lines
+    )
+    said = next(line for line in lines if line.startswith("Subtracting the contrastive vector at all 30 layers"))
+    assert "coefficient 0.125 at each" in said and "160% (95% CI 90% to 230%" in said and row["verdict"] in said

@@ -92,6 +92,12 @@ def test_diff_pipeline_stages_and_study(tiny_llama, tmp_path):
     # a rerun skips every stage
     again = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path, config)
     assert again.timings == {}
+    # so does a rerun of the run directory moved elsewhere (its adapter is an input by its place in the run)
+    import shutil
+
+    moved = tmp_path.parent / f"{tmp_path.name}_moved"
+    shutil.copytree(tmp_path, moved)
+    assert run_diff_study(tiny_llama, TRAIN, HELDOUT, moved, config).timings == {}
 
 
 def test_a_retrained_adapter_recomputes_the_vectors(tiny_llama, tmp_path):

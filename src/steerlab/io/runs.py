@@ -410,6 +410,15 @@ class RunDir:
                 ) from None
         self.timings: dict[str, float] = {}
 
+    def input_path(self, path: str | Path) -> str:
+        """``path`` as a stage input: relative to the run directory when it lies inside it (so a run
+        directory moved or copied elsewhere keeps its finished stages), else absolute."""
+        resolved = Path(path).resolve()
+        try:
+            return resolved.relative_to(self.path.resolve()).as_posix()
+        except ValueError:
+            return str(resolved)
+
     def stage(
         self,
         name: str,

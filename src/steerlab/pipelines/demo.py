@@ -278,8 +278,10 @@ def _monitor_stage(lm: LoadedModel, out: Path, diff: DiffStudyResult, heldout, b
             "summary": summary,
         }
 
-    config = {"vectors": diff.vectors, "best": best, "heldout": [p.question for p in heldout]}
-    return RunDir(out).cached("monitor", MONITOR, config, compute).value
+    run = RunDir(out)
+    vectors = {name: run.input_path(path) for name, path in diff.vectors.items()}
+    config = {"vectors": vectors, "best": best, "heldout": [p.question for p in heldout]}
+    return run.cached("monitor", MONITOR, config, compute).value
 
 
 def _traits_stage(

@@ -97,6 +97,18 @@ def reading(s: DemoSummary, max_drop: float) -> list[str]:
                 f"coefficient {row['coeff']:g}, fluency drop {row['fluency_drop']:.2f} nats/token, limit "
                 f"{max_drop}) undoes {_effect_sentence(row, 'undone', prompting)}."
             )
+    for vector in ("model_diff", "contrastive"):
+        if f"{vector}|finetuned|all" not in s["best_steering"]:
+            continue
+        row = s["best_steering"][f"{vector}|finetuned|all"]
+        name = vector.replace("_", "-")
+        lines.append(
+            f"Subtracting the {name} vector at all {s['n_layers']} layers (coefficient {row['coeff']:g} at each, "
+            f"fluency drop {row['fluency_drop']:.2f} nats/token) undoes {_effect_sentence(row, 'undone', prompting)}."
+            if row
+            else f"Subtracting the {name} vector at all {s['n_layers']} layers stayed fluent at none of its "
+            f"coefficients (fluency drop above {max_drop} nats/token at each)."
+        )
     paired = [c for c in s.get("model_diff_vs_contrastive") or [] if c["model"] == "finetuned"]
     if paired:
         sure = [c for c in paired if c["distinguishable"]]

@@ -159,7 +159,7 @@ def run_diff_study(
     vec_stage = run.cached(
         "vectors",
         "vectors/manifest.json",
-        {**data, "adapter": str(adapter), "finetune": finetune_hashes["sft"]},
+        {**data, "adapter": run.input_path(adapter), "finetune": finetune_hashes["sft"]},
         lambda _: contrastive_and_model_diff(
             base, train, adapter, paths, samples_path, config.batch_size, config.n_splits, config.seed
         ),
@@ -177,7 +177,7 @@ def run_diff_study(
         stage = run.cached(
             f"vectors{suffix}",
             f"vectors/manifest{suffix}.json",
-            {**data, "adapter": str(adapters[objective]), "finetune": finetune_hashes[objective]},
+            {**data, "adapter": run.input_path(adapters[objective]), "finetune": finetune_hashes[objective]},
             lambda _, o=objective, n=name: model_diff_only(
                 base, train, adapters[o], n, paths[n], samples_paths[n], config.batch_size, config.n_splits, config.seed
             ),
