@@ -160,8 +160,8 @@ def study_sections(study: StudyDoc) -> list[Section]:
                     continue
                 fig.add_trace(
                     go.Scatter(
-                        x=[0.0] + [r["coeff"] for r in sel],
-                        y=[ref[model]] + [r["margin"] for r in sel],
+                        x=[r["coeff"] for r in sel],
+                        y=[r["margin"] for r in sel],
                         mode="lines+markers",
                         line={"color": colors[vector], "dash": dash},
                         name=f"{vector} @ {f'layer {layer_set}' if layer_set != 'all' else 'all layers'}",
@@ -173,7 +173,9 @@ def study_sections(study: StudyDoc) -> list[Section]:
                 )
         for name, value in (("base", ref["base"]), ("fine-tuned", ref["finetuned"])):
             fig.add_hline(y=value, line_dash="dash", line_color="gray", annotation_text=name, row=1, col=col)
-    fig.update_xaxes(title_text="coefficient magnitude (raw vector)")
+    # log axis: the all-layers sweep's coefficients are per layer, often far below one layer's; the
+    # unsteered margins are the dashed lines
+    fig.update_xaxes(title_text="coefficient magnitude per steered layer (raw vector)", type="log")
     fig.update_yaxes(title_text="margin")
     fig.update_layout(title="margin vs coefficient per layer and method", template="plotly_white", height=460)
     out.append(("Steering with the two directions", intro + _fig(fig)))
