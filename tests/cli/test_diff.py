@@ -274,7 +274,7 @@ def test_study_of_a_trait_end_to_end(model_dir, tmp_path):
     args = ["diff", "study", "-m", str(model_dir), "-t", "sycophantic", "-j", f"local:{model_dir}", "--no-filter"]
     args += ["--max-questions", "4", "--max-instructions", "1", "-n", "4", "-o", str(run), "-l", "1,2", "-c", "1"]
     args += ["--epochs", "1", "--rank", "2", "--controls", "2", "--positions", "0", "--blend-alphas", "0,0.5,1"]
-    args += ["--all-layers-coeffs", "0.25"]
+    args += ["--all-layers-models", "finetuned", "--all-layers-coeffs", "0.25"]
     code, out = _invoke(*args)
     assert code == 0, out
     assert "Trait sycophantic (built-in): every one of 4 persona pairs, unfiltered" in out and "persona" in out
@@ -286,9 +286,10 @@ def test_study_of_a_trait_end_to_end(model_dir, tmp_path):
     assert set(directions["cosine_ci95"]) == {"contrastive|model_diff", "contrastive|persona", "model_diff|persona"}
     study = json.loads((run / "study.json").read_text())
     steered = {(r["vector"], r["scale"]) for r in study["rows"] if r["stage"] == "sweep"}
-    assert {(r["layers"], r["coeff"]) for r in study["rows"] if r["stage"] == "sweep"} == {
-        (study["best_layer"], 1.0),
-        ("all", 0.25),
+    assert {(r["layers"], r["coeff"], r["model"]) for r in study["rows"] if r["stage"] == "sweep"} == {
+        (study["best_layer"], 1.0, "finetuned"),
+        (study["best_layer"], 1.0, "base"),
+        ("all", 0.25, "finetuned"),
     }
     assert {("persona", "raw"), ("persona", "normalized"), ("blend_0.5", "normalized")} <= steered
     trait = load_trait("sycophantic")
@@ -308,5 +309,7 @@ def test_study_of_a_trait_end_to_end(model_dir, tmp_path):
     assert code == 2 and "nope" in out and not (tmp_path / "x").exists()
     code, out = _invoke(*args[:-2], "--all-layers-coeffs", "0,1", "-o", str(tmp_path / "x"))
     assert code == 2 and "--all-layers-coeffs 0,1" in out and not (tmp_path / "x").exists()
+    code, out = _invoke(*args, "--all-layers-models", "tuned", "-o", str(tmp_path / "x"))
+    assert code == 2 and "--all-layers-models tuned" in out and not (tmp_path / "x").exists()
     code, out = _invoke("diff", "study", "-m", str(model_dir), "-t", "evil", "-p", "x.jsonl", "-o", str(tmp_path / "x"))
     assert code == 2 and "give exactly one" in out

@@ -55,7 +55,9 @@ def test_demo_ci_size_end_to_end(tmp_path):
         if r and r["verdict"].startswith(("outside", "beyond")):
             assert any(r["verdict"] in line and "p cannot go below 0.2" in line for line in on_disk["reading"])
     # the all-layers sweep runs at its own, smaller coefficient, and the reading says what it did there
-    assert {r["coeff"] for r in result.study.rows if r["stage"] == "sweep" and r["layers"] == "all"} == {0.125}
+    everywhere = [r for r in result.study.rows if r["stage"] == "sweep" and r["layers"] == "all"]
+    assert {(r["coeff"], r["model"]) for r in everywhere} == {(0.125, "finetuned")}
+    assert not [k for k in on_disk["best_steering"] if k.endswith("|base|all")]  # not run, so not "none coherent"
     for v in ("model-diff", "contrastive"):
         assert any(line.startswith(f"Subtracting the {v} vector at all 30 layers") for line in on_disk["reading"])
     # the blends: every weight at both models, with its band, and the reading says whether one beats both
@@ -63,7 +65,7 @@ def test_demo_ci_size_end_to_end(tmp_path):
     assert blends["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0] and on_disk["objectives"] is None
     assert {(c["model"], c["layers"]) for c in blends["cells"]} == {
         (m, layer) for m in ("finetuned", "base") for layer in (on_disk["best_layer"], "all")
-    }
+    } - {("base", "all")}  # the demo sweeps all layers on the fine-tuned model only
     assert all(p["random"]["k"] == 4 for c in blends["cells"] for p in c["points"])
     assert blends["reading"] in on_disk["reading"]
     assert "<h2>Blends of the two directions</h2>" in (tmp_path / "report.html").read_text()

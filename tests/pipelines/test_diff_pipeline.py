@@ -119,18 +119,32 @@ def test_the_all_layers_sweep_has_its_own_coefficients(tiny_llama, tmp_path):
     from steerlab.evaluate.margin import condition_margins
     from steerlab.steering.steerer import SteeringSpec
 
-    study = StudyConfig(layers=[1, 2], coeffs=[1.0, 2.0], n_samples=1, max_new_tokens=1, all_layers_coeffs=[0.25])
+    study = StudyConfig(
+        layers=[1, 2],
+        coeffs=[1.0, 2.0],
+        n_samples=1,
+        max_new_tokens=1,
+        all_layers_coeffs=[0.25],
+        all_layers_models=["finetuned"],
+    )
     config = DiffStudyConfig(epochs=1, lr=5e-3, positions=0, study=study)
     for bad in ([], [0.0], [-0.5], [float("nan")]):
         broken = DiffStudyConfig(epochs=1, study=StudyConfig(all_layers_coeffs=bad))
         with pytest.raises(SteerlabError, match="--all-layers-coeffs"):
             run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path / "bad", broken)
         assert not (tmp_path / "bad" / "adapter").exists()  # refused before any fine-tuning
+    for bad in ([], ["tuned"], ["base", "base"]):
+        broken = DiffStudyConfig(epochs=1, study=StudyConfig(all_layers_models=bad))
+        with pytest.raises(SteerlabError, match="--all-layers-models"):
+            run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path / "bad", broken)
+        assert not (tmp_path / "bad" / "adapter").exists()
     result = run_diff_study(tiny_llama, TRAIN, HELDOUT, tmp_path / "run", config)
     best = result.study.best_layer
     sweep = [r for r in result.study.rows if r["stage"] == "sweep"]
-    assert {r["coeff"] for r in sweep if r["layers"] == "all"} == {0.25}
-    assert {r["coeff"] for r in sweep if r["layers"] == best} == {1.0, 2.0}
+    assert {(r["coeff"], r["model"]) for r in sweep if r["layers"] == "all"} == {(0.25, "finetuned")}
+    assert {(r["coeff"], r["model"]) for r in sweep if r["layers"] == best} == {
+        (c, m) for c in (1.0, 2.0) for m in ("finetuned", "base")
+    }
     # an all-layers row is the margin of the vector subtracted at every layer with that coefficient
     row = next(r for r in sweep if (r["layers"], r["model"], r["vector"]) == ("all", "finetuned", "model_diff"))
     vector = SteeringVector.load(result.vectors["model_diff"])
@@ -142,7 +156,12 @@ def test_the_all_layers_sweep_has_its_own_coefficients(tiny_llama, tmp_path):
     )
     # the setting is an input of the study stage alone; None sweeps all layers at --coeffs again
     again = run_diff_study(
-        tiny_llama, TRAIN, HELDOUT, tmp_path / "run", replace(config, study=replace(study, all_layers_coeffs=None))
+        tiny_llama,
+        TRAIN,
+        HELDOUT,
+        tmp_path / "run",
+        replace(config, study=replace(study, all_layers_coeffs=None, all_layers_models=["finetuned", "base"])),
     )
     assert set(again.timings) == {"study"}
-    assert {r["coeff"] for r in again.study.rows if r["stage"] == "sweep" and r["layers"] == "all"} == {1.0, 2.0}
+    everywhere = {(r["coeff"], r["model"]) for r in again.study.rows if r["stage"] == "sweep" and r["layers"] == "all"}
+    assert everywhere == {(c, m) for c in (1.0, 2.0) for m in ("finetuned", "base")}

@@ -17,7 +17,7 @@ from ..pipelines.diff_objectives import check_objectives, steering_rows
 from ..pipelines.diff_study import DiffStudyConfig, run_diff_study
 from ..pipelines.persona import PersonaConfig
 from ..pipelines.records import DirectionsDoc
-from ..pipelines.study import StudyConfig, StudyResult, check_all_layers_coeffs
+from ..pipelines.study import StudyConfig, StudyResult, check_all_layers_coeffs, check_all_layers_models
 from ..pipelines.study_vectors import check_alphas
 from ..pipelines.trait_study import TraitStudyConfig, resolve_trait, run_trait_study
 from ..progress import results
@@ -94,6 +94,12 @@ def study_cmd(
         help="Coefficient magnitudes of the all-layers sweep (default: --coeffs). The same coefficient at every "
         "layer adds the vector once per layer, so all layers usually need far smaller ones, e.g. 0.0625,0.125 "
         "where one layer takes 1,2,4.",
+    ),
+    all_layers_models: str = typer.Option(
+        ",".join(_S.all_layers_models),
+        "--all-layers-models",
+        help="Which all-layers sweeps run: finetuned (subtract: undo the fine-tune), base (add: induce the "
+        "behaviour) or both; the best-layer sweep always runs both.",
     ),
     blend_alphas: str = typer.Option(
         None,
@@ -192,6 +198,7 @@ def study_cmd(
     all_layers = (
         check_all_layers_coeffs(parse_floats(all_layers_coeffs, "--all-layers-coeffs")) if all_layers_coeffs else None
     )
+    all_layers_on = check_all_layers_models([m.strip() for m in all_layers_models.split(",") if m.strip()])
     if trait is None:
         train = load_pairs(pairs, split=train_split)[:max_train]
         heldout = load_pairs(pairs, split=heldout_split)[:max_heldout]
@@ -222,6 +229,7 @@ def study_cmd(
             positions=steering_positions,
             blend_alphas=alphas,
             all_layers_coeffs=all_layers,
+            all_layers_models=all_layers_on,
         ),
     )
     with make_engine(engines, base, lm, dtype=dtype, enable_lora=True) as scorer:

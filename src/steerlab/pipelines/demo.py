@@ -83,7 +83,9 @@ DEMO_BLENDS = [0.0, 0.25, 0.5, 0.75, 1.0]
 # adds its vector 30 times: at 1, 2 and 4 (the single-layer sweep's) every all-layers row broke the model
 # (fluency drop 3-38 nats/token); at 0.125 the contrastive, normalized contrastive and model-diff vectors
 # all steer coherently (drop <= 0.53; measured on the demo's vectors). One coefficient keeps the demo in
-# its time budget; ``full`` sweeps 1/32 to 1/2.
+# its time budget, as does running the all-layers sweep on the fine-tuned model only (subtracting: the
+# seed's question at all layers; adding to the base is swept at the best layer): ``full`` sweeps 1/32 to
+# 1/2 on both models.
 ALL_LAYERS_SMALL = [0.125]
 
 SIZES = {
@@ -101,6 +103,7 @@ SIZES = {
             prompts=DECEPTION_PROMPTS,
             blend_alphas=DEMO_BLENDS,
             all_layers_coeffs=[0.125],
+            all_layers_models=["finetuned"],
         ),
         1,
         1,
@@ -121,6 +124,7 @@ SIZES = {
             prompts=DECEPTION_PROMPTS,
             blend_alphas=DEMO_BLENDS,
             all_layers_coeffs=ALL_LAYERS_SMALL,
+            all_layers_models=["finetuned"],
         ),
         4,
         2,
@@ -330,9 +334,12 @@ def _summary(lm, model, judge, size, diff: DiffStudyResult, monitor, persona, ti
     rel = comparison["reliability"]
     max_drop = study.max_fluency_drop
     best_rows = {}
+    all_layers_models = study.config.get("all_layers_models", ["finetuned", "base"])  # which sweeps ran
     for vector in ("model_diff", "contrastive"):
         for model_name, key in (("finetuned", "undone"), ("base", "induced")):
             for layers in (best, "all"):
+                if layers == "all" and model_name not in all_layers_models:
+                    continue  # not run (None would read "none coherent")
                 row = best_coherent(
                     study.rows,
                     key,

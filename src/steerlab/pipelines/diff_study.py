@@ -53,7 +53,7 @@ from .diff_summary import diff_summary
 from .diff_vectors import Direction, contrastive_and_model_diff, directions_doc, model_diff_only, positions_doc
 from .records import DirectionsDoc, PositionsDoc
 from .runs import RunDir
-from .study import StudyConfig, StudyResult, check_all_layers_coeffs, run_study
+from .study import StudyConfig, StudyResult, check_all_layers_coeffs, check_all_layers_models, run_study
 from .study_records import DiffSummary
 from .study_vectors import check_alphas
 
@@ -100,6 +100,7 @@ _STEERING = (  # the study's fields other than n_bootstrap (read by the comparis
     "study.positions",
     "study.blend_alphas",
     "study.all_layers_coeffs",
+    "study.all_layers_models",
 )
 
 
@@ -143,12 +144,13 @@ def run_diff_study(
     engine of ``base``) scores and generates in the steering study (:mod:`steerlab.engines`).
     ``extra``: directions compared with the others (``directions.json``) and steered with in the
     study (raw and at the model-diff norms), e.g. a trait's persona vector. Raises SteerlabError for
-    bad objectives, blend weights or all-layers coefficients (before any model work) and what the stages raise.
+    bad objectives, blend weights or all-layers settings (before any model work) and what the stages raise.
     """
     config = config or DiffStudyConfig()
     objectives = check_objectives(config.objectives)
     check_alphas(config.study.blend_alphas)
     check_all_layers_coeffs(config.study.all_layers_coeffs)
+    check_all_layers_models(config.study.all_layers_models)
     run = RunDir(out_dir)
     data = {"model": base.name, "train": _pairs_key(train), "heldout": _pairs_key(heldout)}
     adapters, finetune_hashes = objective_finetunes(base, train, run, objectives, config, adapter_dir)

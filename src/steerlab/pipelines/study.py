@@ -8,7 +8,8 @@ measured with the judge-free behaviour margin (positive − negative log-likelih
 2. **Layer scan**: subtract each vector (coefficient 1, raw) from the fine-tuned model at each
    candidate layer; the best layer undoes the largest fraction of the gap while staying fluent.
 3. **Coefficient sweeps** at the best layer (``coeffs``) and at all layers (``all_layers_coeffs``,
-   default ``coeffs``), for every vector: subtract from the fine-tuned model and add to the base model;
+   default ``coeffs``; ``all_layers_models``, default both), for every vector: subtract from the
+   fine-tuned model and add to the base model;
    ``raw`` (the vector as extracted) and ``normalized``
    (each layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
    interventions for every vector; for the model-diff vector itself this is the raw vector).
@@ -77,6 +78,7 @@ from .study_samples import best_coherent, sample_generations
 from .study_vectors import blend_vectors, check_alphas, normalized_like
 
 log = logging.getLogger("steerlab")
+STUDY_MODELS = ("finetuned", "base")  # subtract from the fine-tuned model, add to the base
 
 
 @dataclass
@@ -91,7 +93,9 @@ class StudyConfig:
     coefficient applied at every layer adds its vector once per layer to the residual stream, so the
     all-layers sweep usually needs much smaller coefficients than a single layer: on smollm2 (30
     layers) every all-layers row at 1, 2 and 4 broke the model (fluency drop 3-38 nats/token) while
-    0.125 steered coherently (the demo's sizes use such a list)."""
+    0.125 steered coherently (the demo's sizes use such a list). ``all_layers_models``: which all-layers
+    sweeps run, ``finetuned`` (subtract: does it undo the fine-tune?) and/or ``base`` (add: does it
+    induce the behaviour?); the best-layer sweep always runs both."""
 
     layers: list[int] | None = None  # candidate single layers; default: a spread over the middle
     coeffs: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0])
@@ -106,12 +110,17 @@ class StudyConfig:
     positions: str = "response"  # where every condition steers (docs/design.md §4): the seed's evaluation default
     blend_alphas: list[float] = field(default_factory=list)  # weights of the contrastive direction (empty: off)
     all_layers_coeffs: list[float] | None = None  # the all-layers sweep's magnitudes (None: coeffs)
+    all_layers_models: list[str] = field(default_factory=lambda: list(STUDY_MODELS))  # all-layers sweeps run
 
     def sweep_coeffs(self, layers: LayerSet) -> list[float]:
         """The coefficient magnitudes swept at ``layers`` (a layer number, or ``"all"``)."""
         if layers == "all" and self.all_layers_coeffs is not None:
             return self.all_layers_coeffs
         return self.coeffs
+
+    def sweeps(self, layers: LayerSet, model: str) -> bool:
+        """Whether the sweep of ``model`` (``finetuned`` or ``base``) runs at ``layers``."""
+        return layers != "all" or model in self.all_layers_models
 
 
 @dataclass
@@ -169,6 +178,20 @@ class StudyResult:
             comparisons,  # type: ignore[arg-type]
             doc.get("config", {}),
         )
+
+
+def check_all_layers_models(models: Sequence[str]) -> list[str]:
+    """The models of the all-layers sweeps, each ``finetuned`` or ``base``, given once.
+
+    Raises:
+        SteerlabError: naming ``--all-layers-models``, for another name, a repeat or none.
+    """
+    out = list(models)
+    if not out or any(m not in STUDY_MODELS for m in out) or len(set(out)) < len(out):
+        raise SteerlabError(
+            f"--all-layers-models {','.join(out) or '(none)'}: expected finetuned, base or finetuned,base"
+        )
+    return out
 
 
 def check_all_layers_coeffs(coeffs: Sequence[float] | None) -> list[float] | None:
@@ -238,6 +261,7 @@ def run_study(
         raise SteerlabError("--blend-alphas: blends need a contrastive vector among the study's vectors")
     check_alphas(config.blend_alphas)
     check_all_layers_coeffs(config.all_layers_coeffs)
+    check_all_layers_models(config.all_layers_models)
     diff = vectors[reference]
     variants = {name: {"raw": v, "normalized": normalized_like(v, diff)} for name, v in vectors.items()}
     blends = (
@@ -323,7 +347,7 @@ def run_study(
         slot = {(n, s): [id(v) for v in distinct].index(id(steered(n, s))) for n, s in real}
         profiles = list(dict.fromkeys(norm_profile[c] for c in real))
         for layer_set_ in (best, "all"):
-            for model in ("finetuned", "base"):
+            for model in (m for m in STUDY_MODELS if config.sweeps(layer_set_, m)):
                 sign = -1.0 if model == "finetuned" else 1.0
                 conditions = [[spec(v, layer_set_)] for v in distinct]
                 conditions += [[spec(c, layer_set_)] for prof in profiles for c in controls[prof]]
@@ -361,6 +385,7 @@ __all__ = [
     "StudyResult",
     "best_coherent",
     "check_all_layers_coeffs",
+    "check_all_layers_models",
     "default_layers",
     "normalized_like",
     "paired_comparisons",
