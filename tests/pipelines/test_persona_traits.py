@@ -274,6 +274,11 @@ def test_one_trait_failing_keeps_the_others(tiny_llama, judge, tmp_path):
     assert fallback.failed == {} and fallback.traits["humorous"]["filter"] == "none"
     assert fallback.traits["humorous"]["effective_pairs"] == 0 and fallback.traits["humorous"]["pairs_averaged"] == 4
     assert fallback.cosine is not None
+    # and a rerun resumes the fallback as it is: no stage of the trait runs again
+    stamps = {m: m.stat().st_mtime_ns for m in (tmp_path / "run" / "humorous").rglob("*.meta.json")}
+    again = run_persona_traits(tiny_llama, TRAITS, blind, tmp_path / "run", config)
+    assert again.traits["humorous"]["filter"] == "none"
+    assert {m: m.stat().st_mtime_ns for m in stamps} == stamps
 
 
 def test_controls_are_deterministic_under_the_seed(tiny_llama, judge, tmp_path):

@@ -140,8 +140,13 @@ def run_persona(
     config: PersonaConfig | None = None,
     judge_name: str | None = None,
     engine: Engine | None = None,
+    fallback_unfiltered: bool = False,
 ) -> PersonaResult:
     """Run (or resume) the persona pipeline for ``trait`` into ``out_dir`` (stages in the module docstring).
+
+    ``fallback_unfiltered`` (with ``config.filter``): when no pair is effective, average every pair
+    instead (the result's ``filter`` is then ``"none"``), decided inside the pairs stage so that a rerun
+    resumes it as it is.
 
     ``lm`` (transformers) captures the activations behind the vectors; ``engine`` (default: the ``hf``
     engine of ``lm``) generates the answers (:mod:`steerlab.engines`).
@@ -184,10 +189,12 @@ def run_persona(
     )
     judged = judged_stage.value
 
+    fallback = fallback_unfiltered and config.filter
+
     def choose_pairs(_: Stage) -> dict[str, Any]:
         doc = effective_pairs(judged, config.threshold, config.min_coherence)
         doc["filter"] = "effective"
-        if not config.filter:
+        if not config.filter or (fallback and not doc["pairs"]):
             doc.update(pairs=all_pairs(judged), filter="none")
         return doc
 
@@ -197,6 +204,7 @@ def run_persona(
         "threshold": config.threshold,
         "min_coherence": config.min_coherence,
         **({} if config.filter else {"filter": "none"}),
+        **({"fallback": "unfiltered"} if fallback else {}),
     }
     pairs_stage = run.cached("pairs", "pairs.json", pairs_cfg, choose_pairs)
     pairs_doc = pairs_stage.value
@@ -211,9 +219,9 @@ def run_persona(
             run.path,
         )
 
-    filter_name = "effective" if config.filter else "none"
+    filter_name = pairs_doc.get("filter", "effective")
     meta: dict[str, Any] = {"trait": name, "n_samples": len(pairs), "filter": filter_name}
-    if config.filter:
+    if filter_name == "effective":
         meta.update(threshold=config.threshold, min_coherence=config.min_coherence)
     else:
         meta.update(

@@ -32,7 +32,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -407,14 +407,16 @@ def _extract(
     judge_id: str,
 ):
     """run_persona for one trait; with ``fallback_unfiltered``, unfiltered when no pair is effective."""
-    try:
-        return run_persona(lm, spec.extract, judge, run.path, config.persona, judge_name=judge_id, engine=engine)
-    except NoEffectivePairsError:
-        if not config.fallback_unfiltered or not config.persona.filter:
-            raise
-        return run_persona(
-            lm, spec.extract, judge, run.path, replace(config.persona, filter=False), judge_name=judge_id, engine=engine
-        )
+    return run_persona(
+        lm,
+        spec.extract,
+        judge,
+        run.path,
+        config.persona,
+        judge_name=judge_id,
+        engine=engine,
+        fallback_unfiltered=config.fallback_unfiltered,
+    )
 
 
 def _evaluate(
