@@ -9,9 +9,8 @@ measured with the judge-free behaviour margin (positive − negative log-likelih
    candidate layer; the best layer undoes the largest fraction of the gap while staying fluent.
 3. **Coefficient sweeps** at the best layer (``coeffs``) and at all layers (``all_layers_coeffs``,
    default ``coeffs``; ``all_layers_models``, default both), for every vector: subtract from the
-   fine-tuned model and add to the base model;
-   ``raw`` (the vector as extracted) and ``normalized``
-   (each layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
+   fine-tuned model and add to the base model; ``raw`` (the vector as extracted) and ``normalized`` (each
+   layer rescaled to the model-diff vector's norm there, so equal coefficients mean equal-size
    interventions for every vector; for the model-diff vector itself this is the raw vector).
 4. **Projection ablation** of each direction from the fine-tuned model, at the best layer and at all.
 5. **Blends** (with ``blend_alphas``): α·contrastive + (1 − α)·model-diff directions at the model-diff
