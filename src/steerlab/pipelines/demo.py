@@ -45,12 +45,13 @@ from .artifacts import MONITOR, SUMMARY
 from .dataset import DECEPTIVE_SYSTEM, HONEST_SYSTEM
 from .demo_calibration import calibrate_demo_vectors, calibration_readings
 from .demo_reading import reading
+from .diff_objectives import steering_rows
 from .diff_study import DiffStudyConfig, DiffStudyResult, run_diff_study
 from .persona import PersonaConfig
 from .persona_traits import PersonaTraitsConfig, run_persona_traits
 from .records import DemoSummary, DirectionsDoc, MonitorDoc, PositionsDoc
 from .runs import RunDir
-from .study import StudyConfig, StudyResult, best_coherent
+from .study import STUDY_MODELS, StudyConfig, StudyResult
 
 
 @dataclass
@@ -102,7 +103,7 @@ SIZES = {
             controls=4,
             prompts=DECEPTION_PROMPTS,
             blend_alphas=DEMO_BLENDS,
-            all_layers_coeffs=[0.125],
+            all_layers_coeffs=ALL_LAYERS_SMALL,
             all_layers_models=["finetuned"],
         ),
         1,
@@ -334,23 +335,12 @@ def _summary(lm, model, judge, size, diff: DiffStudyResult, monitor, persona, ti
     rel = comparison["reliability"]
     max_drop = study.max_fluency_drop
     best_rows = {}
-    all_layers_models = study.config.get("all_layers_models", ["finetuned", "base"])  # which sweeps ran
     for vector in ("model_diff", "contrastive"):
-        for model_name, key in (("finetuned", "undone"), ("base", "induced")):
+        rows = {layers: steering_rows(study, vector, layers) for layers in (best, "all")}
+        for model_name in STUDY_MODELS:
             for layers in (best, "all"):
-                if layers == "all" and model_name not in all_layers_models:
-                    continue  # not run (None would read "none coherent")
-                row = best_coherent(
-                    study.rows,
-                    key,
-                    max_drop,
-                    stage="sweep",
-                    vector=vector,
-                    model=model_name,
-                    scale="raw",
-                    layers=layers,
-                )
-                best_rows[f"{vector}|{model_name}|{layers}"] = row
+                if study.swept(layers, model_name):  # a sweep not run is left out, not read as "none coherent"
+                    best_rows[f"{vector}|{model_name}|{layers}"] = rows[layers][model_name]
     summary = {
         "steerlab_version": __version__,
         "model": model,

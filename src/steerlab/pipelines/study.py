@@ -117,10 +117,6 @@ class StudyConfig:
             return self.all_layers_coeffs
         return self.coeffs
 
-    def sweeps(self, layers: LayerSet, model: str) -> bool:
-        """Whether the sweep of ``model`` (``finetuned`` or ``base``) runs at ``layers``."""
-        return layers != "all" or model in self.all_layers_models
-
 
 @dataclass
 class StudyResult:
@@ -148,6 +144,11 @@ class StudyResult:
     def max_fluency_drop(self) -> float:
         """The coherence limit the study used (nats/token)."""
         return float(self.config.get("max_fluency_drop", StudyConfig.max_fluency_drop))
+
+    def swept(self, layers: LayerSet, model: str) -> bool:
+        """Whether the study swept ``model`` (``finetuned`` or ``base``) at ``layers`` (the all-layers
+        sweeps run on ``all_layers_models`` only; a study from before that setting swept both)."""
+        return layers != "all" or model in self.config.get("all_layers_models", STUDY_MODELS)
 
     def to_dict(self) -> StudyDoc:
         """The ``study.json`` document."""
@@ -346,7 +347,7 @@ def run_study(
         slot = {(n, s): [id(v) for v in distinct].index(id(steered(n, s))) for n, s in real}
         profiles = list(dict.fromkeys(norm_profile[c] for c in real))
         for layer_set_ in (best, "all"):
-            for model in (m for m in STUDY_MODELS if config.sweeps(layer_set_, m)):
+            for model in (m for m in STUDY_MODELS if layer_set_ != "all" or m in config.all_layers_models):
                 sign = -1.0 if model == "finetuned" else 1.0
                 conditions = [[spec(v, layer_set_)] for v in distinct]
                 conditions += [[spec(c, layer_set_)] for prof in profiles for c in controls[prof]]
